@@ -1,0 +1,27 @@
+//! Sans-IO codecs for pushedge.
+//!
+//! This crate turns bytes into requests, frames and events and back. It contains no
+//! networking code, starts no threads, never reads a clock and never logs: the engine feeds
+//! bytes in and takes bytes out, and every output goes into a buffer the caller owns.
+//!
+//! - [`http`]: HTTP/1.1 request heads (on `httparse`) with limits, request bodies
+//!   (`Content-Length` and chunked, with the smuggling checks), response heads and the
+//!   chunked-body encoder.
+//! - [`query`]: request targets, query strings and percent-decoding.
+//! - [`ws`]: RFC 6455 — the opening handshake, the incremental frame decoder, the frame
+//!   encoders, masking, close codes and incremental UTF-8 validation.
+//! - [`sse`]: Server-Sent Events encoding and the resume cursor (`news:12,chat:40`).
+//! - [`message`]: the JSON message envelope and its wire forms (WebSocket frame, SSE event,
+//!   NDJSON chunk, iframe script chunk, JSONP).
+//!
+//! Short input is never an error: parsers answer "partial" and consume nothing they cannot
+//! use. Every limit is checked before anything is allocated for it.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod http;
+pub mod message;
+pub mod query;
+pub mod sse;
+pub mod ws;
