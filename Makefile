@@ -1,0 +1,77 @@
+# pushedge — see README.md. Every target works from a clean checkout.
+SHELL := /bin/bash
+CARGO ?= cargo
+FUZZ_SECS ?= 60
+ARGS ?=
+
+.PHONY: run test build release lint fmt bench fuzz fuzz-build fuzz-deps deps-test
+
+## run: build (release) and start the server on embedded defaults
+run: release
+	./target/release/pushedge serve $(ARGS)
+
+build:
+	$(CARGO) build --workspace --all-targets
+
+release:
+	$(CARGO) build --release -p pushedge
+
+## test: install what the tests need, then run every test
+test: deps-test
+	$(CARGO) build --workspace --all-targets
+	$(CARGO) test --workspace
+
+deps-test:
+	@true
+
+## lint: clippy with warnings as errors, and rustfmt
+lint:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) fmt --all -- --check
+
+fmt:
+	$(CARGO) fmt --all
+
+## bench: criterion benches of the codecs and hot paths
+bench:
+	$(CARGO) bench -p pushedge-bench
+
+## fuzz: run each fuzz target for FUZZ_SECS seconds (cargo-fuzz on the nightly toolchain)
+## and print one summary line per target; fails if any target crashed.
+## Corpora grow in fuzz/corpus/<t> (seeded from fuzz/seeds/<t>), crashes land in
+## fuzz/artifacts/<t>, full logs in fuzz/target/logs/<t>.log. One target: FUZZ_TARGETS=query
+FUZZ_CARGO ?= cargo +nightly
+FUZZ_TARGETS ?= http_head ws_decoder sse_cursor query
+FUZZ_FLAGS ?= -rss_limit_mb=2048 -max_len=8192 -timeout=10
+fuzz: fuzz-build
+	@fail=0; \
+	for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/corpus/$$t fuzz/artifacts/$$t fuzz/target/logs; \
+	  log=fuzz/target/logs/$$t.log; \
+	  dict=; if [ -f fuzz/dict/$$t.dict ]; then dict=-dict=fuzz/dict/$$t.dict; fi; \
+	  before=$$(ls fuzz/artifacts/$$t | grep -cE '^(crash|oom|timeout|leak)-'); \
+	  start=$$(date +%s); \
+	  $(FUZZ_CARGO) fuzz run $$t fuzz/corpus/$$t fuzz/seeds/$$t -- \
+	    -max_total_time=$(FUZZ_SECS) $(FUZZ_FLAGS) $$dict >$$log 2>&1; rc=$$?; \
+	  secs=$$(( $$(date +%s) - start )); \
+	  after=$$(ls fuzz/artifacts/$$t | grep -cE '^(crash|oom|timeout|leak)-'); \
+	  crashes=$$(( after - before )); \
+	  if [ $$rc -ne 0 ] && [ $$crashes -eq 0 ]; then crashes=1; fi; \
+	  execs=$$(grep -aoE '^#[0-9]+[[:space:]]+DONE' $$log | grep -oE '[0-9]+' | tail -n1); \
+	  [ -n "$$execs" ] || execs=$$(grep -aoE '^#[0-9]+' $$log | tr -d '#' | tail -n1); \
+	  corp=$$(grep -aoE 'corp: [0-9]+' $$log | tail -n1 | grep -oE '[0-9]+'); \
+	  printf 'fuzz %-11s %5s s  %12s execs  corpus %5s  crashes %s\n' \
+	    $$t $$secs "$${execs:-?}" "$${corp:-?}" $$crashes; \
+	  if [ $$crashes -ne 0 ]; then \
+	    fail=1; grep -aE 'panicked|ERROR|SUMMARY|Test unit written' $$log | head -n 8 | sed 's/^/    /'; \
+	  fi; \
+	done; \
+	exit $$fail
+
+## fuzz-build: build every fuzz target (installs the nightly toolchain and cargo-fuzz when missing)
+fuzz-build: fuzz-deps
+	$(FUZZ_CARGO) fuzz build
+
+fuzz-deps:
+	@rustup run nightly cargo --version >/dev/null 2>&1 || rustup toolchain install nightly --profile minimal
+	@$(FUZZ_CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked

@@ -1,0 +1,602 @@
+//! The admin HTTP API, for backends: publish, broadcast, close, clear, sign, info,
+//! channels, metrics.
+//!
+//! One thread with its own mio reactor serves keep-alive (and pipelined) requests. A
+//! publish is answered as soon as the hub has sequenced the message and handed it to the
+//! workers; the fan-out happens on the workers. Bodies are `Content-Length` or chunked,
+//! bounded by `max_message_bytes`; framings that invite smuggling are refused with 400.
+//! This thread also sweeps idle empty channels.
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use protocol::http::{self, BodyFraming, ChunkedDecoder, Method, Parsed, EMPTY_HEADER};
+use protocol::message::{self, Message};
+use protocol::query::Query;
+
+use crate::hub::HubError;
+use crate::server::Shared;
+use crate::{auth, debug, warn};
+
+/// Most admin connections at once.
+pub const MAX_ADMIN_CONNS: usize = 4096;
+/// Most bytes of output queued per admin connection before it stops reading.
+pub const MAX_ADMIN_OUTPUT: usize = 4 * 1024 * 1024;
+/// Default and largest `limit` of `/channels`.
+pub const DEFAULT_LISTING: usize = 1000;
+/// Longest `ttl` accepted by `/sign` (seconds).
+pub const MAX_TOKEN_TTL: u64 = 366 * 86_400;
+/// Longest `prefix` of `/channels`.
+const MAX_PREFIX: usize = 128;
+const LISTENER: Token = Token(usize::MAX);
+const READ_CHUNK: usize = 64 * 1024;
+/// How often idle channels are swept.
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
+
+/// Binds the admin listener. Unlike the subscriber port it is exclusive: two servers
+/// must not silently share one admin port.
+pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let l = std::net::TcpListener::bind(addr)?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+struct AdminConn {
+    sock: TcpStream,
+    rbuf: Vec<u8>,
+    wbuf: Vec<u8>,
+    woff: usize,
+    close: bool,
+}
+
+/// A response.
+struct Reply {
+    status: u16,
+    content_type: &'static str,
+    body: Vec<u8>,
+    extra: Vec<(&'static str, String)>,
+}
+
+impl Reply {
+    fn json(status: u16, v: serde_json::Value) -> Reply {
+        let mut body = v.to_string().into_bytes();
+        body.push(b'\n');
+        Reply {
+            status,
+            content_type: "application/json",
+            body,
+            extra: Vec::new(),
+        }
+    }
+
+    fn envelope(status: u16, m: &Message<'_>) -> Reply {
+        let mut body = m.to_json();
+        body.push(b'\n');
+        Reply {
+            status,
+            content_type: "application/json",
+            body,
+            extra: Vec::new(),
+        }
+    }
+
+    fn error(status: u16, reason: &str) -> Reply {
+        Reply::envelope(
+            status,
+            &Message::Error {
+                code: status,
+                reason,
+            },
+        )
+    }
+
+    fn hub_error(e: HubError) -> Reply {
+        Reply::error(e.status(), &e.reason())
+    }
+}
+
+/// Runs the admin loop (never returns).
+pub fn run(shared: Arc<Shared>, listener: std::net::TcpListener) {
+    let mut poll = match Poll::new() {
+        Ok(p) => p,
+        Err(e) => {
+            warn!("admin: cannot create reactor: {e}");
+            return;
+        }
+    };
+    let mut listener = TcpListener::from_std(listener);
+    if let Err(e) = poll
+        .registry()
+        .register(&mut listener, LISTENER, Interest::READABLE)
+    {
+        warn!("admin: cannot register listener: {e}");
+        return;
+    }
+    let mut conns: Slab<AdminConn> = Slab::new();
+    let mut events = Events::with_capacity(256);
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut last_sweep = Instant::now();
+    loop {
+        if let Err(e) = poll.poll(&mut events, Some(SWEEP_EVERY)) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                warn!("admin: poll failed: {e}");
+            }
+        }
+        for ev in events.iter() {
+            if ev.token() == LISTENER {
+                accept(&poll, &listener, &mut conns);
+                continue;
+            }
+            let id = ev.token().0;
+            if !conns.contains(id) {
+                continue;
+            }
+            if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                read(&shared, &mut conns, id, &mut buf);
+            }
+            if conns.contains(id) {
+                flush(&mut conns, id);
+            }
+        }
+        let now = Instant::now();
+        if now.duration_since(last_sweep) >= SWEEP_EVERY {
+            last_sweep = now;
+            let n = shared.hub.sweep(now);
+            if n > 0 {
+                debug!("reclaimed {n} idle channels");
+            }
+        }
+    }
+}
+
+fn accept(poll: &Poll, listener: &TcpListener, conns: &mut Slab<AdminConn>) {
+    loop {
+        match listener.accept() {
+            Ok((mut sock, _)) => {
+                if conns.len() >= MAX_ADMIN_CONNS {
+                    let _ = sock.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                    continue;
+                }
+                let _ = sock.set_nodelay(true);
+                let entry = conns.vacant_entry();
+                if poll
+                    .registry()
+                    .register(
+                        &mut sock,
+                        Token(entry.key()),
+                        Interest::READABLE | Interest::WRITABLE,
+                    )
+                    .is_ok()
+                {
+                    entry.insert(AdminConn {
+                        sock,
+                        rbuf: Vec::new(),
+                        wbuf: Vec::new(),
+                        woff: 0,
+                        close: false,
+                    });
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                warn!("admin: accept failed: {e}");
+                return;
+            }
+        }
+    }
+}
+
+fn read(shared: &Shared, conns: &mut Slab<AdminConn>, id: usize, buf: &mut [u8]) {
+    let limit = shared.cfg.max_head_bytes + shared.live.max_message_bytes() * 2 + 4096;
+    loop {
+        let c = &mut conns[id];
+        if c.close || c.wbuf.len() > MAX_ADMIN_OUTPUT {
+            // Stop reading: the peer must take its answers first (or we are closing).
+            return;
+        }
+        match c.sock.read(buf) {
+            Ok(0) => {
+                conns.remove(id);
+                return;
+            }
+            Ok(n) => {
+                c.rbuf.extend_from_slice(&buf[..n]);
+                serve_buffered(shared, c);
+                if c.rbuf.len() > limit {
+                    respond(shared, c, Reply::error(413, "request too large"), false);
+                    c.rbuf.clear();
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => {
+                conns.remove(id);
+                return;
+            }
+        }
+    }
+}
+
+fn flush(conns: &mut Slab<AdminConn>, id: usize) {
+    let c = &mut conns[id];
+    while c.woff < c.wbuf.len() {
+        match c.sock.write(&c.wbuf[c.woff..]) {
+            Ok(n) => c.woff += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => {
+                conns.remove(id);
+                return;
+            }
+        }
+    }
+    c.wbuf.clear();
+    c.woff = 0;
+    if c.close {
+        let _ = c.sock.shutdown(Shutdown::Write);
+        conns.remove(id);
+    }
+}
+
+/// Serves every complete request in the buffer.
+fn serve_buffered(shared: &Shared, c: &mut AdminConn) {
+    while !c.close && !c.rbuf.is_empty() {
+        match serve_one(shared, c) {
+            Some(used) => {
+                c.rbuf.drain(..used);
+            }
+            None => return,
+        }
+    }
+}
+
+/// Parses and answers one request; `None` if it is not complete yet.
+fn serve_one(shared: &Shared, c: &mut AdminConn) -> Option<usize> {
+    let limits = http::Limits {
+        max_head_bytes: shared.cfg.max_head_bytes,
+        max_headers: shared.cfg.max_headers,
+        max_body_bytes: shared.live.max_message_bytes(),
+    };
+    let rbuf = std::mem::take(&mut c.rbuf);
+    let mut headers = [EMPTY_HEADER; crate::worker::HEADERS_CAP];
+    let max_headers = limits.max_headers.min(headers.len());
+    let result = (|| {
+        let req = match http::parse_request(&rbuf, &mut headers[..max_headers], &limits) {
+            Ok(Parsed::Partial) => return None,
+            Ok(Parsed::Complete(r)) => r,
+            Err(e) => return Some((rbuf.len(), Reply::error(e.status(), e.reason()), false)),
+        };
+        let keep_alive = req.keep_alive();
+        let body_start = req.head_len;
+        let (body, used) = match http::body_framing(&req, &limits) {
+            Err(e) => return Some((rbuf.len(), Reply::error(e.status(), e.reason()), false)),
+            Ok(BodyFraming::None) => (Vec::new(), body_start),
+            Ok(BodyFraming::Length(n)) => {
+                let end = body_start + n as usize;
+                if rbuf.len() < end {
+                    return None;
+                }
+                (rbuf[body_start..end].to_vec(), end)
+            }
+            Ok(BodyFraming::Chunked) => {
+                let mut dec = ChunkedDecoder::new(limits.max_body_bytes);
+                let mut body = Vec::new();
+                match dec.decode(&rbuf[body_start..], &mut body) {
+                    Ok((n, true)) => (body, body_start + n),
+                    Ok((_, false)) => return None,
+                    Err(e) => {
+                        return Some((rbuf.len(), Reply::error(e.status(), e.reason()), false))
+                    }
+                }
+            }
+        };
+        let reply = route(shared, &req, body);
+        Some((used, reply, keep_alive))
+    })();
+    let out = match result {
+        None => {
+            c.rbuf = rbuf;
+            return None;
+        }
+        Some(r) => r,
+    };
+    c.rbuf = rbuf;
+    let (used, reply, keep_alive) = out;
+    respond(shared, c, reply, keep_alive);
+    if !keep_alive {
+        c.rbuf.clear();
+        return Some(0);
+    }
+    Some(used)
+}
+
+fn respond(_shared: &Shared, c: &mut AdminConn, reply: Reply, keep_alive: bool) {
+    let mut headers: Vec<(&str, &str)> = vec![("Content-Type", reply.content_type)];
+    for (k, v) in &reply.extra {
+        headers.push((k, v.as_str()));
+    }
+    http::write_response(&mut c.wbuf, reply.status, &headers, &reply.body, keep_alive);
+    if !keep_alive {
+        c.close = true;
+    }
+    // Try to write at once; the writable edge finishes what is left.
+    while c.woff < c.wbuf.len() {
+        match c.sock.write(&c.wbuf[c.woff..]) {
+            Ok(n) => c.woff += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    if c.woff == c.wbuf.len() {
+        c.wbuf.clear();
+        c.woff = 0;
+        if c.close {
+            let _ = c.sock.shutdown(Shutdown::Write);
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorized(shared: &Shared, req: &http::Request<'_, '_>) -> bool {
+    let token = &shared.cfg.admin_token;
+    if token.is_empty() {
+        return true;
+    }
+    let Some(value) = req.header("authorization") else {
+        return false;
+    };
+    let Some(given) = value
+        .strip_prefix(b"Bearer ")
+        .or_else(|| value.strip_prefix(b"bearer "))
+    else {
+        return false;
+    };
+    constant_time_eq(given, token.as_bytes())
+}
+
+fn route(shared: &Shared, req: &http::Request<'_, '_>, body: Vec<u8>) -> Reply {
+    if !authorized(shared, req) {
+        let mut r = Reply::error(
+            401,
+            "admin token required (Authorization: Bearer <admin_token>)",
+        );
+        r.extra.push(("WWW-Authenticate", "Bearer".into()));
+        return r;
+    }
+    let q = match Query::parse(req.query()) {
+        Ok(q) => q,
+        Err(e) => return Reply::error(400, e.reason()),
+    };
+    let path = req.path();
+    let allowed: &[Method] = match path {
+        "/pub" => &[Method::Get, Method::Post],
+        "/broadcast" | "/close" | "/clear" => &[Method::Post],
+        "/sign" | "/info" | "/channels" | "/metrics" => &[Method::Get],
+        _ => return Reply::error(404, "no such endpoint"),
+    };
+    if !allowed.contains(&req.method) {
+        let mut r = Reply::error(405, "method not allowed");
+        let allow: Vec<&str> = allowed.iter().map(|m| m.as_str()).collect();
+        r.extra.push(("Allow", allow.join(", ")));
+        return r;
+    }
+    match path {
+        "/pub" => publish(shared, &q, body),
+        "/broadcast" => {
+            let content = match body_text(body, &q) {
+                Ok(c) => c,
+                Err(r) => return r,
+            };
+            match shared.hub.broadcast(&content) {
+                Ok(n) => Reply::json(200, serde_json::json!({"type": "ok", "channels": n})),
+                Err(e) => Reply::hub_error(e),
+            }
+        }
+        "/close" | "/clear" => {
+            let name = match channel(&q) {
+                Ok(n) => n,
+                Err(r) => return r,
+            };
+            let result = if path == "/close" {
+                shared.hub.close_channel(&name)
+            } else {
+                shared.hub.clear(&name)
+            };
+            match result {
+                Ok(()) => Reply::json(200, serde_json::json!({"type": "ok", "channel": name})),
+                Err(e) => Reply::hub_error(e),
+            }
+        }
+        "/sign" => sign(shared, &q),
+        "/info" => info(shared, &q),
+        "/channels" => {
+            let prefix = q.get("prefix").unwrap_or("");
+            if prefix.len() > MAX_PREFIX {
+                return Reply::error(400, "prefix too long");
+            }
+            let limit = match q.get("limit").map(str::parse::<usize>) {
+                None => DEFAULT_LISTING,
+                Some(Ok(n)) if n > 0 => n.min(crate::hub::MAX_LISTING),
+                Some(_) => return Reply::error(400, "limit must be a positive integer"),
+            };
+            let list: Vec<serde_json::Value> = shared
+                .hub
+                .channels(prefix, limit)
+                .into_iter()
+                .map(|c| channel_json(&c))
+                .collect();
+            Reply::json(
+                200,
+                serde_json::json!({"type": "channels", "channels": list}),
+            )
+        }
+        "/metrics" => {
+            let t = shared.hub.totals();
+            let text = shared.snapshot().prometheus(
+                t.channels,
+                t.subscriptions,
+                shared
+                    .hub
+                    .published
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            );
+            Reply {
+                status: 200,
+                content_type: "text/plain; version=0.0.4",
+                body: text.into_bytes(),
+                extra: Vec::new(),
+            }
+        }
+        _ => Reply::error(404, "no such endpoint"),
+    }
+}
+
+fn channel(q: &Query<'_>) -> Result<String, Reply> {
+    let name = q
+        .get_any(&["channel", "cname"])
+        .ok_or_else(|| Reply::error(400, "missing channel"))?;
+    message::validate_channel(name).map_err(|e| Reply::error(400, &e.to_string()))?;
+    Ok(name.to_string())
+}
+
+fn body_text(body: Vec<u8>, q: &Query<'_>) -> Result<String, Reply> {
+    if body.is_empty() {
+        if let Some(c) = q.get("content") {
+            return Ok(c.to_string());
+        }
+    }
+    String::from_utf8(body).map_err(|_| Reply::error(400, "content must be UTF-8"))
+}
+
+fn publish(shared: &Shared, q: &Query<'_>, body: Vec<u8>) -> Reply {
+    let name = match channel(q) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let content = match body_text(body, q) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    match shared.publish(&name, &content) {
+        Ok(seq) => Reply::envelope(
+            200,
+            &Message::Ok {
+                channel: &name,
+                seq,
+            },
+        ),
+        Err(e) => Reply::hub_error(e),
+    }
+}
+
+fn sign(shared: &Shared, q: &Query<'_>) -> Reply {
+    if shared.cfg.token_secret.is_empty() {
+        return Reply::error(400, "token_secret is not configured");
+    }
+    let Some(raw) = q.get_any(&["channel", "cname"]) else {
+        return Reply::error(400, "missing channel");
+    };
+    let mut names = Vec::new();
+    for name in raw.split(',') {
+        // Patterns are allowed in tokens: validate the name with `*` taken out.
+        let plain: String = name.chars().filter(|&c| c != '*').collect();
+        if name != "*" {
+            if let Err(e) = message::validate_channel(&plain) {
+                return Reply::error(400, &e.to_string());
+            }
+        }
+        names.push(name);
+    }
+    let ttl = match q.get("ttl").map(str::parse::<u64>) {
+        None => shared.cfg.token_ttl_secs,
+        Some(Ok(n)) if n > 0 && n <= MAX_TOKEN_TTL => n,
+        Some(_) => {
+            return Reply::error(400, &format!("ttl must be 1..={MAX_TOKEN_TTL} seconds"));
+        }
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let expires = now + ttl;
+    let token = auth::sign(&names, expires, shared.cfg.token_secret.as_bytes());
+    Reply::json(
+        200,
+        serde_json::json!({"type": "sign", "channel": raw, "token": token, "expires": expires}),
+    )
+}
+
+fn channel_json(c: &crate::hub::ChannelInfo) -> serde_json::Value {
+    serde_json::json!({
+        "channel": c.name,
+        "seq": c.seq,
+        "subscribers": c.subscribers,
+        "buffered": c.buffered,
+    })
+}
+
+/// Server totals as JSON (also used by the control socket's `stats`).
+pub fn totals_json(shared: &Shared) -> serde_json::Value {
+    let snap = shared.snapshot();
+    let t = shared.hub.totals();
+    let mut by_transport = serde_json::Map::new();
+    for tr in crate::metrics::Transport::ALL {
+        by_transport.insert(tr.as_str().into(), snap.conns[tr as usize].into());
+    }
+    serde_json::json!({
+        "type": "info",
+        "node": shared.node_id,
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_secs": shared.started.elapsed().as_secs(),
+        "workers": shared.inboxes.len(),
+        "connections": snap.connections(),
+        "by_transport": by_transport,
+        "channels": t.channels,
+        "subscriptions": t.subscriptions,
+        "buffered": t.buffered,
+        "published": shared.hub.published.load(std::sync::atomic::Ordering::Relaxed),
+        "delivered": snap.get(crate::metrics::Counter::Delivered),
+        "slow_consumer_closes": snap.get(crate::metrics::Counter::SlowConsumer),
+        "draining": shared.draining.load(std::sync::atomic::Ordering::Relaxed),
+    })
+}
+
+/// One channel's figures as JSON (zeros for an unknown channel).
+pub fn channel_info_json(shared: &Shared, name: &str) -> serde_json::Value {
+    let info = shared.hub.info(name).unwrap_or(crate::hub::ChannelInfo {
+        name: name.to_string(),
+        seq: 0,
+        subscribers: 0,
+        buffered: 0,
+    });
+    serde_json::json!({
+        "type": "info",
+        "channel": info.name,
+        "seq": info.seq,
+        "subscribers": info.subscribers,
+        "buffered": info.buffered,
+    })
+}
+
+fn info(shared: &Shared, q: &Query<'_>) -> Reply {
+    match q.get_any(&["channel", "cname"]) {
+        None => Reply::json(200, totals_json(shared)),
+        Some(name) => {
+            if let Err(e) = message::validate_channel(name) {
+                return Reply::error(400, &e.to_string());
+            }
+            Reply::json(200, channel_info_json(shared, name))
+        }
+    }
+}

@@ -1,0 +1,614 @@
+//! Configuration: TOML file, command-line flags and `--set KEY=VALUE`, with every key's
+//! default documented here (and in README.md).
+//!
+//! Precedence: embedded defaults < `--config FILE` < dedicated flags (`--listen`, ...) <
+//! `--set`. Part of the configuration can be changed while the server runs (`config set`
+//! on the control socket); those keys live in [`Live`] as atomics that the workers read.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::log::{self, Level};
+
+/// Which reactor drives the workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// epoll through mio (edge-triggered).
+    Epoll,
+    /// io_uring.
+    Uring,
+}
+
+/// How subscribers authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Anyone may subscribe.
+    None,
+    /// Subscribers present a JWT (HS256) signed with `token_secret`.
+    Token,
+}
+
+/// Clustering through Redis (see the cluster section of README.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// `redis://host:port[/db]`; empty = clustering off.
+    pub redis_url: String,
+    /// This node's id; empty = generated (host name, pid and start time).
+    pub node_id: String,
+}
+
+/// The whole configuration. Field docs give each key's meaning; [`Config::default`] gives
+/// the defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Subscriber port address.
+    pub listen: String,
+    /// Admin (publisher) port address.
+    pub admin_listen: String,
+    /// Control socket path (created with mode 0600).
+    pub control_path: String,
+    /// Worker threads; 0 = one per available core.
+    pub workers: usize,
+    /// `epoll` or `uring`.
+    pub backend: BackendKind,
+    /// `none` or `token`.
+    pub auth: AuthMode,
+    /// HS256 secret for subscriber tokens (`auth = "token"`, `/sign`).
+    pub token_secret: String,
+    /// When set, every admin request needs `Authorization: Bearer <admin_token>`.
+    pub admin_token: String,
+    /// Messages kept per channel for resuming (live).
+    pub history_size: usize,
+    /// Heartbeat interval: WebSocket ping, SSE comment, stream/iframe noop (live).
+    pub heartbeat_secs: f64,
+    /// A WebSocket peer that does not answer a ping within this is closed.
+    pub pong_timeout_secs: f64,
+    /// A held long-poll is answered with `noop` after this (live).
+    pub poll_timeout_secs: f64,
+    /// A connection must finish its request head / handshake within this (slowloris).
+    pub handshake_timeout_secs: f64,
+    /// A keep-alive HTTP connection waiting for its next request is closed after this (live).
+    pub idle_timeout_secs: f64,
+    /// Most open subscriber connections per process (live).
+    pub max_connections: usize,
+    /// Most channels; an idle empty channel is reclaimed after `channel_ttl_secs`.
+    pub max_channels: usize,
+    /// Most channels one connection may subscribe to.
+    pub max_channels_per_conn: usize,
+    /// Largest published message and largest WebSocket message from a client (live).
+    pub max_message_bytes: usize,
+    /// A subscriber whose unsent queue passes this is closed as a slow consumer (live).
+    pub slow_consumer_bytes: usize,
+    /// An empty channel (no subscribers) is reclaimed after this long without activity.
+    pub channel_ttl_secs: f64,
+    /// Channel patterns WebSocket clients may publish to (`chat.*`, `*`, exact names).
+    pub client_publish: Vec<String>,
+    /// Serve `/echo`, a plain WebSocket echo (for the conformance suite).
+    pub ws_echo: bool,
+    /// `error`, `warn`, `info`, `debug` or `trace` (live).
+    pub log_level: String,
+    /// After accept fails with EMFILE/ENFILE, accepting pauses this long (live).
+    pub accept_pause_ms: u64,
+    /// `retry:` sent at the start of an SSE stream.
+    pub sse_retry_ms: u64,
+    /// On SIGTERM / `shutdown`, connections get this long to close before exit.
+    pub drain_timeout_secs: f64,
+    /// After sending a WebSocket close frame, wait this long for the peer's.
+    pub close_timeout_secs: f64,
+    /// Largest request head (subscriber and admin ports).
+    pub max_head_bytes: usize,
+    /// Most header fields in a request head.
+    pub max_headers: usize,
+    /// `Access-Control-Allow-Origin` on subscriber responses; empty = none.
+    pub cors_origin: String,
+    /// Default callback of `/iframe` when `cb` is not given.
+    pub iframe_callback: String,
+    /// Default lifetime of tokens minted by `/sign` (seconds).
+    pub token_ttl_secs: u64,
+    /// Clustering.
+    pub cluster: ClusterConfig,
+}
+
+/// Default subscriber address.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8100";
+/// Default admin address.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8000";
+/// Default control socket.
+pub const DEFAULT_CONTROL_PATH: &str = "./pushedge.sock";
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: DEFAULT_LISTEN.into(),
+            admin_listen: DEFAULT_ADMIN_LISTEN.into(),
+            control_path: DEFAULT_CONTROL_PATH.into(),
+            workers: 0,
+            backend: BackendKind::Epoll,
+            auth: AuthMode::None,
+            token_secret: String::new(),
+            admin_token: String::new(),
+            history_size: 64,
+            heartbeat_secs: 25.0,
+            pong_timeout_secs: 10.0,
+            poll_timeout_secs: 30.0,
+            handshake_timeout_secs: 10.0,
+            idle_timeout_secs: 60.0,
+            max_connections: 1_000_000,
+            max_channels: 1_000_000,
+            max_channels_per_conn: 16,
+            max_message_bytes: 65_536,
+            slow_consumer_bytes: 1_048_576,
+            channel_ttl_secs: 300.0,
+            client_publish: Vec::new(),
+            ws_echo: false,
+            log_level: "info".into(),
+            accept_pause_ms: 100,
+            sse_retry_ms: 2000,
+            drain_timeout_secs: 10.0,
+            close_timeout_secs: 2.0,
+            max_head_bytes: protocol::http::DEFAULT_MAX_HEAD_BYTES,
+            max_headers: protocol::http::DEFAULT_MAX_HEADERS,
+            cors_origin: "*".into(),
+            iframe_callback: "pushedge".into(),
+            token_ttl_secs: 3600,
+            cluster: ClusterConfig::default(),
+        }
+    }
+}
+
+/// A configuration error, reported with exit status 2.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError(msg.into()))
+}
+
+/// Keys that `config set` may change while the server runs.
+pub const LIVE_KEYS: &[&str] = &[
+    "heartbeat_secs",
+    "pong_timeout_secs",
+    "idle_timeout_secs",
+    "poll_timeout_secs",
+    "handshake_timeout_secs",
+    "max_connections",
+    "max_message_bytes",
+    "history_size",
+    "slow_consumer_bytes",
+    "log_level",
+    "accept_pause_ms",
+];
+
+/// Largest value accepted for any `*_secs` key (one year).
+pub const MAX_SECS: f64 = 365.0 * 86_400.0;
+/// Largest `history_size`.
+pub const MAX_HISTORY_SIZE: usize = 1_000_000;
+/// Largest `max_message_bytes` (the conformance suite needs 16 MiB messages).
+pub const MAX_MESSAGE_BYTES_LIMIT: usize = 64 * 1024 * 1024;
+/// Most worker threads.
+pub const MAX_WORKERS: usize = 256;
+
+impl Config {
+    /// Reads a TOML file.
+    pub fn from_file(path: &str) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read config file {path}: {e}")))?;
+        Config::from_toml(&text).map_err(|e| ConfigError(format!("{path}: {}", e.0)))
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Applies `KEY=VALUE` (TOML value; a bare word is taken as a string). `KEY` may be
+    /// dotted (`cluster.redis_url`).
+    pub fn set_kv(&mut self, kv: &str) -> Result<(), ConfigError> {
+        let Some((key, value)) = kv.split_once('=') else {
+            return err(format!("--set expects KEY=VALUE, got '{kv}'"));
+        };
+        self.set(key.trim(), value.trim())
+    }
+
+    /// Sets one key from its textual value and validates the result.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        let mut doc = toml::Value::try_from(&*self)
+            .map_err(|e| ConfigError(format!("internal: cannot serialize config: {e}")))?;
+        let parsed = parse_value(value);
+        let mut table = doc.as_table_mut();
+        let parts: Vec<&str> = key.split('.').collect();
+        for (i, part) in parts.iter().enumerate() {
+            let Some(t) = table else {
+                return err(format!("unknown key '{key}'"));
+            };
+            if i + 1 == parts.len() {
+                let Some(old) = t.get(*part) else {
+                    return err(format!("unknown key '{key}'"));
+                };
+                let new = coerce(old, parsed.clone())
+                    .ok_or_else(|| ConfigError(format!("invalid value for {key}: '{value}'")))?;
+                t.insert((*part).to_string(), new);
+                break;
+            }
+            table = t.get_mut(*part).and_then(|v| v.as_table_mut());
+        }
+        let cfg: Config = doc
+            .try_into()
+            .map_err(|e| ConfigError(format!("invalid value for {key}: {e}")))?;
+        cfg.validate()?;
+        *self = cfg;
+        Ok(())
+    }
+
+    /// One key as JSON, or the whole configuration when `key` is `None`.
+    pub fn get_json(&self, key: Option<&str>) -> Result<serde_json::Value, ConfigError> {
+        let all = serde_json::to_value(self)
+            .map_err(|e| ConfigError(format!("internal: cannot serialize config: {e}")))?;
+        let Some(key) = key else {
+            return Ok(redact(all));
+        };
+        let mut v = &all;
+        for part in key.split('.') {
+            v = v
+                .get(part)
+                .ok_or_else(|| ConfigError(format!("unknown key '{key}'")))?;
+        }
+        if key == "token_secret" || key == "admin_token" {
+            return Ok(serde_json::Value::String(redacted(v)));
+        }
+        Ok(v.clone())
+    }
+
+    /// Checks ranges and relations between keys.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, v) in [
+            ("heartbeat_secs", self.heartbeat_secs),
+            ("pong_timeout_secs", self.pong_timeout_secs),
+            ("poll_timeout_secs", self.poll_timeout_secs),
+            ("handshake_timeout_secs", self.handshake_timeout_secs),
+            ("idle_timeout_secs", self.idle_timeout_secs),
+            ("channel_ttl_secs", self.channel_ttl_secs),
+            ("drain_timeout_secs", self.drain_timeout_secs),
+            ("close_timeout_secs", self.close_timeout_secs),
+        ] {
+            if !(v.is_finite() && v > 0.0 && v <= MAX_SECS) {
+                return err(format!("{name} must be > 0 and <= {MAX_SECS}, got {v}"));
+            }
+        }
+        if self.workers > MAX_WORKERS {
+            return err(format!("workers must be <= {MAX_WORKERS}"));
+        }
+        if self.history_size == 0 || self.history_size > MAX_HISTORY_SIZE {
+            return err(format!("history_size must be 1..={MAX_HISTORY_SIZE}"));
+        }
+        if self.max_connections == 0 {
+            return err("max_connections must be > 0");
+        }
+        if self.max_channels == 0 {
+            return err("max_channels must be > 0");
+        }
+        if self.max_channels_per_conn == 0 || self.max_channels_per_conn > 1024 {
+            return err("max_channels_per_conn must be 1..=1024");
+        }
+        if self.max_message_bytes < 125 || self.max_message_bytes > MAX_MESSAGE_BYTES_LIMIT {
+            return err(format!(
+                "max_message_bytes must be 125..={MAX_MESSAGE_BYTES_LIMIT}"
+            ));
+        }
+        if self.slow_consumer_bytes < 4096 {
+            return err("slow_consumer_bytes must be >= 4096");
+        }
+        if Level::parse(&self.log_level).is_none() {
+            return err(format!(
+                "log_level must be error, warn, info, debug or trace, got '{}'",
+                self.log_level
+            ));
+        }
+        if self.max_head_bytes < 256 || self.max_head_bytes > 1 << 20 {
+            return err("max_head_bytes must be 256..=1048576");
+        }
+        if self.max_headers < 8 || self.max_headers > 256 {
+            return err("max_headers must be 8..=256");
+        }
+        if self.accept_pause_ms == 0 || self.accept_pause_ms > 60_000 {
+            return err("accept_pause_ms must be 1..=60000");
+        }
+        if self.auth == AuthMode::Token && self.token_secret.is_empty() {
+            return err("auth = \"token\" needs token_secret");
+        }
+        if protocol::message::validate_callback(&self.iframe_callback).is_err() {
+            return err("iframe_callback must be a JavaScript identifier path");
+        }
+        for p in &self.client_publish {
+            if p.is_empty() {
+                return err("client_publish patterns must not be empty");
+            }
+        }
+        if self.listen.is_empty() || self.admin_listen.is_empty() {
+            return err("listen and admin_listen must be set");
+        }
+        Ok(())
+    }
+
+    /// Number of workers to start.
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+}
+
+fn parse_value(value: &str) -> toml::Value {
+    let doc = format!("v = {value}");
+    match toml::from_str::<toml::Table>(&doc) {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(value.into())),
+        Err(_) => toml::Value::String(value.into()),
+    }
+}
+
+/// Converts `new` to the type of `old` where the conversion is obvious (an integer for a
+/// float key, a number written as a string).
+fn coerce(old: &toml::Value, new: toml::Value) -> Option<toml::Value> {
+    use toml::Value as V;
+    match (old, new) {
+        (V::Float(_), V::Integer(i)) => Some(V::Float(i as f64)),
+        (V::Float(_), V::Float(f)) => Some(V::Float(f)),
+        (V::Integer(_), V::Integer(i)) => Some(V::Integer(i)),
+        (V::Boolean(_), V::Boolean(b)) => Some(V::Boolean(b)),
+        (V::String(_), V::String(s)) => Some(V::String(s)),
+        (V::String(_), v @ (V::Integer(_) | V::Float(_) | V::Boolean(_))) => {
+            Some(V::String(v.to_string()))
+        }
+        (V::Array(_), V::Array(a)) => Some(V::Array(a)),
+        (V::Array(_), V::String(s)) => Some(V::Array(
+            s.split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(|p| V::String(p.to_string()))
+                .collect(),
+        )),
+        _ => None,
+    }
+}
+
+fn redacted(v: &serde_json::Value) -> String {
+    match v.as_str() {
+        Some("") => String::new(),
+        _ => "<redacted>".into(),
+    }
+}
+
+fn redact(mut all: serde_json::Value) -> serde_json::Value {
+    for key in ["token_secret", "admin_token"] {
+        if let Some(v) = all.get_mut(key) {
+            *v = serde_json::Value::String(redacted(v));
+        }
+    }
+    all
+}
+
+/// Converts seconds to a duration (validated finite and positive).
+pub fn secs(v: f64) -> Duration {
+    Duration::from_secs_f64(v.clamp(0.0, MAX_SECS))
+}
+
+/// The keys that can change while the server runs, read by the workers on every use.
+#[derive(Debug)]
+pub struct Live {
+    heartbeat_ms: AtomicU64,
+    pong_timeout_ms: AtomicU64,
+    idle_timeout_ms: AtomicU64,
+    poll_timeout_ms: AtomicU64,
+    handshake_timeout_ms: AtomicU64,
+    accept_pause_ms: AtomicU64,
+    max_connections: AtomicUsize,
+    max_message_bytes: AtomicUsize,
+    history_size: AtomicUsize,
+    slow_consumer_bytes: AtomicUsize,
+}
+
+fn ms(v: f64) -> u64 {
+    (v * 1000.0).round().max(1.0) as u64
+}
+
+impl Live {
+    /// Live values from a configuration.
+    pub fn new(cfg: &Config) -> Live {
+        let live = Live {
+            heartbeat_ms: AtomicU64::new(0),
+            pong_timeout_ms: AtomicU64::new(0),
+            idle_timeout_ms: AtomicU64::new(0),
+            poll_timeout_ms: AtomicU64::new(0),
+            handshake_timeout_ms: AtomicU64::new(0),
+            accept_pause_ms: AtomicU64::new(0),
+            max_connections: AtomicUsize::new(0),
+            max_message_bytes: AtomicUsize::new(0),
+            history_size: AtomicUsize::new(0),
+            slow_consumer_bytes: AtomicUsize::new(0),
+        };
+        live.apply(cfg);
+        live
+    }
+
+    /// Publishes every live key of `cfg`.
+    pub fn apply(&self, cfg: &Config) {
+        let r = Ordering::Relaxed;
+        self.heartbeat_ms.store(ms(cfg.heartbeat_secs), r);
+        self.pong_timeout_ms.store(ms(cfg.pong_timeout_secs), r);
+        self.idle_timeout_ms.store(ms(cfg.idle_timeout_secs), r);
+        self.poll_timeout_ms.store(ms(cfg.poll_timeout_secs), r);
+        self.handshake_timeout_ms
+            .store(ms(cfg.handshake_timeout_secs), r);
+        self.accept_pause_ms.store(cfg.accept_pause_ms, r);
+        self.max_connections.store(cfg.max_connections, r);
+        self.max_message_bytes.store(cfg.max_message_bytes, r);
+        self.history_size.store(cfg.history_size, r);
+        self.slow_consumer_bytes.store(cfg.slow_consumer_bytes, r);
+        if let Some(level) = Level::parse(&cfg.log_level) {
+            log::set_level(level);
+        }
+    }
+
+    /// Heartbeat interval.
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms.load(Ordering::Relaxed))
+    }
+    /// Pong timeout.
+    pub fn pong_timeout(&self) -> Duration {
+        Duration::from_millis(self.pong_timeout_ms.load(Ordering::Relaxed))
+    }
+    /// Keep-alive idle timeout.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms.load(Ordering::Relaxed))
+    }
+    /// Long-poll timeout.
+    pub fn poll_timeout(&self) -> Duration {
+        Duration::from_millis(self.poll_timeout_ms.load(Ordering::Relaxed))
+    }
+    /// Handshake timeout.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms.load(Ordering::Relaxed))
+    }
+    /// Accept pause after EMFILE.
+    pub fn accept_pause(&self) -> Duration {
+        Duration::from_millis(self.accept_pause_ms.load(Ordering::Relaxed))
+    }
+    /// Connection cap.
+    pub fn max_connections(&self) -> usize {
+        self.max_connections.load(Ordering::Relaxed)
+    }
+    /// Message size cap.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes.load(Ordering::Relaxed)
+    }
+    /// History ring size.
+    pub fn history_size(&self) -> usize {
+        self.history_size.load(Ordering::Relaxed)
+    }
+    /// Slow-consumer cap.
+    pub fn slow_consumer_bytes(&self) -> usize {
+        self.slow_consumer_bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// True when `channel` matches `pattern`: `*` matches any run of characters, everything
+/// else matches itself (`chat.*`, `*`, `room:*:public`, `news`).
+pub fn pattern_matches(pattern: &str, channel: &str) -> bool {
+    let p = pattern.as_bytes();
+    let s = channel.as_bytes();
+    let (mut pi, mut si) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, si));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == s[si] {
+            pi += 1;
+            si += 1;
+        } else if let Some((sp, ss)) = star {
+            pi = sp + 1;
+            si = ss + 1;
+            star = Some((sp, ss + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&b| b == b'*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        Config::default().validate().unwrap();
+        let cfg = Config::from_toml("").unwrap();
+        assert_eq!(cfg, Config::default());
+    }
+
+    #[test]
+    fn toml_and_set() {
+        let mut cfg = Config::from_toml(
+            "listen = \"127.0.0.1:9000\"\nheartbeat_secs = 5\nclient_publish = [\"chat.*\"]\n[cluster]\nredis_url = \"redis://x\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.listen, "127.0.0.1:9000");
+        assert_eq!(cfg.heartbeat_secs, 5.0);
+        assert_eq!(cfg.cluster.redis_url, "redis://x");
+        cfg.set_kv("heartbeat_secs=0.5").unwrap();
+        assert_eq!(cfg.heartbeat_secs, 0.5);
+        cfg.set_kv("ws_echo=true").unwrap();
+        assert!(cfg.ws_echo);
+        cfg.set_kv("log_level=debug").unwrap();
+        assert_eq!(cfg.log_level, "debug");
+        cfg.set_kv("client_publish=a.*,b").unwrap();
+        assert_eq!(cfg.client_publish, vec!["a.*", "b"]);
+        cfg.set_kv("cluster.node_id=n1").unwrap();
+        assert_eq!(cfg.cluster.node_id, "n1");
+        cfg.set_kv("token_secret=123").unwrap();
+        assert_eq!(cfg.token_secret, "123");
+    }
+
+    #[test]
+    fn bad_input_is_reported() {
+        let mut cfg = Config::default();
+        assert!(cfg.set_kv("nope=1").unwrap_err().0.contains("unknown key"));
+        assert!(cfg.set_kv("history_size=abc").is_err());
+        assert!(cfg.set_kv("history_size=0").is_err());
+        assert!(cfg.set_kv("heartbeat_secs=-1").is_err());
+        assert!(cfg.set_kv("log_level=loud").is_err());
+        assert!(cfg.set_kv("noequals").is_err());
+        assert!(
+            cfg.set_kv("auth=token").is_err(),
+            "token auth needs a secret"
+        );
+        assert!(Config::from_toml("bogus = 1").is_err());
+        assert!(Config::from_toml("workers = \"two\"").is_err());
+        assert_eq!(cfg, Config::default(), "failed sets change nothing");
+    }
+
+    #[test]
+    fn get_json_redacts_secrets() {
+        let mut cfg = Config::default();
+        cfg.set_kv("token_secret=s3cret").unwrap();
+        let all = cfg.get_json(None).unwrap();
+        assert_eq!(all["token_secret"], "<redacted>");
+        assert_eq!(all["admin_token"], "");
+        assert_eq!(cfg.get_json(Some("history_size")).unwrap(), 64);
+        assert!(cfg.get_json(Some("nope")).is_err());
+    }
+
+    #[test]
+    fn patterns() {
+        assert!(pattern_matches("chat.*", "chat.room1"));
+        assert!(pattern_matches("chat.*", "chat."));
+        assert!(!pattern_matches("chat.*", "chat"));
+        assert!(pattern_matches("*", "anything"));
+        assert!(pattern_matches("news", "news"));
+        assert!(!pattern_matches("news", "news2"));
+        assert!(pattern_matches("room:*:public", "room:42:public"));
+        assert!(!pattern_matches("room:*:public", "room:42:private"));
+        assert!(pattern_matches("a*b*c", "aXXbYYc"));
+    }
+}

@@ -1,0 +1,380 @@
+//! The control socket (operators) and its client, `pushedge ctl`.
+//!
+//! A Unix stream socket (mode 0600) speaking lines: one command per line, one line of
+//! JSON per reply. A bad command or argument gets a JSON error line and the connection
+//! stays usable. Each connection is served by its own thread (at most
+//! [`MAX_CONTROL_CONNS`]).
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::admin::{channel_info_json, totals_json};
+use crate::inbox::Cmd;
+use crate::server::{Shared, Stop};
+use crate::{info, warn};
+
+/// Most control connections at once.
+pub const MAX_CONTROL_CONNS: usize = 32;
+/// Default and largest `conns` listing.
+pub const DEFAULT_CONNS: usize = 100;
+/// Largest `conns` limit.
+pub const MAX_CONNS_LISTING: usize = 100_000;
+/// How long `conns` and `kick` wait for a worker to answer.
+pub const WORKER_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest `drain` wait.
+pub const MAX_DRAIN_WAIT_SECS: u64 = 3600;
+
+/// The commands, with their help.
+pub const COMMANDS: &[(&str, &str)] = &[
+    ("help", "this list"),
+    ("stats", "server totals"),
+    (
+        "info [channel]",
+        "server totals, or one channel's seq, subscribers and buffered",
+    ),
+    (
+        "channels [prefix]",
+        "channels (at most 1000), optionally by name prefix",
+    ),
+    ("conns [limit]", "open connections (default 100)"),
+    ("config get [key]", "the configuration, or one key"),
+    ("config set <key> <value>", "change a live key (see README)"),
+    ("kick <conn-id>", "close one connection (ids from conns)"),
+    (
+        "close <channel>",
+        "close a channel: subscribers get close and are unsubscribed",
+    ),
+    (
+        "pub <channel> <content>",
+        "publish (content is the rest of the line)",
+    ),
+    (
+        "drain [seconds]",
+        "stop accepting and close subscribers gracefully; waits up to seconds",
+    ),
+    ("shutdown", "drain, then exit"),
+];
+
+/// Binds the control socket, replacing a stale socket file but refusing to take over
+/// one that a running server answers on.
+pub fn bind(path: &str) -> Result<UnixListener, String> {
+    if std::path::Path::new(path).exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(format!(
+                "control socket {path} is in use by a running server"
+            ));
+        }
+        std::fs::remove_file(path)
+            .map_err(|e| format!("cannot remove stale control socket {path}: {e}"))?;
+    }
+    let l =
+        UnixListener::bind(path).map_err(|e| format!("cannot bind control socket {path}: {e}"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("cannot chmod control socket {path}: {e}"))?;
+    Ok(l)
+}
+
+/// Accepts control connections (never returns).
+pub fn run(shared: Arc<Shared>, listener: UnixListener) {
+    let active = Arc::new(AtomicUsize::new(0));
+    for stream in listener.incoming() {
+        let mut stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("control: accept failed: {e}");
+                thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        if active.load(Ordering::SeqCst) >= MAX_CONTROL_CONNS {
+            let _ = writeln!(stream, "{}", error(503, "too many control connections"));
+            continue;
+        }
+        active.fetch_add(1, Ordering::SeqCst);
+        let shared = shared.clone();
+        let active2 = active.clone();
+        let spawned = thread::Builder::new()
+            .name("control-conn".into())
+            .spawn(move || {
+                serve_conn(&shared, stream);
+                active2.fetch_sub(1, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            active.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+fn serve_conn(shared: &Shared, stream: UnixStream) {
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    let max_line = shared.cfg.max_message_bytes * 2 + 1024;
+    let mut reader = BufReader::new(stream);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match (&mut reader)
+            .take(max_line as u64 + 1)
+            .read_until(b'\n', &mut line)
+        {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(_) => return,
+        }
+        if line.len() > max_line {
+            let _ = writeln!(writer, "{}", error(413, "command line too long"));
+            return;
+        }
+        let reply = match std::str::from_utf8(&line) {
+            Ok(text) => {
+                let text = text.trim_end_matches(['\r', '\n']);
+                if text.trim().is_empty() {
+                    continue;
+                }
+                handle(shared, text)
+            }
+            Err(_) => error(400, "command is not UTF-8"),
+        };
+        if writeln!(writer, "{reply}").is_err() {
+            return;
+        }
+        if reply.get("type") == Some(&json!("ok")) && reply.get("shutdown") == Some(&json!(true)) {
+            shared.request_stop(Stop::Graceful);
+        }
+    }
+}
+
+fn error(code: u16, reason: &str) -> Value {
+    json!({"type": "error", "code": code, "reason": reason})
+}
+
+/// Splits off the first word.
+fn word(s: &str) -> (&str, &str) {
+    let s = s.trim_start();
+    match s.find(char::is_whitespace) {
+        Some(i) => (&s[..i], s[i..].trim_start()),
+        None => (s, ""),
+    }
+}
+
+/// Executes one command line.
+pub fn handle(shared: &Shared, line: &str) -> Value {
+    let (cmd, rest) = word(line);
+    let args: Vec<&str> = rest.split_whitespace().collect();
+    match cmd {
+        "help" => json!({
+            "type": "help",
+            "commands": COMMANDS.iter().map(|(c, h)| json!({"command": c, "help": h})).collect::<Vec<_>>(),
+        }),
+        "stats" => {
+            let mut v = totals_json(shared);
+            v["type"] = json!("stats");
+            v
+        }
+        "info" => match args.as_slice() {
+            [] => totals_json(shared),
+            [name] => match protocol::message::validate_channel(name) {
+                Ok(()) => channel_info_json(shared, name),
+                Err(e) => error(400, &e.to_string()),
+            },
+            _ => error(400, "usage: info [channel]"),
+        },
+        "channels" => {
+            let prefix = args.first().copied().unwrap_or("");
+            if args.len() > 1 {
+                return error(400, "usage: channels [prefix]");
+            }
+            let list: Vec<Value> = shared
+                .hub
+                .channels(prefix, crate::admin::DEFAULT_LISTING)
+                .into_iter()
+                .map(|c| json!({"channel": c.name, "seq": c.seq, "subscribers": c.subscribers, "buffered": c.buffered}))
+                .collect();
+            json!({"type": "channels", "channels": list})
+        }
+        "conns" => {
+            let limit = match args.as_slice() {
+                [] => DEFAULT_CONNS,
+                [n] => match n.parse::<usize>() {
+                    Ok(n) if n > 0 => n.min(MAX_CONNS_LISTING),
+                    _ => return error(400, "limit must be a positive integer"),
+                },
+                _ => return error(400, "usage: conns [limit]"),
+            };
+            conns(shared, limit)
+        }
+        "config" => config(shared, rest),
+        "kick" => match args.as_slice() {
+            [id] => kick(shared, id),
+            _ => error(400, "usage: kick <conn-id>"),
+        },
+        "close" => match args.as_slice() {
+            [name] => match shared.hub.close_channel(name) {
+                Ok(()) => json!({"type": "ok", "channel": name}),
+                Err(e) => error(e.status(), &e.reason()),
+            },
+            _ => error(400, "usage: close <channel>"),
+        },
+        "pub" => {
+            let (name, content) = word(rest);
+            if name.is_empty() {
+                return error(400, "usage: pub <channel> <content>");
+            }
+            if let Err(e) = protocol::message::validate_channel(name) {
+                return error(400, &e.to_string());
+            }
+            match shared.publish(name, content) {
+                Ok(seq) => json!({"type": "ok", "channel": name, "seq": seq}),
+                Err(e) => error(e.status(), &e.reason()),
+            }
+        }
+        "drain" => {
+            let wait = match args.as_slice() {
+                [] => None,
+                [s] => match s.parse::<u64>() {
+                    Ok(n) if n <= MAX_DRAIN_WAIT_SECS => Some(Duration::from_secs(n)),
+                    _ => return error(400, "seconds must be an integer 0..=3600"),
+                },
+                _ => return error(400, "usage: drain [seconds]"),
+            };
+            shared.drain();
+            if let Some(wait) = wait {
+                let deadline = Instant::now() + wait;
+                while shared.conns.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+                    thread::sleep(Duration::from_millis(20));
+                }
+            }
+            json!({"type": "ok", "draining": true, "connections": shared.conns.load(Ordering::Relaxed)})
+        }
+        "shutdown" => {
+            if !args.is_empty() {
+                return error(400, "usage: shutdown");
+            }
+            info!("shutdown requested on the control socket");
+            json!({"type": "ok", "shutdown": true})
+        }
+        _ => error(
+            400,
+            &format!(
+                "unknown command '{}' (try help)",
+                cmd.chars().take(40).collect::<String>()
+            ),
+        ),
+    }
+}
+
+fn config(shared: &Shared, rest: &str) -> Value {
+    let (sub, rest) = word(rest);
+    match sub {
+        "get" => {
+            let key = rest.trim();
+            let cur = shared.current.lock().unwrap_or_else(|p| p.into_inner());
+            match cur.get_json((!key.is_empty()).then_some(key)) {
+                Ok(v) if key.is_empty() => json!({"type": "config", "config": v}),
+                Ok(v) => json!({"type": "config", "key": key, "value": v}),
+                Err(e) => error(400, &e.0),
+            }
+        }
+        "set" => {
+            let (key, value) = word(rest);
+            if key.is_empty() || value.is_empty() {
+                return error(400, "usage: config set <key> <value>");
+            }
+            match shared.set_config(key, value.trim()) {
+                Ok(v) => {
+                    info!("config set {key} = {v}");
+                    json!({"type": "ok", "key": key, "value": v})
+                }
+                Err(e) => error(400, &e),
+            }
+        }
+        _ => error(400, "usage: config get [key] | config set <key> <value>"),
+    }
+}
+
+fn conns(shared: &Shared, limit: usize) -> Value {
+    let mut all = Vec::new();
+    for inbox in &shared.inboxes {
+        let (tx, rx) = mpsc::channel();
+        inbox.push(Cmd::Conns {
+            limit: limit - all.len().min(limit),
+            reply: tx,
+        });
+        if let Ok(list) = rx.recv_timeout(WORKER_REPLY_TIMEOUT) {
+            all.extend(list);
+        }
+        if all.len() >= limit {
+            break;
+        }
+    }
+    all.truncate(limit);
+    json!({"type": "conns", "total": shared.conns.load(Ordering::Relaxed), "conns": all})
+}
+
+fn kick(shared: &Shared, id: &str) -> Value {
+    let parts: Vec<&str> = id.split(':').collect();
+    let parsed = match parts.as_slice() {
+        [w, s, g] => match (w.parse::<usize>(), s.parse::<u32>(), g.parse::<u32>()) {
+            (Ok(w), Ok(s), Ok(g)) if w < shared.inboxes.len() => Some((w, s, g)),
+            _ => None,
+        },
+        _ => None,
+    };
+    let Some((w, slot, generation)) = parsed else {
+        return error(400, "conn-id is worker:slot:generation, as listed by conns");
+    };
+    let (tx, rx) = mpsc::channel();
+    shared.inboxes[w].push(Cmd::Kick {
+        slot,
+        generation,
+        reply: tx,
+    });
+    match rx.recv_timeout(WORKER_REPLY_TIMEOUT) {
+        Ok(true) => json!({"type": "ok", "kicked": id}),
+        Ok(false) => error(404, "no such connection"),
+        Err(_) => error(503, "worker did not answer"),
+    }
+}
+
+/// `pushedge ctl`: sends one command and prints the reply. Returns the exit status:
+/// 0 for a reply that is not an error, 1 for an error reply, 2 when the server cannot be
+/// reached.
+pub fn client(path: &str, command: &str) -> i32 {
+    let mut stream = match UnixStream::connect(path) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("pushedge ctl: cannot connect to {path}: {e}");
+            return 2;
+        }
+    };
+    let wait = match word(command) {
+        ("drain", secs) => secs.trim().parse::<u64>().unwrap_or(0) + 10,
+        _ => 10,
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(wait)));
+    if let Err(e) = writeln!(stream, "{command}") {
+        eprintln!("pushedge ctl: cannot send: {e}");
+        return 2;
+    }
+    let mut reply = String::new();
+    match BufReader::new(&stream).read_line(&mut reply) {
+        Ok(0) | Err(_) => {
+            eprintln!("pushedge ctl: no reply from {path}");
+            2
+        }
+        Ok(_) => {
+            print!("{reply}");
+            match serde_json::from_str::<Value>(&reply) {
+                Ok(v) if v.get("type") == Some(&json!("error")) => 1,
+                _ => 0,
+            }
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! A worker's inbox: a lock-free queue plus a wake-up of the worker's reactor.
+//!
+//! Producers (publishers, the control socket, other threads) push a [`Cmd`] and wake the
+//! worker only when it is not already awake for an earlier push: the `woken` flag turns a
+//! burst of publishes into one wake-up syscall. The worker clears the flag before it
+//! drains the queue, so a push that races with the drain triggers a fresh wake-up.
+
+use crossbeam_queue::SegQueue;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+
+use crate::hub::Msg;
+
+/// Most commands queued for one worker; a publish that would pass it is refused with 503
+/// rather than letting memory grow without bound.
+pub const MAX_INBOX: usize = 1 << 20;
+
+/// Something a worker can be woken with.
+pub trait Wake: Send + Sync {
+    /// Wakes the worker's reactor.
+    fn wake(&self);
+}
+
+impl Wake for mio::Waker {
+    fn wake(&self) {
+        // A failed wake (eventfd full) means a wake-up is already pending.
+        let _ = mio::Waker::wake(self);
+    }
+}
+
+/// One connection as listed by `conns`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConnInfo {
+    /// `worker:slot:generation`, the id `kick` takes.
+    pub id: String,
+    /// Transport (`ws`, `sse`, `poll`, `stream`, `iframe`, `http`).
+    pub transport: &'static str,
+    /// Peer address.
+    pub peer: String,
+    /// Subscribed channels.
+    pub channels: Vec<String>,
+    /// Bytes queued and not yet written.
+    pub queued: usize,
+}
+
+/// Work for a worker.
+pub enum Cmd {
+    /// Deliver a message (or a channel close) to local subscribers.
+    Deliver(Arc<Msg>),
+    /// Close one connection; replies whether it existed.
+    Kick {
+        /// Slot in the worker's slab.
+        slot: u32,
+        /// Generation of the connection.
+        generation: u32,
+        /// Reply channel.
+        reply: Sender<bool>,
+    },
+    /// List up to `limit` connections.
+    Conns {
+        /// Most connections to list.
+        limit: usize,
+        /// Reply channel.
+        reply: Sender<Vec<ConnInfo>>,
+    },
+    /// Stop accepting and close every connection gracefully.
+    Drain,
+    /// Exit the worker loop now.
+    Shutdown,
+}
+
+/// The inbox of one worker.
+pub struct Inbox {
+    queue: SegQueue<Cmd>,
+    len: AtomicUsize,
+    woken: AtomicBool,
+    waker: Option<Arc<dyn Wake>>,
+}
+
+impl Inbox {
+    /// An inbox that wakes `waker` on push.
+    pub fn new(waker: Arc<dyn Wake>) -> Inbox {
+        Inbox {
+            queue: SegQueue::new(),
+            len: AtomicUsize::new(0),
+            woken: AtomicBool::new(false),
+            waker: Some(waker),
+        }
+    }
+
+    /// An inbox with no reactor behind it (tests).
+    pub fn detached() -> Inbox {
+        Inbox {
+            queue: SegQueue::new(),
+            len: AtomicUsize::new(0),
+            woken: AtomicBool::new(false),
+            waker: None,
+        }
+    }
+
+    /// Queues a command and wakes the worker if it is not already awake.
+    pub fn push(&self, cmd: Cmd) {
+        self.queue.push(cmd);
+        self.len.fetch_add(1, Ordering::Relaxed);
+        if !self.woken.swap(true, Ordering::AcqRel) {
+            if let Some(w) = &self.waker {
+                w.wake();
+            }
+        }
+    }
+
+    /// Called by the worker before draining: later pushes wake it again.
+    pub fn arm(&self) {
+        self.woken.store(false, Ordering::Release);
+    }
+
+    /// Takes the next command.
+    pub fn pop(&self) -> Option<Cmd> {
+        let cmd = self.queue.pop();
+        if cmd.is_some() {
+            self.len.fetch_sub(1, Ordering::Relaxed);
+        }
+        cmd
+    }
+
+    /// Commands waiting.
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    /// True when nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

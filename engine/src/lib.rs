@@ -1,0 +1,29 @@
+//! pushedge: a push edge server.
+//!
+//! It holds long-lived subscriber connections (WebSocket, Server-Sent Events, long-poll,
+//! NDJSON and iframe streaming) and pushes every message published to a channel to all of
+//! its subscribers, with per-channel sequence numbers and history so that a client that
+//! reconnects resumes where it left off. See README.md for the contract and DESIGN notes
+//! in each module:
+//!
+//! - [`server`]: startup, shared state, signals and shutdown.
+//! - [`worker`]: one thread per core with its own reactor, listener, slab and timer wheel.
+//! - [`conn`]: the per-connection record and state machine.
+//! - [`hub`]: channels, sequence numbers, history rings, per-worker subscriber counts.
+//! - [`timer`]: the hashed timing wheel.
+//! - [`admin`], [`control`]: the admin HTTP API and the control socket.
+//! - [`config`]: configuration with documented defaults; [`auth`]: subscriber tokens.
+
+pub mod log;
+
+pub mod admin;
+pub mod auth;
+pub mod config;
+pub mod conn;
+pub mod control;
+pub mod hub;
+pub mod inbox;
+pub mod metrics;
+pub mod server;
+pub mod timer;
+pub mod worker;

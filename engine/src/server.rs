@@ -1,0 +1,326 @@
+//! Startup, the shared state, and shutdown.
+//!
+//! `serve` binds everything first (so a bad address fails before any thread starts),
+//! prints one `ready` line with the actual addresses (tests start the server on port 0
+//! and read it), starts the workers, the admin thread, the control thread and the signal
+//! thread, then waits for a shutdown request: SIGTERM/SIGINT or `shutdown` on the control
+//! socket. Shutdown drains (stop accepting, close WebSockets with 1001, end streams and
+//! polls) for at most `drain_timeout_secs`, then stops the workers and exits.
+
+use mio::{Poll, Waker};
+use socket2::{Domain, Protocol, Socket, Type};
+use std::net::{SocketAddr, TcpListener as StdTcpListener, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::config::{self, AuthMode, Config, Live};
+use crate::hub::{Hub, HubError};
+use crate::inbox::{Cmd, Inbox};
+use crate::metrics::{Snapshot, WorkerStats};
+use crate::worker::{Worker, WAKER};
+use crate::{admin, control, error, info, warn};
+
+/// Listen backlog of the subscriber and admin sockets.
+pub const LISTEN_BACKLOG: i32 = 4096;
+/// How often the waiting main thread checks whether a drain has finished.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
+
+/// Why the main thread should stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGTERM / SIGINT or `shutdown`: drain, then exit.
+    Graceful,
+    /// A second signal: exit now.
+    Immediate,
+}
+
+/// State shared by every thread.
+pub struct Shared {
+    /// The configuration the server started with (keys that cannot change live).
+    pub cfg: Config,
+    /// The current configuration (with live changes), for `config get`.
+    pub current: Mutex<Config>,
+    /// Live keys, read by the workers.
+    pub live: Arc<Live>,
+    /// The channel table.
+    pub hub: Arc<Hub>,
+    /// Per-worker figures.
+    pub stats: Vec<Arc<WorkerStats>>,
+    /// Per-worker inboxes.
+    pub inboxes: Vec<Arc<Inbox>>,
+    /// Open subscriber connections (all workers).
+    pub conns: AtomicUsize,
+    /// Set once a drain started.
+    pub draining: AtomicBool,
+    /// When the server started.
+    pub started: Instant,
+    /// Node id (shown in `/info`).
+    pub node_id: String,
+    stop: Mutex<Option<Sender<Stop>>>,
+}
+
+impl Shared {
+    /// True when subscribers need a token.
+    pub fn token_auth(&self) -> bool {
+        self.cfg.auth == AuthMode::Token
+    }
+
+    /// Publishes a message (admin port, control socket, WebSocket clients).
+    pub fn publish(&self, channel: &str, content: &str) -> Result<u64, HubError> {
+        self.hub.publish(channel, content)
+    }
+
+    /// A channel's last seq (0 when unknown).
+    pub fn channel_seq(&self, channel: &str) -> u64 {
+        self.hub.info(channel).map_or(0, |i| i.seq)
+    }
+
+    /// Sums the workers' figures.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot::collect(self.stats.iter().map(|s| &**s))
+    }
+
+    /// Starts a drain on every worker (idempotent).
+    pub fn drain(&self) {
+        if !self.draining.swap(true, Ordering::SeqCst) {
+            info!("draining: no new connections, closing subscribers");
+            for inbox in &self.inboxes {
+                inbox.push(Cmd::Drain);
+            }
+        }
+    }
+
+    /// Asks the main thread to stop.
+    pub fn request_stop(&self, how: Stop) {
+        if let Some(tx) = self.stop.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            let _ = tx.send(how);
+        }
+    }
+
+    /// Applies `config set KEY VALUE` for a live key.
+    pub fn set_config(&self, key: &str, value: &str) -> Result<serde_json::Value, String> {
+        if !config::LIVE_KEYS.contains(&key) {
+            return Err(format!(
+                "'{key}' cannot be changed while running (live keys: {})",
+                config::LIVE_KEYS.join(", ")
+            ));
+        }
+        let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = cur.clone();
+        next.set(key, value).map_err(|e| e.0)?;
+        self.live.apply(&next);
+        *cur = next;
+        cur.get_json(Some(key)).map_err(|e| e.0)
+    }
+}
+
+/// Addresses actually bound.
+#[derive(Debug, Clone)]
+pub struct Bound {
+    /// Subscriber address.
+    pub listen: SocketAddr,
+    /// Admin address.
+    pub admin: SocketAddr,
+    /// Control socket path.
+    pub control: String,
+}
+
+fn resolve(addr: &str, what: &str) -> Result<SocketAddr, String> {
+    addr.to_socket_addrs()
+        .map_err(|e| format!("invalid {what} address '{addr}': {e}"))?
+        .next()
+        .ok_or_else(|| format!("invalid {what} address '{addr}'"))
+}
+
+/// Binds a listener with SO_REUSEPORT (several workers and several processes share the
+/// port; the kernel spreads the accepts).
+pub fn bind_reuseport(addr: SocketAddr) -> std::io::Result<StdTcpListener> {
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let sock = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(LISTEN_BACKLOG)?;
+    sock.set_nonblocking(true)?;
+    Ok(sock.into())
+}
+
+fn node_id(cfg: &Config) -> String {
+    if !cfg.cluster.node_id.is_empty() {
+        return cfg.cluster.node_id.clone();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "node".into());
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    format!("{host}-{}-{:x}", std::process::id(), t & 0xFFFF_FFFF)
+}
+
+/// Runs the server until it is told to stop. Returns the process exit status.
+pub fn serve(cfg: Config) -> Result<(), String> {
+    let live = Arc::new(Live::new(&cfg));
+    let workers = cfg.worker_count();
+
+    // Bind everything first.
+    let listen_addr = resolve(&cfg.listen, "listen")?;
+    let mut listeners = Vec::with_capacity(workers);
+    let first =
+        bind_reuseport(listen_addr).map_err(|e| format!("cannot listen on {listen_addr}: {e}"))?;
+    let listen_addr = first
+        .local_addr()
+        .map_err(|e| format!("cannot read the bound address: {e}"))?;
+    listeners.push(first);
+    for _ in 1..workers {
+        listeners.push(
+            bind_reuseport(listen_addr)
+                .map_err(|e| format!("cannot listen on {listen_addr}: {e}"))?,
+        );
+    }
+    let admin_addr = resolve(&cfg.admin_listen, "admin")?;
+    let admin_listener = admin::bind(admin_addr)
+        .map_err(|e| format!("cannot listen on admin address {admin_addr}: {e}"))?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the admin address: {e}"))?;
+    let control_listener = control::bind(&cfg.control_path)?;
+
+    let mut polls = Vec::with_capacity(workers);
+    let mut inboxes = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let poll = Poll::new().map_err(|e| format!("cannot create a reactor: {e}"))?;
+        let waker = Waker::new(poll.registry(), WAKER)
+            .map_err(|e| format!("cannot create a waker: {e}"))?;
+        inboxes.push(Arc::new(Inbox::new(Arc::new(waker))));
+        polls.push(poll);
+    }
+    let hub = Arc::new(Hub::new(
+        inboxes.clone(),
+        live.clone(),
+        cfg.max_channels,
+        config::secs(cfg.channel_ttl_secs),
+    ));
+    let (stop_tx, stop_rx) = mpsc::channel();
+    let shared = Arc::new(Shared {
+        node_id: node_id(&cfg),
+        current: Mutex::new(cfg.clone()),
+        cfg,
+        live,
+        hub,
+        stats: (0..workers)
+            .map(|_| Arc::new(WorkerStats::default()))
+            .collect(),
+        inboxes: inboxes.clone(),
+        conns: AtomicUsize::new(0),
+        draining: AtomicBool::new(false),
+        started: Instant::now(),
+        stop: Mutex::new(Some(stop_tx)),
+    });
+
+    let mut handles = Vec::with_capacity(workers);
+    for (id, (poll, listener)) in polls.into_iter().zip(listeners).enumerate() {
+        let listener = mio::net::TcpListener::from_std(listener);
+        let worker = Worker::new(id, shared.clone(), poll, listener, inboxes[id].clone())
+            .map_err(|e| format!("cannot start worker {id}: {e}"))?;
+        let h = thread::Builder::new()
+            .name(format!("worker-{id}"))
+            .spawn(move || worker.run())
+            .map_err(|e| format!("cannot start worker thread: {e}"))?;
+        handles.push(h);
+    }
+    {
+        let shared = shared.clone();
+        thread::Builder::new()
+            .name("admin".into())
+            .spawn(move || admin::run(shared, admin_listener))
+            .map_err(|e| format!("cannot start admin thread: {e}"))?;
+    }
+    {
+        let shared = shared.clone();
+        thread::Builder::new()
+            .name("control".into())
+            .spawn(move || control::run(shared, control_listener))
+            .map_err(|e| format!("cannot start control thread: {e}"))?;
+    }
+    start_signal_thread(shared.clone())?;
+
+    let bound = Bound {
+        listen: listen_addr,
+        admin: admin_addr,
+        control: shared.cfg.control_path.clone(),
+    };
+    info!(
+        "ready: pushedge {} subscriber={} admin={} control={} workers={} backend=epoll node={}",
+        env!("CARGO_PKG_VERSION"),
+        bound.listen,
+        bound.admin,
+        bound.control,
+        workers,
+        shared.node_id
+    );
+
+    wait_and_stop(&shared, stop_rx);
+    for inbox in &shared.inboxes {
+        inbox.push(Cmd::Shutdown);
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    let _ = std::fs::remove_file(&bound.control);
+    info!("stopped");
+    Ok(())
+}
+
+fn wait_and_stop(shared: &Shared, stop_rx: Receiver<Stop>) {
+    let how = stop_rx.recv().unwrap_or(Stop::Immediate);
+    if how == Stop::Immediate {
+        return;
+    }
+    shared.drain();
+    let deadline = Instant::now() + config::secs(shared.cfg.drain_timeout_secs);
+    loop {
+        let open = shared.conns.load(Ordering::Relaxed);
+        if open == 0 {
+            info!("drained");
+            return;
+        }
+        if Instant::now() >= deadline {
+            warn!("drain timeout: {open} connections still open, closing them");
+            return;
+        }
+        if let Ok(Stop::Immediate) = stop_rx.recv_timeout(DRAIN_POLL) {
+            return;
+        }
+    }
+}
+
+fn start_signal_thread(shared: Arc<Shared>) -> Result<(), String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut seen = 0;
+            for sig in signals.forever() {
+                seen += 1;
+                if seen == 1 {
+                    info!("signal {sig}: draining (send again to exit at once)");
+                    shared.request_stop(Stop::Graceful);
+                } else {
+                    error!("signal {sig} again: exiting now");
+                    shared.request_stop(Stop::Immediate);
+                }
+            }
+        })
+        .map_err(|e| format!("cannot start signal thread: {e}"))?;
+    Ok(())
+}

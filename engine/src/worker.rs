@@ -1,0 +1,1994 @@
+//! A worker: one thread with its own reactor, listener, connection slab, timer wheel,
+//! channel index and inbox.
+//!
+//! The loop, once per turn: wait for readiness (bounded by the next timer tick), handle
+//! socket events, drain the inbox (deliveries and commands), re-run connections that hit
+//! their per-turn read budget, accept new connections, fire due timers.
+//!
+//! Reads go into one per-worker scratch buffer; only the unparsed tail of a request head
+//! is kept per connection (WebSocket frames are consumed whole by the decoder). Writes go
+//! straight to the socket; only what the kernel did not take is queued, as shared
+//! references to the pre-encoded message. Fan-out inside a worker takes no lock: each
+//! worker keeps its own channel -> connections index.
+//!
+//! Work per turn is bounded: at most [`READ_BUDGET`] bytes per connection, [`ACCEPT_BATCH`]
+//! accepts and [`INBOX_BATCH`] commands, so one busy peer cannot starve the others.
+
+use bytes::Bytes;
+use mio::net::TcpListener;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::Shutdown;
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use protocol::http::{self, Method, Parsed, ResponseBody, EMPTY_HEADER};
+use protocol::message::{self, JsonStyle, Message};
+use protocol::query::Query;
+use protocol::ws::{self, CloseCode, DataKind, Decoded, DecoderConfig, Event, OpCode, Role};
+
+use crate::auth::{self, Grant};
+use crate::conn::{flag, Conn, State, Sub};
+use crate::hub::{ChanKey, HubError, Msg, MsgKind, Since, Subscribed};
+use crate::inbox::{Cmd, ConnInfo, Inbox};
+use crate::metrics::{Counter, Transport, WorkerStats};
+use crate::server::Shared;
+use crate::timer::{jitter, Rng, TimerId, TimerWheel};
+use crate::{debug, info, warn};
+
+/// Token of the listener.
+pub const LISTENER: Token = Token(usize::MAX);
+/// Token of the inbox waker.
+pub const WAKER: Token = Token(usize::MAX - 1);
+/// Size of the per-worker read buffer.
+pub const SCRATCH_BYTES: usize = 64 * 1024;
+/// Most bytes read from one connection per turn.
+pub const READ_BUDGET: usize = 256 * 1024;
+/// Most connections accepted per turn.
+pub const ACCEPT_BATCH: usize = 512;
+/// Most inbox commands handled per turn.
+pub const INBOX_BATCH: usize = 1024;
+/// Readiness events fetched per wait.
+pub const EVENTS_CAPACITY: usize = 1024;
+/// Most buffers in one `writev`.
+pub const MAX_IOV: usize = 64;
+/// Upper bound on header fields (the configured `max_headers` is at most this).
+pub const HEADERS_CAP: usize = 256;
+/// Accept errors are logged at most once per this interval.
+pub const ACCEPT_WARN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The answer when `max_connections` is reached.
+const FULL_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 68\r\nConnection: close\r\n\r\n{\"type\":\"error\",\"code\":503,\"reason\":\"too many connections (max)\"}\n\n";
+/// A WebSocket ping with no payload.
+const PING_FRAME: &[u8] = &[0x89, 0x00];
+/// Sent first on an iframe stream: a document to hold the scripts, padded so that old
+/// browsers start rendering (and running scripts) at once.
+const IFRAME_PREAMBLE: &str = "<!DOCTYPE html><html><head><meta charset=\"utf-8\"></head><body>";
+
+/// A piece of output: copied if it has to be queued, or shared by reference.
+enum Part<'a> {
+    Copy(&'a [u8]),
+    Shared(&'a Bytes),
+}
+
+impl Part<'_> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Part::Copy(b) => b,
+            Part::Shared(b) => b,
+        }
+    }
+}
+
+/// A worker-local channel: its subscribers on this worker.
+struct LocalChan {
+    key: ChanKey,
+    name: Arc<str>,
+    conns: Vec<u32>,
+}
+
+/// The routes of the subscriber port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Ws,
+    Echo,
+    Sse,
+    Poll,
+    Stream,
+    Iframe,
+    Ping,
+    Health,
+}
+
+/// An error answered on the HTTP level: status and reason.
+type Reject = (u16, String);
+
+fn reject(status: u16, reason: impl Into<String>) -> Reject {
+    (status, reason.into())
+}
+
+/// A client operation on a WebSocket (`{"op":"sub",...}`).
+#[derive(serde::Deserialize)]
+struct Op<'a> {
+    #[serde(borrow)]
+    op: Cow<'a, str>,
+    #[serde(borrow, default)]
+    channel: Option<Cow<'a, str>>,
+    #[serde(default)]
+    since: Option<u64>,
+    #[serde(borrow, default)]
+    content: Option<Cow<'a, str>>,
+}
+
+/// One worker thread's state.
+pub struct Worker {
+    id: usize,
+    shared: Arc<Shared>,
+    stats: Arc<WorkerStats>,
+    inbox: Arc<Inbox>,
+    poll: Poll,
+    listener: Option<TcpListener>,
+    accept_more: bool,
+    accept_paused_until: Option<Instant>,
+    last_accept_warn: Option<Instant>,
+    conns: Slab<Conn>,
+    generation: u32,
+    wheel: TimerWheel,
+    chans: Slab<LocalChan>,
+    by_key: HashMap<ChanKey, u32>,
+    scratch: Vec<u8>,
+    out: Vec<u8>,
+    replay: Vec<Arc<Msg>>,
+    targets: Vec<u32>,
+    fired: Vec<(TimerId, u64)>,
+    again: Vec<usize>,
+    inbox_more: bool,
+    rng: Rng,
+    now: Instant,
+    draining: bool,
+    running: bool,
+}
+
+fn token_of(slot: usize, generation: u32) -> usize {
+    (generation as usize) << 32 | slot
+}
+
+fn split_token(token: usize) -> (usize, u32) {
+    (token & 0xFFFF_FFFF, (token >> 32) as u32)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Worker {
+    /// A worker with its reactor, its listener (already bound, SO_REUSEPORT) and inbox.
+    pub fn new(
+        id: usize,
+        shared: Arc<Shared>,
+        poll: Poll,
+        mut listener: TcpListener,
+        inbox: Arc<Inbox>,
+    ) -> io::Result<Worker> {
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let now = Instant::now();
+        let seed = (unix_now() ^ (id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            ^ u64::from(std::process::id()) << 17;
+        Ok(Worker {
+            id,
+            stats: shared.stats[id].clone(),
+            shared,
+            inbox,
+            poll,
+            listener: Some(listener),
+            accept_more: true,
+            accept_paused_until: None,
+            last_accept_warn: None,
+            conns: Slab::new(),
+            generation: 0,
+            wheel: TimerWheel::new(now),
+            chans: Slab::new(),
+            by_key: HashMap::new(),
+            scratch: vec![0; SCRATCH_BYTES],
+            out: Vec::with_capacity(4096),
+            replay: Vec::new(),
+            targets: Vec::new(),
+            fired: Vec::new(),
+            again: Vec::new(),
+            inbox_more: false,
+            rng: Rng::new(seed),
+            now,
+            draining: false,
+            running: true,
+        })
+    }
+
+    /// Runs the loop until a `Shutdown` command.
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        debug!("worker {} running", self.id);
+        while self.running {
+            let mut timeout = self.wheel.poll_timeout(self.now);
+            let busy = !self.again.is_empty()
+                || self.inbox_more
+                || (self.accept_more
+                    && self.listener.is_some()
+                    && self.accept_paused_until.is_none());
+            if busy {
+                timeout = Some(Duration::ZERO);
+            }
+            if let Some(until) = self.accept_paused_until {
+                let left = until.saturating_duration_since(self.now);
+                timeout = Some(timeout.map_or(left, |t| t.min(left)));
+            }
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    warn!("worker {}: poll failed: {e}", self.id);
+                }
+            }
+            self.now = Instant::now();
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept_more = true,
+                    WAKER => {}
+                    Token(t) => {
+                        let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
+                        self.on_event(t, readable, ev.is_writable());
+                    }
+                }
+            }
+            self.drain_inbox();
+            self.run_again();
+            if let Some(until) = self.accept_paused_until {
+                if self.now >= until {
+                    self.accept_paused_until = None;
+                    self.accept_more = true;
+                }
+            }
+            if self.accept_more && self.accept_paused_until.is_none() {
+                self.accept();
+            }
+            self.now = Instant::now();
+            self.run_timers();
+        }
+        debug!(
+            "worker {} stopped with {} connections",
+            self.id,
+            self.conns.len()
+        );
+        let open = self.conns.len();
+        for (_, c) in self.conns.iter() {
+            self.stats.conn_delta(c.state.transport(), -1);
+        }
+        self.shared.conns.fetch_sub(open, Ordering::Relaxed);
+    }
+
+    fn live(&self) -> &crate::config::Live {
+        &self.shared.live
+    }
+
+    fn conn(&self, slot: usize, generation: u32) -> Option<&Conn> {
+        self.conns.get(slot).filter(|c| c.generation == generation)
+    }
+
+    fn alive(&self, slot: usize, generation: u32) -> bool {
+        self.conn(slot, generation).is_some()
+    }
+
+    // ---------------------------------------------------------------- accept
+
+    fn accept(&mut self) {
+        for _ in 0..ACCEPT_BATCH {
+            let Some(listener) = &self.listener else {
+                self.accept_more = false;
+                return;
+            };
+            match listener.accept() {
+                Ok((sock, _peer)) => self.add_conn(TcpStream::from(sock)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.accept_more = false;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNABORTED | libc::EPROTO)) => {
+                    continue
+                }
+                Err(e) => {
+                    // EMFILE, ENFILE, ENOBUFS, ENOMEM: keep serving what we have, retry
+                    // after a pause instead of spinning on a listener that stays readable.
+                    self.stats.inc(Counter::AcceptErrors);
+                    let pause = self.live().accept_pause();
+                    let warn_now = self
+                        .last_accept_warn
+                        .is_none_or(|t| self.now.duration_since(t) >= ACCEPT_WARN_INTERVAL);
+                    if warn_now {
+                        warn!(
+                            "worker {}: accept failed: {e}; pausing accepts for {} ms ({} connections open)",
+                            self.id,
+                            pause.as_millis(),
+                            self.conns.len()
+                        );
+                        self.last_accept_warn = Some(self.now);
+                    }
+                    self.accept_paused_until = Some(self.now + pause);
+                    return;
+                }
+            }
+        }
+        // Batch used up: go on next turn.
+        self.accept_more = true;
+    }
+
+    fn add_conn(&mut self, sock: TcpStream) {
+        let total = self.shared.conns.load(Ordering::Relaxed);
+        if total >= self.live().max_connections() || self.draining {
+            self.stats.inc(Counter::RejectedFull);
+            let _ = (&sock).write(FULL_RESPONSE);
+            return;
+        }
+        let _ = sock.set_nodelay(true);
+        self.generation = self.generation.wrapping_add(1);
+        let generation = self.generation;
+        let deadline = self.now + self.live().handshake_timeout();
+        let entry = self.conns.vacant_entry();
+        let slot = entry.key();
+        if slot > u32::MAX as usize {
+            return;
+        }
+        let token = token_of(slot, generation);
+        if let Err(e) = self.poll.registry().register(
+            &mut SourceFd(&sock.as_raw_fd()),
+            Token(token),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            warn!("worker {}: register failed: {e}", self.id);
+            return;
+        }
+        let mut conn = Conn::new(sock, generation);
+        conn.timer = self.wheel.insert(deadline, token as u64);
+        entry.insert(conn);
+        self.shared.conns.fetch_add(1, Ordering::Relaxed);
+        self.stats.inc(Counter::Accepted);
+        self.stats.conn_delta(Transport::Http, 1);
+    }
+
+    // ---------------------------------------------------------------- events
+
+    fn on_event(&mut self, token: usize, readable: bool, writable: bool) {
+        let (slot, generation) = split_token(token);
+        if !self.alive(slot, generation) {
+            return;
+        }
+        if writable {
+            self.flush(slot);
+        }
+        if readable && self.alive(slot, generation) {
+            self.read(slot);
+        }
+    }
+
+    fn run_again(&mut self) {
+        if self.again.is_empty() {
+            return;
+        }
+        let again = std::mem::take(&mut self.again);
+        for token in again {
+            let (slot, generation) = split_token(token);
+            if !self.alive(slot, generation) {
+                continue;
+            }
+            // Saved input (pipelined requests) first, then the socket.
+            let has_saved = self.conns[slot]
+                .ext
+                .as_ref()
+                .is_some_and(|e| !e.rbuf.is_empty());
+            if has_saved && self.conns[slot].state == State::Http {
+                self.on_data(slot, &mut []);
+            }
+            if self.alive(slot, generation) {
+                self.read(slot);
+            }
+        }
+    }
+
+    fn read(&mut self, slot: usize) {
+        let generation = self.conns[slot].generation;
+        let mut budget = READ_BUDGET;
+        let mut scratch = std::mem::take(&mut self.scratch);
+        while let Some(conn) = self
+            .conns
+            .get_mut(slot)
+            .filter(|c| c.generation == generation)
+        {
+            if conn.state == State::Poll && conn.ext.as_ref().is_some_and(|e| !e.rbuf.is_empty()) {
+                // A held long-poll with a pipelined request already saved: leave the rest
+                // in the kernel until the poll is answered.
+                break;
+            }
+            match (&conn.sock).read(&mut scratch) {
+                Ok(0) => {
+                    self.close_now(slot);
+                    break;
+                }
+                Ok(n) => {
+                    self.on_data(slot, &mut scratch[..n]);
+                    budget = budget.saturating_sub(n);
+                    if budget == 0 {
+                        self.again.push(token_of(slot, generation));
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.close_now(slot);
+                    break;
+                }
+            }
+        }
+        self.scratch = scratch;
+    }
+
+    /// Handles received bytes, joined with any saved unparsed input.
+    fn on_data(&mut self, slot: usize, data: &mut [u8]) {
+        let generation = self.conns[slot].generation;
+        let saved = self.conns[slot]
+            .ext
+            .as_mut()
+            .map(|e| std::mem::take(&mut e.rbuf))
+            .unwrap_or_default();
+        if saved.is_empty() {
+            let used = self.process(slot, data);
+            self.keep_unparsed(slot, generation, &data[used..]);
+        } else {
+            let mut buf = saved;
+            buf.extend_from_slice(data);
+            let used = self.process(slot, &mut buf);
+            self.keep_unparsed(slot, generation, &buf[used..]);
+        }
+    }
+
+    fn keep_unparsed(&mut self, slot: usize, generation: u32, rest: &[u8]) {
+        let limit = self.shared.cfg.max_head_bytes;
+        let Some(conn) = self
+            .conns
+            .get_mut(slot)
+            .filter(|c| c.generation == generation)
+        else {
+            return;
+        };
+        if rest.is_empty() {
+            conn.shrink();
+            return;
+        }
+        if conn.ext.as_ref().map_or(0, |e| e.rbuf.len()) + rest.len() > limit {
+            // Only a held long-poll can get here (the head parser enforces the limit
+            // itself): a client pipelining this much while waiting is misbehaving.
+            self.close_now(slot);
+            return;
+        }
+        conn.ext().rbuf.extend_from_slice(rest);
+    }
+
+    /// Feeds input to the connection's state machine; returns the bytes consumed.
+    fn process(&mut self, slot: usize, input: &mut [u8]) -> usize {
+        let generation = self.conns[slot].generation;
+        let mut pos = 0;
+        while pos < input.len() {
+            let Some(conn) = self.conn(slot, generation) else {
+                return input.len();
+            };
+            match conn.state {
+                State::Http => match self.on_request(slot, &input[pos..]) {
+                    Some(n) => pos += n,
+                    None => return pos,
+                },
+                State::Ws | State::Echo => {
+                    if conn.has(flag::CLOSE_SENT) {
+                        return input.len();
+                    }
+                    pos += self.on_ws_bytes(slot, &mut input[pos..]);
+                }
+                State::Poll => return pos,
+                State::Sse | State::Stream | State::Iframe | State::Closing => return input.len(),
+            }
+        }
+        pos
+    }
+
+    // ---------------------------------------------------------------- inbox
+
+    fn drain_inbox(&mut self) {
+        self.inbox.arm();
+        self.inbox_more = false;
+        for _ in 0..INBOX_BATCH {
+            let Some(cmd) = self.inbox.pop() else {
+                return;
+            };
+            match cmd {
+                Cmd::Deliver(msg) => self.on_deliver(&msg),
+                Cmd::Kick {
+                    slot,
+                    generation,
+                    reply,
+                } => {
+                    let found = self.alive(slot as usize, generation);
+                    if found {
+                        self.stats.inc(Counter::Kicked);
+                        self.end(slot as usize, CloseCode::POLICY, "kicked by operator");
+                    }
+                    let _ = reply.send(found);
+                }
+                Cmd::Conns { limit, reply } => {
+                    let _ = reply.send(self.list_conns(limit));
+                }
+                Cmd::Drain => self.drain(),
+                Cmd::Shutdown => {
+                    self.running = false;
+                    return;
+                }
+            }
+        }
+        self.inbox_more = true;
+    }
+
+    fn list_conns(&self, limit: usize) -> Vec<ConnInfo> {
+        self.conns
+            .iter()
+            .take(limit)
+            .map(|(slot, c)| ConnInfo {
+                id: format!("{}:{}:{}", self.id, slot, c.generation),
+                transport: c.state.transport().as_str(),
+                peer: c
+                    .sock
+                    .peer_addr()
+                    .map_or_else(|_| "-".into(), |a| a.to_string()),
+                channels: c
+                    .subs
+                    .as_slice()
+                    .iter()
+                    .map(|s| self.chans[s.local as usize].name.to_string())
+                    .collect(),
+                queued: c.queued(),
+            })
+            .collect()
+    }
+
+    fn drain(&mut self) {
+        if self.draining {
+            return;
+        }
+        self.draining = true;
+        if let Some(mut l) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        let slots: Vec<usize> = self.conns.iter().map(|(s, _)| s).collect();
+        for slot in slots {
+            if self.conns.contains(slot) {
+                self.end(slot, CloseCode::GOING_AWAY, "server shutting down");
+            }
+        }
+        info!(
+            "worker {}: draining, {} connections closing",
+            self.id,
+            self.conns.len()
+        );
+    }
+
+    /// Ends a connection gracefully, the way its transport ends.
+    fn end(&mut self, slot: usize, code: CloseCode, reason: &str) {
+        match self.conns[slot].state {
+            State::Http => self.close_now(slot),
+            State::Ws | State::Echo => self.ws_close(slot, code, reason),
+            State::Sse => self.close_graceful(slot),
+            State::Stream | State::Iframe => {
+                self.send(slot, &[Part::Copy(http::LAST_CHUNK)]);
+                self.close_graceful(slot);
+            }
+            State::Poll => {
+                self.conns[slot].clear(flag::KEEP_ALIVE);
+                self.answer_poll_noop(slot);
+            }
+            State::Closing => {}
+        }
+    }
+
+    // ---------------------------------------------------------------- timers
+
+    fn arm(&mut self, slot: usize, after: Duration) {
+        let conn = &mut self.conns[slot];
+        let token = token_of(slot, conn.generation) as u64;
+        conn.timer = self.wheel.reschedule(conn.timer, self.now + after, token);
+    }
+
+    fn disarm(&mut self, slot: usize) {
+        let conn = &mut self.conns[slot];
+        self.wheel.cancel(conn.timer);
+        conn.timer = TimerId::NONE;
+    }
+
+    fn run_timers(&mut self) {
+        let mut fired = std::mem::take(&mut self.fired);
+        self.wheel.advance(self.now, &mut fired);
+        for (id, key) in fired.drain(..) {
+            let (slot, generation) = split_token(key as usize);
+            match self.conns.get_mut(slot) {
+                Some(c) if c.generation == generation && c.timer == id => {
+                    c.timer = TimerId::NONE;
+                    self.on_timer(slot);
+                }
+                _ => {}
+            }
+        }
+        self.fired = fired;
+    }
+
+    fn on_timer(&mut self, slot: usize) {
+        let conn = &self.conns[slot];
+        if conn.has(flag::CLOSE_AFTER_FLUSH) || conn.state == State::Closing {
+            self.close_now(slot);
+            return;
+        }
+        let heartbeat = self.live().heartbeat();
+        match conn.state {
+            State::Http => {
+                if !conn.has(flag::SERVED) {
+                    self.stats.inc(Counter::HandshakeTimeout);
+                }
+                self.close_now(slot);
+            }
+            State::Ws => {
+                if conn.has(flag::AWAIT_PONG) {
+                    self.stats.inc(Counter::HeartbeatTimeout);
+                    debug!("worker {}: pong timeout on {slot}", self.id);
+                    // The peer is gone or stuck: no close handshake to wait for.
+                    let mut frame = Vec::with_capacity(32);
+                    ws::encode_close(&mut frame, CloseCode::POLICY, "heartbeat timeout", None);
+                    let _ = (&self.conns[slot].sock).write(&frame);
+                    self.close_now(slot);
+                } else {
+                    self.conns[slot].set(flag::AWAIT_PONG);
+                    self.send(slot, &[Part::Copy(PING_FRAME)]);
+                    if self.conns.contains(slot) {
+                        let pong = self.live().pong_timeout();
+                        self.arm(slot, pong);
+                    }
+                }
+            }
+            State::Echo => {}
+            State::Sse => {
+                self.send(slot, &[Part::Copy(protocol::sse::PING_COMMENT)]);
+                self.rearm(slot, heartbeat);
+            }
+            State::Stream | State::Iframe => {
+                self.send_envelope(
+                    slot,
+                    &Message::Noop {
+                        channel: None,
+                        seq: None,
+                    },
+                );
+                self.rearm(slot, heartbeat);
+            }
+            State::Poll => self.answer_poll_noop(slot),
+            State::Closing => self.close_now(slot),
+        }
+    }
+
+    fn rearm(&mut self, slot: usize, after: Duration) {
+        if self.conns.contains(slot) && !self.conns[slot].has(flag::CLOSE_AFTER_FLUSH) {
+            self.arm(slot, after);
+        }
+    }
+
+    // ---------------------------------------------------------------- output
+
+    /// Writes the parts, queueing what the socket does not take.
+    fn send(&mut self, slot: usize, parts: &[Part<'_>]) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if conn.state == State::Closing || conn.has(flag::CLOSE_AFTER_FLUSH) {
+            return;
+        }
+        let total: usize = parts.iter().map(|p| p.bytes().len()).sum();
+        if total == 0 {
+            return;
+        }
+        let mut written = 0;
+        if !conn.has_queue() {
+            let mut iov = [IoSlice::new(&[]); 4];
+            let n = parts.len().min(iov.len());
+            for (slot_iov, p) in iov.iter_mut().zip(parts) {
+                *slot_iov = IoSlice::new(p.bytes());
+            }
+            loop {
+                match (&conn.sock).write_vectored(&iov[..n]) {
+                    Ok(w) => {
+                        written = w;
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        self.close_now(slot);
+                        return;
+                    }
+                }
+            }
+            self.stats.add(Counter::BytesOut, written as u64);
+        }
+        if written == total {
+            return;
+        }
+        let ext = conn.ext();
+        let mut skip = written;
+        for p in parts {
+            let b = p.bytes();
+            if skip >= b.len() {
+                skip -= b.len();
+                continue;
+            }
+            let rest = match p {
+                Part::Copy(c) => Bytes::copy_from_slice(&c[skip..]),
+                Part::Shared(s) => s.slice(skip..),
+            };
+            skip = 0;
+            ext.wq.push(rest);
+        }
+        if ext.wq.bytes > self.shared.live.slow_consumer_bytes() {
+            self.slow_consumer(slot);
+        }
+    }
+
+    /// Writes queued output after a writable edge.
+    fn flush(&mut self, slot: usize) {
+        loop {
+            let conn = &mut self.conns[slot];
+            let Some(ext) = conn.ext.as_mut().filter(|e| !e.wq.is_empty()) else {
+                break;
+            };
+            let mut iov: [IoSlice<'_>; MAX_IOV] = [IoSlice::new(&[]); MAX_IOV];
+            let mut n = 0;
+            for (i, b) in ext.wq.bufs.iter().take(MAX_IOV).enumerate() {
+                let start = if i == 0 { ext.wq.offset } else { 0 };
+                iov[i] = IoSlice::new(&b[start..]);
+                n += 1;
+            }
+            match (&conn.sock).write_vectored(&iov[..n]) {
+                Ok(w) => {
+                    ext.wq.advance(w);
+                    self.stats.add(Counter::BytesOut, w as u64);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    self.close_now(slot);
+                    return;
+                }
+            }
+        }
+        let conn = &mut self.conns[slot];
+        if conn.has(flag::CLOSE_AFTER_FLUSH) {
+            self.shutdown_write(slot);
+        } else {
+            conn.shrink();
+        }
+    }
+
+    fn slow_consumer(&mut self, slot: usize) {
+        self.stats.inc(Counter::SlowConsumer);
+        debug!("worker {}: slow consumer {slot}", self.id);
+        let conn = &mut self.conns[slot];
+        let state = conn.state;
+        let ext = conn.ext();
+        // Keep the partly written buffer whole so the stream stays well-formed, drop the
+        // rest, and end the stream behind it.
+        ext.wq.truncate_to_partial();
+        match state {
+            State::Ws | State::Echo => {
+                let mut frame = Vec::with_capacity(32);
+                ws::encode_close(&mut frame, CloseCode::POLICY, "slow consumer", None);
+                ext.wq.push(Bytes::from(frame));
+                conn.set(flag::CLOSE_SENT);
+            }
+            State::Stream | State::Iframe => ext.wq.push(Bytes::from_static(http::LAST_CHUNK)),
+            _ => {}
+        }
+        self.close_graceful(slot);
+    }
+
+    /// Stops deliveries and shuts the write side once the queue is written.
+    fn close_graceful(&mut self, slot: usize) {
+        self.unsubscribe_all(slot);
+        let conn = &mut self.conns[slot];
+        conn.set(flag::CLOSE_AFTER_FLUSH);
+        if conn.has_queue() {
+            let t = secs_f(self.shared.cfg.close_timeout_secs);
+            self.arm(slot, t);
+        } else {
+            self.shutdown_write(slot);
+        }
+    }
+
+    /// Shuts the write side and waits (bounded) for the peer to close, so that unread
+    /// input does not turn our last bytes into a reset.
+    fn shutdown_write(&mut self, slot: usize) {
+        let conn = &mut self.conns[slot];
+        if conn.sock.shutdown(Shutdown::Write).is_err() {
+            self.close_now(slot);
+            return;
+        }
+        conn.clear(flag::CLOSE_AFTER_FLUSH);
+        if let Some(ext) = conn.ext.as_mut() {
+            ext.rbuf = Vec::new();
+            ext.callback = None;
+            ext.grant = None;
+        }
+        conn.shrink();
+        self.set_state(slot, State::Closing);
+        let t = secs_f(self.shared.cfg.close_timeout_secs);
+        self.arm(slot, t);
+    }
+
+    /// Closes the socket and forgets the connection.
+    fn close_now(&mut self, slot: usize) {
+        if !self.conns.contains(slot) {
+            return;
+        }
+        self.unsubscribe_all(slot);
+        let conn = self.conns.remove(slot);
+        self.wheel.cancel(conn.timer);
+        self.stats.conn_delta(conn.state.transport(), -1);
+        self.shared.conns.fetch_sub(1, Ordering::Relaxed);
+        drop(conn);
+    }
+
+    fn set_state(&mut self, slot: usize, state: State) {
+        let conn = &mut self.conns[slot];
+        let (old, new) = (conn.state.transport(), state.transport());
+        if old != new {
+            self.stats.conn_delta(old, -1);
+            self.stats.conn_delta(new, 1);
+        }
+        conn.state = state;
+    }
+
+    // ---------------------------------------------------------------- subscriptions
+
+    /// Subscribes connection `slot`; buffered messages to replay are left in
+    /// `self.replay`. The new subscription's cursor starts just before what is replayed.
+    fn subscribe(
+        &mut self,
+        slot: usize,
+        name: &str,
+        since: Since,
+        only_if_nothing_to_replay: bool,
+    ) -> Result<Subscribed, HubError> {
+        let s = self.shared.hub.subscribe(
+            self.id,
+            name,
+            since,
+            only_if_nothing_to_replay,
+            &mut self.replay,
+        )?;
+        if s.registered {
+            let local = match self.by_key.get(&s.key) {
+                Some(&l) => l,
+                None => {
+                    let l = self.chans.insert(LocalChan {
+                        key: s.key,
+                        name: s.name.clone(),
+                        conns: Vec::new(),
+                    }) as u32;
+                    self.by_key.insert(s.key, l);
+                    l
+                }
+            };
+            let chan = &mut self.chans[local as usize];
+            let pos = chan.conns.len() as u32;
+            chan.conns.push(slot as u32);
+            let last_seq = match since {
+                Since::Now => s.seq,
+                Since::Seq(n) => n.saturating_sub(1),
+            };
+            self.conns[slot].subs.push(Sub {
+                local,
+                pos,
+                last_seq,
+            });
+        }
+        Ok(s)
+    }
+
+    /// Subscribes and replays (gap first, then buffered messages); afterwards the cursor
+    /// is at least the channel's seq, so deliveries already covered are dropped.
+    fn subscribe_and_replay(
+        &mut self,
+        slot: usize,
+        name: &str,
+        since: Since,
+    ) -> Result<(), HubError> {
+        self.replay.clear();
+        let s = self.subscribe(slot, name, since, false)?;
+        let local = self.by_key[&s.key];
+        if let Some((from, to)) = s.gap {
+            if let Some(sub) = self.conns[slot].subs.find_mut(local) {
+                sub.last_seq = sub.last_seq.max(to);
+            }
+            self.send_envelope(
+                slot,
+                &Message::Gap {
+                    channel: &s.name,
+                    from,
+                    to,
+                },
+            );
+        }
+        let replay = std::mem::take(&mut self.replay);
+        for m in &replay {
+            if !self.conns.contains(slot) {
+                break;
+            }
+            self.deliver(slot, local, m);
+        }
+        self.replay = replay;
+        self.replay.clear();
+        if let Some(sub) = self
+            .conns
+            .get_mut(slot)
+            .and_then(|c| c.subs.find_mut(local))
+        {
+            sub.last_seq = sub.last_seq.max(s.seq);
+        }
+        Ok(())
+    }
+
+    fn unsubscribe(&mut self, slot: usize, local: u32) {
+        if let Some(sub) = self.conns[slot].subs.remove(local) {
+            self.detach(local, sub.pos);
+        }
+    }
+
+    fn unsubscribe_all(&mut self, slot: usize) {
+        if self.conns[slot].subs.is_empty() {
+            return;
+        }
+        for sub in self.conns[slot].subs.take_all() {
+            self.detach(sub.local, sub.pos);
+        }
+    }
+
+    /// Removes position `pos` from a local channel's list, fixing the moved entry.
+    fn detach(&mut self, local: u32, pos: u32) {
+        let chan = &mut self.chans[local as usize];
+        chan.conns.swap_remove(pos as usize);
+        if let Some(&moved) = chan.conns.get(pos as usize) {
+            if let Some(s) = self.conns[moved as usize].subs.find_mut(local) {
+                s.pos = pos;
+            }
+        }
+        let key = chan.key;
+        let empty = chan.conns.is_empty();
+        self.shared.hub.unsubscribe(self.id, key);
+        if empty {
+            self.by_key.remove(&key);
+            self.chans.remove(local as usize);
+        }
+    }
+
+    fn local_by_name(&self, slot: usize, name: &str) -> Option<u32> {
+        self.conns[slot]
+            .subs
+            .as_slice()
+            .iter()
+            .map(|s| s.local)
+            .find(|&l| &*self.chans[l as usize].name == name)
+    }
+
+    // ---------------------------------------------------------------- delivery
+
+    fn on_deliver(&mut self, msg: &Arc<Msg>) {
+        let Some(&local) = self.by_key.get(&msg.key) else {
+            return;
+        };
+        let mut targets = std::mem::take(&mut self.targets);
+        targets.clear();
+        targets.extend_from_slice(&self.chans[local as usize].conns);
+        let mut iframe_cache: Option<(Box<str>, Bytes)> = None;
+        for &slot in &targets {
+            let slot = slot as usize;
+            if !self.conns.contains(slot) || self.by_key.get(&msg.key) != Some(&local) {
+                continue;
+            }
+            if self.conns[slot].state == State::Iframe {
+                self.deliver_iframe(slot, local, msg, &mut iframe_cache);
+            } else {
+                self.deliver(slot, local, msg);
+            }
+        }
+        self.targets = targets;
+    }
+
+    /// Advances the connection's cursor for `msg`; false for a duplicate.
+    fn advance_cursor(&mut self, slot: usize, local: u32, msg: &Msg) -> bool {
+        let Some(sub) = self.conns[slot].subs.find_mut(local) else {
+            return false;
+        };
+        if msg.kind == MsgKind::Data {
+            if msg.seq <= sub.last_seq {
+                return false;
+            }
+            sub.last_seq = msg.seq;
+        }
+        true
+    }
+
+    /// Delivers one message to one subscriber.
+    fn deliver(&mut self, slot: usize, local: u32, msg: &Arc<Msg>) {
+        if !self.advance_cursor(slot, local, msg) {
+            return;
+        }
+        self.stats.inc(Counter::Delivered);
+        match self.conns[slot].state {
+            State::Ws => self.send(slot, &[Part::Shared(msg.ws_frame())]),
+            State::Sse => {
+                if self.conns[slot].subs.len() == 1 {
+                    self.send(slot, &[Part::Shared(msg.sse_event())]);
+                } else {
+                    let mut out = std::mem::take(&mut self.out);
+                    out.clear();
+                    self.write_cursor_line(slot, &mut out);
+                    self.send(slot, &[Part::Copy(&out), Part::Shared(msg.sse_data())]);
+                    self.out = out;
+                }
+            }
+            State::Stream => self.send(slot, &[Part::Shared(msg.ndjson_chunk())]),
+            State::Iframe => {
+                let mut none = None;
+                self.deliver_iframe_encoded(slot, msg, &mut none);
+            }
+            State::Poll => {
+                let jsonp = self.conns[slot].has(flag::JSONP);
+                let json = if jsonp { msg.script_json() } else { msg.json() };
+                let json = json.clone();
+                self.answer_poll(slot, &[json]);
+                return;
+            }
+            _ => return,
+        }
+        if msg.kind == MsgKind::Close && self.conns.contains(slot) {
+            self.unsubscribe(slot, local);
+            if self.conns[slot].subs.is_empty() && self.conns[slot].state.is_stream() {
+                self.end(slot, CloseCode::NORMAL, "");
+            }
+        }
+    }
+
+    fn deliver_iframe(
+        &mut self,
+        slot: usize,
+        local: u32,
+        msg: &Arc<Msg>,
+        cache: &mut Option<(Box<str>, Bytes)>,
+    ) {
+        if !self.advance_cursor(slot, local, msg) {
+            return;
+        }
+        self.stats.inc(Counter::Delivered);
+        self.deliver_iframe_encoded(slot, msg, cache);
+        if msg.kind == MsgKind::Close && self.conns.contains(slot) {
+            self.unsubscribe(slot, local);
+            if self.conns[slot].subs.is_empty() {
+                self.end(slot, CloseCode::NORMAL, "");
+            }
+        }
+    }
+
+    /// Sends `msg` as an iframe script chunk; one encoding per callback name per message.
+    fn deliver_iframe_encoded(
+        &mut self,
+        slot: usize,
+        msg: &Arc<Msg>,
+        cache: &mut Option<(Box<str>, Bytes)>,
+    ) {
+        let cb: Box<str> = self.conns[slot]
+            .ext
+            .as_ref()
+            .and_then(|e| e.callback.clone())
+            .unwrap_or_else(|| self.shared.cfg.iframe_callback.clone().into_boxed_str());
+        let chunk = match cache {
+            Some((name, bytes)) if *name == cb => bytes.clone(),
+            _ => {
+                let mut out = Vec::with_capacity(msg.script_json().len() + 64);
+                message::write_iframe_chunk(&mut out, &cb, msg.script_json());
+                let b = Bytes::from(out);
+                *cache = Some((cb, b.clone()));
+                b
+            }
+        };
+        self.send(slot, &[Part::Shared(&chunk)]);
+    }
+
+    /// Appends `id: <cursor>\n` for an SSE connection.
+    fn write_cursor_line(&self, slot: usize, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"id: ");
+        let subs = self.conns[slot].subs.as_slice();
+        protocol::sse::write_cursor(
+            out,
+            subs.iter()
+                .map(|s| (&*self.chans[s.local as usize].name, s.last_seq)),
+        );
+        out.push(b'\n');
+    }
+
+    /// Sends an envelope made for this connection (gap, noop, error, pong, next_seq)
+    /// in the connection's wire form.
+    fn send_envelope(&mut self, slot: usize, msg: &Message<'_>) {
+        let state = self.conns[slot].state;
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        let mut json = Vec::with_capacity(96);
+        match state {
+            State::Ws | State::Echo => {
+                message::write_json(&mut json, msg, JsonStyle::Plain);
+                message::write_ws_frame(&mut out, &json);
+            }
+            State::Sse => {
+                message::write_json(&mut json, msg, JsonStyle::Plain);
+                self.write_cursor_line(slot, &mut out);
+                message::write_sse_event(&mut out, None, &json);
+            }
+            State::Stream => {
+                message::write_json(&mut json, msg, JsonStyle::Plain);
+                message::write_ndjson_chunk(&mut out, &json);
+            }
+            State::Iframe => {
+                message::write_json(&mut json, msg, JsonStyle::Script);
+                let cb = self.conns[slot]
+                    .ext
+                    .as_ref()
+                    .and_then(|e| e.callback.as_deref())
+                    .unwrap_or(&self.shared.cfg.iframe_callback);
+                message::write_iframe_chunk(&mut out, cb, &json);
+            }
+            _ => {}
+        }
+        if !out.is_empty() {
+            self.send(slot, &[Part::Copy(&out)]);
+        }
+        self.out = out;
+    }
+
+    // ---------------------------------------------------------------- WebSocket
+
+    fn on_ws_bytes(&mut self, slot: usize, input: &mut [u8]) -> usize {
+        let cfg = DecoderConfig {
+            role: Role::Server,
+            max_message: self.live().max_message_bytes(),
+        };
+        match self.conns[slot].ws.decode(input, &cfg) {
+            Ok(Decoded { consumed, event }) => {
+                if let Some(ev) = event {
+                    self.on_ws_event(slot, ev);
+                }
+                consumed
+            }
+            Err(e) => {
+                debug!("worker {}: ws protocol error on {slot}: {e}", self.id);
+                self.ws_fail(slot, e.close_code(), e.reason());
+                input.len()
+            }
+        }
+    }
+
+    fn on_ws_event(&mut self, slot: usize, ev: Event<'_>) {
+        match ev {
+            Event::Ping(payload) => {
+                let mut frame = Vec::with_capacity(payload.len() + 2);
+                ws::encode_frame(&mut frame, true, OpCode::Pong, &payload);
+                self.send(slot, &[Part::Copy(&frame)]);
+            }
+            Event::Pong(_) => {
+                let conn = &mut self.conns[slot];
+                if conn.has(flag::AWAIT_PONG) {
+                    conn.clear(flag::AWAIT_PONG);
+                    let hb = self.live().heartbeat();
+                    self.arm(slot, hb);
+                }
+            }
+            Event::Close(frame) => {
+                let code = frame.map_or(CloseCode::NORMAL, |f| f.code);
+                let mut reply = Vec::with_capacity(4);
+                ws::frame::write_frame_header(&mut reply, true, OpCode::Close, 2, None);
+                reply.extend_from_slice(&code.0.to_be_bytes());
+                self.send(slot, &[Part::Copy(&reply)]);
+                if self.conns.contains(slot) {
+                    self.conns[slot].set(flag::CLOSE_SENT);
+                    self.close_graceful(slot);
+                }
+            }
+            Event::Message { kind, data } => {
+                if self.conns[slot].state == State::Echo {
+                    let op = match kind {
+                        DataKind::Text => OpCode::Text,
+                        DataKind::Binary => OpCode::Binary,
+                    };
+                    let mut frame = Vec::with_capacity(ws::frame_len(data.len(), false));
+                    ws::encode_frame(&mut frame, true, op, &data);
+                    self.send(slot, &[Part::Shared(&Bytes::from(frame))]);
+                } else if kind == DataKind::Binary {
+                    self.ws_fail(
+                        slot,
+                        CloseCode::UNSUPPORTED,
+                        "binary messages are not supported",
+                    );
+                } else {
+                    self.on_client_op(slot, &data);
+                }
+            }
+        }
+    }
+
+    /// Fails the connection: close frame with `code`, then close.
+    fn ws_fail(&mut self, slot: usize, code: CloseCode, reason: &str) {
+        if let Some(c) = Counter::for_close(code.0) {
+            self.stats.inc(c);
+        }
+        self.ws_close(slot, code, reason);
+    }
+
+    /// Sends a close frame (once) and closes gracefully.
+    fn ws_close(&mut self, slot: usize, code: CloseCode, reason: &str) {
+        let conn = &mut self.conns[slot];
+        if !conn.has(flag::CLOSE_SENT) {
+            let mut frame = Vec::with_capacity(reason.len() + 4);
+            ws::encode_close(&mut frame, code, reason, None);
+            self.send(slot, &[Part::Copy(&frame)]);
+            if !self.conns.contains(slot) {
+                return;
+            }
+            self.conns[slot].set(flag::CLOSE_SENT);
+        }
+        if self.conns[slot].state != State::Closing {
+            self.close_graceful(slot);
+        }
+    }
+
+    fn op_error(&mut self, slot: usize, code: u16, reason: &str) {
+        self.send_envelope(slot, &Message::Error { code, reason });
+    }
+
+    fn on_client_op(&mut self, slot: usize, text: &[u8]) {
+        let op: Op<'_> = match serde_json::from_slice(text) {
+            Ok(op) => op,
+            Err(e) => {
+                let reason = format!("invalid op: {e}");
+                self.op_error(slot, 400, &reason);
+                return;
+            }
+        };
+        match &*op.op {
+            "ping" => self.send_envelope(slot, &Message::Pong),
+            "sub" => {
+                let Some(name) = op.channel.as_deref() else {
+                    return self.op_error(slot, 400, "sub needs a channel");
+                };
+                if let Err(e) = message::validate_channel(name) {
+                    return self.op_error(slot, 400, &e.to_string());
+                }
+                if self.local_by_name(slot, name).is_some() {
+                    return self.op_error(slot, 409, "already subscribed");
+                }
+                let max = self.shared.cfg.max_channels_per_conn;
+                if self.conns[slot].subs.len() >= max {
+                    let reason = format!("too many channels on one connection (max {max})");
+                    return self.op_error(slot, 400, &reason);
+                }
+                if self.shared.token_auth() {
+                    let allowed = self.conns[slot]
+                        .ext
+                        .as_ref()
+                        .and_then(|e| e.grant.as_ref())
+                        .is_some_and(|g| g.allows(name));
+                    if !allowed {
+                        return self.op_error(slot, 403, auth::TokenError::Channel.reason());
+                    }
+                }
+                let since = op.since.map_or(Since::Now, Since::Seq);
+                if let Err(e) = self.subscribe_and_replay(slot, name, since) {
+                    self.op_error(slot, e.status(), &e.reason());
+                }
+            }
+            "unsub" => {
+                let Some(name) = op.channel.as_deref() else {
+                    return self.op_error(slot, 400, "unsub needs a channel");
+                };
+                match self.local_by_name(slot, name) {
+                    Some(local) => self.unsubscribe(slot, local),
+                    None => self.op_error(slot, 404, "not subscribed"),
+                }
+            }
+            "pub" => {
+                let Some(name) = op.channel.as_deref() else {
+                    return self.op_error(slot, 400, "pub needs a channel");
+                };
+                if let Err(e) = message::validate_channel(name) {
+                    return self.op_error(slot, 400, &e.to_string());
+                }
+                let Some(content) = op.content.as_deref() else {
+                    return self.op_error(slot, 400, "pub needs a string content");
+                };
+                let allowed = self
+                    .shared
+                    .cfg
+                    .client_publish
+                    .iter()
+                    .any(|p| crate::config::pattern_matches(p, name));
+                if !allowed {
+                    return self.op_error(slot, 403, "clients may not publish to this channel");
+                }
+                match self.shared.publish(name, content) {
+                    Ok(seq) => {
+                        self.stats.inc(Counter::ClientPublished);
+                        self.send_envelope(slot, &Message::Ok { channel: name, seq });
+                    }
+                    Err(e) => self.op_error(slot, e.status(), &e.reason()),
+                }
+            }
+            other => {
+                let reason = format!(
+                    "unknown op '{}'",
+                    other.chars().take(32).collect::<String>()
+                );
+                self.op_error(slot, 400, &reason);
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- HTTP
+
+    /// Parses and serves one request from `buf`; `None` when the head is incomplete.
+    fn on_request(&mut self, slot: usize, buf: &[u8]) -> Option<usize> {
+        let cfg = &self.shared.cfg;
+        let limits = http::Limits {
+            max_head_bytes: cfg.max_head_bytes,
+            max_headers: cfg.max_headers,
+            max_body_bytes: 0,
+        };
+        let mut headers = [EMPTY_HEADER; HEADERS_CAP];
+        let max_headers = cfg.max_headers.min(HEADERS_CAP);
+        let req = match http::parse_request(buf, &mut headers[..max_headers], &limits) {
+            Ok(Parsed::Partial) => return None,
+            Ok(Parsed::Complete(r)) => r,
+            Err(e) => {
+                self.respond_error(slot, e.status(), e.reason(), &[]);
+                return Some(buf.len());
+            }
+        };
+        let head_len = req.head_len;
+        let keep_alive = req.keep_alive() && !self.draining;
+        let route = match req.path() {
+            "/ws" => Route::Ws,
+            "/echo" if self.shared.cfg.ws_echo => Route::Echo,
+            "/sse" => Route::Sse,
+            "/poll" | "/sub" => Route::Poll,
+            "/stream" => Route::Stream,
+            "/iframe" => Route::Iframe,
+            "/ping" => Route::Ping,
+            "/healthz" => Route::Health,
+            _ => {
+                self.respond_error(slot, 404, "no such endpoint", &[]);
+                return Some(buf.len());
+            }
+        };
+        let head_ok = matches!(route, Route::Ping | Route::Health) && req.method == Method::Head;
+        if req.method != Method::Get && !head_ok {
+            let allow = if matches!(route, Route::Ping | Route::Health) {
+                "GET, HEAD"
+            } else {
+                "GET"
+            };
+            self.respond_error(slot, 405, "method not allowed", &[("Allow", allow)]);
+            return Some(buf.len());
+        }
+        match http::body_framing(&req, &limits) {
+            Ok(http::BodyFraming::None) => {}
+            Ok(_) | Err(http::HttpError::BodyTooLarge) => {
+                self.respond_error(slot, 400, "subscriber requests carry no body", &[]);
+                return Some(buf.len());
+            }
+            Err(e) => {
+                self.respond_error(slot, e.status(), e.reason(), &[]);
+                return Some(buf.len());
+            }
+        }
+        let query = match Query::parse(req.query()) {
+            Ok(q) => q,
+            Err(e) => {
+                self.respond_error(slot, 400, e.reason(), &[]);
+                return Some(buf.len());
+            }
+        };
+        let conn = &mut self.conns[slot];
+        conn.set(flag::SERVED);
+        if keep_alive {
+            conn.set(flag::KEEP_ALIVE);
+        } else {
+            conn.clear(flag::KEEP_ALIVE);
+        }
+        let result = match route {
+            Route::Ws | Route::Echo => self.serve_ws(slot, &req, &query, route == Route::Echo),
+            Route::Sse => self.serve_sse(slot, &req, &query),
+            Route::Stream | Route::Iframe => self.serve_chunked(slot, &req, &query, route),
+            Route::Poll => self.serve_poll(slot, &query),
+            Route::Ping => {
+                self.respond_simple(
+                    slot,
+                    200,
+                    "application/json",
+                    b"{\"type\":\"ping\"}\n",
+                    head_ok,
+                );
+                Ok(())
+            }
+            Route::Health => {
+                self.respond_simple(slot, 200, "text/plain; charset=utf-8", b"ok\n", head_ok);
+                Ok(())
+            }
+        };
+        if let Err((status, reason)) = result {
+            let extra: &[(&str, &str)] = if status == 401 {
+                &[("WWW-Authenticate", "Bearer")]
+            } else {
+                &[]
+            };
+            self.respond_error(slot, status, &reason, extra);
+            return Some(buf.len());
+        }
+        Some(head_len)
+    }
+
+    /// Common headers of subscriber responses.
+    fn cors(&self) -> Option<(&'static str, &str)> {
+        let origin = &self.shared.cfg.cors_origin;
+        (!origin.is_empty()).then_some(("Access-Control-Allow-Origin", origin.as_str()))
+    }
+
+    fn respond_error(&mut self, slot: usize, status: u16, reason: &str, extra: &[(&str, &str)]) {
+        if let Some(c) = Counter::for_status(status) {
+            self.stats.inc(c);
+        }
+        let mut body = Message::Error {
+            code: status,
+            reason,
+        }
+        .to_json();
+        body.push(b'\n');
+        let mut headers: Vec<(&str, &str)> = vec![("Content-Type", "application/json")];
+        headers.extend(self.cors());
+        headers.extend_from_slice(extra);
+        let mut out = Vec::with_capacity(256 + body.len());
+        http::write_response(&mut out, status, &headers, &body, false);
+        let conn = &mut self.conns[slot];
+        if conn.state == State::Http {
+            // Nothing more will be read from this request stream.
+            if let Some(e) = conn.ext.as_mut() {
+                e.rbuf = Vec::new();
+            }
+        }
+        self.send(slot, &[Part::Copy(&out)]);
+        if self.conns.contains(slot) {
+            self.close_graceful(slot);
+        }
+    }
+
+    /// Answers a small request with a complete response and goes back to waiting for the
+    /// next request (or closes, per keep-alive).
+    fn respond_simple(
+        &mut self,
+        slot: usize,
+        status: u16,
+        content_type: &str,
+        body: &[u8],
+        head_only: bool,
+    ) {
+        let keep_alive = self.conns[slot].has(flag::KEEP_ALIVE);
+        let mut headers: Vec<(&str, &str)> = vec![
+            ("Content-Type", content_type),
+            ("Cache-Control", "no-cache"),
+        ];
+        headers.extend(self.cors());
+        let mut out = Vec::with_capacity(256 + body.len());
+        http::write_response_head(
+            &mut out,
+            status,
+            &headers,
+            ResponseBody::Length(body.len()),
+            keep_alive,
+        );
+        if !head_only {
+            out.extend_from_slice(body);
+        }
+        self.send(slot, &[Part::Copy(&out)]);
+        self.after_response(slot);
+    }
+
+    /// After a complete response: wait for the next request, or close.
+    fn after_response(&mut self, slot: usize) {
+        if !self.conns.contains(slot) {
+            return;
+        }
+        if self.conns[slot].state != State::Http {
+            self.set_state(slot, State::Http);
+        }
+        let conn = &mut self.conns[slot];
+        conn.clear(flag::JSONP);
+        if let Some(e) = conn.ext.as_mut() {
+            e.callback = None;
+        }
+        if conn.has(flag::KEEP_ALIVE) && !self.draining {
+            let idle = self.live().idle_timeout();
+            self.arm(slot, idle);
+            let token = token_of(slot, self.conns[slot].generation);
+            if self.conns[slot]
+                .ext
+                .as_ref()
+                .is_some_and(|e| !e.rbuf.is_empty())
+            {
+                // Pipelined requests waited while this one was held: serve them next turn.
+                self.again.push(token);
+            }
+        } else {
+            self.close_graceful(slot);
+        }
+    }
+
+    /// Channel list from `channel` / `cname`: validated, deduplicated, bounded.
+    fn channels_param(&self, q: &Query<'_>, required: bool) -> Result<Vec<String>, Reject> {
+        let Some(raw) = q.get_any(&["channel", "cname"]) else {
+            return if required {
+                Err(reject(400, "missing channel"))
+            } else {
+                Ok(Vec::new())
+            };
+        };
+        let max = self.shared.cfg.max_channels_per_conn;
+        let mut out: Vec<String> = Vec::new();
+        for name in raw.split(',') {
+            message::validate_channel(name).map_err(|e| reject(400, e.to_string()))?;
+            if !out.iter().any(|n| n == name) {
+                out.push(name.to_string());
+            }
+            if out.len() > max {
+                return Err(reject(400, format!("too many channels (max {max})")));
+            }
+        }
+        Ok(out)
+    }
+
+    fn u64_param(q: &Query<'_>, key: &str) -> Result<Option<u64>, Reject> {
+        match q.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .parse::<u64>()
+                .map(Some)
+                .map_err(|_| reject(400, format!("{key} must be a non-negative integer"))),
+        }
+    }
+
+    fn callback_param(q: &Query<'_>) -> Result<Option<Box<str>>, Reject> {
+        match q.get("cb").or_else(|| q.get("callback")) {
+            None | Some("") => Ok(None),
+            Some(cb) => {
+                message::validate_callback(cb).map_err(|e| reject(400, e.to_string()))?;
+                Ok(Some(cb.into()))
+            }
+        }
+    }
+
+    /// Verifies `token=` for the channels (auth = "token"); `None` when auth is off.
+    fn check_token(
+        &self,
+        q: &Query<'_>,
+        channels: &[String],
+    ) -> Result<Option<Grant>, auth::TokenError> {
+        if !self.shared.token_auth() {
+            return Ok(None);
+        }
+        let token = q.get("token").unwrap_or("");
+        let grant = auth::verify(token, self.shared.cfg.token_secret.as_bytes(), unix_now())?;
+        if channels.iter().any(|c| !grant.allows(c)) {
+            return Err(auth::TokenError::Channel);
+        }
+        Ok(Some(grant))
+    }
+
+    fn serve_ws(
+        &mut self,
+        slot: usize,
+        req: &http::Request<'_, '_>,
+        q: &Query<'_>,
+        echo: bool,
+    ) -> Result<(), Reject> {
+        let accept = match ws::handshake::check_request(req) {
+            Ok(a) => a,
+            Err(e) => {
+                let extra: &[(&str, &str)] = match e {
+                    ws::HandshakeError::UnsupportedVersion => &[("Sec-WebSocket-Version", "13")],
+                    ws::HandshakeError::Method => &[("Allow", "GET")],
+                    _ => &[],
+                };
+                self.respond_error(slot, e.status(), e.reason(), extra);
+                return Ok(());
+            }
+        };
+        let (channels, since) = if echo {
+            (Vec::new(), None)
+        } else {
+            (self.channels_param(q, false)?, Self::u64_param(q, "since")?)
+        };
+        let grant = if echo {
+            Ok(None)
+        } else {
+            self.check_token(q, &channels)
+        };
+        let mut out = Vec::with_capacity(160);
+        ws::handshake::write_accept_response(&mut out, &accept);
+        self.send(slot, &[Part::Copy(&out)]);
+        if !self.conns.contains(slot) {
+            return Ok(());
+        }
+        self.disarm(slot);
+        self.conns[slot].clear(flag::KEEP_ALIVE);
+        if echo {
+            self.set_state(slot, State::Echo);
+            return Ok(());
+        }
+        self.set_state(slot, State::Ws);
+        let grant = match grant {
+            Ok(g) => g,
+            Err(e) => {
+                self.stats.inc(Counter::Http401);
+                self.ws_close(slot, CloseCode::POLICY, e.reason());
+                return Ok(());
+            }
+        };
+        if let Some(g) = grant {
+            self.conns[slot].ext().grant = Some(Box::new(g));
+        }
+        let since = since.map_or(Since::Now, Since::Seq);
+        for name in &channels {
+            if !self.conns.contains(slot) {
+                return Ok(());
+            }
+            if let Err(e) = self.subscribe_and_replay(slot, name, since) {
+                self.op_error(slot, e.status(), &e.reason());
+            }
+        }
+        if self.conns.contains(slot) && self.conns[slot].state == State::Ws {
+            let first = jitter(self.live().heartbeat(), &mut self.rng);
+            self.arm(slot, first);
+        }
+        Ok(())
+    }
+
+    /// `since` for each channel: from `Last-Event-ID` (resume after) or `since=`.
+    fn resume_points(
+        &self,
+        req: &http::Request<'_, '_>,
+        q: &Query<'_>,
+        channels: &[String],
+    ) -> Result<Vec<Since>, Reject> {
+        let since = Self::u64_param(q, "since")?;
+        let mut points = vec![since.map_or(Since::Now, Since::Seq); channels.len()];
+        let last_id = req
+            .header_str("last-event-id")
+            .or_else(|| q.get("lastEventId"))
+            .filter(|s| !s.trim().is_empty());
+        if let Some(id) = last_id {
+            let cursor = protocol::sse::parse_cursor(id, self.shared.cfg.max_channels_per_conn)
+                .map_err(|e| reject(400, format!("bad Last-Event-ID: {e}")))?;
+            for (name, seq) in cursor {
+                if let Some(i) = channels.iter().position(|c| c == name) {
+                    points[i] = Since::Seq(seq.saturating_add(1));
+                }
+            }
+        }
+        Ok(points)
+    }
+
+    fn serve_sse(
+        &mut self,
+        slot: usize,
+        req: &http::Request<'_, '_>,
+        q: &Query<'_>,
+    ) -> Result<(), Reject> {
+        let channels = self.channels_param(q, true)?;
+        let points = self.resume_points(req, q, &channels)?;
+        self.check_token(q, &channels)
+            .map_err(|e| reject(401, e.reason()))?;
+        let mut headers: Vec<(&str, &str)> = vec![
+            ("Content-Type", "text/event-stream; charset=utf-8"),
+            ("Cache-Control", "no-cache"),
+            ("X-Accel-Buffering", "no"),
+        ];
+        headers.extend(self.cors());
+        let mut out = Vec::with_capacity(256);
+        http::write_response_head(&mut out, 200, &headers, ResponseBody::Unframed, false);
+        protocol::sse::write_retry(&mut out, self.shared.cfg.sse_retry_ms);
+        self.send(slot, &[Part::Copy(&out)]);
+        if !self.conns.contains(slot) {
+            return Ok(());
+        }
+        self.conns[slot].clear(flag::KEEP_ALIVE);
+        self.set_state(slot, State::Sse);
+        self.start_stream(slot, &channels, &points);
+        Ok(())
+    }
+
+    fn serve_chunked(
+        &mut self,
+        slot: usize,
+        req: &http::Request<'_, '_>,
+        q: &Query<'_>,
+        route: Route,
+    ) -> Result<(), Reject> {
+        if req.version == 0 {
+            return Err(reject(505, "streaming needs HTTP/1.1 (chunked encoding)"));
+        }
+        let channels = self.channels_param(q, true)?;
+        let since = Self::u64_param(q, "since")?;
+        let callback = if route == Route::Iframe {
+            Self::callback_param(q)?
+        } else {
+            None
+        };
+        self.check_token(q, &channels)
+            .map_err(|e| reject(401, e.reason()))?;
+        let content_type = if route == Route::Iframe {
+            "text/html; charset=utf-8"
+        } else {
+            "application/x-ndjson"
+        };
+        let mut headers: Vec<(&str, &str)> = vec![
+            ("Content-Type", content_type),
+            ("Cache-Control", "no-cache"),
+            ("X-Accel-Buffering", "no"),
+        ];
+        headers.extend(self.cors());
+        let mut out = Vec::with_capacity(1024);
+        http::write_response_head(&mut out, 200, &headers, ResponseBody::Chunked, true);
+        if route == Route::Iframe {
+            let mut pre = IFRAME_PREAMBLE.as_bytes().to_vec();
+            pre.extend_from_slice(b"<!--");
+            pre.resize(pre.len() + 1024, b' ');
+            pre.extend_from_slice(b"-->\n");
+            http::write_chunk(&mut out, &pre);
+        }
+        self.send(slot, &[Part::Copy(&out)]);
+        if !self.conns.contains(slot) {
+            return Ok(());
+        }
+        self.conns[slot].clear(flag::KEEP_ALIVE);
+        if let Some(cb) = callback {
+            self.conns[slot].ext().callback = Some(cb);
+        }
+        let state = if route == Route::Iframe {
+            State::Iframe
+        } else {
+            State::Stream
+        };
+        self.set_state(slot, state);
+        let points = vec![since.map_or(Since::Now, Since::Seq); channels.len()];
+        self.start_stream(slot, &channels, &points);
+        Ok(())
+    }
+
+    /// Subscribes a streaming connection and starts its heartbeat.
+    fn start_stream(&mut self, slot: usize, channels: &[String], points: &[Since]) {
+        self.disarm(slot);
+        for (name, &since) in channels.iter().zip(points) {
+            if !self.conns.contains(slot) {
+                return;
+            }
+            if let Err(e) = self.subscribe_and_replay(slot, name, since) {
+                self.send_envelope(
+                    slot,
+                    &Message::Error {
+                        code: e.status(),
+                        reason: &e.reason(),
+                    },
+                );
+            }
+        }
+        if self.conns.contains(slot) && self.conns[slot].state.is_stream() {
+            let first = jitter(self.live().heartbeat(), &mut self.rng);
+            self.arm(slot, first);
+        }
+    }
+
+    fn serve_poll(&mut self, slot: usize, q: &Query<'_>) -> Result<(), Reject> {
+        let channels = self.channels_param(q, true)?;
+        let seq = Self::u64_param(q, "seq")?;
+        let callback = Self::callback_param(q)?;
+        self.check_token(q, &channels)
+            .map_err(|e| reject(401, e.reason()))?;
+        let jsonp = callback.is_some();
+        {
+            let conn = &mut self.conns[slot];
+            if jsonp {
+                conn.set(flag::JSONP);
+                conn.ext().callback = callback;
+            } else {
+                conn.clear(flag::JSONP);
+            }
+        }
+        let style = if jsonp {
+            JsonStyle::Script
+        } else {
+            JsonStyle::Plain
+        };
+        let Some(seq) = seq else {
+            // No seq: tell the client where to start.
+            let mut items = Vec::new();
+            for name in &channels {
+                let next = self.shared.channel_seq(name) + 1;
+                let mut json = Vec::new();
+                message::write_json(
+                    &mut json,
+                    &Message::NextSeq {
+                        channel: name,
+                        seq: next,
+                    },
+                    style,
+                );
+                items.push(Bytes::from(json));
+            }
+            self.answer_poll(slot, &items);
+            return Ok(());
+        };
+        let mut items: Vec<Bytes> = Vec::new();
+        for name in &channels {
+            self.replay.clear();
+            let s = match self.subscribe(slot, name, Since::Seq(seq), true) {
+                Ok(s) => s,
+                Err(e) => {
+                    self.unsubscribe_all(slot);
+                    return Err(reject(e.status(), e.reason()));
+                }
+            };
+            if let Some((from, to)) = s.gap {
+                let mut json = Vec::new();
+                message::write_json(
+                    &mut json,
+                    &Message::Gap {
+                        channel: &s.name,
+                        from,
+                        to,
+                    },
+                    style,
+                );
+                items.push(Bytes::from(json));
+            }
+            for m in self.replay.drain(..) {
+                items.push(if jsonp {
+                    m.script_json().clone()
+                } else {
+                    m.json().clone()
+                });
+            }
+        }
+        if !items.is_empty() {
+            self.unsubscribe_all(slot);
+            self.answer_poll(slot, &items);
+            return Ok(());
+        }
+        // Nothing yet: hold the request.
+        self.conns[slot].ext().poll_seq = seq;
+        self.set_state(slot, State::Poll);
+        let t = self.live().poll_timeout();
+        self.arm(slot, t);
+        Ok(())
+    }
+
+    fn answer_poll_noop(&mut self, slot: usize) {
+        let conn = &self.conns[slot];
+        let seq = conn.ext.as_ref().map_or(0, |e| e.poll_seq);
+        let style = if conn.has(flag::JSONP) {
+            JsonStyle::Script
+        } else {
+            JsonStyle::Plain
+        };
+        let names: Vec<Arc<str>> = conn
+            .subs
+            .as_slice()
+            .iter()
+            .map(|s| self.chans[s.local as usize].name.clone())
+            .collect();
+        let mut items = Vec::new();
+        if names.is_empty() {
+            let mut json = Vec::new();
+            message::write_json(
+                &mut json,
+                &Message::Noop {
+                    channel: None,
+                    seq: Some(seq),
+                },
+                style,
+            );
+            items.push(Bytes::from(json));
+        }
+        for name in &names {
+            let mut json = Vec::new();
+            message::write_json(
+                &mut json,
+                &Message::Noop {
+                    channel: Some(name),
+                    seq: Some(seq),
+                },
+                style,
+            );
+            items.push(Bytes::from(json));
+        }
+        self.answer_poll(slot, &items);
+    }
+
+    /// Answers a long-poll with a JSON array (or JSONP) of the given items.
+    fn answer_poll(&mut self, slot: usize, items: &[Bytes]) {
+        self.unsubscribe_all(slot);
+        let conn = &self.conns[slot];
+        let keep_alive = conn.has(flag::KEEP_ALIVE) && !self.draining;
+        let callback = conn
+            .ext
+            .as_ref()
+            .and_then(|e| e.callback.clone())
+            .filter(|_| conn.has(flag::JSONP));
+        let mut body = Vec::with_capacity(items.iter().map(|i| i.len() + 1).sum::<usize>() + 64);
+        if let Some(cb) = &callback {
+            body.extend_from_slice(cb.as_bytes());
+            body.push(b'(');
+        }
+        body.push(b'[');
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(item);
+        }
+        body.push(b']');
+        let content_type = if callback.is_some() {
+            body.extend_from_slice(b");");
+            "application/javascript; charset=utf-8"
+        } else {
+            "application/json"
+        };
+        body.push(b'\n');
+        let mut headers: Vec<(&str, &str)> = vec![
+            ("Content-Type", content_type),
+            ("Cache-Control", "no-cache"),
+        ];
+        headers.extend(self.cors());
+        let mut out = Vec::with_capacity(256 + body.len());
+        http::write_response(&mut out, 200, &headers, &body, keep_alive);
+        if !keep_alive {
+            self.conns[slot].clear(flag::KEEP_ALIVE);
+        }
+        self.send(slot, &[Part::Copy(&out)]);
+        self.after_response(slot);
+    }
+}
+
+fn secs_f(v: f64) -> Duration {
+    crate::config::secs(v)
+}
