@@ -4,7 +4,7 @@ CARGO ?= cargo
 FUZZ_SECS ?= 60
 ARGS ?=
 
-.PHONY: run test build release lint fmt bench fuzz fuzz-build fuzz-deps deps-test
+.PHONY: run test build release lint fmt bench fuzz fuzz-build fuzz-deps deps-test conformance
 
 ## run: build (release) and start the server on embedded defaults
 run: release
@@ -16,13 +16,19 @@ build:
 release:
 	$(CARGO) build --release -p pushedge
 
-## test: install what the tests need, then run every test
+## test: install what the tests need, then run every test (unit, property, integration,
+## and the quick Autobahn profile)
 test: deps-test
 	$(CARGO) build --workspace --all-targets
 	$(CARGO) test --workspace
+	bash tests/autobahn/run.sh quick target/debug/pushedge
 
 deps-test:
 	@true
+
+## conformance: the whole Autobahn|Testsuite (groups 1-13) against a release build
+conformance: release
+	bash tests/autobahn/run.sh full target/release/pushedge
 
 ## lint: clippy with warnings as errors, and rustfmt
 lint:

@@ -269,6 +269,9 @@ struct Inner {
     chans: Slab<Channel>,
     generation: u32,
     sweep_cursor: usize,
+    /// Running totals, kept so that `/info` and `/metrics` never walk the table.
+    subscriptions: u64,
+    buffered: usize,
 }
 
 /// Totals for `/info` and `stats`.
@@ -307,6 +310,8 @@ impl Hub {
                 chans: Slab::new(),
                 generation: 0,
                 sweep_cursor: 0,
+                subscriptions: 0,
+                buffered: 0,
             }),
             inboxes,
             live,
@@ -382,27 +387,36 @@ impl Hub {
             ch.per_worker[worker] += 1;
             ch.subscribers += 1;
         }
-        Ok(Subscribed {
+        let result = Subscribed {
             key: ch.key,
             name: ch.name.clone(),
             seq: ch.seq,
             gap,
             registered: register,
-        })
+        };
+        if register {
+            inner.subscriptions += 1;
+        }
+        Ok(result)
     }
 
     /// Removes one subscriber of `worker` from the channel `key`.
     pub fn unsubscribe(&self, worker: usize, key: ChanKey) {
         let mut inner = self.lock();
         let slot = (key & 0xFFFF_FFFF) as usize;
+        let mut removed = false;
         if let Some(ch) = inner.chans.get_mut(slot) {
             if ch.key == key && ch.per_worker[worker] > 0 {
                 ch.per_worker[worker] -= 1;
                 ch.subscribers -= 1;
+                removed = true;
                 if ch.subscribers == 0 {
                     ch.idle_since = Instant::now();
                 }
             }
+        }
+        if removed {
+            inner.subscriptions -= 1;
         }
     }
 
@@ -416,7 +430,9 @@ impl Hub {
         let history_size = self.live.history_size();
         let mut inner = self.lock();
         let ch = self.get_or_create(&mut inner, name, now)?;
-        self.publish_locked(ch, content.into(), history_size, now)
+        let (seq, delta) = self.publish_locked(ch, content.into(), history_size, now)?;
+        inner.buffered = inner.buffered.wrapping_add_signed(delta);
+        Ok(seq)
     }
 
     fn publish_locked(
@@ -425,7 +441,7 @@ impl Hub {
         content: Box<str>,
         history_size: usize,
         now: Instant,
-    ) -> Result<u64, HubError> {
+    ) -> Result<(u64, isize), HubError> {
         for (w, &n) in ch.per_worker.iter().enumerate() {
             if n > 0 && self.inboxes[w].len() >= MAX_INBOX {
                 return Err(HubError::Overloaded);
@@ -439,10 +455,12 @@ impl Hub {
             MsgKind::Data,
             content,
         ));
+        let before = ch.history.len();
         ch.history.push_back(msg.clone());
         while ch.history.len() > history_size {
             ch.history.pop_front();
         }
+        let delta = ch.history.len() as isize - before as isize;
         ch.idle_since = now;
         for (w, &n) in ch.per_worker.iter().enumerate() {
             if n > 0 {
@@ -450,7 +468,7 @@ impl Hub {
             }
         }
         self.published.fetch_add(1, Ordering::Relaxed);
-        Ok(ch.seq)
+        Ok((ch.seq, delta))
     }
 
     /// Publishes `content` to every channel; returns how many.
@@ -462,11 +480,20 @@ impl Hub {
         let history_size = self.live.history_size();
         let mut inner = self.lock();
         let mut n = 0;
+        let mut delta = 0isize;
+        let mut result = Ok(());
         for (_, ch) in inner.chans.iter_mut() {
-            self.publish_locked(ch, content.into(), history_size, now)?;
+            match self.publish_locked(ch, content.into(), history_size, now) {
+                Ok((_, d)) => delta += d,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
             n += 1;
         }
-        Ok(n)
+        inner.buffered = inner.buffered.wrapping_add_signed(delta);
+        result.map(|()| n)
     }
 
     /// Closes a channel: its subscribers get `close` and are unsubscribed, its history is
@@ -475,6 +502,8 @@ impl Hub {
         let mut inner = self.lock();
         let slot = inner.names.remove(name).ok_or(HubError::NoChannel)?;
         let ch = inner.chans.remove(slot);
+        inner.subscriptions -= ch.subscribers;
+        inner.buffered -= ch.history.len();
         let msg = Arc::new(Msg::new(
             ch.key,
             ch.name.clone(),
@@ -494,7 +523,9 @@ impl Hub {
     pub fn clear(&self, name: &str) -> Result<(), HubError> {
         let mut inner = self.lock();
         let slot = *inner.names.get(name).ok_or(HubError::NoChannel)?;
+        let n = inner.chans[slot].history.len();
         inner.chans[slot].history.clear();
+        inner.buffered -= n;
         Ok(())
     }
 
@@ -525,15 +556,11 @@ impl Hub {
     /// Totals over every channel.
     pub fn totals(&self) -> HubTotals {
         let inner = self.lock();
-        let mut t = HubTotals {
+        HubTotals {
             channels: inner.chans.len(),
-            ..Default::default()
-        };
-        for (_, ch) in inner.chans.iter() {
-            t.subscriptions += ch.subscribers;
-            t.buffered += ch.history.len();
+            subscriptions: inner.subscriptions,
+            buffered: inner.buffered,
         }
-        t
     }
 
     /// Number of channels.
@@ -565,6 +592,7 @@ impl Hub {
         for slot in &dead {
             let ch = inner.chans.remove(*slot);
             inner.names.remove(&ch.name);
+            inner.buffered -= ch.history.len();
         }
         dead.len()
     }
@@ -727,6 +755,32 @@ mod tests {
         h.unsubscribe(0, s.key);
         assert_eq!(h.sweep(Instant::now() + Duration::from_secs(3)), 1);
         assert_eq!(h.channel_count(), 0);
+    }
+
+    #[test]
+    fn totals_follow_every_change() {
+        let cfg = Config {
+            history_size: 2,
+            ..Default::default()
+        };
+        let (h, _) = hub(2, &cfg);
+        let mut r = Vec::new();
+        let a = h.subscribe(0, "a", Since::Now, false, &mut r).unwrap();
+        h.subscribe(1, "b", Since::Now, false, &mut r).unwrap();
+        for _ in 0..3 {
+            h.publish("a", "x").unwrap();
+        }
+        h.publish("b", "y").unwrap();
+        let t = h.totals();
+        assert_eq!((t.channels, t.subscriptions, t.buffered), (2, 2, 3));
+        h.broadcast("z").unwrap();
+        assert_eq!(h.totals().buffered, 4);
+        h.clear("a").unwrap();
+        assert_eq!(h.totals().buffered, 2);
+        h.unsubscribe(0, a.key);
+        h.close_channel("b").unwrap();
+        let t = h.totals();
+        assert_eq!((t.channels, t.subscriptions, t.buffered), (1, 0, 0));
     }
 
     #[test]

@@ -65,7 +65,7 @@ pub const HEADERS_CAP: usize = 256;
 pub const ACCEPT_WARN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The answer when `max_connections` is reached.
-const FULL_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 68\r\nConnection: close\r\n\r\n{\"type\":\"error\",\"code\":503,\"reason\":\"too many connections (max)\"}\n\n";
+const FULL_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 78\r\nConnection: close\r\n\r\n{\"type\":\"error\",\"code\":503,\"reason\":\"too many connections (max_connections)\"}\n";
 /// A WebSocket ping with no payload.
 const PING_FRAME: &[u8] = &[0x89, 0x00];
 /// Sent first on an iframe stream: a document to hold the scripts, padded so that old
@@ -1991,4 +1991,32 @@ impl Worker {
 
 fn secs_f(v: f64) -> Duration {
     crate::config::secs(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canned_responses_are_well_formed() {
+        let text = std::str::from_utf8(FULL_RESPONSE).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(len, body.len());
+        let v: serde_json::Value = serde_json::from_str(body.trim()).unwrap();
+        assert_eq!(v["code"], 503);
+    }
+
+    #[test]
+    fn tokens_round_trip() {
+        let t = token_of(12345, 0xDEAD_BEEF);
+        assert_eq!(split_token(t), (12345, 0xDEAD_BEEF));
+        assert_ne!(t, LISTENER.0);
+        assert_ne!(t, WAKER.0);
+    }
 }

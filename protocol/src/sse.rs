@@ -187,7 +187,8 @@ pub fn parse_cursor(s: &str, max_entries: usize) -> Result<Vec<(&str, u64)>, Cur
         let entry = entry.trim_matches([' ', '\t']);
         let (name, seq) = entry.rsplit_once(':').ok_or(CursorError::MissingSeq(i))?;
         validate_channel(name).map_err(|e| CursorError::BadChannel(i, e))?;
-        if seq.is_empty() || seq.len() > 19 || !seq.bytes().all(|b| b.is_ascii_digit()) {
+        // u64::MAX has 20 digits; a 20-digit number over it fails in `parse` below.
+        if seq.is_empty() || seq.len() > 20 || !seq.bytes().all(|b| b.is_ascii_digit()) {
             return Err(CursorError::BadSeq(i));
         }
         let seq: u64 = seq.parse().map_err(|_| CursorError::BadSeq(i))?;
@@ -320,6 +321,30 @@ mod tests {
         assert_eq!(
             parse_cursor(&s, 16).unwrap(),
             vec![("news", 12), ("a:b", 0)]
+        );
+    }
+
+    #[test]
+    fn cursor_round_trip_at_the_largest_seqs() {
+        // Regression: seqs of 20 digits (>= 10^19) were written but refused on the way back.
+        let mut out = Vec::new();
+        write_cursor(
+            &mut out,
+            [("a", u64::MAX), ("b", 10_000_000_000_000_000_000)],
+        );
+        let s = String::from_utf8(out).unwrap();
+        assert_eq!(s, "a:18446744073709551615,b:10000000000000000000");
+        assert_eq!(
+            parse_cursor(&s, 16).unwrap(),
+            vec![("a", u64::MAX), ("b", 10_000_000_000_000_000_000)]
+        );
+        assert_eq!(
+            parse_cursor("a:18446744073709551616", 16),
+            Err(CursorError::BadSeq(0))
+        );
+        assert_eq!(
+            parse_cursor("a:000000000000000000001", 16),
+            Err(CursorError::BadSeq(0))
         );
     }
 }

@@ -28,7 +28,8 @@ pub fn apply_mask(buf: &mut [u8], mask: [u8; 4], offset: usize) {
 /// The reference byte-at-a-time version, kept for tests and benchmarks.
 pub fn apply_mask_bytewise(buf: &mut [u8], mask: [u8; 4], offset: usize) {
     for (i, b) in buf.iter_mut().enumerate() {
-        *b ^= mask[(i + offset) & 3];
+        // Wrapping: only the sum modulo 4 matters, and usize::MAX + 1 is a multiple of 4.
+        *b ^= mask[i.wrapping_add(offset) & 3];
     }
 }
 
@@ -50,6 +51,18 @@ mod tests {
                 apply_mask(&mut fast, mask, offset);
                 assert_eq!(fast, data);
             }
+        }
+    }
+
+    #[test]
+    fn offsets_near_usize_max() {
+        // Regression: the bytewise version overflowed (a panic in debug builds).
+        for offset in [usize::MAX - 3, usize::MAX - 1, usize::MAX] {
+            let mut fast = [0u8; 11];
+            let mut slow = [0u8; 11];
+            apply_mask(&mut fast, [1, 2, 3, 4], offset);
+            apply_mask_bytewise(&mut slow, [1, 2, 3, 4], offset);
+            assert_eq!(fast, slow, "offset {offset}");
         }
     }
 

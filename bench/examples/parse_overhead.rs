@@ -1,0 +1,77 @@
+//! The overhead of `protocol::http::parse_request` over httparse alone, measured by
+//! interleaving the two (so load on a shared machine hits both alike) and keeping the best
+//! round of each. Criterion's separate runs are too noisy on a busy box for a few-percent
+//! difference.
+//!
+//! `cargo run --release -p pushedge-bench --example parse_overhead`
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use protocol::http::{parse_request, Limits, Parsed, DEFAULT_MAX_HEADERS, EMPTY_HEADER};
+
+/// The same head as `benches/protocol.rs`.
+const UPGRADE: &[u8] = b"GET /ws?channel=news,chat&since=1200 HTTP/1.1\r\n\
+Host: push.example.com\r\n\
+Connection: Upgrade\r\n\
+Pragma: no-cache\r\n\
+Cache-Control: no-cache\r\n\
+User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36\r\n\
+Upgrade: websocket\r\n\
+Origin: https://www.example.com\r\n\
+Sec-WebSocket-Version: 13\r\n\
+Accept-Encoding: gzip, deflate, br, zstd\r\n\
+Accept-Language: en-US,en;q=0.9\r\n\
+Cookie: session=4b1d9e0c2f7a; theme=dark\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\
+\r\n";
+
+const ITERS: u32 = 20_000;
+const ROUNDS: u32 = 300;
+
+#[inline(never)]
+fn httparse_only() {
+    let mut headers = [httparse::EMPTY_HEADER; DEFAULT_MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let status = req.parse(black_box(UPGRADE));
+    black_box((status.is_ok(), req.method, req.path, req.headers.len()));
+}
+
+#[inline(never)]
+fn ours(limits: &Limits) {
+    let mut headers = [EMPTY_HEADER; DEFAULT_MAX_HEADERS];
+    match parse_request(black_box(UPGRADE), &mut headers, limits) {
+        Ok(Parsed::Complete(req)) => {
+            black_box((req.method, req.target, req.headers.len()));
+        }
+        other => panic!("the upgrade head must parse: {other:?}"),
+    }
+}
+
+fn main() {
+    let limits = Limits::default();
+    let mut best = [f64::MAX; 2];
+    for round in 0..ROUNDS {
+        // Alternate which goes first.
+        for which in [round % 2, 1 - round % 2] {
+            let start = Instant::now();
+            for _ in 0..ITERS {
+                if which == 0 {
+                    httparse_only();
+                } else {
+                    ours(&limits);
+                }
+            }
+            let ns = start.elapsed().as_nanos() as f64 / f64::from(ITERS);
+            let slot = &mut best[which as usize];
+            *slot = slot.min(ns);
+        }
+    }
+    println!(
+        "httparse alone {:.1} ns, parse_request {:.1} ns: overhead {:+.1}%",
+        best[0],
+        best[1],
+        (best[1] / best[0] - 1.0) * 100.0
+    );
+}
