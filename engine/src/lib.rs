@@ -24,6 +24,7 @@ pub mod control;
 pub mod hub;
 pub mod inbox;
 pub mod metrics;
+pub mod reactor;
 pub mod server;
 pub mod timer;
 pub mod worker;

@@ -7,7 +7,6 @@
 //! socket. Shutdown drains (stop accepting, close WebSockets with 1001, end streams and
 //! polls) for at most `drain_timeout_secs`, then stops the workers and exits.
 
-use mio::{Poll, Waker};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::{SocketAddr, TcpListener as StdTcpListener, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -20,7 +19,9 @@ use crate::config::{self, AuthMode, Config, Live};
 use crate::hub::{Hub, HubError};
 use crate::inbox::{Cmd, Inbox};
 use crate::metrics::{Snapshot, WorkerStats};
-use crate::worker::{Worker, WAKER};
+use crate::reactor::epoll::Epoll;
+use crate::reactor::Backend;
+use crate::worker::Worker;
 use crate::{admin, control, error, info, warn};
 
 /// Listen backlog of the subscriber and admin sockets.
@@ -196,11 +197,9 @@ pub fn serve(cfg: Config) -> Result<(), String> {
     let mut polls = Vec::with_capacity(workers);
     let mut inboxes = Vec::with_capacity(workers);
     for _ in 0..workers {
-        let poll = Poll::new().map_err(|e| format!("cannot create a reactor: {e}"))?;
-        let waker = Waker::new(poll.registry(), WAKER)
-            .map_err(|e| format!("cannot create a waker: {e}"))?;
-        inboxes.push(Arc::new(Inbox::new(Arc::new(waker))));
-        polls.push(poll);
+        let io = Epoll::new().map_err(|e| format!("cannot create a reactor: {e}"))?;
+        inboxes.push(Arc::new(Inbox::new(io.waker())));
+        polls.push(io);
     }
     let hub = Arc::new(Hub::new(
         inboxes.clone(),
@@ -227,7 +226,6 @@ pub fn serve(cfg: Config) -> Result<(), String> {
 
     let mut handles = Vec::with_capacity(workers);
     for (id, (poll, listener)) in polls.into_iter().zip(listeners).enumerate() {
-        let listener = mio::net::TcpListener::from_std(listener);
         let worker = Worker::new(id, shared.clone(), poll, listener, inboxes[id].clone())
             .map_err(|e| format!("cannot start worker {id}: {e}"))?;
         let h = thread::Builder::new()

@@ -15,16 +15,10 @@
 //! accepts and [`INBOX_BATCH`] commands, so one busy peer cannot starve the others.
 
 use bytes::Bytes;
-use mio::net::TcpListener;
-use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::io::{self, IoSlice, Read, Write};
-use std::net::Shutdown;
-use std::net::TcpStream;
-use std::os::fd::AsRawFd;
+use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -39,14 +33,11 @@ use crate::conn::{flag, Conn, State, Sub};
 use crate::hub::{ChanKey, HubError, Msg, MsgKind, Since, Subscribed};
 use crate::inbox::{Cmd, ConnInfo, Inbox};
 use crate::metrics::{Counter, Transport, WorkerStats};
+use crate::reactor::{is_resource_error, Backend, Event as IoEvent, Part, Sock, Token};
 use crate::server::Shared;
 use crate::timer::{jitter, Rng, TimerId, TimerWheel};
 use crate::{debug, info, warn};
 
-/// Token of the listener.
-pub const LISTENER: Token = Token(usize::MAX);
-/// Token of the inbox waker.
-pub const WAKER: Token = Token(usize::MAX - 1);
 /// Size of the per-worker read buffer.
 pub const SCRATCH_BYTES: usize = 64 * 1024;
 /// Most bytes read from one connection per turn.
@@ -55,9 +46,7 @@ pub const READ_BUDGET: usize = 256 * 1024;
 pub const ACCEPT_BATCH: usize = 512;
 /// Most inbox commands handled per turn.
 pub const INBOX_BATCH: usize = 1024;
-/// Readiness events fetched per wait.
-pub const EVENTS_CAPACITY: usize = 1024;
-/// Most buffers in one `writev`.
+/// Most queued buffers offered to the backend at once.
 pub const MAX_IOV: usize = 64;
 /// Upper bound on header fields (the configured `max_headers` is at most this).
 pub const HEADERS_CAP: usize = 256;
@@ -71,21 +60,6 @@ const PING_FRAME: &[u8] = &[0x89, 0x00];
 /// Sent first on an iframe stream: a document to hold the scripts, padded so that old
 /// browsers start rendering (and running scripts) at once.
 const IFRAME_PREAMBLE: &str = "<!DOCTYPE html><html><head><meta charset=\"utf-8\"></head><body>";
-
-/// A piece of output: copied if it has to be queued, or shared by reference.
-enum Part<'a> {
-    Copy(&'a [u8]),
-    Shared(&'a Bytes),
-}
-
-impl Part<'_> {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Part::Copy(b) => b,
-            Part::Shared(b) => b,
-        }
-    }
-}
 
 /// A worker-local channel: its subscribers on this worker.
 struct LocalChan {
@@ -128,13 +102,13 @@ struct Op<'a> {
 }
 
 /// One worker thread's state.
-pub struct Worker {
+pub struct Worker<B: Backend> {
     id: usize,
     shared: Arc<Shared>,
     stats: Arc<WorkerStats>,
     inbox: Arc<Inbox>,
-    poll: Poll,
-    listener: Option<TcpListener>,
+    io: B,
+    listening: bool,
     accept_more: bool,
     accept_paused_until: Option<Instant>,
     last_accept_warn: Option<Instant>,
@@ -148,7 +122,8 @@ pub struct Worker {
     replay: Vec<Arc<Msg>>,
     targets: Vec<u32>,
     fired: Vec<(TimerId, u64)>,
-    again: Vec<usize>,
+    accepted: Vec<Sock>,
+    again: Vec<Token>,
     inbox_more: bool,
     rng: Rng,
     now: Instant,
@@ -156,12 +131,12 @@ pub struct Worker {
     running: bool,
 }
 
-fn token_of(slot: usize, generation: u32) -> usize {
-    (generation as usize) << 32 | slot
+fn token_of(slot: usize, generation: u32) -> Token {
+    u64::from(generation) << 32 | slot as u64
 }
 
-fn split_token(token: usize) -> (usize, u32) {
-    (token & 0xFFFF_FFFF, (token >> 32) as u32)
+fn split_token(token: Token) -> (usize, u32) {
+    ((token & 0xFFFF_FFFF) as usize, (token >> 32) as u32)
 }
 
 fn unix_now() -> u64 {
@@ -170,17 +145,16 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-impl Worker {
+impl<B: Backend> Worker<B> {
     /// A worker with its reactor, its listener (already bound, SO_REUSEPORT) and inbox.
     pub fn new(
         id: usize,
         shared: Arc<Shared>,
-        poll: Poll,
-        mut listener: TcpListener,
+        mut io: B,
+        listener: std::net::TcpListener,
         inbox: Arc<Inbox>,
-    ) -> io::Result<Worker> {
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
+    ) -> io::Result<Worker<B>> {
+        io.listen(listener)?;
         let now = Instant::now();
         let seed = (unix_now() ^ (id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
             ^ u64::from(std::process::id()) << 17;
@@ -189,8 +163,8 @@ impl Worker {
             stats: shared.stats[id].clone(),
             shared,
             inbox,
-            poll,
-            listener: Some(listener),
+            io,
+            listening: true,
             accept_more: true,
             accept_paused_until: None,
             last_accept_warn: None,
@@ -204,6 +178,7 @@ impl Worker {
             replay: Vec::new(),
             targets: Vec::new(),
             fired: Vec::new(),
+            accepted: Vec::new(),
             again: Vec::new(),
             inbox_more: false,
             rng: Rng::new(seed),
@@ -215,15 +190,13 @@ impl Worker {
 
     /// Runs the loop until a `Shutdown` command.
     pub fn run(mut self) {
-        let mut events = Events::with_capacity(EVENTS_CAPACITY);
-        debug!("worker {} running", self.id);
+        let mut events: Vec<IoEvent> = Vec::with_capacity(1024);
+        debug!("worker {} running on {}", self.id, self.io.name());
         while self.running {
             let mut timeout = self.wheel.poll_timeout(self.now);
             let busy = !self.again.is_empty()
                 || self.inbox_more
-                || (self.accept_more
-                    && self.listener.is_some()
-                    && self.accept_paused_until.is_none());
+                || (self.accept_more && self.listening && self.accept_paused_until.is_none());
             if busy {
                 timeout = Some(Duration::ZERO);
             }
@@ -231,21 +204,13 @@ impl Worker {
                 let left = until.saturating_duration_since(self.now);
                 timeout = Some(timeout.map_or(left, |t| t.min(left)));
             }
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    warn!("worker {}: poll failed: {e}", self.id);
-                }
+            events.clear();
+            if let Err(e) = self.io.wait(timeout, &mut events) {
+                warn!("worker {}: wait failed: {e}", self.id);
             }
             self.now = Instant::now();
-            for ev in events.iter() {
-                match ev.token() {
-                    LISTENER => self.accept_more = true,
-                    WAKER => {}
-                    Token(t) => {
-                        let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
-                        self.on_event(t, readable, ev.is_writable());
-                    }
-                }
+            for ev in events.drain(..) {
+                self.on_event(ev);
             }
             self.drain_inbox();
             self.run_again();
@@ -260,6 +225,7 @@ impl Worker {
             }
             self.now = Instant::now();
             self.run_timers();
+            self.io.flush();
         }
         debug!(
             "worker {} stopped with {} connections",
@@ -267,10 +233,14 @@ impl Worker {
             self.conns.len()
         );
         let open = self.conns.len();
-        for (_, c) in self.conns.iter() {
+        let slots: Vec<usize> = self.conns.iter().map(|(s, _)| s).collect();
+        for slot in slots {
+            let c = self.conns.remove(slot);
             self.stats.conn_delta(c.state.transport(), -1);
+            self.io.close(c.sock, token_of(slot, c.generation));
         }
         self.shared.conns.fetch_sub(open, Ordering::Relaxed);
+        self.io.shutdown();
     }
 
     fn live(&self) -> &crate::config::Live {
@@ -288,74 +258,68 @@ impl Worker {
     // ---------------------------------------------------------------- accept
 
     fn accept(&mut self) {
-        for _ in 0..ACCEPT_BATCH {
-            let Some(listener) = &self.listener else {
+        if !self.listening {
+            self.accept_more = false;
+            return;
+        }
+        let mut fds = std::mem::take(&mut self.accepted);
+        let result = self.io.accept(&mut fds, ACCEPT_BATCH);
+        for fd in fds.drain(..) {
+            self.add_conn(fd);
+        }
+        self.accepted = fds;
+        match result {
+            Ok(more) => self.accept_more = more,
+            Err(e) => {
+                // EMFILE, ENFILE, ENOBUFS, ENOMEM (or anything unexpected): keep serving
+                // what we have, retry after a pause instead of spinning on a listener
+                // that stays readable.
+                self.stats.inc(Counter::AcceptErrors);
+                let pause = self.live().accept_pause();
+                let warn_now = self
+                    .last_accept_warn
+                    .is_none_or(|t| self.now.duration_since(t) >= ACCEPT_WARN_INTERVAL);
+                if warn_now {
+                    let kind = if is_resource_error(&e) {
+                        "out of descriptors or memory"
+                    } else {
+                        "unexpected error"
+                    };
+                    warn!(
+                        "worker {}: accept failed ({kind}): {e}; pausing accepts for {} ms ({} connections open)",
+                        self.id,
+                        pause.as_millis(),
+                        self.conns.len()
+                    );
+                    self.last_accept_warn = Some(self.now);
+                }
+                self.accept_paused_until = Some(self.now + pause);
                 self.accept_more = false;
-                return;
-            };
-            match listener.accept() {
-                Ok((sock, _peer)) => self.add_conn(TcpStream::from(sock)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.accept_more = false;
-                    return;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNABORTED | libc::EPROTO)) => {
-                    continue
-                }
-                Err(e) => {
-                    // EMFILE, ENFILE, ENOBUFS, ENOMEM: keep serving what we have, retry
-                    // after a pause instead of spinning on a listener that stays readable.
-                    self.stats.inc(Counter::AcceptErrors);
-                    let pause = self.live().accept_pause();
-                    let warn_now = self
-                        .last_accept_warn
-                        .is_none_or(|t| self.now.duration_since(t) >= ACCEPT_WARN_INTERVAL);
-                    if warn_now {
-                        warn!(
-                            "worker {}: accept failed: {e}; pausing accepts for {} ms ({} connections open)",
-                            self.id,
-                            pause.as_millis(),
-                            self.conns.len()
-                        );
-                        self.last_accept_warn = Some(self.now);
-                    }
-                    self.accept_paused_until = Some(self.now + pause);
-                    return;
-                }
             }
         }
-        // Batch used up: go on next turn.
-        self.accept_more = true;
     }
 
-    fn add_conn(&mut self, sock: TcpStream) {
+    fn add_conn(&mut self, sock: Sock) {
         let total = self.shared.conns.load(Ordering::Relaxed);
         if total >= self.live().max_connections() || self.draining {
             self.stats.inc(Counter::RejectedFull);
-            let _ = (&sock).write(FULL_RESPONSE);
+            self.io.reject(sock, FULL_RESPONSE);
             return;
         }
-        let _ = sock.set_nodelay(true);
+        self.io.set_nodelay(sock);
         self.generation = self.generation.wrapping_add(1);
         let generation = self.generation;
         let deadline = self.now + self.live().handshake_timeout();
         let entry = self.conns.vacant_entry();
         let slot = entry.key();
-        if slot > u32::MAX as usize {
-            return;
-        }
         let token = token_of(slot, generation);
-        if let Err(e) = self.poll.registry().register(
-            &mut SourceFd(&sock.as_raw_fd()),
-            Token(token),
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
-            warn!("worker {}: register failed: {e}", self.id);
+        if let Err(e) = self.io.add(sock, token) {
+            warn!("worker {}: cannot watch a new connection: {e}", self.id);
+            self.io.close(sock, token);
             return;
         }
         let mut conn = Conn::new(sock, generation);
-        conn.timer = self.wheel.insert(deadline, token as u64);
+        conn.timer = self.wheel.insert(deadline, token);
         entry.insert(conn);
         self.shared.conns.fetch_add(1, Ordering::Relaxed);
         self.stats.inc(Counter::Accepted);
@@ -364,16 +328,34 @@ impl Worker {
 
     // ---------------------------------------------------------------- events
 
-    fn on_event(&mut self, token: usize, readable: bool, writable: bool) {
+    fn on_event(&mut self, ev: IoEvent) {
+        let token = match ev {
+            IoEvent::Acceptable => {
+                self.accept_more = true;
+                return;
+            }
+            IoEvent::Wake => return,
+            IoEvent::Readable(t)
+            | IoEvent::Input(t, _)
+            | IoEvent::Eof(t)
+            | IoEvent::Failed(t)
+            | IoEvent::Writable(t) => t,
+        };
         let (slot, generation) = split_token(token);
         if !self.alive(slot, generation) {
             return;
         }
-        if writable {
-            self.flush(slot);
-        }
-        if readable && self.alive(slot, generation) {
-            self.read(slot);
+        match ev {
+            IoEvent::Writable(_) => self.flush(slot),
+            IoEvent::Readable(_) => self.read(slot),
+            IoEvent::Input(_, input) => {
+                let mut scratch = std::mem::take(&mut self.scratch);
+                let n = self.io.take_input(input, &mut scratch);
+                self.on_data(slot, &mut scratch[..n]);
+                self.scratch = scratch;
+            }
+            IoEvent::Eof(_) | IoEvent::Failed(_) => self.close_now(slot),
+            IoEvent::Acceptable | IoEvent::Wake => {}
         }
     }
 
@@ -415,7 +397,8 @@ impl Worker {
                 // in the kernel until the poll is answered.
                 break;
             }
-            match (&conn.sock).read(&mut scratch) {
+            let sock = conn.sock;
+            match self.io.read(sock, &mut scratch) {
                 Ok(0) => {
                     self.close_now(slot);
                     break;
@@ -549,10 +532,10 @@ impl Worker {
             .map(|(slot, c)| ConnInfo {
                 id: format!("{}:{}:{}", self.id, slot, c.generation),
                 transport: c.state.transport().as_str(),
-                peer: c
-                    .sock
-                    .peer_addr()
-                    .map_or_else(|_| "-".into(), |a| a.to_string()),
+                peer: self
+                    .io
+                    .peer_addr(c.sock)
+                    .map_or_else(|| "-".into(), |a| a.to_string()),
                 channels: c
                     .subs
                     .as_slice()
@@ -569,8 +552,9 @@ impl Worker {
             return;
         }
         self.draining = true;
-        if let Some(mut l) = self.listener.take() {
-            let _ = self.poll.registry().deregister(&mut l);
+        if self.listening {
+            self.io.stop_listening();
+            self.listening = false;
         }
         let slots: Vec<usize> = self.conns.iter().map(|(s, _)| s).collect();
         for slot in slots {
@@ -607,7 +591,7 @@ impl Worker {
 
     fn arm(&mut self, slot: usize, after: Duration) {
         let conn = &mut self.conns[slot];
-        let token = token_of(slot, conn.generation) as u64;
+        let token = token_of(slot, conn.generation);
         conn.timer = self.wheel.reschedule(conn.timer, self.now + after, token);
     }
 
@@ -621,7 +605,7 @@ impl Worker {
         let mut fired = std::mem::take(&mut self.fired);
         self.wheel.advance(self.now, &mut fired);
         for (id, key) in fired.drain(..) {
-            let (slot, generation) = split_token(key as usize);
+            let (slot, generation) = split_token(key);
             match self.conns.get_mut(slot) {
                 Some(c) if c.generation == generation && c.timer == id => {
                     c.timer = TimerId::NONE;
@@ -654,7 +638,9 @@ impl Worker {
                     // The peer is gone or stuck: no close handshake to wait for.
                     let mut frame = Vec::with_capacity(32);
                     ws::encode_close(&mut frame, CloseCode::POLICY, "heartbeat timeout", None);
-                    let _ = (&self.conns[slot].sock).write(&frame);
+                    let sock = self.conns[slot].sock;
+                    let token = token_of(slot, self.conns[slot].generation);
+                    let _ = self.io.send(sock, token, &[Part::Copy(&frame)]);
                     self.close_now(slot);
                 } else {
                     self.conns[slot].set(flag::AWAIT_PONG);
@@ -693,7 +679,7 @@ impl Worker {
 
     // ---------------------------------------------------------------- output
 
-    /// Writes the parts, queueing what the socket does not take.
+    /// Writes the parts, queueing what the backend does not take.
     fn send(&mut self, slot: usize, parts: &[Part<'_>]) {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
@@ -705,73 +691,61 @@ impl Worker {
         if total == 0 {
             return;
         }
+        let token = token_of(slot, conn.generation);
         let mut written = 0;
         if !conn.has_queue() {
-            let mut iov = [IoSlice::new(&[]); 4];
-            let n = parts.len().min(iov.len());
-            for (slot_iov, p) in iov.iter_mut().zip(parts) {
-                *slot_iov = IoSlice::new(p.bytes());
-            }
-            loop {
-                match (&conn.sock).write_vectored(&iov[..n]) {
-                    Ok(w) => {
-                        written = w;
-                        break;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(_) => {
-                        self.close_now(slot);
-                        return;
-                    }
+            match self.io.send(conn.sock, token, parts) {
+                Ok(w) => written = w,
+                Err(_) => {
+                    self.close_now(slot);
+                    return;
                 }
             }
             self.stats.add(Counter::BytesOut, written as u64);
         }
-        if written == total {
-            return;
-        }
-        let ext = conn.ext();
-        let mut skip = written;
-        for p in parts {
-            let b = p.bytes();
-            if skip >= b.len() {
-                skip -= b.len();
-                continue;
+        let pending = self.io.pending(token);
+        let conn = &mut self.conns[slot];
+        if written < total {
+            let ext = conn.ext();
+            let mut skip = written;
+            for p in parts {
+                let len = p.bytes().len();
+                if skip >= len {
+                    skip -= len;
+                    continue;
+                }
+                ext.wq.push(p.to_bytes(skip));
+                skip = 0;
             }
-            let rest = match p {
-                Part::Copy(c) => Bytes::copy_from_slice(&c[skip..]),
-                Part::Shared(s) => s.slice(skip..),
-            };
-            skip = 0;
-            ext.wq.push(rest);
         }
-        if ext.wq.bytes > self.shared.live.slow_consumer_bytes() {
+        if conn.queued() + pending > self.shared.live.slow_consumer_bytes() {
             self.slow_consumer(slot);
         }
     }
 
-    /// Writes queued output after a writable edge.
+    /// Offers queued output again after a writable edge (or the backend's queue ran dry);
+    /// finishes a graceful close once everything is out.
     fn flush(&mut self, slot: usize) {
         loop {
             let conn = &mut self.conns[slot];
+            let token = token_of(slot, conn.generation);
             let Some(ext) = conn.ext.as_mut().filter(|e| !e.wq.is_empty()) else {
                 break;
             };
-            let mut iov: [IoSlice<'_>; MAX_IOV] = [IoSlice::new(&[]); MAX_IOV];
+            let mut parts: [Part<'_>; MAX_IOV] = [Part::Copy(&[]); MAX_IOV];
             let mut n = 0;
             for (i, b) in ext.wq.bufs.iter().take(MAX_IOV).enumerate() {
                 let start = if i == 0 { ext.wq.offset } else { 0 };
-                iov[i] = IoSlice::new(&b[start..]);
+                parts[i] = Part::Copy(&b[start..]);
                 n += 1;
             }
-            match (&conn.sock).write_vectored(&iov[..n]) {
+            let sock = conn.sock;
+            match self.io.send(sock, token, &parts[..n]) {
+                Ok(0) => return,
                 Ok(w) => {
                     ext.wq.advance(w);
                     self.stats.add(Counter::BytesOut, w as u64);
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(_) => {
                     self.close_now(slot);
                     return;
@@ -779,6 +753,10 @@ impl Worker {
             }
         }
         let conn = &mut self.conns[slot];
+        let token = token_of(slot, conn.generation);
+        if self.io.pending(token) > 0 {
+            return;
+        }
         if conn.has(flag::CLOSE_AFTER_FLUSH) {
             self.shutdown_write(slot);
         } else {
@@ -790,6 +768,8 @@ impl Worker {
         self.stats.inc(Counter::SlowConsumer);
         debug!("worker {}: slow consumer {slot}", self.id);
         let conn = &mut self.conns[slot];
+        let token = token_of(slot, conn.generation);
+        self.io.truncate(token);
         let state = conn.state;
         let ext = conn.ext();
         // Keep the partly written buffer whole so the stream stays well-formed, drop the
@@ -813,7 +793,8 @@ impl Worker {
         self.unsubscribe_all(slot);
         let conn = &mut self.conns[slot];
         conn.set(flag::CLOSE_AFTER_FLUSH);
-        if conn.has_queue() {
+        let token = token_of(slot, conn.generation);
+        if conn.has_queue() || self.io.pending(token) > 0 {
             let t = secs_f(self.shared.cfg.close_timeout_secs);
             self.arm(slot, t);
         } else {
@@ -825,7 +806,7 @@ impl Worker {
     /// input does not turn our last bytes into a reset.
     fn shutdown_write(&mut self, slot: usize) {
         let conn = &mut self.conns[slot];
-        if conn.sock.shutdown(Shutdown::Write).is_err() {
+        if self.io.shutdown_write(conn.sock).is_err() {
             self.close_now(slot);
             return;
         }
@@ -851,7 +832,7 @@ impl Worker {
         self.wheel.cancel(conn.timer);
         self.stats.conn_delta(conn.state.transport(), -1);
         self.shared.conns.fetch_sub(1, Ordering::Relaxed);
-        drop(conn);
+        self.io.close(conn.sock, token_of(slot, conn.generation));
     }
 
     fn set_state(&mut self, slot: usize, state: State) {
@@ -2016,7 +1997,5 @@ mod tests {
     fn tokens_round_trip() {
         let t = token_of(12345, 0xDEAD_BEEF);
         assert_eq!(split_token(t), (12345, 0xDEAD_BEEF));
-        assert_ne!(t, LISTENER.0);
-        assert_ne!(t, WAKER.0);
     }
 }
