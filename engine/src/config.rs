@@ -22,6 +22,16 @@ pub enum BackendKind {
     Uring,
 }
 
+/// How the io_uring backend arms idle sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UringArm {
+    /// Multishot POLL_ADD (about 270 B of kernel memory per idle socket).
+    Poll,
+    /// Multishot RECV with provided buffers (about 850 B per idle socket).
+    Recv,
+}
+
 /// How subscribers authenticate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -57,6 +67,12 @@ pub struct Config {
     pub workers: usize,
     /// `epoll` or `uring`.
     pub backend: BackendKind,
+    /// io_uring: put accepted sockets in the ring's direct descriptor table (they then take
+    /// no slot in the process's descriptor table).
+    pub uring_direct: bool,
+    /// io_uring: how idle sockets wait for input, `poll` (multishot POLL_ADD, then RECV)
+    /// or `recv` (multishot RECV).
+    pub uring_arm: UringArm,
     /// `none` or `token`.
     pub auth: AuthMode,
     /// HS256 secret for subscriber tokens (`auth = "token"`, `/sign`).
@@ -130,6 +146,8 @@ impl Default for Config {
             control_path: DEFAULT_CONTROL_PATH.into(),
             workers: 0,
             backend: BackendKind::Epoll,
+            uring_direct: true,
+            uring_arm: UringArm::Poll,
             auth: AuthMode::None,
             token_secret: String::new(),
             admin_token: String::new(),
@@ -218,16 +236,35 @@ impl Config {
     }
 
     /// Applies `KEY=VALUE` (TOML value; a bare word is taken as a string). `KEY` may be
-    /// dotted (`cluster.redis_url`).
+    /// dotted (`cluster.redis_url`). Validated like [`Config::set`].
     pub fn set_kv(&mut self, kv: &str) -> Result<(), ConfigError> {
-        let Some((key, value)) = kv.split_once('=') else {
-            return err(format!("--set expects KEY=VALUE, got '{kv}'"));
-        };
-        self.set(key.trim(), value.trim())
+        let (key, value) = split_kv(kv)?;
+        self.set(key, value)
     }
+}
 
+/// Splits `KEY=VALUE`.
+pub fn split_kv(kv: &str) -> Result<(&str, &str), ConfigError> {
+    match kv.split_once('=') {
+        Some((k, v)) => Ok((k.trim(), v.trim())),
+        None => err(format!("--set expects KEY=VALUE, got '{kv}'")),
+    }
+}
+
+impl Config {
     /// Sets one key from its textual value and validates the result.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        let mut next = self.clone();
+        next.set_unchecked(key, value)?;
+        next.validate()?;
+        *self = next;
+        Ok(())
+    }
+
+    /// Sets one key (type-checked) without checking relations between keys: for the
+    /// command line, where `--set auth=token --set token_secret=...` must work in any
+    /// order; call [`Config::validate`] once at the end.
+    pub fn set_unchecked(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
         let mut doc = toml::Value::try_from(&*self)
             .map_err(|e| ConfigError(format!("internal: cannot serialize config: {e}")))?;
         let parsed = parse_value(value);
@@ -251,7 +288,6 @@ impl Config {
         let cfg: Config = doc
             .try_into()
             .map_err(|e| ConfigError(format!("invalid value for {key}: {e}")))?;
-        cfg.validate()?;
         *self = cfg;
         Ok(())
     }

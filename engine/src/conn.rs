@@ -224,6 +224,20 @@ impl WriteQueue {
         self.bufs.push_back(b);
     }
 
+    /// Appends a buffer of which the first `written` bytes are already written (the
+    /// queue must be empty). Keeping the buffer whole lets a slow-consumer cut keep the
+    /// stream well-formed.
+    pub fn push_partial(&mut self, b: Bytes, written: usize) {
+        debug_assert!(
+            self.bufs.is_empty(),
+            "only the first buffer can be partly written"
+        );
+        debug_assert!(written < b.len());
+        self.bytes += b.len() - written;
+        self.offset = written;
+        self.bufs.push_back(b);
+    }
+
     /// Marks `n` bytes as written.
     pub fn advance(&mut self, mut n: usize) {
         self.bytes -= n;
@@ -275,6 +289,7 @@ impl Ext {
             && self.wq.is_empty()
             && self.callback.is_none()
             && self.grant.is_none()
+            && self.poll_seq == 0
     }
 }
 
@@ -411,5 +426,14 @@ mod tests {
         q.push(Bytes::from_static(b"x"));
         q.truncate_to_partial();
         assert!(q.is_empty());
+        q.push_partial(Bytes::from_static(b"abcdef"), 2);
+        q.push(Bytes::from_static(b"gh"));
+        assert_eq!((q.bytes, q.offset), (6, 2));
+        q.truncate_to_partial();
+        assert_eq!(
+            (q.bytes, q.bufs.len()),
+            (4, 1),
+            "the partly written buffer stays whole"
+        );
     }
 }

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use pushedge::config::{BackendKind, Config};
+use pushedge::config::{split_kv, Config};
 use pushedge::{control, error, server};
 
 const USAGE: &str = "\
@@ -108,27 +108,25 @@ fn parse_serve(args: &[String]) -> Result<Config, String> {
     };
     for (flag, value) in flags {
         let r = match flag.as_str() {
-            "--listen" => cfg.set("listen", &quote(&value)),
-            "--admin" => cfg.set("admin_listen", &quote(&value)),
-            "--control" => cfg.set("control_path", &quote(&value)),
+            "--listen" => cfg.set_unchecked("listen", &quote(&value)),
+            "--admin" => cfg.set_unchecked("admin_listen", &quote(&value)),
+            "--control" => cfg.set_unchecked("control_path", &quote(&value)),
             "--workers" => {
                 let n: usize = value
                     .parse()
                     .map_err(|_| format!("--workers expects a number, got '{value}'"))?;
-                cfg.set("workers", &n.to_string())
+                cfg.set_unchecked("workers", &n.to_string())
             }
             "--backend" => match value.as_str() {
-                "epoll" | "uring" => cfg.set("backend", &quote(&value)),
+                "epoll" | "uring" => cfg.set_unchecked("backend", &quote(&value)),
                 _ => return Err(format!("--backend must be epoll or uring, got '{value}'")),
             },
-            _ => cfg.set_kv(&value),
+            _ => split_kv(&value).and_then(|(k, v)| cfg.set_unchecked(k, v)),
         };
         r.map_err(|e| format!("{flag} {value}: {e}"))?;
     }
-    if cfg.backend == BackendKind::Uring {
-        pushedge::warn!("backend uring is not available in this build; using epoll");
-        cfg.backend = BackendKind::Epoll;
-    }
+    // Relations between keys are checked once, whatever the order of the flags.
+    cfg.validate().map_err(|e| e.to_string())?;
     Ok(cfg)
 }
 

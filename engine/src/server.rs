@@ -16,10 +16,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::config::{self, AuthMode, Config, Live};
+use crate::config::{BackendKind, UringArm};
 use crate::hub::{Hub, HubError};
 use crate::inbox::{Cmd, Inbox};
 use crate::metrics::{Snapshot, WorkerStats};
 use crate::reactor::epoll::Epoll;
+use crate::reactor::uring::{self, Uring};
 use crate::reactor::Backend;
 use crate::worker::Worker;
 use crate::{admin, control, error, info, warn};
@@ -147,6 +149,9 @@ pub fn bind_reuseport(addr: SocketAddr) -> std::io::Result<StdTcpListener> {
     let sock = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
     sock.set_reuse_address(true)?;
     sock.set_reuse_port(true)?;
+    // Accepted sockets inherit TCP_NODELAY from the listener on Linux: one setsockopt
+    // here instead of one per connection.
+    sock.set_tcp_nodelay(true)?;
     sock.bind(&addr.into())?;
     sock.listen(LISTEN_BACKLOG)?;
     sock.set_nonblocking(true)?;
@@ -194,13 +199,40 @@ pub fn serve(cfg: Config) -> Result<(), String> {
         .map_err(|e| format!("cannot read the admin address: {e}"))?;
     let control_listener = control::bind(&cfg.control_path)?;
 
-    let mut polls = Vec::with_capacity(workers);
-    let mut inboxes = Vec::with_capacity(workers);
-    for _ in 0..workers {
-        let io = Epoll::new().map_err(|e| format!("cannot create a reactor: {e}"))?;
-        inboxes.push(Arc::new(Inbox::new(io.waker())));
-        polls.push(io);
+    let mut backends = Backends::Epoll(Vec::new());
+    if cfg.backend == BackendKind::Uring {
+        let arm = match cfg.uring_arm {
+            UringArm::Poll => uring::Arm::Poll,
+            UringArm::Recv => uring::Arm::Recv,
+        };
+        let mut rings = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            match Uring::new(cfg.uring_direct, arm) {
+                Ok(r) => rings.push(r),
+                Err(e) => {
+                    warn!("io_uring unavailable ({e}); running on epoll");
+                    rings.clear();
+                    break;
+                }
+            }
+        }
+        if !rings.is_empty() {
+            backends = Backends::Uring(rings);
+        }
     }
+    if let Backends::Epoll(v) = &mut backends {
+        for _ in 0..workers {
+            v.push(Epoll::new().map_err(|e| format!("cannot create a reactor: {e}"))?);
+        }
+    }
+    let inboxes: Vec<Arc<Inbox>> = match &backends {
+        Backends::Epoll(v) => v.iter().map(|b| Arc::new(Inbox::new(b.waker()))).collect(),
+        Backends::Uring(v) => v.iter().map(|b| Arc::new(Inbox::new(b.waker()))).collect(),
+    };
+    let backend_name = match &backends {
+        Backends::Epoll(v) => v[0].name(),
+        Backends::Uring(v) => v[0].name(),
+    };
     let hub = Arc::new(Hub::new(
         inboxes.clone(),
         live.clone(),
@@ -224,16 +256,10 @@ pub fn serve(cfg: Config) -> Result<(), String> {
         stop: Mutex::new(Some(stop_tx)),
     });
 
-    let mut handles = Vec::with_capacity(workers);
-    for (id, (poll, listener)) in polls.into_iter().zip(listeners).enumerate() {
-        let worker = Worker::new(id, shared.clone(), poll, listener, inboxes[id].clone())
-            .map_err(|e| format!("cannot start worker {id}: {e}"))?;
-        let h = thread::Builder::new()
-            .name(format!("worker-{id}"))
-            .spawn(move || worker.run())
-            .map_err(|e| format!("cannot start worker thread: {e}"))?;
-        handles.push(h);
-    }
+    let handles = match backends {
+        Backends::Epoll(v) => spawn_workers(&shared, v, listeners, &inboxes)?,
+        Backends::Uring(v) => spawn_workers(&shared, v, listeners, &inboxes)?,
+    };
     {
         let shared = shared.clone();
         thread::Builder::new()
@@ -256,12 +282,13 @@ pub fn serve(cfg: Config) -> Result<(), String> {
         control: shared.cfg.control_path.clone(),
     };
     info!(
-        "ready: pushedge {} subscriber={} admin={} control={} workers={} backend=epoll node={}",
+        "ready: pushedge {} subscriber={} admin={} control={} workers={} backend={} node={}",
         env!("CARGO_PKG_VERSION"),
         bound.listen,
         bound.admin,
         bound.control,
         workers,
+        backend_name.split(' ').next().unwrap_or(backend_name),
         shared.node_id
     );
 
@@ -275,6 +302,34 @@ pub fn serve(cfg: Config) -> Result<(), String> {
     let _ = std::fs::remove_file(&bound.control);
     info!("stopped");
     Ok(())
+}
+
+/// The workers' reactors, all of one kind.
+enum Backends {
+    Epoll(Vec<Epoll>),
+    Uring(Vec<Uring>),
+}
+
+fn spawn_workers<B: Backend + Send + 'static>(
+    shared: &Arc<Shared>,
+    backends: Vec<B>,
+    listeners: Vec<StdTcpListener>,
+    inboxes: &[Arc<Inbox>],
+) -> Result<Vec<thread::JoinHandle<()>>, String> {
+    if let Some(b) = backends.first() {
+        info!("reactor: {}", b.name());
+    }
+    let mut handles = Vec::with_capacity(backends.len());
+    for (id, (io, listener)) in backends.into_iter().zip(listeners).enumerate() {
+        let worker = Worker::new(id, shared.clone(), io, listener, inboxes[id].clone())
+            .map_err(|e| format!("cannot start worker {id}: {e}"))?;
+        let h = thread::Builder::new()
+            .name(format!("worker-{id}"))
+            .spawn(move || worker.run())
+            .map_err(|e| format!("cannot start worker thread: {e}"))?;
+        handles.push(h);
+    }
+    Ok(handles)
 }
 
 fn wait_and_stop(shared: &Shared, stop_rx: Receiver<Stop>) {

@@ -50,6 +50,8 @@ pub const INBOX_BATCH: usize = 1024;
 pub const MAX_IOV: usize = 64;
 /// Upper bound on header fields (the configured `max_headers` is at most this).
 pub const HEADERS_CAP: usize = 256;
+/// Connection generations wrap at 24 bits.
+pub const GENERATION_MASK: u32 = 0xFF_FFFF;
 /// Accept errors are logged at most once per this interval.
 pub const ACCEPT_WARN_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -66,6 +68,15 @@ struct LocalChan {
     key: ChanKey,
     name: Arc<str>,
     conns: Vec<u32>,
+}
+
+/// A subscription whose buffered messages are still to be replayed.
+struct PendingReplay {
+    local: u32,
+    name: Arc<str>,
+    seq: u64,
+    gap: Option<(u64, u64)>,
+    replay: Vec<Arc<Msg>>,
 }
 
 /// The routes of the subscriber port.
@@ -307,7 +318,12 @@ impl<B: Backend> Worker<B> {
             return;
         }
         self.io.set_nodelay(sock);
-        self.generation = self.generation.wrapping_add(1);
+        // Generations are 24 bits (io_uring carries them in user_data) and never 0 (a
+        // zero token means "none" to the backends).
+        self.generation = (self.generation + 1) & GENERATION_MASK;
+        if self.generation == 0 {
+            self.generation = 1;
+        }
         let generation = self.generation;
         let deadline = self.now + self.live().handshake_timeout();
         let entry = self.conns.vacant_entry();
@@ -343,6 +359,12 @@ impl<B: Backend> Worker<B> {
         };
         let (slot, generation) = split_token(token);
         if !self.alive(slot, generation) {
+            if let IoEvent::Input(_, input) = ev {
+                // Give the buffer back even though its connection is gone.
+                let mut scratch = std::mem::take(&mut self.scratch);
+                self.io.take_input(input, &mut scratch);
+                self.scratch = scratch;
+            }
             return;
         }
         match ev {
@@ -525,11 +547,11 @@ impl<B: Backend> Worker<B> {
         self.inbox_more = true;
     }
 
-    fn list_conns(&self, limit: usize) -> Vec<ConnInfo> {
-        self.conns
-            .iter()
-            .take(limit)
-            .map(|(slot, c)| ConnInfo {
+    fn list_conns(&mut self, limit: usize) -> Vec<ConnInfo> {
+        let mut out = Vec::with_capacity(limit.min(self.conns.len()));
+        for (slot, c) in self.conns.iter().take(limit) {
+            let token = token_of(slot, c.generation);
+            out.push(ConnInfo {
                 id: format!("{}:{}:{}", self.id, slot, c.generation),
                 transport: c.state.transport().as_str(),
                 peer: self
@@ -542,9 +564,10 @@ impl<B: Backend> Worker<B> {
                     .iter()
                     .map(|s| self.chans[s.local as usize].name.to_string())
                     .collect(),
-                queued: c.queued(),
-            })
-            .collect()
+                queued: c.queued() + self.io.pending(token),
+            });
+        }
+        out
     }
 
     fn drain(&mut self) {
@@ -703,7 +726,7 @@ impl<B: Backend> Worker<B> {
             }
             self.stats.add(Counter::BytesOut, written as u64);
         }
-        let pending = self.io.pending(token);
+        let backlog = self.io.backlog(token);
         let conn = &mut self.conns[slot];
         if written < total {
             let ext = conn.ext();
@@ -714,11 +737,15 @@ impl<B: Backend> Worker<B> {
                     skip -= len;
                     continue;
                 }
-                ext.wq.push(p.to_bytes(skip));
+                if skip > 0 {
+                    ext.wq.push_partial(p.to_bytes(0), skip);
+                } else {
+                    ext.wq.push(p.to_bytes(0));
+                }
                 skip = 0;
             }
         }
-        if conn.queued() + pending > self.shared.live.slow_consumer_bytes() {
+        if conn.queued() + backlog > self.shared.live.slow_consumer_bytes() {
             self.slow_consumer(slot);
         }
     }
@@ -806,7 +833,8 @@ impl<B: Backend> Worker<B> {
     /// input does not turn our last bytes into a reset.
     fn shutdown_write(&mut self, slot: usize) {
         let conn = &mut self.conns[slot];
-        if self.io.shutdown_write(conn.sock).is_err() {
+        let token = token_of(slot, conn.generation);
+        if self.io.shutdown_write(conn.sock, token).is_err() {
             self.close_now(slot);
             return;
         }
@@ -823,10 +851,17 @@ impl<B: Backend> Worker<B> {
     }
 
     /// Closes the socket and forgets the connection.
+    #[track_caller]
     fn close_now(&mut self, slot: usize) {
         if !self.conns.contains(slot) {
             return;
         }
+        debug!(
+            "worker {}: close {slot} in {:?} from {}",
+            self.id,
+            self.conns[slot].state,
+            std::panic::Location::caller()
+        );
         self.unsubscribe_all(slot);
         let conn = self.conns.remove(slot);
         self.wheel.cancel(conn.timer);
@@ -892,47 +927,72 @@ impl<B: Backend> Worker<B> {
         Ok(s)
     }
 
-    /// Subscribes and replays (gap first, then buffered messages); afterwards the cursor
-    /// is at least the channel's seq, so deliveries already covered are dropped.
-    fn subscribe_and_replay(
+    /// Subscribes to every channel before anything is written, so that nothing published
+    /// after the response head can be missed; what each channel has to replay is returned
+    /// for [`Worker::replay_all`]. On error every subscription of the connection is undone.
+    fn subscribe_all(
         &mut self,
         slot: usize,
-        name: &str,
-        since: Since,
-    ) -> Result<(), HubError> {
-        self.replay.clear();
-        let s = self.subscribe(slot, name, since, false)?;
-        let local = self.by_key[&s.key];
-        if let Some((from, to)) = s.gap {
-            if let Some(sub) = self.conns[slot].subs.find_mut(local) {
-                sub.last_seq = sub.last_seq.max(to);
+        channels: &[String],
+        points: &[Since],
+    ) -> Result<Vec<PendingReplay>, HubError> {
+        let mut pending = Vec::with_capacity(channels.len());
+        for (name, &since) in channels.iter().zip(points) {
+            self.replay.clear();
+            match self.subscribe(slot, name, since, false) {
+                Ok(s) => pending.push(PendingReplay {
+                    local: self.by_key[&s.key],
+                    name: s.name,
+                    seq: s.seq,
+                    gap: s.gap,
+                    replay: std::mem::take(&mut self.replay),
+                }),
+                Err(e) => {
+                    self.replay.clear();
+                    self.unsubscribe_all(slot);
+                    return Err(e);
+                }
             }
-            self.send_envelope(
-                slot,
-                &Message::Gap {
-                    channel: &s.name,
-                    from,
-                    to,
-                },
-            );
         }
-        let replay = std::mem::take(&mut self.replay);
-        for m in &replay {
+        Ok(pending)
+    }
+
+    /// Replays what [`Worker::subscribe_all`] found (a `gap` first where the history no
+    /// longer holds what was asked); afterwards each cursor is at least the channel's seq
+    /// at subscription time, so deliveries the replay covered are dropped. Every channel is
+    /// subscribed before the first replay, so SSE ids carry the whole cursor.
+    fn replay_all(&mut self, slot: usize, pending: Vec<PendingReplay>) {
+        for p in pending {
             if !self.conns.contains(slot) {
-                break;
+                return;
             }
-            self.deliver(slot, local, m);
+            if let Some((from, to)) = p.gap {
+                if let Some(sub) = self.conns[slot].subs.find_mut(p.local) {
+                    sub.last_seq = sub.last_seq.max(to);
+                }
+                self.send_envelope(
+                    slot,
+                    &Message::Gap {
+                        channel: &p.name,
+                        from,
+                        to,
+                    },
+                );
+            }
+            for m in &p.replay {
+                if !self.conns.contains(slot) {
+                    return;
+                }
+                self.deliver(slot, p.local, m);
+            }
+            if let Some(sub) = self
+                .conns
+                .get_mut(slot)
+                .and_then(|c| c.subs.find_mut(p.local))
+            {
+                sub.last_seq = sub.last_seq.max(p.seq);
+            }
         }
-        self.replay = replay;
-        self.replay.clear();
-        if let Some(sub) = self
-            .conns
-            .get_mut(slot)
-            .and_then(|c| c.subs.find_mut(local))
-        {
-            sub.last_seq = sub.last_seq.max(s.seq);
-        }
-        Ok(())
     }
 
     fn unsubscribe(&mut self, slot: usize, local: u32) {
@@ -1287,8 +1347,9 @@ impl<B: Backend> Worker<B> {
                     }
                 }
                 let since = op.since.map_or(Since::Now, Since::Seq);
-                if let Err(e) = self.subscribe_and_replay(slot, name, since) {
-                    self.op_error(slot, e.status(), &e.reason());
+                match self.subscribe_all(slot, &[name.to_string()], &[since]) {
+                    Ok(pending) => self.replay_all(slot, pending),
+                    Err(e) => self.op_error(slot, e.status(), &e.reason()),
                 }
             }
             "unsub" => {
@@ -1517,6 +1578,7 @@ impl<B: Backend> Worker<B> {
         conn.clear(flag::JSONP);
         if let Some(e) = conn.ext.as_mut() {
             e.callback = None;
+            e.poll_seq = 0;
         }
         if conn.has(flag::KEEP_ALIVE) && !self.draining {
             let idle = self.live().idle_timeout();
@@ -1624,6 +1686,16 @@ impl<B: Backend> Worker<B> {
         } else {
             self.check_token(q, &channels)
         };
+        // Subscribe before the 101 goes out (a token that fails is answered after it,
+        // with close 1008, as RFC 6455 clients expect).
+        let pending = match &grant {
+            Ok(_) => {
+                let points = vec![since.map_or(Since::Now, Since::Seq); channels.len()];
+                self.subscribe_all(slot, &channels, &points)
+                    .map_err(|e| reject(e.status(), e.reason()))?
+            }
+            Err(_) => Vec::new(),
+        };
         let mut out = Vec::with_capacity(160);
         ws::handshake::write_accept_response(&mut out, &accept);
         self.send(slot, &[Part::Copy(&out)]);
@@ -1648,15 +1720,7 @@ impl<B: Backend> Worker<B> {
         if let Some(g) = grant {
             self.conns[slot].ext().grant = Some(Box::new(g));
         }
-        let since = since.map_or(Since::Now, Since::Seq);
-        for name in &channels {
-            if !self.conns.contains(slot) {
-                return Ok(());
-            }
-            if let Err(e) = self.subscribe_and_replay(slot, name, since) {
-                self.op_error(slot, e.status(), &e.reason());
-            }
-        }
+        self.replay_all(slot, pending);
         if self.conns.contains(slot) && self.conns[slot].state == State::Ws {
             let first = jitter(self.live().heartbeat(), &mut self.rng);
             self.arm(slot, first);
@@ -1699,6 +1763,9 @@ impl<B: Backend> Worker<B> {
         let points = self.resume_points(req, q, &channels)?;
         self.check_token(q, &channels)
             .map_err(|e| reject(401, e.reason()))?;
+        let pending = self
+            .subscribe_all(slot, &channels, &points)
+            .map_err(|e| reject(e.status(), e.reason()))?;
         let mut headers: Vec<(&str, &str)> = vec![
             ("Content-Type", "text/event-stream; charset=utf-8"),
             ("Cache-Control", "no-cache"),
@@ -1714,7 +1781,7 @@ impl<B: Backend> Worker<B> {
         }
         self.conns[slot].clear(flag::KEEP_ALIVE);
         self.set_state(slot, State::Sse);
-        self.start_stream(slot, &channels, &points);
+        self.start_stream(slot, pending);
         Ok(())
     }
 
@@ -1737,6 +1804,10 @@ impl<B: Backend> Worker<B> {
         };
         self.check_token(q, &channels)
             .map_err(|e| reject(401, e.reason()))?;
+        let points = vec![since.map_or(Since::Now, Since::Seq); channels.len()];
+        let pending = self
+            .subscribe_all(slot, &channels, &points)
+            .map_err(|e| reject(e.status(), e.reason()))?;
         let content_type = if route == Route::Iframe {
             "text/html; charset=utf-8"
         } else {
@@ -1771,28 +1842,14 @@ impl<B: Backend> Worker<B> {
             State::Stream
         };
         self.set_state(slot, state);
-        let points = vec![since.map_or(Since::Now, Since::Seq); channels.len()];
-        self.start_stream(slot, &channels, &points);
+        self.start_stream(slot, pending);
         Ok(())
     }
 
-    /// Subscribes a streaming connection and starts its heartbeat.
-    fn start_stream(&mut self, slot: usize, channels: &[String], points: &[Since]) {
+    /// Replays to a streaming connection and starts its heartbeat.
+    fn start_stream(&mut self, slot: usize, pending: Vec<PendingReplay>) {
         self.disarm(slot);
-        for (name, &since) in channels.iter().zip(points) {
-            if !self.conns.contains(slot) {
-                return;
-            }
-            if let Err(e) = self.subscribe_and_replay(slot, name, since) {
-                self.send_envelope(
-                    slot,
-                    &Message::Error {
-                        code: e.status(),
-                        reason: &e.reason(),
-                    },
-                );
-            }
-        }
+        self.replay_all(slot, pending);
         if self.conns.contains(slot) && self.conns[slot].state.is_stream() {
             let first = jitter(self.live().heartbeat(), &mut self.rng);
             self.arm(slot, first);

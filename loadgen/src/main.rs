@@ -1,1 +1,5 @@
-fn main() {}
+//! The `loadgen` binary; see the library documentation.
+
+fn main() {
+    std::process::exit(loadgen::cli::main());
+}

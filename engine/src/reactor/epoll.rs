@@ -170,9 +170,13 @@ impl Backend for Epoll {
         0
     }
 
+    fn backlog(&self, _token: Token) -> usize {
+        0
+    }
+
     fn truncate(&mut self, _token: Token) {}
 
-    fn shutdown_write(&mut self, sock: Sock) -> io::Result<()> {
+    fn shutdown_write(&mut self, sock: Sock, _token: Token) -> io::Result<()> {
         // SAFETY: `sock` is an open socket owned by this worker.
         syscall!(unsafe { libc::shutdown(sock, libc::SHUT_WR) }).map(|_| ())
     }
@@ -196,7 +200,7 @@ impl Backend for Epoll {
         let _ = socket2::SockRef::from(&fd).set_tcp_nodelay(true);
     }
 
-    fn peer_addr(&self, sock: Sock) -> Option<SocketAddr> {
+    fn peer_addr(&mut self, sock: Sock) -> Option<SocketAddr> {
         // SAFETY: `sock` is an open socket owned by this worker for this call.
         let fd = unsafe { BorrowedFd::borrow_raw(sock) };
         socket2::SockRef::from(&fd).peer_addr().ok()?.as_socket()

@@ -14,6 +14,7 @@
 //! queue for the connection is empty again, and [`Backend::pending`] counts what it holds).
 
 pub mod epoll;
+pub mod uring;
 
 use bytes::Bytes;
 use std::io;
@@ -124,12 +125,18 @@ pub trait Backend {
     /// Bytes the backend holds for a connection and has not written yet.
     fn pending(&self, token: Token) -> usize;
 
+    /// Of those, the bytes that are backed up because the peer is not reading (what counts
+    /// toward `slow_consumer_bytes`). A backend that completes sends asynchronously holds
+    /// bytes for a moment even for a fast reader; only a send that stayed blocked through a
+    /// whole turn counts here.
+    fn backlog(&self, token: Token) -> usize;
+
     /// Drops what the backend holds for a connection beyond what is already being
     /// written (a slow consumer's backlog).
     fn truncate(&mut self, token: Token);
 
     /// Shuts the write side of a connection (after its output is written).
-    fn shutdown_write(&mut self, sock: Sock) -> io::Result<()>;
+    fn shutdown_write(&mut self, sock: Sock, token: Token) -> io::Result<()>;
 
     /// Closes a connection; late events for its token are to be ignored by the caller.
     fn close(&mut self, sock: Sock, token: Token);
@@ -141,7 +148,7 @@ pub trait Backend {
     fn set_nodelay(&mut self, sock: Sock);
 
     /// The peer's address, when the backend can tell.
-    fn peer_addr(&self, sock: Sock) -> Option<SocketAddr>;
+    fn peer_addr(&mut self, sock: Sock) -> Option<SocketAddr>;
 
     /// Submits queued operations without waiting (the end of a fan-out batch).
     fn flush(&mut self);

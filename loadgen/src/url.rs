@@ -1,0 +1,354 @@
+//! Target URLs, channel templates and source addresses.
+//!
+//! Only loopback targets are accepted: a load generator that can be pointed at any host
+//! is a flooding tool, and this one is for testing servers on the same machine. A URL is
+//! `ws://HOST[:PORT]/PATH[?QUERY]` or `http://HOST[:PORT]/PATH[?QUERY]` where HOST is a
+//! loopback IP literal (`127.0.0.1`, `[::1]`) or `localhost`. No TLS, no user info.
+//!
+//! Channels: `{c}` anywhere in the URL is replaced by the channel name
+//! ([`ChannelSpec::Template`]); a URL that already names its channel (`channel=`, `cname=`
+//! or `id=` in the query) is [`ChannelSpec::Fixed`]; any other URL gets `channel=NAME`
+//! appended ([`ChannelSpec::Append`]). Generated names are `ch0`, `ch1`, ...
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use protocol::query::{self, Query};
+
+/// The placeholder replaced by the channel name.
+pub const CHANNEL_PLACEHOLDER: &str = "{c}";
+/// Query keys that name a channel (pushedge `channel` / `cname`, nchan `id`).
+pub const CHANNEL_KEYS: &[&str] = &["channel", "cname", "id"];
+/// Most source addresses a `--sources` list may expand to.
+pub const MAX_SOURCES: usize = 65_536;
+
+/// The URL scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// `ws://`
+    Ws,
+    /// `http://`
+    Http,
+}
+
+/// A parsed loopback URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The scheme.
+    pub scheme: Scheme,
+    /// Where to connect.
+    pub addr: SocketAddr,
+    /// The authority as written, for the `Host` header.
+    pub host: String,
+    /// Path and query, possibly holding `{c}`.
+    pub path_and_query: String,
+}
+
+/// How a URL names its channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChannelSpec {
+    /// `{c}` is replaced by the channel name.
+    Template,
+    /// The URL names one channel itself.
+    Fixed(String),
+    /// `channel=NAME` is appended to the query.
+    Append,
+}
+
+/// A URL or address list that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrlError(pub String);
+
+impl fmt::Display for UrlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UrlError {}
+
+fn err<T>(msg: impl Into<String>) -> Result<T, UrlError> {
+    Err(UrlError(msg.into()))
+}
+
+impl Target {
+    /// Parses and checks a URL (see the module documentation).
+    pub fn parse(url: &str) -> Result<Target, UrlError> {
+        let (scheme, rest) = match url.split_once("://") {
+            Some(("ws", rest)) => (Scheme::Ws, rest),
+            Some(("http", rest)) => (Scheme::Http, rest),
+            Some(("wss" | "https", _)) => return err(format!("{url}: TLS is not supported")),
+            Some((s, _)) => return err(format!("{url}: unsupported scheme {s:?} (ws or http)")),
+            None => return err(format!("{url}: missing scheme (ws:// or http://)")),
+        };
+        let (authority, path_and_query) = match rest.find(['/', '?']) {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let path_and_query = if path_and_query.starts_with('?') {
+            format!("/{path_and_query}")
+        } else {
+            path_and_query.to_string()
+        };
+        if path_and_query.contains('#') {
+            return err(format!("{url}: fragments are not sent to servers"));
+        }
+        if path_and_query.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            return err(format!("{url}: spaces or control characters in the path"));
+        }
+        if authority.contains('@') {
+            return err(format!("{url}: user info is not supported"));
+        }
+        let (host, port) = split_host_port(authority)
+            .ok_or_else(|| UrlError(format!("{url}: bad host or port {authority:?}")))?;
+        let ip = match host {
+            "localhost" => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            h => h
+                .parse::<IpAddr>()
+                .map_err(|_| UrlError(format!("{url}: host must be an IP literal or localhost")))?,
+        };
+        if !ip.is_loopback() {
+            return err(format!(
+                "{url}: {ip} is not a loopback address; loadgen only targets this machine"
+            ));
+        }
+        Ok(Target {
+            scheme,
+            addr: SocketAddr::new(ip, port.unwrap_or(80)),
+            host: authority.to_string(),
+            path_and_query,
+        })
+    }
+
+    /// How this URL names its channel.
+    pub fn channel_spec(&self) -> ChannelSpec {
+        if self.path_and_query.contains(CHANNEL_PLACEHOLDER) {
+            return ChannelSpec::Template;
+        }
+        let (_, q) = query::split_target(&self.path_and_query);
+        if let Some(q) = q {
+            if let Ok(q) = Query::parse(q) {
+                if let Some(name) = q.get_any(CHANNEL_KEYS) {
+                    return ChannelSpec::Fixed(name.to_string());
+                }
+            }
+        }
+        ChannelSpec::Append
+    }
+
+    /// The request target (path and query) for channel `name`.
+    pub fn target_for(&self, name: &str) -> String {
+        match self.channel_spec() {
+            ChannelSpec::Template => self.path_and_query.replace(CHANNEL_PLACEHOLDER, name),
+            ChannelSpec::Fixed(_) => self.path_and_query.clone(),
+            ChannelSpec::Append => {
+                let sep = if self.path_and_query.contains('?') {
+                    if self.path_and_query.ends_with(['?', '&']) {
+                        ""
+                    } else {
+                        "&"
+                    }
+                } else {
+                    "?"
+                };
+                format!("{}{sep}channel={name}", self.path_and_query)
+            }
+        }
+    }
+
+    /// The path, without the query.
+    pub fn path(&self) -> &str {
+        query::split_target(&self.path_and_query).0
+    }
+}
+
+/// Splits `host[:port]` / `[v6][:port]`. `None` when malformed.
+fn split_host_port(authority: &str) -> Option<(&str, Option<u16>)> {
+    if let Some(rest) = authority.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        return match after {
+            "" => Some((host, None)),
+            p => Some((host, Some(p.strip_prefix(':')?.parse().ok()?))),
+        };
+    }
+    match authority.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => Some((h, Some(p.parse().ok()?))),
+        Some(_) => None,
+        None if authority.is_empty() => None,
+        None => Some((authority, None)),
+    }
+}
+
+/// The channel names of a run: `ch0..ch{count-1}`, or the one name a URL fixes.
+pub fn channel_names(urls: &[&Target], count: u32) -> Result<Vec<String>, UrlError> {
+    let mut fixed: Option<String> = None;
+    for t in urls {
+        if let ChannelSpec::Fixed(name) = t.channel_spec() {
+            match &fixed {
+                Some(f) if *f != name => {
+                    return err(format!(
+                        "the URLs name different channels ({f:?} and {name:?})"
+                    ))
+                }
+                _ => fixed = Some(name),
+            }
+        }
+    }
+    if count == 0 {
+        return err("--channels must be at least 1");
+    }
+    match fixed {
+        Some(name) if count == 1 => Ok(vec![name]),
+        Some(name) => err(format!(
+            "the URL names one channel ({name:?}); use {CHANNEL_PLACEHOLDER} in it for --channels {count}"
+        )),
+        None => Ok((0..count).map(|i| format!("ch{i}")).collect()),
+    }
+}
+
+/// Parses a source address list: items separated by commas, each an address or an IPv4
+/// range `A-B` (inclusive). Every address must be loopback.
+pub fn parse_sources(spec: &str) -> Result<Vec<IpAddr>, UrlError> {
+    let mut out = Vec::new();
+    for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        if let Some((a, b)) = item.split_once('-') {
+            let a: Ipv4Addr = a
+                .trim()
+                .parse()
+                .map_err(|_| UrlError(format!("bad source address {a:?}")))?;
+            let b: Ipv4Addr = b
+                .trim()
+                .parse()
+                .map_err(|_| UrlError(format!("bad source address {b:?}")))?;
+            let (lo, hi) = (u32::from(a), u32::from(b));
+            if lo > hi {
+                return err(format!("source range {item} is backwards"));
+            }
+            if (hi - lo) as usize >= MAX_SOURCES {
+                return err(format!("source range {item} is too large"));
+            }
+            out.extend((lo..=hi).map(|n| IpAddr::V4(Ipv4Addr::from(n))));
+        } else {
+            out.push(
+                item.parse::<IpAddr>()
+                    .map_err(|_| UrlError(format!("bad source address {item:?}")))?,
+            );
+        }
+        if out.len() > MAX_SOURCES {
+            return err(format!("more than {MAX_SOURCES} source addresses"));
+        }
+    }
+    if let Some(bad) = out.iter().find(|ip| !ip.is_loopback()) {
+        return err(format!("source {bad} is not a loopback address"));
+    }
+    if out.is_empty() {
+        return err("empty source address list");
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_loopback_urls() {
+        let t = Target::parse("ws://127.0.0.1:8100/ws?channel={c}").unwrap();
+        assert_eq!(t.scheme, Scheme::Ws);
+        assert_eq!(t.addr, "127.0.0.1:8100".parse().unwrap());
+        assert_eq!(t.host, "127.0.0.1:8100");
+        assert_eq!(t.path_and_query, "/ws?channel={c}");
+        assert_eq!(t.path(), "/ws");
+
+        let t = Target::parse("http://localhost/sse").unwrap();
+        assert_eq!(t.addr, "127.0.0.1:80".parse().unwrap());
+        assert_eq!(t.host, "localhost");
+
+        let t = Target::parse("http://[::1]:81?x=1").unwrap();
+        assert_eq!(t.addr, "[::1]:81".parse().unwrap());
+        assert_eq!(t.path_and_query, "/?x=1");
+
+        let t = Target::parse("ws://127.0.0.9:1").unwrap();
+        assert_eq!(t.path_and_query, "/");
+    }
+
+    #[test]
+    fn refuses_other_hosts_and_schemes() {
+        for bad in [
+            "ws://10.0.0.1:8100/ws",
+            "http://example.com/sse",
+            "http://[2001:db8::1]:80/",
+            "wss://127.0.0.1/ws",
+            "https://127.0.0.1/",
+            "ftp://127.0.0.1/",
+            "127.0.0.1:8100/ws",
+            "ws://user@127.0.0.1/ws",
+            "ws://127.0.0.1:99999/ws",
+            "ws://127.0.0.1:/ws",
+            "ws:///ws",
+            "ws://127.0.0.1/a b",
+            "ws://127.0.0.1/ws#frag",
+            "ws://::1/ws",
+        ] {
+            assert!(Target::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn channel_templates() {
+        let t = Target::parse("ws://127.0.0.1:8100/ws?channel={c}&since=1").unwrap();
+        assert_eq!(t.channel_spec(), ChannelSpec::Template);
+        assert_eq!(t.target_for("ch3"), "/ws?channel=ch3&since=1");
+
+        let nchan = Target::parse("http://127.0.0.1/sub?id={c}").unwrap();
+        assert_eq!(nchan.target_for("ch0"), "/sub?id=ch0");
+
+        let t = Target::parse("http://127.0.0.1:8100/sse").unwrap();
+        assert_eq!(t.channel_spec(), ChannelSpec::Append);
+        assert_eq!(t.target_for("ch1"), "/sse?channel=ch1");
+        let t = Target::parse("http://127.0.0.1:8100/sse?since=0").unwrap();
+        assert_eq!(t.target_for("ch1"), "/sse?since=0&channel=ch1");
+        let t = Target::parse("http://127.0.0.1:8100/sse?").unwrap();
+        assert_eq!(t.target_for("ch1"), "/sse?channel=ch1");
+
+        let t = Target::parse("ws://127.0.0.1:8100/ws?channel=news").unwrap();
+        assert_eq!(t.channel_spec(), ChannelSpec::Fixed("news".into()));
+        assert_eq!(t.target_for("ignored"), "/ws?channel=news");
+        let t = Target::parse("http://127.0.0.1/sub?id=a%3Ab").unwrap();
+        assert_eq!(t.channel_spec(), ChannelSpec::Fixed("a:b".into()));
+    }
+
+    #[test]
+    fn channel_names_follow_the_urls() {
+        let sub = Target::parse("ws://127.0.0.1:8100/ws?channel={c}").unwrap();
+        let publ = Target::parse("http://127.0.0.1:8000/pub").unwrap();
+        assert_eq!(
+            channel_names(&[&sub, &publ], 3).unwrap(),
+            vec!["ch0", "ch1", "ch2"]
+        );
+        let fixed = Target::parse("ws://127.0.0.1:8100/ws?channel=news").unwrap();
+        assert_eq!(channel_names(&[&fixed, &publ], 1).unwrap(), vec!["news"]);
+        assert!(channel_names(&[&fixed, &publ], 2).is_err());
+        let other = Target::parse("http://127.0.0.1:8000/pub?channel=sport").unwrap();
+        assert!(channel_names(&[&fixed, &other], 1).is_err());
+        assert!(channel_names(&[&sub], 0).is_err());
+        // The publisher then appends the fixed name.
+        assert_eq!(publ.target_for("news"), "/pub?channel=news");
+    }
+
+    #[test]
+    fn source_lists() {
+        let s = parse_sources("127.0.0.2-127.0.0.4").unwrap();
+        assert_eq!(s.len(), 3);
+        assert_eq!(s[0], "127.0.0.2".parse::<IpAddr>().unwrap());
+        assert_eq!(s[2], "127.0.0.4".parse::<IpAddr>().unwrap());
+        let s = parse_sources("127.0.0.2, 127.0.1.1-127.0.1.2,::1").unwrap();
+        assert_eq!(s.len(), 4);
+        assert!(parse_sources("127.0.0.4-127.0.0.2").is_err());
+        assert!(parse_sources("10.0.0.1").is_err());
+        assert!(parse_sources("127.0.0.255-128.0.0.1").is_err());
+        assert!(parse_sources("").is_err());
+        assert!(parse_sources("127.0.0.x").is_err());
+        assert!(parse_sources("127.0.0.0-127.255.255.255").is_err());
+    }
+}

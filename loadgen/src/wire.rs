@@ -1,0 +1,279 @@
+//! What the coordinator and its child processes say to each other, one JSON object per
+//! line: the coordinator writes a [`ChildConfig`] then [`Command`]s to the child's stdin;
+//! the child writes [`ChildMsg`]s to its stdout. Histograms travel as base64 of the
+//! HdrHistogram V2 serialization ([`crate::hist`]).
+
+use mio::unix::pipe;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::{self, Read};
+use std::net::{IpAddr, SocketAddr};
+
+use crate::account::{Expected, PubAgg, Tally};
+use crate::client::{Format, Transport};
+
+/// Longest line accepted on a pipe (a configuration or a final report).
+pub const MAX_LINE: usize = 256 << 20;
+
+/// The three kinds of run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Open and hold.
+    Hold,
+    /// Hold subscribers, publish, measure delivery.
+    Fanout,
+    /// Churn, and reconnect after drops.
+    Storm,
+}
+
+impl Mode {
+    /// The name used in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Hold => "hold",
+            Mode::Fanout => "fanout",
+            Mode::Storm => "storm",
+        }
+    }
+}
+
+/// Everything a child needs; the first line on its stdin.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChildConfig {
+    /// Which child this is (0-based).
+    pub index: u32,
+    /// The kind of run.
+    pub mode: Mode,
+    /// How to subscribe.
+    pub transport: Transport,
+    /// What messages look like.
+    pub format: Format,
+    /// The server's subscriber address.
+    pub server: SocketAddr,
+    /// The `Host` header.
+    pub host: String,
+    /// Request target per channel.
+    pub targets: Vec<String>,
+    /// The child's connections are `first .. first + count` of the run; connection `j`
+    /// subscribes to channel `j % channels` from source `j % sources`.
+    pub first: u64,
+    /// Number of connections.
+    pub count: u64,
+    /// Source addresses (empty: the kernel's choice).
+    pub sources: Vec<IpAddr>,
+    /// New connections per second for this child (0: no limit).
+    pub rate: f64,
+    /// Most connections in their handshake at once.
+    pub max_pending: u32,
+    /// Connect + handshake timeout, milliseconds.
+    pub timeout_ms: u64,
+    /// Messages of the run (fanout), to recognise ours.
+    pub messages: u32,
+    /// Storm: connections closed and reopened per second by this child.
+    pub churn: f64,
+    /// Storm: first reconnect backoff, milliseconds (full jitter, doubling).
+    pub backoff_base_ms: u64,
+    /// Storm: largest reconnect backoff, milliseconds.
+    pub backoff_cap_ms: u64,
+    /// Interval of progress lines, milliseconds.
+    pub progress_ms: u64,
+}
+
+/// A command from the coordinator.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Command {
+    /// Fanout: publishing is over; what each channel was sent.
+    Expect {
+        /// Per channel.
+        channels: Vec<Expected>,
+    },
+    /// Send the final report and exit.
+    Stop,
+}
+
+/// A line from a child.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ChildMsg {
+    /// Counters, every `progress_ms`.
+    Progress(Progress),
+    /// Storm: an interval during which some connections dropped by the server were down.
+    Outage(Outage),
+    /// The final report; the child exits after it.
+    Final(Box<ChildReport>),
+    /// The child cannot run.
+    Fatal {
+        /// Why.
+        error: String,
+    },
+}
+
+/// Running counters of one child.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Progress {
+    /// Connections open now (subscription established).
+    pub open: u64,
+    /// Connect attempts so far.
+    pub attempts: u64,
+    /// Subscriptions established so far.
+    pub established: u64,
+    /// Attempts that failed.
+    pub failed: u64,
+    /// Established connections the server dropped.
+    pub dropped: u64,
+    /// Data messages received.
+    pub received: u64,
+    /// Storm: connections dropped by the server and not back yet.
+    pub down: u64,
+    /// Every connection's first attempt has succeeded or failed.
+    pub connect_done: bool,
+    /// Fanout, after `Expect`: open subscribers still missing messages.
+    pub incomplete: Option<u64>,
+}
+
+/// An outage as one child saw it (unix nanoseconds).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Outage {
+    /// When the first connection went down.
+    pub start_ns: u64,
+    /// When the last one was back (`None`: not by the end of the run).
+    pub end_ns: Option<u64>,
+    /// Most connections down at once.
+    pub peak: u64,
+}
+
+/// Everything one child measured.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ChildReport {
+    /// Connect attempts.
+    pub attempts: u64,
+    /// Subscriptions established (reconnects included).
+    pub established: u64,
+    /// Established by a reconnect (storm).
+    pub reconnects: u64,
+    /// Failed attempts by reason.
+    pub failed: BTreeMap<String, u64>,
+    /// Drops by the server, by reason.
+    pub dropped: BTreeMap<String, u64>,
+    /// Open at the end.
+    pub open_at_end: u64,
+    /// Storm: connections closed on purpose.
+    pub churn_closed: u64,
+    /// Unix ns of the first attempt.
+    pub first_attempt_ns: Option<u64>,
+    /// Unix ns of the last first-attempt subscription established (for the connect rate).
+    pub last_initial_ns: Option<u64>,
+    /// Connections whose first attempt succeeded.
+    pub initial_established: u64,
+    /// Connect latency (start of connect to subscription established), base64 V2.
+    pub connect_hist: String,
+    /// Publish-to-delivery latency of first copies, base64 V2.
+    pub latency_hist: String,
+    /// Data messages received (all copies).
+    pub received: u64,
+    /// Messages that are not ours.
+    pub foreign: u64,
+    /// pushedge `gap` messages.
+    pub gaps: u64,
+    /// Messages whose seq does not follow the connection's earlier seqs.
+    pub seq_errors: u64,
+    /// Accounting of subscribers open at the end.
+    pub tally: Tally,
+    /// Accounting of subscribers dropped during the run.
+    pub tally_dropped: Tally,
+    /// Open subscribers that got every expected message.
+    pub complete: u64,
+    /// Open subscribers missing some.
+    pub incomplete: u64,
+    /// Per publish (`i * channels + channel`): first/last arrival and receivers.
+    pub publishes: Vec<PubAgg>,
+    /// Unix ns of the first and last data arrival.
+    pub first_arrival_ns: Option<u64>,
+    /// See `first_arrival_ns`.
+    pub last_arrival_ns: Option<u64>,
+    /// Outages still open at the end (storm).
+    pub outages_open: Vec<Outage>,
+}
+
+/// Adds `n` to `map[key]`.
+pub fn bump(map: &mut BTreeMap<String, u64>, key: &str, n: u64) {
+    if let Some(v) = map.get_mut(key) {
+        *v += n;
+    } else {
+        map.insert(key.to_string(), n);
+    }
+}
+
+/// Reads `\n`-terminated lines from a pipe, keeping what follows a line.
+pub struct LineReader {
+    /// The pipe.
+    pub rx: pipe::Receiver,
+    buf: Vec<u8>,
+    /// The writer closed the pipe (or it failed, or sent an overlong line).
+    pub eof: bool,
+}
+
+impl LineReader {
+    /// A reader of `rx`.
+    pub fn new(rx: pipe::Receiver) -> Self {
+        LineReader {
+            rx,
+            buf: Vec::new(),
+            eof: false,
+        }
+    }
+
+    fn take_line(&mut self) -> Option<Vec<u8>> {
+        let nl = self.buf.iter().position(|&b| b == b'\n')?;
+        let mut line: Vec<u8> = self.buf.drain(..=nl).collect();
+        line.pop();
+        Some(line)
+    }
+
+    /// The first line, reading in blocking mode.
+    pub fn blocking_line(&mut self) -> io::Result<Option<Vec<u8>>> {
+        self.rx.set_nonblocking(false)?;
+        let mut chunk = [0u8; 8192];
+        loop {
+            if let Some(l) = self.take_line() {
+                return Ok(Some(l));
+            }
+            match self.rx.read(&mut chunk) {
+                Ok(0) => return Ok(None),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+            if self.buf.len() > MAX_LINE {
+                return Err(io::Error::other("configuration line too long"));
+            }
+        }
+    }
+
+    /// Reads what is available (non-blocking) and returns complete lines.
+    pub fn poll_lines(&mut self) -> Vec<Vec<u8>> {
+        let mut chunk = [0u8; 8192];
+        loop {
+            match self.rx.read(&mut chunk) {
+                Ok(0) => {
+                    self.eof = true;
+                    break;
+                }
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    self.eof = true;
+                    break;
+                }
+            }
+            if self.buf.len() > MAX_LINE {
+                self.eof = true;
+                break;
+            }
+        }
+        std::iter::from_fn(|| self.take_line()).collect()
+    }
+}

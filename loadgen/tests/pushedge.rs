@@ -1,0 +1,345 @@
+//! loadgen against the real pushedge server: the built `loadgen` binary (coordinator and
+//! child processes) drives `target/debug/pushedge` on ephemeral loopback ports.
+//!
+//! The server binary is `PUSHEDGE_BIN`, or `<workspace>/target/debug/pushedge`, built with
+//! `cargo build -p pushedge` when missing.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A running `pushedge serve`, killed on drop.
+struct Server {
+    child: Child,
+    sub: SocketAddr,
+    admin: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn pushedge_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("PUSHEDGE_BIN") {
+        return PathBuf::from(p);
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("loadgen lives inside the workspace")
+        .to_path_buf();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target"));
+    let bin = target.join("debug").join("pushedge");
+    if !bin.exists() {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "pushedge"])
+            .current_dir(&workspace)
+            .status()
+            .expect("cannot run cargo build -p pushedge");
+        assert!(status.success(), "cargo build -p pushedge failed");
+    }
+    bin
+}
+
+/// The value of `key=` in the ready line.
+fn field(line: &str, key: &str) -> String {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+        .to_string()
+}
+
+impl Server {
+    fn start() -> Server {
+        let dir = std::env::temp_dir().join(format!(
+            "loadgen-test-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut child = Command::new(pushedge_binary())
+            .args(["serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .arg("--control")
+            .arg(dir.join("pushedge.sock"))
+            .args(["--workers", "2"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start pushedge");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut lines = BufReader::new(stderr).lines();
+            for line in lines.by_ref().map_while(Result::ok) {
+                if line.contains("ready: pushedge") {
+                    let _ = tx.send(line);
+                    break;
+                }
+            }
+            // Keep draining so the server never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("pushedge did not print its ready line");
+            }
+        };
+        Server {
+            child,
+            sub: field(&line, "subscriber=").parse().unwrap(),
+            admin: field(&line, "admin=").parse().unwrap(),
+            dir,
+        }
+    }
+}
+
+/// Runs the loadgen binary with `args`; returns (exit code, stdout, stderr). Killed after
+/// 60 s.
+fn loadgen(args: &[String]) -> (i32, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start loadgen");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_t = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_t = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("loadgen {args:?} did not finish in time");
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    (
+        status.code().unwrap_or(-1),
+        out_t.join().unwrap(),
+        err_t.join().unwrap(),
+    )
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+fn json_run(list: Vec<String>) -> Value {
+    let (code, out, err) = loadgen(&list);
+    assert_eq!(code, 0, "loadgen {list:?} failed: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad JSON ({e}): {out}\n{err}"))
+}
+
+fn fanout(
+    server: &Server,
+    url: &str,
+    conns: u64,
+    channels: u64,
+    messages: u64,
+    procs: u32,
+) -> Value {
+    json_run(args(&[
+        "fanout",
+        "--url",
+        url,
+        "--publish",
+        &format!("http://{}/pub?channel={{c}}", server.admin),
+        "--conns",
+        &conns.to_string(),
+        "--channels",
+        &channels.to_string(),
+        "--messages",
+        &messages.to_string(),
+        "--rate",
+        "0",
+        "--procs",
+        &procs.to_string(),
+        "--drain",
+        "10",
+        "--json",
+    ]))
+}
+
+fn assert_clean_fanout(r: &Value, conns: u64, channels: u64, messages: u64) {
+    assert_eq!(r["schema"], "loadgen/1");
+    assert_eq!(r["connect"]["established"], conns, "{r}");
+    assert_eq!(r["connect"]["failed"], 0, "{r}");
+    assert_eq!(r["drops"]["dropped"], 0, "{r}");
+    let f = &r["fanout"];
+    assert_eq!(f["published"], channels * messages, "{f}");
+    assert_eq!(f["publish_failed"], 0);
+    assert_eq!(f["expected"], conns * messages);
+    assert_eq!(f["delivered"], conns * messages);
+    for k in [
+        "lost",
+        "duplicated",
+        "out_of_order",
+        "unexpected",
+        "seq_errors",
+        "gaps",
+        "foreign",
+        "incomplete_subscribers",
+    ] {
+        assert_eq!(f[k], 0, "{k} in {f}");
+    }
+    assert_eq!(f["complete_subscribers"], conns);
+    assert_eq!(f["latency_us"]["count"], conns * messages);
+    let rows = f["publishes"].as_array().unwrap();
+    assert_eq!(rows.len() as u64, channels * messages);
+    for (p, row) in rows.iter().enumerate() {
+        let (i, c) = (p as u64 / channels, p as u64 % channels);
+        assert_eq!(row["i"], i);
+        assert_eq!(row["channel"], format!("ch{c}"));
+        assert_eq!(row["status"], 200);
+        // A fresh server: the seqs of each channel are 1, 2, 3, ...
+        assert_eq!(row["seq"], i + 1, "{row}");
+        let receivers = conns / channels + u64::from(c < conns % channels);
+        assert_eq!(row["receivers"], receivers, "{row}");
+        assert!(row["first_us"].as_u64().unwrap() <= row["last_us"].as_u64().unwrap());
+        for k in ["missing", "duplicates", "out_of_order"] {
+            assert_eq!(row[k], 0, "{k} in {row}");
+        }
+    }
+}
+
+#[test]
+fn websocket_fanout_delivers_everything_once_in_order() {
+    let server = Server::start();
+    let url = format!("ws://{}/ws?channel={{c}}", server.sub);
+    let r = fanout(&server, &url, 50, 2, 20, 2);
+    assert_eq!(r["transport"], "ws");
+    assert_eq!(r["procs"], 2);
+    assert_clean_fanout(&r, 50, 2, 20);
+}
+
+#[test]
+fn http_transports_fanout() {
+    let server = Server::start();
+    for (path, transport) in [("sse", "sse"), ("stream", "stream"), ("poll", "poll")] {
+        // Each run uses fresh channels (seqs start at 1 again).
+        let url = format!("http://{}/{path}?channel={path}{{c}}", server.sub);
+        let r = json_run(args(&[
+            "fanout",
+            "--url",
+            &url,
+            "--publish",
+            &format!("http://{}/pub?channel={path}{{c}}", server.admin),
+            "--conns",
+            "12",
+            "--channels",
+            "3",
+            "--messages",
+            "5",
+            "--rate",
+            "0",
+            "--json",
+        ]));
+        assert_eq!(r["transport"], transport);
+        let f = &r["fanout"];
+        assert_eq!(r["connect"]["established"], 12, "{r}");
+        assert_eq!(f["delivered"], 60, "{path}: {f}");
+        for k in [
+            "lost",
+            "duplicated",
+            "out_of_order",
+            "seq_errors",
+            "foreign",
+        ] {
+            assert_eq!(f[k], 0, "{path}: {k} in {f}");
+        }
+    }
+}
+
+#[test]
+fn hold_counts_and_reports_latency() {
+    let server = Server::start();
+    let r = json_run(args(&[
+        "hold",
+        "--url",
+        &format!("ws://{}/ws?channel={{c}}", server.sub),
+        "--conns",
+        "200",
+        "--channels",
+        "4",
+        "--rate",
+        "2000",
+        "--duration",
+        "0.5",
+        "--sources",
+        "127.0.0.2-127.0.0.3",
+        "--json",
+    ]));
+    assert_eq!(r["mode"], "hold");
+    assert_eq!(r["sources"], 2);
+    assert_eq!(r["connect"]["established"], 200, "{r}");
+    assert_eq!(r["connect"]["latency_us"]["count"], 200);
+    assert_eq!(r["drops"]["open_at_end"], 200);
+    let rate = r["connect"]["rate_per_s"].as_f64().unwrap();
+    assert!(rate > 0.0 && rate < 4000.0, "rate {rate}");
+    assert!(r["hold_s"].as_f64().unwrap() >= 0.5);
+}
+
+#[test]
+fn refused_connections_are_counted() {
+    // A port nobody listens on.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    let r = json_run(args(&[
+        "hold",
+        "--url",
+        &format!("ws://{addr}/ws"),
+        "--conns",
+        "20",
+        "--duration",
+        "0",
+        "--json",
+    ]));
+    assert_eq!(r["connect"]["established"], 0);
+    assert_eq!(r["connect"]["failed_by_reason"]["refused"], 20, "{r}");
+}
+
+#[test]
+fn rejects_non_loopback_targets() {
+    let (code, _, err) = loadgen(&args(&[
+        "hold",
+        "--url",
+        "ws://192.0.2.1:80/ws",
+        "--conns",
+        "1",
+    ]));
+    assert_eq!(code, 2);
+    assert!(err.contains("loopback"), "{err}");
+}

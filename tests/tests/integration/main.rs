@@ -1,0 +1,13 @@
+//! Integration tests against the real `pushedge` binary: each test starts its own server
+//! on ephemeral loopback ports (see the harness in `tests/src/lib.rs`), so they all run in
+//! parallel in this one test binary.
+
+mod admin;
+mod auth;
+mod bad_input;
+mod cli;
+mod control;
+mod liveness;
+mod resume;
+mod transports;
+mod ws_ops;
