@@ -685,7 +685,7 @@ impl Uring {
                         );
                     }
                     events.push(Event::Wake);
-                    if !more {
+                    if !more && res != -libc::ECANCELED {
                         self.arm_waker();
                     }
                 }
