@@ -3,12 +3,19 @@ SHELL := /bin/bash
 CARGO ?= cargo
 FUZZ_SECS ?= 60
 ARGS ?=
+BACKEND ?= epoll
+REDIS_PORT ?= 6379
 
-.PHONY: run test build release lint fmt bench fuzz fuzz-build fuzz-deps deps-test conformance
+.PHONY: run run-cluster test build release lint fmt bench fuzz fuzz-build fuzz-deps deps-test deps-redis conformance
 
-## run: build (release) and start the server on embedded defaults
+## run: build (release) and start the server on embedded defaults (BACKEND=uring for io_uring)
 run: release
-	./target/release/pushedge serve $(ARGS)
+	./target/release/pushedge serve --backend $(BACKEND) $(ARGS)
+
+## run-cluster: a local redis-server and two nodes sharing the subscriber port 8100
+## (admin ports 8000 and 8001, control sockets pushedge-1.sock and pushedge-2.sock)
+run-cluster: release deps-redis
+	bash tests/cluster/run-cluster.sh $(REDIS_PORT) $(BACKEND)
 
 build:
 	$(CARGO) build --workspace --all-targets
@@ -17,14 +24,23 @@ release:
 	$(CARGO) build --release -p pushedge
 
 ## test: install what the tests need, then run every test (unit, property, integration,
-## and the quick Autobahn profile)
+## cluster with a real redis-server, and the quick Autobahn profile), against both
+## reactor backends (epoll and io_uring)
 test: deps-test
 	$(CARGO) build --workspace --all-targets
 	$(CARGO) test --workspace
+	PUSHEDGE_BACKEND=uring $(CARGO) test -p pushedge-tests
 	bash tests/autobahn/run.sh quick target/debug/pushedge
+	PUSHEDGE_BACKEND=uring bash tests/autobahn/run.sh quick target/debug/pushedge
 
-deps-test:
-	@true
+## deps-test: what the tests need beyond cargo (redis-server for the cluster tests)
+deps-test: deps-redis
+
+deps-redis:
+	@command -v redis-server >/dev/null || { \
+	  echo "installing redis-server"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; \
+	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; fi; }
 
 ## conformance: the whole Autobahn|Testsuite (groups 1-13) against a release build
 conformance: release

@@ -399,7 +399,7 @@ fn route(shared: &Shared, req: &http::Request<'_, '_>, body: Vec<u8>) -> Reply {
                 Ok(c) => c,
                 Err(r) => return r,
             };
-            match shared.hub.broadcast(&content) {
+            match shared.broadcast(&content) {
                 Ok(n) => Reply::json(200, serde_json::json!({"type": "ok", "channels": n})),
                 Err(e) => Reply::hub_error(e),
             }
@@ -410,9 +410,9 @@ fn route(shared: &Shared, req: &http::Request<'_, '_>, body: Vec<u8>) -> Reply {
                 Err(r) => return r,
             };
             let result = if path == "/close" {
-                shared.hub.close_channel(&name)
+                shared.close_channel(&name)
             } else {
-                shared.hub.clear(&name)
+                shared.clear(&name)
             };
             match result {
                 Ok(()) => Reply::json(200, serde_json::json!({"type": "ok", "channel": name})),
@@ -569,24 +569,37 @@ pub fn totals_json(shared: &Shared) -> serde_json::Value {
         "delivered": snap.get(crate::metrics::Counter::Delivered),
         "slow_consumer_closes": snap.get(crate::metrics::Counter::SlowConsumer),
         "draining": shared.draining.load(std::sync::atomic::Ordering::Relaxed),
+        "cluster": shared.cluster.as_ref().map(|c| serde_json::json!({
+            "node": c.node_id,
+            "redis": if c.up.load(std::sync::atomic::Ordering::Relaxed) { "up" } else { "down" },
+            "received": c.received.load(std::sync::atomic::Ordering::Relaxed),
+            "errors": c.errors.load(std::sync::atomic::Ordering::Relaxed),
+        })),
     })
 }
 
-/// One channel's figures as JSON (zeros for an unknown channel).
+/// One channel's figures as JSON (zeros for an unknown channel); cluster-wide in a
+/// cluster, with `"cluster"` saying whether Redis could be asked.
 pub fn channel_info_json(shared: &Shared, name: &str) -> serde_json::Value {
-    let info = shared.hub.info(name).unwrap_or(crate::hub::ChannelInfo {
-        name: name.to_string(),
-        seq: 0,
-        subscribers: 0,
-        buffered: 0,
-    });
-    serde_json::json!({
+    let (info, cluster) = shared.channel_info(name);
+    let mut v = serde_json::json!({
         "type": "info",
         "channel": info.name,
         "seq": info.seq,
         "subscribers": info.subscribers,
         "buffered": info.buffered,
-    })
+    });
+    match cluster {
+        None => {}
+        Some(Ok(())) => {
+            v["cluster"] = "ok".into();
+            v["local_subscribers"] = shared.hub.info(name).map_or(0, |i| i.subscribers).into();
+        }
+        Some(Err(e)) => {
+            v["cluster"] = format!("unavailable: {e}").into();
+        }
+    }
+    v
 }
 
 fn info(shared: &Shared, q: &Query<'_>) -> Reply {

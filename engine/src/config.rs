@@ -43,13 +43,28 @@ pub enum AuthMode {
 }
 
 /// Clustering through Redis (see the cluster section of README.md).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
     /// `redis://host:port[/db]`; empty = clustering off.
     pub redis_url: String,
     /// This node's id; empty = generated (host name, pid and start time).
     pub node_id: String,
+    /// Prefix of every Redis key and of the feed channel.
+    pub prefix: String,
+    /// A channel's keys expire after this long without a publish.
+    pub key_ttl_secs: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            redis_url: String::new(),
+            node_id: String::new(),
+            prefix: "pushedge".into(),
+            key_ttl_secs: 86_400,
+        }
+    }
 }
 
 /// The whole configuration. Field docs give each key's meaning; [`Config::default`] gives
@@ -375,6 +390,21 @@ impl Config {
             if p.is_empty() {
                 return err("client_publish patterns must not be empty");
             }
+        }
+        if self.cluster.prefix.is_empty()
+            || self
+                .cluster
+                .prefix
+                .bytes()
+                .any(|b| b.is_ascii_whitespace() || b == b'{' || b == b'}')
+        {
+            return err("cluster.prefix must be non-empty, without spaces or braces");
+        }
+        if self.cluster.key_ttl_secs == 0 {
+            return err("cluster.key_ttl_secs must be > 0");
+        }
+        if self.cluster.node_id.bytes().any(|b| b.is_ascii_whitespace()) {
+            return err("cluster.node_id must not contain spaces");
         }
         if self.listen.is_empty() || self.admin_listen.is_empty() {
             return err("listen and admin_listen must be set");

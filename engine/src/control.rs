@@ -216,7 +216,7 @@ pub fn handle(shared: &Shared, line: &str) -> Value {
             _ => error(400, "usage: kick <conn-id>"),
         },
         "close" => match args.as_slice() {
-            [name] => match shared.hub.close_channel(name) {
+            [name] => match shared.close_channel(name) {
                 Ok(()) => json!({"type": "ok", "channel": name}),
                 Err(e) => error(e.status(), &e.reason()),
             },

@@ -45,6 +45,9 @@ pub enum MsgKind {
     Data,
     /// The channel was closed by the server; subscribers are unsubscribed.
     Close,
+    /// Messages `from..=seq` were missed and are no longer buffered (a cluster node that
+    /// lost its feed and could not fill everything in).
+    Gap,
 }
 
 /// A sequenced message, shared by reference with every worker.
@@ -54,8 +57,11 @@ pub struct Msg {
     pub key: ChanKey,
     /// The channel's name.
     pub channel: Arc<str>,
-    /// Seq in the channel (for `Close`, the channel's last seq).
+    /// Seq in the channel (for `Close`, the channel's last seq; for `Gap`, the last
+    /// missed seq).
     pub seq: u64,
+    /// For `Gap`: the first missed seq.
+    pub from: u64,
     /// Data or close.
     pub kind: MsgKind,
     /// The published body.
@@ -75,6 +81,7 @@ impl Msg {
             key,
             channel,
             seq,
+            from: 0,
             kind,
             content,
             json: OnceLock::new(),
@@ -96,6 +103,11 @@ impl Msg {
             },
             MsgKind::Close => Message::Close {
                 channel: &self.channel,
+            },
+            MsgKind::Gap => Message::Gap {
+                channel: &self.channel,
+                from: self.from,
+                to: self.seq,
             },
         }
     }
@@ -294,6 +306,8 @@ pub struct Hub {
     channel_ttl: Duration,
     /// Messages published (sequenced) since start.
     pub published: AtomicU64,
+    /// Messages received from the cluster feed since start.
+    pub remote: AtomicU64,
 }
 
 impl Hub {
@@ -318,6 +332,7 @@ impl Hub {
             max_channels,
             channel_ttl,
             published: AtomicU64::new(0),
+            remote: AtomicU64::new(0),
         }
     }
 
@@ -447,28 +462,125 @@ impl Hub {
                 return Err(HubError::Overloaded);
             }
         }
-        ch.seq += 1;
+        let seq = ch.seq + 1;
+        let delta = self.append(ch, seq, content, history_size, now);
+        self.published.fetch_add(1, Ordering::Relaxed);
+        Ok((seq, delta))
+    }
+
+    /// Records message `seq` in the channel's history and hands it to the workers with
+    /// subscribers. Returns the change in buffered messages.
+    fn append(
+        &self,
+        ch: &mut Channel,
+        seq: u64,
+        content: Box<str>,
+        history_size: usize,
+        now: Instant,
+    ) -> isize {
+        let before = ch.history.len();
+        if seq != ch.seq + 1 {
+            // The history holds one contiguous run of seqs.
+            ch.history.clear();
+        }
+        ch.seq = seq;
         let msg = Arc::new(Msg::new(
             ch.key,
             ch.name.clone(),
-            ch.seq,
+            seq,
             MsgKind::Data,
             content,
         ));
-        let before = ch.history.len();
         ch.history.push_back(msg.clone());
         while ch.history.len() > history_size {
             ch.history.pop_front();
         }
-        let delta = ch.history.len() as isize - before as isize;
         ch.idle_since = now;
         for (w, &n) in ch.per_worker.iter().enumerate() {
             if n > 0 {
                 self.inboxes[w].push(Cmd::Deliver(msg.clone()));
             }
         }
-        self.published.fetch_add(1, Ordering::Relaxed);
-        Ok((ch.seq, delta))
+        ch.history.len() as isize - before as isize
+    }
+
+    /// A message sequenced elsewhere in the cluster (read from the Redis feed): recorded
+    /// and delivered like a local publish, unless already seen.
+    pub fn deliver_remote(&self, name: &str, seq: u64, content: &str) {
+        let now = Instant::now();
+        let history_size = self.live.history_size();
+        let mut inner = self.lock();
+        let Ok(ch) = self.get_or_create(&mut inner, name, now) else {
+            return;
+        };
+        if seq <= ch.seq {
+            return;
+        }
+        let delta = self.append(ch, seq, content.into(), history_size, now);
+        inner.buffered = inner.buffered.wrapping_add_signed(delta);
+        self.remote.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Tells a channel's subscribers that `from..=to` can no longer be delivered.
+    pub fn deliver_gap(&self, name: &str, from: u64, to: u64) {
+        let mut inner = self.lock();
+        let Some(&slot) = inner.names.get(name) else {
+            return;
+        };
+        let ch = &mut inner.chans[slot];
+        if to <= ch.seq {
+            return;
+        }
+        let dropped = ch.history.len();
+        ch.history.clear();
+        ch.seq = to;
+        let mut msg = Msg::new(ch.key, ch.name.clone(), to, MsgKind::Gap, "".into());
+        msg.from = from;
+        let msg = Arc::new(msg);
+        for (w, &n) in ch.per_worker.iter().enumerate() {
+            if n > 0 {
+                self.inboxes[w].push(Cmd::Deliver(msg.clone()));
+            }
+        }
+        inner.buffered -= dropped;
+    }
+
+    /// The highest seq this node has seen on a channel (0 if unknown).
+    pub fn local_seq(&self, name: &str) -> u64 {
+        let inner = self.lock();
+        inner.names.get(name).map_or(0, |&s| inner.chans[s].seq)
+    }
+
+    /// Every known channel with its seq.
+    pub fn local_seqs(&self) -> Vec<(String, u64)> {
+        let inner = self.lock();
+        inner
+            .chans
+            .iter()
+            .map(|(_, c)| (c.name.to_string(), c.seq))
+            .collect()
+    }
+
+    /// Channels with local subscribers, with their seq.
+    pub fn local_seqs_with_subscribers(&self) -> Vec<(String, u64)> {
+        let inner = self.lock();
+        inner
+            .chans
+            .iter()
+            .filter(|(_, c)| c.subscribers > 0)
+            .map(|(_, c)| (c.name.to_string(), c.seq))
+            .collect()
+    }
+
+    /// Channels with local subscribers, with their counts.
+    pub fn local_subscriber_counts(&self) -> Vec<(Arc<str>, u64)> {
+        let inner = self.lock();
+        inner
+            .chans
+            .iter()
+            .filter(|(_, c)| c.subscribers > 0)
+            .map(|(_, c)| (c.name.clone(), c.subscribers))
+            .collect()
     }
 
     /// Publishes `content` to every channel; returns how many.

@@ -18,6 +18,7 @@ pub mod log;
 
 pub mod admin;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod control;

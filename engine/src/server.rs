@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use crate::config::{self, AuthMode, Config, Live};
 use crate::config::{BackendKind, UringArm};
-use crate::hub::{Hub, HubError};
+use crate::cluster::Cluster;
+use crate::hub::{ChannelInfo, Hub, HubError};
 use crate::inbox::{Cmd, Inbox};
 use crate::metrics::{Snapshot, WorkerStats};
 use crate::reactor::epoll::Epoll;
@@ -62,6 +63,8 @@ pub struct Shared {
     pub started: Instant,
     /// Node id (shown in `/info`).
     pub node_id: String,
+    /// The cluster, when `cluster.redis_url` is set.
+    pub cluster: Option<Arc<Cluster>>,
     stop: Mutex<Option<Sender<Stop>>>,
 }
 
@@ -71,14 +74,84 @@ impl Shared {
         self.cfg.auth == AuthMode::Token
     }
 
-    /// Publishes a message (admin port, control socket, WebSocket clients).
+    /// Publishes a message (admin port, control socket, WebSocket clients): through Redis
+    /// in a cluster, into the local hub otherwise.
     pub fn publish(&self, channel: &str, content: &str) -> Result<u64, HubError> {
-        self.hub.publish(channel, content)
+        match &self.cluster {
+            Some(c) => {
+                if content.len() > self.live.max_message_bytes() {
+                    return Err(HubError::TooBig);
+                }
+                c.publish(&self.hub, channel, content, self.live.history_size())
+            }
+            None => self.hub.publish(channel, content),
+        }
     }
 
-    /// A channel's last seq (0 when unknown).
+    /// Publishes to every channel; returns how many.
+    pub fn broadcast(&self, content: &str) -> Result<usize, HubError> {
+        match &self.cluster {
+            Some(c) => {
+                let channels = c.all_channels(self.cfg.max_channels)?;
+                for name in &channels {
+                    self.publish(name, content)?;
+                }
+                Ok(channels.len())
+            }
+            None => self.hub.broadcast(content),
+        }
+    }
+
+    /// Closes a channel (on every node in a cluster).
+    pub fn close_channel(&self, channel: &str) -> Result<(), HubError> {
+        match &self.cluster {
+            Some(c) => c.control(channel, true),
+            None => self.hub.close_channel(channel),
+        }
+    }
+
+    /// Drops a channel's history (on every node in a cluster).
+    pub fn clear(&self, channel: &str) -> Result<(), HubError> {
+        match &self.cluster {
+            Some(c) => c.control(channel, false),
+            None => self.hub.clear(channel),
+        }
+    }
+
+    /// A channel's last seq (0 when unknown): cluster-wide in a cluster.
     pub fn channel_seq(&self, channel: &str) -> u64 {
+        if let Some(c) = &self.cluster {
+            if let Ok((seq, _)) = c.channel_state(channel) {
+                return seq.max(self.hub.local_seq(channel));
+            }
+        }
         self.hub.info(channel).map_or(0, |i| i.seq)
+    }
+
+    /// A channel's figures: cluster-wide in a cluster (`None` for the cluster part when
+    /// Redis cannot be reached).
+    pub fn channel_info(&self, channel: &str) -> (ChannelInfo, Option<Result<(), String>>) {
+        let mut info = self.hub.info(channel).unwrap_or(ChannelInfo {
+            name: channel.to_string(),
+            seq: 0,
+            subscribers: 0,
+            buffered: 0,
+        });
+        let Some(c) = &self.cluster else {
+            return (info, None);
+        };
+        let r = c
+            .channel_state(channel)
+            .and_then(|(seq, buffered)| Ok((seq, buffered, c.subscribers(channel)?)));
+        match r {
+            Ok((seq, buffered, subscribers)) => {
+                info.seq = info.seq.max(seq);
+                info.buffered = buffered as usize;
+                info.subscribers = subscribers;
+                (info, Some(Ok(())))
+            }
+            Err(e) => (info, Some(Err(e.reason()))),
+        }
     }
 
     /// Sums the workers' figures.
@@ -240,8 +313,22 @@ pub fn serve(cfg: Config) -> Result<(), String> {
         config::secs(cfg.channel_ttl_secs),
     ));
     let (stop_tx, stop_rx) = mpsc::channel();
+    let node = node_id(&cfg);
+    let cluster = if cfg.cluster.redis_url.is_empty() {
+        None
+    } else {
+        Some(Arc::new(Cluster::new(&cfg.cluster, node.clone())?))
+    };
+    if let Some(c) = &cluster {
+        c.start(hub.clone())?;
+        info!(
+            "cluster: node {node} sharing channels through {}",
+            cfg.cluster.redis_url
+        );
+    }
     let shared = Arc::new(Shared {
-        node_id: node_id(&cfg),
+        node_id: node,
+        cluster,
         current: Mutex::new(cfg.clone()),
         cfg,
         live,

@@ -135,6 +135,7 @@ pub struct Worker<B: Backend> {
     fired: Vec<(TimerId, u64)>,
     accepted: Vec<Sock>,
     again: Vec<Token>,
+    cluster_link: crate::cluster::Link,
     inbox_more: bool,
     rng: Rng,
     now: Instant,
@@ -191,6 +192,7 @@ impl<B: Backend> Worker<B> {
             fired: Vec::new(),
             accepted: Vec::new(),
             again: Vec::new(),
+            cluster_link: crate::cluster::Link::default(),
             inbox_more: false,
             rng: Rng::new(seed),
             now,
@@ -940,13 +942,38 @@ impl<B: Backend> Worker<B> {
         for (name, &since) in channels.iter().zip(points) {
             self.replay.clear();
             match self.subscribe(slot, name, since, false) {
-                Ok(s) => pending.push(PendingReplay {
-                    local: self.by_key[&s.key],
-                    name: s.name,
-                    seq: s.seq,
-                    gap: s.gap,
-                    replay: std::mem::take(&mut self.replay),
-                }),
+                Ok(s) => {
+                    let mut p = PendingReplay {
+                        local: self.by_key[&s.key],
+                        name: s.name,
+                        seq: s.seq,
+                        gap: s.gap,
+                        replay: std::mem::take(&mut self.replay),
+                    };
+                    // In a cluster the history is in Redis (registered first, read second:
+                    // nothing falls between). Without Redis, the local copy is the best
+                    // there is.
+                    if let Since::Seq(n) = since {
+                        if let Some(h) = self.cluster_history(name, n) {
+                            p.seq = p.seq.max(h.seq);
+                            p.gap = h.gap;
+                            p.replay = h
+                                .messages
+                                .into_iter()
+                                .map(|(seq, content)| {
+                                    Arc::new(Msg::new(
+                                        s.key,
+                                        p.name.clone(),
+                                        seq,
+                                        MsgKind::Data,
+                                        content.into(),
+                                    ))
+                                })
+                                .collect();
+                        }
+                    }
+                    pending.push(p);
+                }
                 Err(e) => {
                     self.replay.clear();
                     self.unsubscribe_all(slot);
@@ -955,6 +982,19 @@ impl<B: Backend> Worker<B> {
             }
         }
         Ok(pending)
+    }
+
+    /// The cluster's history of a channel from `since`, or `None` outside a cluster or
+    /// when Redis cannot be reached.
+    fn cluster_history(&mut self, name: &str, since: u64) -> Option<crate::cluster::History> {
+        let cluster = self.shared.cluster.as_ref()?;
+        match cluster.history(&mut self.cluster_link, name, since) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                debug!("worker {}: history of {name} from redis: {e}", self.id);
+                None
+            }
+        }
     }
 
     /// Replays what [`Worker::subscribe_all`] found (a `gap` first where the history no
@@ -1077,6 +1117,10 @@ impl<B: Backend> Worker<B> {
 
     /// Delivers one message to one subscriber.
     fn deliver(&mut self, slot: usize, local: u32, msg: &Arc<Msg>) {
+        if msg.kind == MsgKind::Gap {
+            self.deliver_gap(slot, local, msg);
+            return;
+        }
         if !self.advance_cursor(slot, local, msg) {
             return;
         }
@@ -1116,6 +1160,35 @@ impl<B: Backend> Worker<B> {
         }
     }
 
+    /// Tells a subscriber what it missed (`msg.from..=msg.seq`, minus what it already had).
+    fn deliver_gap(&mut self, slot: usize, local: u32, msg: &Msg) {
+        let Some(sub) = self.conns[slot].subs.find_mut(local) else {
+            return;
+        };
+        if msg.seq <= sub.last_seq {
+            return;
+        }
+        let from = msg.from.max(sub.last_seq + 1);
+        sub.last_seq = msg.seq;
+        let gap = Message::Gap {
+            channel: &msg.channel,
+            from,
+            to: msg.seq,
+        };
+        if self.conns[slot].state == State::Poll {
+            let mut json = Vec::new();
+            let style = if self.conns[slot].has(flag::JSONP) {
+                JsonStyle::Script
+            } else {
+                JsonStyle::Plain
+            };
+            message::write_json(&mut json, &gap, style);
+            self.answer_poll(slot, &[Bytes::from(json)]);
+        } else {
+            self.send_envelope(slot, &gap);
+        }
+    }
+
     fn deliver_iframe(
         &mut self,
         slot: usize,
@@ -1123,6 +1196,10 @@ impl<B: Backend> Worker<B> {
         msg: &Arc<Msg>,
         cache: &mut Option<(Box<str>, Bytes)>,
     ) {
+        if msg.kind == MsgKind::Gap {
+            self.deliver_gap(slot, local, msg);
+            return;
+        }
         if !self.advance_cursor(slot, local, msg) {
             return;
         }
@@ -1898,6 +1975,37 @@ impl<B: Backend> Worker<B> {
         };
         let mut items: Vec<Bytes> = Vec::new();
         for name in &channels {
+            if let Some(h) = self.cluster_history(name, seq) {
+                if h.gap.is_some() || !h.messages.is_empty() {
+                    if let Some((from, to)) = h.gap {
+                        let mut json = Vec::new();
+                        message::write_json(
+                            &mut json,
+                            &Message::Gap {
+                                channel: name,
+                                from,
+                                to,
+                            },
+                            style,
+                        );
+                        items.push(Bytes::from(json));
+                    }
+                    for (seq, content) in &h.messages {
+                        let mut json = Vec::new();
+                        message::write_json(
+                            &mut json,
+                            &Message::Data {
+                                channel: name,
+                                seq: *seq,
+                                content,
+                            },
+                            style,
+                        );
+                        items.push(Bytes::from(json));
+                    }
+                    continue;
+                }
+            }
             self.replay.clear();
             let s = match self.subscribe(slot, name, Since::Seq(seq), true) {
                 Ok(s) => s,

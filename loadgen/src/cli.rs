@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::client::{Format, Transport};
 use crate::coord::{self, Plan, HARD_CAP};
+use crate::publish::{MAX_PIPELINE, MAX_PUBLISHERS};
 use crate::sys;
 use crate::url::{self, Scheme, Target};
 use crate::wire::Mode;
@@ -118,6 +119,15 @@ struct FanoutArgs {
     /// Publishes per second (0: back to back).
     #[arg(long, default_value_t = 10.0)]
     rate: f64,
+    /// Keep-alive publisher connections (publishes are spread over them).
+    #[arg(long, default_value_t = 1)]
+    publishers: u32,
+    /// Publish requests in flight per publisher connection (HTTP/1.1 pipelining).
+    #[arg(long, default_value_t = 1)]
+    pipeline: u32,
+    /// Most per-publish rows in the report (the first ones; default: all).
+    #[arg(long)]
+    max_rows: Option<usize>,
     /// New subscriber connections per second (0: no limit).
     #[arg(long, default_value_t = 0.0)]
     connect_rate: f64,
@@ -315,6 +325,9 @@ fn plan(cmd: Cmd) -> Result<(Plan, bool), String> {
         duration: Duration::ZERO,
         messages: 0,
         publish_rate: 0.0,
+        publishers: 1,
+        pipeline: 1,
+        max_rows: None,
         size: 0,
         drain: Duration::ZERO,
         settle: Duration::ZERO,
@@ -322,6 +335,7 @@ fn plan(cmd: Cmd) -> Result<(Plan, bool), String> {
         backoff_base_ms: 100,
         backoff_cap_ms: 5000,
         warnings: Vec::new(),
+        phase_log: common.json,
     };
     let json = common.json;
     match cmd {
@@ -352,6 +366,15 @@ fn plan(cmd: Cmd) -> Result<(Plan, bool), String> {
             }
             plan.messages = a.messages;
             plan.publish_rate = rate("rate", a.rate)?;
+            if a.publishers == 0 || a.publishers > MAX_PUBLISHERS {
+                return Err(format!("--publishers must be 1..={MAX_PUBLISHERS}"));
+            }
+            if a.pipeline == 0 || a.pipeline > MAX_PIPELINE {
+                return Err(format!("--pipeline must be 1..={MAX_PIPELINE}"));
+            }
+            plan.publishers = a.publishers;
+            plan.pipeline = a.pipeline;
+            plan.max_rows = a.max_rows;
             plan.connect_rate = rate("connect-rate", a.connect_rate)?;
             plan.size = a.size;
             plan.drain = secs("drain", a.drain, Duration::from_secs(600))?;

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use crate::client::{Format, Transport};
 use crate::publish::{PublishPlan, Publisher};
-use crate::report::{round3, Merged, Report, SCHEMA};
+use crate::report::{round3, FanoutShape, Merged, Report, SCHEMA};
 use crate::sys;
 use crate::url::Target;
 use crate::wire::{
@@ -40,7 +40,8 @@ pub const STOP_GRACE: Duration = Duration::from_secs(20);
 pub const PROGRESS_MS: u64 = 100;
 
 const SIGNAL: Token = Token(usize::MAX);
-const PUBLISHER: Token = Token(usize::MAX - 1);
+/// The publisher's connections use tokens from here on (children use their index).
+const PUBLISHER_BASE: usize = usize::MAX / 2;
 
 /// Everything a run needs, checked (see `cli`).
 #[derive(Debug, Clone)]
@@ -61,6 +62,9 @@ pub struct Plan {
     pub duration: Duration,
     pub messages: u32,
     pub publish_rate: f64,
+    pub publishers: u32,
+    pub pipeline: u32,
+    pub max_rows: Option<usize>,
     pub size: usize,
     pub drain: Duration,
     pub settle: Duration,
@@ -68,6 +72,8 @@ pub struct Plan {
     pub backoff_base_ms: u64,
     pub backoff_cap_ms: u64,
     pub warnings: Vec<String>,
+    /// Write one `loadgen: phase ...` line on stderr at every phase change (for scripts).
+    pub phase_log: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -133,8 +139,10 @@ pub fn run(plan: &Plan) -> Result<Report, String> {
                 size: plan.size,
                 messages: plan.messages,
                 rate: plan.publish_rate,
+                publishers: plan.publishers,
+                pipeline: plan.pipeline,
             },
-            PUBLISHER,
+            PUBLISHER_BASE,
         )
     });
 
@@ -169,9 +177,11 @@ pub fn run(plan: &Plan) -> Result<Report, String> {
                     while matches!(sig_rx.read(&mut b), Ok(n) if n > 0) {}
                     interrupted = true;
                 }
-                PUBLISHER => {
+                t if publisher.as_ref().and_then(|p| p.owns(t)).is_some() => {
                     if let Some(p) = publisher.as_mut() {
-                        p.ready(poll.registry());
+                        if let Some(j) = p.owns(t) {
+                            p.ready(poll.registry(), j);
+                        }
                     }
                 }
                 Token(k) => {
@@ -189,6 +199,7 @@ pub fn run(plan: &Plan) -> Result<Report, String> {
         let all_connected = live().all(|c| c.progress.connect_done);
         let all_complete = live().all(|c| c.progress.incomplete == Some(0));
         let stopping = matches!(phase, Phase::Stopping(_));
+        let before = phase_name(&phase);
         if !stopping && (interrupted || now.duration_since(started) >= HARD_CAP) {
             capped = !interrupted;
             if let Some(p) = publisher.as_mut() {
@@ -225,6 +236,17 @@ pub fn run(plan: &Plan) -> Result<Report, String> {
                 }
                 p => p,
             };
+        }
+        if plan.phase_log && phase_name(&phase) != before {
+            let sum = |f: fn(&Progress) -> u64| children.iter().map(|c| f(&c.progress)).sum::<u64>();
+            eprintln!(
+                "loadgen: phase {} elapsed_s={:.3} open={} failed={} dropped={}",
+                phase_name(&phase),
+                now.duration_since(started).as_secs_f64(),
+                sum(|p| p.open),
+                sum(|p| p.failed),
+                sum(|p| p.dropped)
+            );
         }
         // Side effects of entering a phase.
         if let Some(p) = publisher.as_ref() {
@@ -278,9 +300,15 @@ pub fn run(plan: &Plan) -> Result<Report, String> {
             &p.results,
             &plan.channels,
             &p.reply_hist,
-            plan.messages,
-            plan.size,
-            plan.publish_rate,
+            FanoutShape {
+                messages: plan.messages,
+                size: plan.size,
+                publish_rate: plan.publish_rate,
+                publishers: p.shape().0,
+                pipeline: p.shape().1,
+                publish_phase_s: p.phase_s(),
+                max_rows: plan.max_rows,
+            },
         )
     });
     let storm = (plan.mode == Mode::Storm).then(|| merged.storm_report(plan.churn, start_ns));
@@ -402,17 +430,21 @@ fn progress_bar(conns: u64) -> ProgressBar {
     bar
 }
 
-fn draw(bar: &ProgressBar, children: &[ChildProc], phase: &Phase, publisher: Option<&Publisher>) {
-    let sum = |f: fn(&Progress) -> u64| children.iter().map(|c| f(&c.progress)).sum::<u64>();
-    bar.set_position(sum(|p| p.open));
-    let name = match phase {
+fn phase_name(phase: &Phase) -> &'static str {
+    match phase {
         Phase::Connecting => "connecting",
         Phase::Holding(_) => "holding",
         Phase::Settling(_) => "settling",
         Phase::Publishing => "publishing",
         Phase::Draining(_) => "draining",
         Phase::Stopping(_) => "stopping",
-    };
+    }
+}
+
+fn draw(bar: &ProgressBar, children: &[ChildProc], phase: &Phase, publisher: Option<&Publisher>) {
+    let sum = |f: fn(&Progress) -> u64| children.iter().map(|c| f(&c.progress)).sum::<u64>();
+    bar.set_position(sum(|p| p.open));
+    let name = phase_name(phase);
     let mut msg = format!(
         "{name}  failed {}  dropped {}",
         sum(|p| p.failed),

@@ -1,18 +1,27 @@
-//! The publisher of `fanout`: a keep-alive HTTP/1.1 client on the coordinator's reactor.
+//! The publisher of `fanout`: keep-alive HTTP/1.1 clients on the coordinator's reactor.
 //!
 //! Publish `p` is message `i = p / channels` to channel `c = p % channels`: every message
 //! goes to every channel before the next message starts. Publishes are paced at `rate`
-//! per second (0: back to back), one request in flight at a time, each with a timeout.
-//! The content carries the send time taken just before the request is written.
+//! per second (0: back to back) over `publishers` keep-alive connections, each with at
+//! most `pipeline` requests in flight (HTTP/1.1 pipelining: replies come back in request
+//! order); each request has a timeout. The default, one connection with one request in
+//! flight, measures each publish alone; several connections or a deeper pipeline measure
+//! the publish rate the server sustains. With one connection the server sequences the
+//! messages in the order they are sent, so subscribers see them in order; with several,
+//! messages of one channel may be sequenced out of send order (counted as out of order,
+//! and as `seq` errors with the pushedge format; not as lost). The content carries the
+//! send time taken just before the request is queued.
 //!
 //! A reply counts as success on any 2xx status. With the pushedge format the body is
 //! `{"type":"ok","channel":C,"seq":N}` and `seq` is kept for the report; nchan's reply
 //! differs and only the status matters. A publish that fails (status, timeout, closed
 //! connection) is not retried (a retry could deliver twice); its message is then neither
-//! expected nor forbidden at the subscribers.
+//! expected nor forbidden at the subscribers. When a connection breaks or a reply is late,
+//! every request in flight on it fails (pipelined replies cannot be matched any more).
 
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -30,6 +39,10 @@ use crate::sys;
 pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest publish reply accepted.
 const MAX_REPLY: usize = 1 << 20;
+/// Most publisher connections.
+pub const MAX_PUBLISHERS: u32 = 256;
+/// Most requests in flight per publisher connection.
+pub const MAX_PIPELINE: u32 = 1024;
 
 /// The outcome of one publish.
 #[derive(Debug, Clone, Copy, Default)]
@@ -65,10 +78,25 @@ pub struct PublishPlan {
     pub messages: u32,
     /// Publishes per second (0: back to back).
     pub rate: f64,
+    /// Keep-alive connections (at least 1).
+    pub publishers: u32,
+    /// Requests in flight per connection (at least 1).
+    pub pipeline: u32,
+}
+
+/// One keep-alive connection.
+#[derive(Default)]
+struct PubConn {
+    sock: Option<TcpStream>,
+    connected: bool,
+    wbuf: Vec<u8>,
+    rbuf: Vec<u8>,
+    /// Publishes in flight, oldest first, with their request time.
+    inflight: VecDeque<(usize, Instant)>,
 }
 
 /// The publisher state: [`Publisher::drive`] on every turn of the reactor,
-/// [`Publisher::ready`] on every event of its token.
+/// [`Publisher::ready`] on every event of one of its tokens ([`Publisher::owns`]).
 pub struct Publisher {
     addr: SocketAddr,
     host: String,
@@ -77,19 +105,18 @@ pub struct Publisher {
     size: usize,
     messages: u32,
     rate: f64,
-    token: Token,
-    sock: Option<TcpStream>,
-    connected: bool,
-    wbuf: Vec<u8>,
-    rbuf: Vec<u8>,
+    pipeline: usize,
+    base: usize,
+    conns: Vec<PubConn>,
     start: Option<Instant>,
     next: usize,
-    inflight: Option<(usize, Instant)>,
+    first_send: Option<Instant>,
+    last_reply: Option<Instant>,
     /// Per publish.
     pub results: Vec<PubResult>,
     /// Request-to-reply latency.
     pub reply_hist: Hist,
-    /// Connection errors met (each fails the publish in flight).
+    /// Connection errors met (each fails the publishes in flight on that connection).
     pub errors: u64,
     stopped: bool,
 }
@@ -100,9 +127,11 @@ struct OkReply {
 }
 
 impl Publisher {
-    /// A publisher of `messages` messages to every channel (one request target each).
-    pub fn new(plan: PublishPlan, token: Token) -> Self {
+    /// A publisher of `messages` messages to every channel (one request target each);
+    /// connection `j` uses `Token(base + j)`.
+    pub fn new(plan: PublishPlan, base: usize) -> Self {
         let total = plan.messages as usize * plan.targets.len();
+        let n = plan.publishers.clamp(1, MAX_PUBLISHERS) as usize;
         Publisher {
             addr: plan.addr,
             host: plan.host,
@@ -111,19 +140,24 @@ impl Publisher {
             size: plan.size,
             messages: plan.messages,
             rate: plan.rate,
-            token,
-            sock: None,
-            connected: false,
-            wbuf: Vec::new(),
-            rbuf: Vec::new(),
+            pipeline: plan.pipeline.clamp(1, MAX_PIPELINE) as usize,
+            base,
+            conns: (0..n).map(|_| PubConn::default()).collect(),
             start: None,
             next: 0,
-            inflight: None,
+            first_send: None,
+            last_reply: None,
             results: vec![PubResult::default(); total],
             reply_hist: Hist::new(),
             errors: 0,
             stopped: false,
         }
+    }
+
+    /// The connection index of a token, if it is one of the publisher's.
+    pub fn owns(&self, token: Token) -> Option<usize> {
+        let j = token.0.checked_sub(self.base)?;
+        (j < self.conns.len()).then_some(j)
     }
 
     /// Total publishes of the run.
@@ -136,22 +170,41 @@ impl Publisher {
         self.next
     }
 
-    /// True when every publish is answered (or failed), or after [`Publisher::stop`].
-    pub fn is_done(&self) -> bool {
-        self.inflight.is_none() && (self.stopped || self.next >= self.total())
+    /// Connections and requests in flight per connection.
+    pub fn shape(&self) -> (u32, u32) {
+        (self.conns.len() as u32, self.pipeline as u32)
     }
 
-    /// Sends no more (the one in flight may still be answered).
+    /// From the first request to the last reply, seconds (0 before any reply).
+    pub fn phase_s(&self) -> f64 {
+        match (self.first_send, self.last_reply) {
+            (Some(a), Some(b)) if b > a => b.duration_since(a).as_secs_f64(),
+            _ => 0.0,
+        }
+    }
+
+    fn inflight(&self) -> usize {
+        self.conns.iter().map(|c| c.inflight.len()).sum()
+    }
+
+    /// True when every publish is answered (or failed), or after [`Publisher::stop`].
+    pub fn is_done(&self) -> bool {
+        self.inflight() == 0 && (self.stopped || self.next >= self.total())
+    }
+
+    /// Sends no more (those in flight may still be answered).
     pub fn stop(&mut self) {
         self.stopped = true;
     }
 
-    /// Stops at once: the publish in flight, if any, counts as failed (its reply may never
-    /// be read).
+    /// Stops at once: the publishes in flight, if any, count as failed (their replies may
+    /// never be read).
     pub fn abort(&mut self) {
         self.stopped = true;
-        if let Some((p, _)) = self.inflight.take() {
-            self.results[p].ok = false;
+        for c in &mut self.conns {
+            for (p, _) in c.inflight.drain(..) {
+                self.results[p].ok = false;
+            }
         }
     }
 
@@ -181,231 +234,267 @@ impl Publisher {
             .collect()
     }
 
-    /// Starts (if not started), sends what is due, times out a late reply. Returns how
+    /// Starts (if not started), sends what is due, times out late replies. Returns how
     /// long until something is due.
     pub fn drive(&mut self, registry: &Registry, now: Instant) -> Duration {
         let start = *self.start.get_or_insert(now);
-        if let Some((p, at)) = self.inflight {
-            if now.duration_since(at) >= PUBLISH_TIMEOUT {
-                self.fail(registry, p, 0);
-            } else {
-                return PUBLISH_TIMEOUT - now.duration_since(at);
-            }
-        }
-        if self.stopped || self.next >= self.total() {
-            return Duration::from_millis(100);
-        }
-        let due = if self.rate > 0.0 {
-            start + Duration::from_secs_f64(self.next as f64 / self.rate)
-        } else {
-            now
-        };
-        if due > now {
-            return due - now;
-        }
-        if self.sock.is_none() {
-            match TcpStream::connect(self.addr) {
-                Ok(mut s) => {
-                    if let Err(e) = registry.register(
-                        &mut s,
-                        self.token,
-                        Interest::READABLE | Interest::WRITABLE,
-                    ) {
-                        eprintln!("loadgen: publisher: {e}");
-                        return Duration::from_millis(100);
-                    }
-                    let _ = s.set_nodelay(true);
-                    self.sock = Some(s);
-                    self.connected = false;
-                }
-                Err(e) => {
-                    let p = self.next;
-                    self.next += 1;
-                    self.results[p].sent = true;
-                    self.results[p].sent_ns = sys::unix_ns();
-                    self.errors += 1;
-                    eprintln!("loadgen: publisher cannot connect: {e}");
-                    return Duration::from_millis(10);
+        let mut wait = Duration::from_millis(100);
+        for j in 0..self.conns.len() {
+            if let Some(&(_, at)) = self.conns[j].inflight.front() {
+                let age = now.duration_since(at);
+                if age >= PUBLISH_TIMEOUT {
+                    self.broken(registry, j);
+                } else {
+                    wait = wait.min(PUBLISH_TIMEOUT - age);
                 }
             }
         }
+        let mut touched = vec![false; self.conns.len()];
+        while !self.stopped && self.next < self.total() {
+            if self.rate > 0.0 {
+                let due = start + Duration::from_secs_f64(self.next as f64 / self.rate);
+                if due > now {
+                    wait = wait.min(due - now);
+                    break;
+                }
+            }
+            // The connection with the fewest requests in flight, if any has room.
+            let Some(j) = (0..self.conns.len())
+                .filter(|&j| self.conns[j].inflight.len() < self.pipeline)
+                .min_by_key(|&j| self.conns[j].inflight.len())
+            else {
+                break;
+            };
+            if self.conns[j].sock.is_none() && !self.open(registry, j) {
+                // Could not even connect: that publish failed; try again shortly.
+                let p = self.next;
+                self.next += 1;
+                self.results[p].sent = true;
+                self.results[p].sent_ns = sys::unix_ns();
+                self.errors += 1;
+                wait = wait.min(Duration::from_millis(10));
+                break;
+            }
+            self.queue(j);
+            touched[j] = true;
+        }
+        for (j, t) in touched.into_iter().enumerate() {
+            if t && self.conns[j].connected {
+                self.flush(registry, j);
+            }
+        }
+        wait
+    }
+
+    fn open(&mut self, registry: &Registry, j: usize) -> bool {
+        match TcpStream::connect(self.addr) {
+            Ok(mut s) => {
+                if let Err(e) = registry.register(
+                    &mut s,
+                    Token(self.base + j),
+                    Interest::READABLE | Interest::WRITABLE,
+                ) {
+                    eprintln!("loadgen: publisher: {e}");
+                    return false;
+                }
+                let _ = s.set_nodelay(true);
+                let c = &mut self.conns[j];
+                c.sock = Some(s);
+                c.connected = false;
+                true
+            }
+            Err(e) => {
+                eprintln!("loadgen: publisher cannot connect: {e}");
+                false
+            }
+        }
+    }
+
+    /// Writes the next publish's request into connection `j`'s buffer.
+    fn queue(&mut self, j: usize) {
         let p = self.next;
         self.next += 1;
         let channels = self.targets.len();
         let (i, c) = ((p / channels) as u32, p % channels);
         let t_ns = sys::unix_ns();
         let body = payload::encode(t_ns, i, self.size);
-        self.wbuf.extend_from_slice(b"POST ");
-        self.wbuf.extend_from_slice(self.targets[c].as_bytes());
-        self.wbuf.extend_from_slice(b" HTTP/1.1\r\nHost: ");
-        self.wbuf.extend_from_slice(self.host.as_bytes());
-        self.wbuf
-            .extend_from_slice(b"\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ");
-        http::push_decimal(&mut self.wbuf, body.len() as u64);
-        self.wbuf.extend_from_slice(b"\r\n\r\n");
-        self.wbuf.extend_from_slice(body.as_bytes());
+        let w = &mut self.conns[j].wbuf;
+        w.extend_from_slice(b"POST ");
+        w.extend_from_slice(self.targets[c].as_bytes());
+        w.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+        w.extend_from_slice(self.host.as_bytes());
+        w.extend_from_slice(b"\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ");
+        http::push_decimal(w, body.len() as u64);
+        w.extend_from_slice(b"\r\n\r\n");
+        w.extend_from_slice(body.as_bytes());
         self.results[p].sent = true;
         self.results[p].sent_ns = t_ns;
-        self.inflight = Some((p, Instant::now()));
-        if self.connected {
-            self.flush(registry);
-        }
-        PUBLISH_TIMEOUT
+        let now = Instant::now();
+        self.first_send.get_or_insert(now);
+        self.conns[j].inflight.push_back((p, now));
     }
 
-    /// A readiness event on the publisher's socket.
-    pub fn ready(&mut self, registry: &Registry) {
-        let Some(sock) = self.sock.as_ref() else {
+    /// A readiness event on connection `j`'s socket.
+    pub fn ready(&mut self, registry: &Registry, j: usize) {
+        let Some(sock) = self.conns[j].sock.as_ref() else {
             return;
         };
-        if !self.connected {
+        if !self.conns[j].connected {
             match sys::connect_result(sock) {
                 Ok(false) => return,
-                Ok(true) => self.connected = true,
+                Ok(true) => self.conns[j].connected = true,
                 Err(e) => {
                     eprintln!("loadgen: publisher cannot connect: {e}");
-                    self.broken(registry);
+                    self.broken(registry, j);
                     return;
                 }
             }
         }
-        self.flush(registry);
-        let mut chunk = [0u8; 16 * 1024];
+        self.flush(registry, j);
+        let mut chunk = [0u8; 64 * 1024];
         loop {
-            let Some(sock) = self.sock.as_mut() else {
+            let c = &mut self.conns[j];
+            let Some(sock) = c.sock.as_mut() else {
                 return;
             };
             match sock.read(&mut chunk) {
                 Ok(0) => {
-                    self.broken(registry);
+                    self.parse_replies(registry, j);
+                    self.broken(registry, j);
                     return;
                 }
                 Ok(n) => {
-                    self.rbuf.extend_from_slice(&chunk[..n]);
-                    if self.rbuf.len() > MAX_REPLY {
-                        self.broken(registry);
+                    c.rbuf.extend_from_slice(&chunk[..n]);
+                    if c.rbuf.len() > MAX_REPLY {
+                        self.broken(registry, j);
                         return;
+                    }
+                    if n < chunk.len() {
+                        break;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
-                    self.broken(registry);
+                    self.broken(registry, j);
                     return;
                 }
             }
         }
-        self.parse_reply(registry);
+        self.parse_replies(registry, j);
     }
 
-    fn flush(&mut self, registry: &Registry) {
-        let Some(sock) = self.sock.as_mut() else {
+    fn flush(&mut self, registry: &Registry, j: usize) {
+        let c = &mut self.conns[j];
+        let Some(sock) = c.sock.as_mut() else {
             return;
         };
         let mut off = 0;
-        while off < self.wbuf.len() {
-            match sock.write(&self.wbuf[off..]) {
+        while off < c.wbuf.len() {
+            match sock.write(&c.wbuf[off..]) {
                 Ok(n) if n > 0 => off += n,
                 Ok(_) => break,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
-                    self.broken(registry);
+                    self.broken(registry, j);
                     return;
                 }
             }
         }
-        self.wbuf.drain(..off);
+        c.wbuf.drain(..off);
     }
 
-    fn parse_reply(&mut self, registry: &Registry) {
-        let Some((p, at)) = self.inflight else {
-            if !self.rbuf.is_empty() {
+    /// Matches every complete reply in connection `j`'s buffer with its request.
+    fn parse_replies(&mut self, registry: &Registry, j: usize) {
+        loop {
+            let c = &mut self.conns[j];
+            if c.rbuf.is_empty() {
+                return;
+            }
+            let Some(&(p, at)) = c.inflight.front() else {
                 // Bytes nobody asked for: the stream is out of step.
-                self.broken(registry);
-            }
-            return;
-        };
-        let mut headers = [http::EMPTY_HEADER; 32];
-        let mut resp = httparse::Response::new(&mut headers);
-        let head_len = match resp.parse(&self.rbuf) {
-            Ok(httparse::Status::Partial) => return,
-            Ok(httparse::Status::Complete(n)) => n,
-            Err(_) => {
-                self.broken(registry);
+                self.broken(registry, j);
                 return;
-            }
-        };
-        let status = resp.code.unwrap_or(0);
-        let close = http::has_token(resp.headers, "connection", "close");
-        let body: Vec<u8>;
-        let used;
-        if http::has_token(resp.headers, "transfer-encoding", "chunked") {
-            let mut dec = ChunkedDecoder::new(MAX_REPLY);
-            let mut out = Vec::new();
-            match dec.decode(&self.rbuf[head_len..], &mut out) {
-                Ok((n, true)) => {
-                    body = out;
-                    used = head_len + n;
-                }
-                Ok((_, false)) => return,
+            };
+            let mut headers = [http::EMPTY_HEADER; 32];
+            let mut resp = httparse::Response::new(&mut headers);
+            let head_len = match resp.parse(&c.rbuf) {
+                Ok(httparse::Status::Partial) => return,
+                Ok(httparse::Status::Complete(n)) => n,
                 Err(_) => {
-                    self.broken(registry);
+                    self.broken(registry, j);
                     return;
                 }
+            };
+            let status = resp.code.unwrap_or(0);
+            let close = http::has_token(resp.headers, "connection", "close");
+            let body: Vec<u8>;
+            let used;
+            if http::has_token(resp.headers, "transfer-encoding", "chunked") {
+                let mut dec = ChunkedDecoder::new(MAX_REPLY);
+                let mut out = Vec::new();
+                match dec.decode(&c.rbuf[head_len..], &mut out) {
+                    Ok((n, true)) => {
+                        body = out;
+                        used = head_len + n;
+                    }
+                    Ok((_, false)) => return,
+                    Err(_) => {
+                        self.broken(registry, j);
+                        return;
+                    }
+                }
+            } else {
+                let len = http::header(resp.headers, "content-length")
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .and_then(|s| s.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                if c.rbuf.len() < head_len + len {
+                    return;
+                }
+                body = c.rbuf[head_len..head_len + len].to_vec();
+                used = head_len + len;
             }
-        } else {
-            let len = http::header(resp.headers, "content-length")
-                .and_then(|v| std::str::from_utf8(v).ok())
-                .and_then(|s| s.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-            if self.rbuf.len() < head_len + len {
+            c.rbuf.drain(..used);
+            c.inflight.pop_front();
+            let now = Instant::now();
+            self.last_reply = Some(now);
+            let reply_us = now.duration_since(at).as_micros() as u64;
+            self.reply_hist.record_us(reply_us);
+            let r = &mut self.results[p];
+            r.status = status;
+            r.reply_us = Some(reply_us);
+            r.ok = (200..300).contains(&status);
+            if r.ok && self.format == Format::Pushedge {
+                r.seq = serde_json::from_slice::<OkReply>(&body)
+                    .ok()
+                    .and_then(|o| o.seq);
+            }
+            if close {
+                // Whatever was pipelined behind this reply will not be answered.
+                self.broken(registry, j);
                 return;
             }
-            body = self.rbuf[head_len..head_len + len].to_vec();
-            used = head_len + len;
-        }
-        self.rbuf.drain(..used);
-        let reply_us = at.elapsed().as_micros() as u64;
-        self.reply_hist.record_us(reply_us);
-        let r = &mut self.results[p];
-        r.status = status;
-        r.reply_us = Some(reply_us);
-        r.ok = (200..300).contains(&status);
-        if r.ok && self.format == Format::Pushedge {
-            r.seq = serde_json::from_slice::<OkReply>(&body)
-                .ok()
-                .and_then(|o| o.seq);
-        }
-        self.inflight = None;
-        if close {
-            self.drop_socket(registry);
         }
     }
 
-    /// The connection broke: the publish in flight failed; reconnect for the next one.
-    fn broken(&mut self, registry: &Registry) {
-        self.errors += 1;
-        match self.inflight {
-            Some((p, _)) => self.fail(registry, p, 0),
-            None => self.drop_socket(registry),
+    /// Connection `j` broke (or its oldest reply is late): every publish in flight on it
+    /// failed; the next publish reconnects.
+    fn broken(&mut self, registry: &Registry, j: usize) {
+        let c = &mut self.conns[j];
+        if !c.inflight.is_empty() {
+            self.errors += 1;
         }
-    }
-
-    fn fail(&mut self, registry: &Registry, p: usize, status: u16) {
-        self.results[p].ok = false;
-        self.results[p].status = status;
-        self.inflight = None;
-        self.drop_socket(registry);
-    }
-
-    fn drop_socket(&mut self, registry: &Registry) {
-        if let Some(mut s) = self.sock.take() {
+        for (p, _) in c.inflight.drain(..) {
+            self.results[p].ok = false;
+        }
+        if let Some(mut s) = c.sock.take() {
             let _ = registry.deregister(&mut s);
         }
-        self.connected = false;
-        self.wbuf.clear();
-        self.rbuf.clear();
+        c.connected = false;
+        c.wbuf.clear();
+        c.rbuf.clear();
     }
 }
 
@@ -425,8 +514,10 @@ mod tests {
                 size: 0,
                 messages,
                 rate: 0.0,
+                publishers: 1,
+                pipeline: 1,
             },
-            Token(0),
+            0,
         )
     }
 

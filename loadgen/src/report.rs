@@ -82,6 +82,32 @@ pub struct FanoutReport {
     pub complete_subscribers: u64,
     pub incomplete_subscribers: u64,
     pub publishes: Vec<PublishRow>,
+    pub publishers: u32,
+    pub pipeline: u32,
+    pub publish_phase_s: f64,
+    pub publishes_per_s: f64,
+    pub first_arrival_us: Summary,
+    pub last_arrival_us: Summary,
+    pub publishes_omitted: u64,
+}
+
+/// The shape of a fan-out run, for its report.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FanoutShape {
+    /// Messages per channel.
+    pub messages: u32,
+    /// Content size.
+    pub size: usize,
+    /// Publishes per second asked (0: back to back).
+    pub publish_rate: f64,
+    /// Publisher connections.
+    pub publishers: u32,
+    /// Requests in flight per publisher connection.
+    pub pipeline: u32,
+    /// First request to last reply, seconds.
+    pub publish_phase_s: f64,
+    /// Most per-publish rows in the report (`None`: all).
+    pub max_rows: Option<usize>,
 }
 
 /// One publish.
@@ -237,9 +263,7 @@ impl Merged {
         results: &[PubResult],
         channels: &[String],
         reply: &Hist,
-        messages: u32,
-        size: usize,
-        publish_rate: f64,
+        shape: FanoutShape,
     ) -> FanoutReport {
         let first_sent = results.iter().filter(|r| r.sent).map(|r| r.sent_ns).min();
         let delivered = self.latency.count();
@@ -248,10 +272,22 @@ impl Merged {
             _ => 0.0,
         };
         let c = channels.len().max(1);
-        let publishes = results
+        let mut firsts = Hist::new();
+        let mut lasts = Hist::new();
+        for (p, r) in results.iter().enumerate() {
+            let agg = self.publishes.get(p).copied().unwrap_or_default();
+            if r.sent && agg.receivers > 0 {
+                firsts.record_us(agg.first_ns / 1000);
+                lasts.record_us(agg.last_ns / 1000);
+            }
+        }
+        let sent_rows = results.iter().filter(|r| r.sent).count();
+        let rows = shape.max_rows.unwrap_or(usize::MAX);
+        let publishes: Vec<PublishRow> = results
             .iter()
             .enumerate()
             .filter(|(_, r)| r.sent)
+            .take(rows)
             .map(|(p, r)| {
                 let agg = self.publishes.get(p).copied().unwrap_or_default();
                 PublishRow {
@@ -272,9 +308,9 @@ impl Merged {
         let sent = results.iter().filter(|r| r.sent).count() as u64;
         let ok = results.iter().filter(|r| r.ok).count() as u64;
         FanoutReport {
-            messages,
-            size,
-            publish_rate,
+            messages: shape.messages,
+            size: shape.size,
+            publish_rate: shape.publish_rate,
             publishes_total: results.len() as u64,
             published: ok,
             publish_failed: sent - ok,
@@ -293,7 +329,18 @@ impl Merged {
             lost_on_dropped: self.tally_dropped.lost,
             complete_subscribers: self.complete,
             incomplete_subscribers: self.incomplete,
+            publishes_omitted: sent_rows.saturating_sub(publishes.len()) as u64,
             publishes,
+            publishers: shape.publishers,
+            pipeline: shape.pipeline,
+            publish_phase_s: round3(shape.publish_phase_s),
+            publishes_per_s: if shape.publish_phase_s > 0.0 {
+                round2(ok as f64 / shape.publish_phase_s)
+            } else {
+                0.0
+            },
+            first_arrival_us: firsts.summary(),
+            last_arrival_us: lasts.summary(),
         }
     }
 
@@ -455,6 +502,11 @@ impl Report {
             );
             let _ = writeln!(
                 s,
+                "  {:.0} publishes/s over {:.2} s ({} connection(s), {} in flight each)",
+                f.publishes_per_s, f.publish_phase_s, f.publishers, f.pipeline
+            );
+            let _ = writeln!(
+                s,
                 "delivery: {} of {} expected, {:.0}/s; latency {}",
                 f.delivered,
                 f.expected,
@@ -471,7 +523,7 @@ impl Report {
                 "  subscribers complete {}  incomplete {}",
                 f.complete_subscribers, f.incomplete_subscribers
             );
-            let show = f.publishes.len() <= 20;
+            let show = f.publishes.len() <= 20 && f.publishes_omitted == 0;
             if show {
                 let _ = writeln!(
                     s,
@@ -523,22 +575,14 @@ impl Report {
                         bad.join("; ")
                     );
                 }
-                let mut lasts: Vec<u64> = f.publishes.iter().filter_map(|p| p.last_us).collect();
-                let mut firsts: Vec<u64> = f.publishes.iter().filter_map(|p| p.first_us).collect();
-                lasts.sort_unstable();
-                firsts.sort_unstable();
-                let pick = |v: &[u64], q: f64| {
-                    v.get(((v.len() as f64 - 1.0) * q).round() as usize)
-                        .copied()
-                        .unwrap_or(0)
-                };
                 let _ = writeln!(
                     s,
-                    "  per publish: first arrival median {} max {}; last arrival median {} max {}",
-                    ms(pick(&firsts, 0.5)),
-                    ms(pick(&firsts, 1.0)),
-                    ms(pick(&lasts, 0.5)),
-                    ms(pick(&lasts, 1.0))
+                    "  per publish: first arrival median {} max {}; last arrival median {} p99 {} max {}",
+                    ms(f.first_arrival_us.p50),
+                    ms(f.first_arrival_us.max),
+                    ms(f.last_arrival_us.p50),
+                    ms(f.last_arrival_us.p99),
+                    ms(f.last_arrival_us.max)
                 );
             }
         }

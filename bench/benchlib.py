@@ -1,0 +1,494 @@
+"""Shared helpers of the side-by-side benchmark scripts (bench/*.py).
+
+Everything here is measurement plumbing: system limits, starting and stopping servers,
+running loadgen with `--json` and reacting to its phase lines, reading RSS / CPU / slab
+figures from /proc, printing tables and writing JSON under target/bench/.
+
+Every process a script starts is registered here and killed at exit, on SIGINT/SIGTERM,
+and when a run passes its deadline (each started in its own session, so the whole group
+goes: loadgen's child processes, nginx's worker).
+"""
+
+import atexit
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+OUT = os.path.join(TARGET, "bench")
+RUN = os.path.join(OUT, "run")
+PUSHEDGE = os.environ.get("PUSHEDGE_BIN", os.path.join(TARGET, "release", "pushedge"))
+LOADGEN = os.environ.get("LOADGEN_BIN", os.path.join(TARGET, "release", "loadgen"))
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+# Stop a run (and report it as aborted) when MemAvailable falls below this.
+MEM_FLOOR_KB = int(os.environ.get("BENCH_MEM_FLOOR_MB", "1536")) * 1024
+
+_procs = []  # Popen objects to kill at exit
+_lock = threading.Lock()
+
+
+# ---------------------------------------------------------------- processes and cleanup
+
+def _kill(p, grace=3.0):
+    if p.poll() is not None:
+        return
+    try:
+        os.killpg(p.pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        p.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def cleanup():
+    with _lock:
+        procs = list(_procs)
+        _procs.clear()
+    for p in reversed(procs):
+        _kill(p)
+
+
+def _on_signal(signum, _frame):
+    cleanup()
+    sys.stderr.write(f"bench: stopped by signal {signum}\n")
+    os._exit(128 + signum)
+
+
+atexit.register(cleanup)
+signal.signal(signal.SIGINT, _on_signal)
+signal.signal(signal.SIGTERM, _on_signal)
+signal.signal(signal.SIGHUP, _on_signal)
+
+
+def spawn(args, **kw):
+    """Starts a process in its own session (so its whole group can be killed) and
+    registers it for cleanup."""
+    p = subprocess.Popen(args, start_new_session=True, **kw)
+    with _lock:
+        _procs.append(p)
+    return p
+
+
+def stop(p, grace=3.0):
+    _kill(p, grace)
+    with _lock:
+        if p in _procs:
+            _procs.remove(p)
+
+
+def log(msg):
+    sys.stderr.write(f"bench: {msg}\n")
+    sys.stderr.flush()
+
+
+# ---------------------------------------------------------------- system
+
+def sh(cmd):
+    return subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout.strip()
+
+
+def read(path, default=""):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return default
+
+
+def sysctl_set(key, value):
+    path = "/proc/sys/" + key.replace(".", "/")
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+        return True
+    except OSError as e:
+        log(f"cannot set {key}={value}: {e}")
+        return False
+
+
+def prepare_system(conns):
+    """Widens the ephemeral port range and raises nf_conntrack_max when needed."""
+    lo, hi = map(int, read("/proc/sys/net/ipv4/ip_local_port_range", "32768 60999").split())
+    if lo > 1024 or hi < 65000:
+        if sysctl_set("net.ipv4.ip_local_port_range", "1024 65000"):
+            log("net.ipv4.ip_local_port_range = 1024 65000")
+    ct = "/proc/sys/net/netfilter/nf_conntrack_max"
+    if os.path.exists(ct):
+        cur = int(read(ct, "0") or 0)
+        # Two tracked flows per loopback connection at most, plus room.
+        want = 2 * conns + 65536
+        if cur < want:
+            if sysctl_set("net.netfilter.nf_conntrack_max", str(want)):
+                log(f"net.netfilter.nf_conntrack_max = {want}")
+
+
+def sources_for(conns, per_source=28000):
+    """Source addresses for `conns` connections to one server address: at most
+    `per_source` each (below half the ephemeral range, where connect() gets slow)."""
+    n = max(1, math.ceil(conns / per_source))
+    if n > 250:
+        raise SystemExit("too many connections for 127.0.0.2-127.0.0.251")
+    return f"127.0.0.2-127.0.0.{1 + n}", n
+
+
+def meminfo():
+    out = {}
+    for line in read("/proc/meminfo").splitlines():
+        k, v = line.split(":", 1)
+        out[k] = int(v.split()[0])
+    return out
+
+
+def slab_kb():
+    return meminfo()["Slab"]
+
+
+def slabinfo():
+    """{cache: bytes in use} from /proc/slabinfo (root only; {} otherwise)."""
+    out = {}
+    for line in read("/proc/slabinfo").splitlines()[2:]:
+        f = line.split()
+        if len(f) > 5:
+            out[f[0]] = int(f[1]) * int(f[3])  # active objects x object size
+    return out
+
+
+def slab_delta(before, after, n, top=8):
+    """The caches that grew most, in bytes per connection."""
+    d = {k: after.get(k, 0) - before.get(k, 0) for k in set(before) | set(after)}
+    rows = sorted(d.items(), key=lambda kv: -kv[1])[:top]
+    return {k: round(v / n, 1) for k, v in rows if v > 0}
+
+
+def tcp_mem_pages():
+    m = re.search(r"TCP:.* mem (\d+)", read("/proc/net/sockstat"))
+    return int(m.group(1)) if m else 0
+
+
+def rss_kb(pid):
+    m = re.search(r"VmRSS:\s+(\d+)", read(f"/proc/{pid}/status"))
+    return int(m.group(1)) if m else 0
+
+
+def cpu_s(pid):
+    """utime + stime of a process (all its threads), seconds."""
+    s = read(f"/proc/{pid}/stat")
+    if not s:
+        return 0.0
+    f = s[s.rindex(")") + 2:].split()
+    return (int(f[11]) + int(f[12])) / CLK_TCK
+
+
+def children_of(pid):
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            s = read(f"/proc/{d}/stat")
+            if s:
+                f = s[s.rindex(")") + 2:].split()
+                if int(f[1]) == pid:
+                    out.append(int(d))
+    return out
+
+
+def tree_rss_kb(pid):
+    return rss_kb(pid) + sum(tree_rss_kb(c) for c in children_of(pid))
+
+
+def nofile():
+    import resource
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def free_g():
+    return sh("free -g | sed -n 2p")
+
+
+# ---------------------------------------------------------------- HTTP
+
+def http_get(url, timeout=5):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.read().decode()
+
+
+def info(admin):
+    return json.loads(http_get(f"http://{admin}/info"))
+
+
+# ---------------------------------------------------------------- pushedge
+
+class Server:
+    def __init__(self, proc, admin, control, logpath):
+        self.proc = proc
+        self.pid = proc.pid
+        self.admin = admin
+        self.control = control
+        self.log = logpath
+        self.idle_rss_kb = 0
+
+
+def start_pushedge(n, port=8100, admin_base=18000, backend="epoll", workers=None,
+                   sets=(), tag="pe", ready_timeout=20):
+    """Starts `n` pushedge processes on one subscriber port (SO_REUSEPORT), each with its
+    own admin port and control socket; waits for every ready line; returns the servers
+    with their idle RSS (measured right after startup)."""
+    os.makedirs(RUN, exist_ok=True)
+    servers = []
+    for i in range(n):
+        admin = f"127.0.0.1:{admin_base + i}"
+        control = os.path.join(RUN, f"{tag}-{i}.sock")
+        logpath = os.path.join(RUN, f"{tag}-{i}.log")
+        args = [PUSHEDGE, "serve", "--listen", f"127.0.0.1:{port}", "--admin", admin,
+                "--control", control, "--backend", backend]
+        if workers:
+            args += ["--workers", str(workers)]
+        for s in sets:
+            args += ["--set", s]
+        lf = open(logpath, "w")
+        p = spawn(args, stdin=subprocess.DEVNULL, stdout=lf, stderr=lf)
+        lf.close()
+        servers.append(Server(p, admin, control, logpath))
+    deadline = time.time() + ready_timeout
+    for s in servers:
+        while "ready: pushedge" not in read(s.log):
+            if s.proc.poll() is not None:
+                raise SystemExit(f"pushedge exited at startup:\n{read(s.log)}")
+            if time.time() > deadline:
+                raise SystemExit(f"pushedge printed no ready line:\n{read(s.log)}")
+            time.sleep(0.02)
+    time.sleep(0.3)
+    for s in servers:
+        s.idle_rss_kb = rss_kb(s.pid)
+    return servers
+
+
+def server_conns(servers):
+    out = []
+    for s in servers:
+        try:
+            out.append(info(s.admin)["connections"])
+        except Exception:  # noqa: BLE001 - a server that does not answer counts as 0
+            out.append(0)
+    return out
+
+
+def server_errors(servers):
+    """Lines at warn/error level in the servers' logs (the first few)."""
+    out = []
+    for s in servers:
+        for line in read(s.log).splitlines():
+            if " warn " in line or " error " in line:
+                out.append(line)
+    return out[:10]
+
+
+# ---------------------------------------------------------------- loadgen
+
+class LoadgenRun:
+    """Runs loadgen with --json; `on_phase(name, fields)` is called (on a reader thread)
+    at each phase line. Bounded by `timeout` seconds; aborted when memory runs low."""
+
+    def __init__(self, args, timeout, on_phase=None, mem_guard=True):
+        self.args = [LOADGEN] + args + ["--json"]
+        self.timeout = timeout
+        self.on_phase = on_phase
+        self.mem_guard = mem_guard
+        self.phases = []
+        self.stderr = []
+        self.aborted = None
+        self.min_avail_kb = None
+
+    def run(self):
+        log(" ".join(self.args[1:]))
+        p = spawn(self.args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                  stderr=subprocess.PIPE, text=True)
+        self.proc = p
+        out = []
+        t_out = threading.Thread(target=lambda: out.append(p.stdout.read()), daemon=True)
+        t_err = threading.Thread(target=self._read_err, args=(p,), daemon=True)
+        t_out.start()
+        t_err.start()
+        deadline = time.time() + self.timeout
+        while p.poll() is None:
+            if time.time() > deadline:
+                self.aborted = f"timeout after {self.timeout:.0f} s"
+                log(f"loadgen: {self.aborted}; stopping it")
+                os.killpg(p.pid, signal.SIGINT)  # partial report
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    stop(p)
+                break
+            if self.mem_guard:
+                avail = meminfo()["MemAvailable"]
+                self.min_avail_kb = avail if self.min_avail_kb is None else min(avail, self.min_avail_kb)
+                if avail < MEM_FLOOR_KB:
+                    self.aborted = f"MemAvailable fell to {avail // 1024} MiB"
+                    log(f"loadgen: {self.aborted}; stopping it")
+                    stop(p, grace=0.5)
+                    break
+            time.sleep(0.1)
+        t_out.join(timeout=30)
+        t_err.join(timeout=5)
+        stop(p)
+        text = (out[0] if out else "").strip()
+        try:
+            self.report = json.loads(text) if text else None
+        except json.JSONDecodeError:
+            self.report = None
+        if self.report is None and not self.aborted:
+            self.aborted = "loadgen gave no report: " + " | ".join(self.stderr[-5:])
+        return self.report
+
+    def _read_err(self, p):
+        for line in p.stderr:
+            line = line.rstrip("\n")
+            m = re.match(r"loadgen: phase (\w+) (.*)", line)
+            if m:
+                fields = dict(kv.split("=", 1) for kv in m.group(2).split())
+                self.phases.append((m.group(1), fields, time.time()))
+                if self.on_phase:
+                    try:
+                        self.on_phase(m.group(1), fields)
+                    except Exception as e:  # noqa: BLE001 - report, keep reading
+                        log(f"phase hook failed: {e!r}")
+            else:
+                self.stderr.append(line)
+                if "warning" in line or "failed" in line or "error" in line:
+                    log(line)
+
+
+# ---------------------------------------------------------------- hold
+
+def hold(url, conns, pids, idle_rss_kb, conns_fn=None, transport=None, fmt=None,
+         hold_s=4.0, settle_s=1.5, timeout=None, procs=None, extra=()):
+    """Opens `conns` connections with `loadgen hold` and, once all are tried, measures:
+    the RSS of `pids` (the server's processes) against `idle_rss_kb` (their RSS right
+    after startup), /proc/meminfo Slab and /proc/slabinfo against their values before the
+    run, TCP buffer pages, loadgen's own RSS, and `conns_fn()` (connections per server
+    process). Returns a dict (the loadgen report under "loadgen")."""
+    srcs, nsrc = sources_for(conns)
+    args = ["hold", "--url", url, "--conns", str(conns), "--sources", srcs,
+            "--duration", str(max(hold_s, settle_s + 2.5))]
+    if transport:
+        args += ["--transport", transport]
+    if fmt:
+        args += ["--format", fmt]
+    if procs:
+        args += ["--procs", str(procs)]
+    args += list(extra)
+    slab0 = slab_kb()
+    slabs0 = slabinfo()
+    tcp0 = tcp_mem_pages()
+    avail0 = meminfo()["MemAvailable"]
+    sample = {}
+
+    def on_phase(name, fields):
+        if name != "holding" or sample:
+            return
+        time.sleep(settle_s)
+        sample["t"] = time.time()
+        sample["rss_kb"] = [rss_kb(p) for p in pids]
+        sample["slab_kb"] = slab_kb()
+        sample["slabinfo"] = slabinfo()
+        sample["tcp_mem_pages"] = tcp_mem_pages()
+        sample["mem_available_kb"] = meminfo()["MemAvailable"]
+        sample["loadgen_rss_kb"] = tree_rss_kb(run.proc.pid)
+        sample["server_conns"] = conns_fn() if conns_fn else None
+        sample["open"] = int(fields.get("open", 0))
+        log(f"holding {sample['open']} open; free -g: {free_g()}")
+
+    if timeout is None:
+        timeout = 120 + conns / 2000
+    run = LoadgenRun(args, timeout=timeout, on_phase=on_phase)
+    rep = run.run()
+    res = {"conns": conns, "sources": nsrc, "aborted": run.aborted,
+           "min_mem_available_kb": run.min_avail_kb, "loadgen": rep,
+           "loadgen_stderr": run.stderr[-20:]}
+    if not sample:
+        res["measured"] = False
+        return res
+    held = sample["open"]
+    n = max(held, 1)
+    rss = sum(sample["rss_kb"])
+    idle = sum(idle_rss_kb)
+    res.update({
+        "measured": True,
+        "held": held,
+        "server_rss_kb": rss,
+        "server_idle_rss_kb": idle,
+        "server_rss_per_conn_b": round(rss * 1024 / n, 1),
+        "server_rss_delta_per_conn_b": round((rss - idle) * 1024 / n, 1),
+        "slab_before_kb": slab0,
+        "slab_after_kb": sample["slab_kb"],
+        "slab_per_conn_b": round((sample["slab_kb"] - slab0) * 1024 / n, 1),
+        "slab_top_per_conn_b": slab_delta(slabs0, sample["slabinfo"], n),
+        "tcp_mem_pages_delta": sample["tcp_mem_pages"] - tcp0,
+        "mem_available_drop_per_conn_b": round((avail0 - sample["mem_available_kb"]) * 1024 / n, 1),
+        "loadgen_rss_kb": sample["loadgen_rss_kb"],
+        "loadgen_rss_per_conn_b": round(sample["loadgen_rss_kb"] * 1024 / n, 1),
+        "server_conns": sample["server_conns"],
+    })
+    return res
+
+
+# ---------------------------------------------------------------- output
+
+def ms(us):
+    return "-" if us is None else f"{us / 1000:.1f} ms"
+
+
+def table(title, header, rows):
+    cols = [header] + [[str(c) for c in r] for r in rows]
+    w = [max(len(r[i]) for r in cols) for i in range(len(header))]
+    lines = [title, "-" * len(title)] if title else []
+    lines.append("  ".join(h.ljust(w[i]) if i == 0 else h.rjust(w[i]) for i, h in enumerate(header)))
+    for r in cols[1:]:
+        lines.append("  ".join(c.ljust(w[i]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(r)))
+    return "\n".join(lines)
+
+
+def write_json(name, obj):
+    os.makedirs(OUT, exist_ok=True)
+    path = os.path.join(OUT, name)
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=False)
+        f.write("\n")
+    log(f"wrote {os.path.relpath(path, ROOT)}")
+    return path
+
+
+def machine():
+    return {
+        "kernel": os.uname().release,
+        "cpus": os.cpu_count(),
+        "mem_total_kb": meminfo()["MemTotal"],
+        "nofile": nofile(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "pushedge": sh(f"{PUSHEDGE} --version"),
+    }
+
+
+def check_binaries():
+    for b in (PUSHEDGE, LOADGEN):
+        if not os.access(b, os.X_OK):
+            raise SystemExit(f"{b} is missing: cargo build --release -p pushedge -p loadgen")
