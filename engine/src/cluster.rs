@@ -572,11 +572,7 @@ fn parse_history(raw: &[Vec<u8>], since: u64) -> Result<History, String> {
     }
     let oldest = messages.first().map_or(seq + 1, |m| m.0);
     let gap = (since <= seq && since < oldest).then(|| (since, oldest - 1));
-    Ok(History {
-        seq,
-        messages,
-        gap,
-    })
+    Ok(History { seq, messages, gap })
 }
 
 #[cfg(test)]

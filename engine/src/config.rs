@@ -403,7 +403,12 @@ impl Config {
         if self.cluster.key_ttl_secs == 0 {
             return err("cluster.key_ttl_secs must be > 0");
         }
-        if self.cluster.node_id.bytes().any(|b| b.is_ascii_whitespace()) {
+        if self
+            .cluster
+            .node_id
+            .bytes()
+            .any(|b| b.is_ascii_whitespace())
+        {
             return err("cluster.node_id must not contain spaces");
         }
         if self.listen.is_empty() || self.admin_listen.is_empty() {

@@ -896,6 +896,56 @@ mod tests {
     }
 
     #[test]
+    fn remote_messages_are_recorded_once_and_delivered() {
+        let (h, inboxes) = hub(1, &Config::default());
+        let mut r = Vec::new();
+        h.subscribe(0, "c", Since::Now, false, &mut r).unwrap();
+        h.deliver_remote("c", 5, "five");
+        h.deliver_remote("c", 5, "five again");
+        h.deliver_remote("c", 4, "late");
+        h.deliver_remote("c", 6, "six");
+        assert_eq!(drain(&inboxes[0]), vec![5, 6]);
+        assert_eq!(h.local_seq("c"), 6);
+        // The history holds one contiguous run: 5 and 6 (nothing before 5 is known).
+        let mut replay = Vec::new();
+        let s = h
+            .subscribe(0, "c", Since::Seq(1), false, &mut replay)
+            .unwrap();
+        assert_eq!(s.gap, Some((1, 4)));
+        assert_eq!(replay.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![5, 6]);
+        h.deliver_remote("c", 9, "nine");
+        let mut replay = Vec::new();
+        h.subscribe(0, "c", Since::Seq(5), false, &mut replay)
+            .unwrap();
+        assert_eq!(replay.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![9]);
+        // Remote messages for unknown channels create them (their seq is remembered).
+        h.deliver_remote("other", 3, "x");
+        assert_eq!(h.local_seq("other"), 3);
+    }
+
+    #[test]
+    fn a_gap_reaches_subscribers_and_moves_the_seq() {
+        let (h, inboxes) = hub(1, &Config::default());
+        let mut r = Vec::new();
+        h.subscribe(0, "c", Since::Now, false, &mut r).unwrap();
+        h.deliver_remote("c", 1, "a");
+        drain(&inboxes[0]);
+        h.deliver_gap("c", 2, 7);
+        let Some(Cmd::Deliver(m)) = inboxes[0].pop() else {
+            panic!("a gap delivery")
+        };
+        assert_eq!((m.kind, m.from, m.seq), (MsgKind::Gap, 2, 7));
+        assert_eq!(
+            &m.json()[..],
+            br#"{"type":"gap","channel":"c","from":2,"to":7}"#
+        );
+        assert_eq!(h.local_seq("c"), 7);
+        assert_eq!(h.totals().buffered, 0);
+        h.deliver_gap("c", 2, 5);
+        assert!(inboxes[0].pop().is_none(), "an older gap is ignored");
+    }
+
+    #[test]
     fn a_reused_slot_has_a_new_key() {
         let (h, _) = hub(1, &Config::default());
         let mut r = Vec::new();

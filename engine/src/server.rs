@@ -15,9 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::cluster::Cluster;
 use crate::config::{self, AuthMode, Config, Live};
 use crate::config::{BackendKind, UringArm};
-use crate::cluster::Cluster;
 use crate::hub::{ChannelInfo, Hub, HubError};
 use crate::inbox::{Cmd, Inbox};
 use crate::metrics::{Snapshot, WorkerStats};
@@ -69,6 +69,34 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The shared state of a server (without a stop channel; `serve` adds it).
+    pub fn new(
+        cfg: Config,
+        live: Arc<Live>,
+        hub: Arc<Hub>,
+        inboxes: Vec<Arc<Inbox>>,
+        node_id: String,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Shared {
+        Shared {
+            node_id,
+            cluster,
+            current: Mutex::new(cfg.clone()),
+            cfg,
+            live,
+            hub,
+            stats: inboxes
+                .iter()
+                .map(|_| Arc::new(WorkerStats::default()))
+                .collect(),
+            inboxes,
+            conns: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+            started: Instant::now(),
+            stop: Mutex::new(None),
+        }
+    }
+
     /// True when subscribers need a token.
     pub fn token_auth(&self) -> bool {
         self.cfg.auth == AuthMode::Token
@@ -326,22 +354,9 @@ pub fn serve(cfg: Config) -> Result<(), String> {
             cfg.cluster.redis_url
         );
     }
-    let shared = Arc::new(Shared {
-        node_id: node,
-        cluster,
-        current: Mutex::new(cfg.clone()),
-        cfg,
-        live,
-        hub,
-        stats: (0..workers)
-            .map(|_| Arc::new(WorkerStats::default()))
-            .collect(),
-        inboxes: inboxes.clone(),
-        conns: AtomicUsize::new(0),
-        draining: AtomicBool::new(false),
-        started: Instant::now(),
-        stop: Mutex::new(Some(stop_tx)),
-    });
+    let mut shared = Shared::new(cfg, live, hub, inboxes.clone(), node, cluster);
+    shared.stop = Mutex::new(Some(stop_tx));
+    let shared = Arc::new(shared);
 
     let handles = match backends {
         Backends::Epoll(v) => spawn_workers(&shared, v, listeners, &inboxes)?,

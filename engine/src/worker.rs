@@ -206,39 +206,7 @@ impl<B: Backend> Worker<B> {
         let mut events: Vec<IoEvent> = Vec::with_capacity(1024);
         debug!("worker {} running on {}", self.id, self.io.name());
         while self.running {
-            let mut timeout = self.wheel.poll_timeout(self.now);
-            let busy = !self.again.is_empty()
-                || self.inbox_more
-                || (self.accept_more && self.listening && self.accept_paused_until.is_none());
-            if busy {
-                timeout = Some(Duration::ZERO);
-            }
-            if let Some(until) = self.accept_paused_until {
-                let left = until.saturating_duration_since(self.now);
-                timeout = Some(timeout.map_or(left, |t| t.min(left)));
-            }
-            events.clear();
-            if let Err(e) = self.io.wait(timeout, &mut events) {
-                warn!("worker {}: wait failed: {e}", self.id);
-            }
-            self.now = Instant::now();
-            for ev in events.drain(..) {
-                self.on_event(ev);
-            }
-            self.drain_inbox();
-            self.run_again();
-            if let Some(until) = self.accept_paused_until {
-                if self.now >= until {
-                    self.accept_paused_until = None;
-                    self.accept_more = true;
-                }
-            }
-            if self.accept_more && self.accept_paused_until.is_none() {
-                self.accept();
-            }
-            self.now = Instant::now();
-            self.run_timers();
-            self.io.flush();
+            self.turn(&mut events, None);
         }
         debug!(
             "worker {} stopped with {} connections",
@@ -254,6 +222,47 @@ impl<B: Backend> Worker<B> {
         }
         self.shared.conns.fetch_sub(open, Ordering::Relaxed);
         self.io.shutdown();
+    }
+
+    /// One turn of the loop: wait (at most until the next timer tick, or `max_wait`),
+    /// handle socket events, the inbox, deferred reads, accepts and due timers.
+    fn turn(&mut self, events: &mut Vec<IoEvent>, max_wait: Option<Duration>) {
+        let mut timeout = self.wheel.poll_timeout(self.now);
+        let busy = !self.again.is_empty()
+            || self.inbox_more
+            || (self.accept_more && self.listening && self.accept_paused_until.is_none());
+        if busy {
+            timeout = Some(Duration::ZERO);
+        }
+        if let Some(until) = self.accept_paused_until {
+            let left = until.saturating_duration_since(self.now);
+            timeout = Some(timeout.map_or(left, |t| t.min(left)));
+        }
+        if let Some(max) = max_wait {
+            timeout = Some(timeout.map_or(max, |t| t.min(max)));
+        }
+        events.clear();
+        if let Err(e) = self.io.wait(timeout, events) {
+            warn!("worker {}: wait failed: {e}", self.id);
+        }
+        self.now = Instant::now();
+        for ev in events.drain(..) {
+            self.on_event(ev);
+        }
+        self.drain_inbox();
+        self.run_again();
+        if let Some(until) = self.accept_paused_until {
+            if self.now >= until {
+                self.accept_paused_until = None;
+                self.accept_more = true;
+            }
+        }
+        if self.accept_more && self.accept_paused_until.is_none() {
+            self.accept();
+        }
+        self.now = Instant::now();
+        self.run_timers();
+        self.io.flush();
     }
 
     fn live(&self) -> &crate::config::Live {
@@ -2142,6 +2151,12 @@ fn secs_f(v: f64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{secs, Config, Live};
+    use crate::hub::Hub;
+    use crate::reactor::epoll::Epoll;
+    use crate::server::bind_reuseport;
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream};
 
     #[test]
     fn canned_responses_are_well_formed() {
@@ -2160,7 +2175,185 @@ mod tests {
 
     #[test]
     fn tokens_round_trip() {
-        let t = token_of(12345, 0xDEAD_BEEF);
-        assert_eq!(split_token(t), (12345, 0xDEAD_BEEF));
+        let t = token_of(12345, 0xAB_CDEF);
+        assert_eq!(split_token(t), (12345, 0xAB_CDEF));
+    }
+
+    /// One worker driven turn by turn from the test thread, with real sockets.
+    struct Rig {
+        worker: Worker<Epoll>,
+        hub: Arc<Hub>,
+        addr: SocketAddr,
+        events: Vec<IoEvent>,
+    }
+
+    impl Rig {
+        fn new(cfg: Config) -> Rig {
+            let live = Arc::new(Live::new(&cfg));
+            let io = Epoll::new().unwrap();
+            let inbox = Arc::new(Inbox::new(io.waker()));
+            let hub = Arc::new(Hub::new(
+                vec![inbox.clone()],
+                live.clone(),
+                cfg.max_channels,
+                secs(cfg.channel_ttl_secs),
+            ));
+            let shared = Arc::new(Shared::new(
+                cfg,
+                live,
+                hub.clone(),
+                vec![inbox.clone()],
+                "test".into(),
+                None,
+            ));
+            let listener = bind_reuseport("127.0.0.1:0".parse().unwrap()).unwrap();
+            let addr = listener.local_addr().unwrap();
+            let worker = Worker::new(0, shared, io, listener, inbox).unwrap();
+            Rig {
+                worker,
+                hub,
+                addr,
+                events: Vec::new(),
+            }
+        }
+
+        fn turn(&mut self) {
+            self.worker
+                .turn(&mut self.events, Some(Duration::from_millis(5)));
+        }
+
+        /// Turns until `f` holds (at most 2 s).
+        fn until(&mut self, f: impl Fn(&Worker<Epoll>) -> bool) -> bool {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < deadline {
+                self.turn();
+                if f(&self.worker) {
+                    return true;
+                }
+            }
+            false
+        }
+
+        fn connect(&mut self) -> TcpStream {
+            let s = TcpStream::connect(self.addr).unwrap();
+            s.set_nonblocking(true).unwrap();
+            self.until(|w| !w.conns.is_empty());
+            s
+        }
+
+        /// Turns until the client has read something (at most 2 s).
+        fn read(&mut self, s: &mut TcpStream) -> Vec<u8> {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            let mut out = Vec::new();
+            let mut buf = [0u8; 4096];
+            while Instant::now() < deadline {
+                self.turn();
+                match s.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        out.extend_from_slice(&buf[..n]);
+                        // Give the server a turn to finish a response in pieces.
+                        self.turn();
+                        if let Ok(n) = s.read(&mut buf) {
+                            out.extend_from_slice(&buf[..n]);
+                        }
+                        break;
+                    }
+                    Err(_) => {}
+                }
+            }
+            out
+        }
+
+        fn only(&self) -> &Conn {
+            self.worker.conns.iter().next().expect("one connection").1
+        }
+    }
+
+    const UPGRADE: &str = "GET /ws?channel=c HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n\
+        Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+        Sec-WebSocket-Version: 13\r\n\r\n";
+
+    #[test]
+    fn keep_alive_request_returns_to_waiting_for_a_head() {
+        let mut rig = Rig::new(Config::default());
+        let mut c = rig.connect();
+        assert_eq!(rig.only().state, State::Http);
+        assert!(!rig.only().timer.is_none(), "handshake deadline armed");
+        c.write_all(b"GET /ping HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        let resp = rig.read(&mut c);
+        assert!(resp.starts_with(b"HTTP/1.1 200 OK"));
+        let conn = rig.only();
+        assert_eq!(conn.state, State::Http);
+        assert!(conn.has(flag::SERVED) && conn.has(flag::KEEP_ALIVE));
+        assert!(!conn.timer.is_none(), "idle deadline armed");
+        assert!(conn.ext.is_none(), "an idle connection holds no buffers");
+    }
+
+    #[test]
+    fn websocket_upgrade_subscribe_and_close_handshake() {
+        let mut rig = Rig::new(Config::default());
+        let mut c = rig.connect();
+        c.write_all(UPGRADE.as_bytes()).unwrap();
+        let resp = rig.read(&mut c);
+        assert!(resp.starts_with(b"HTTP/1.1 101"));
+        let conn = rig.only();
+        assert_eq!(conn.state, State::Ws);
+        assert_eq!(conn.subs.len(), 1);
+        assert!(conn.ext.is_none() && conn.ws.is_idle());
+        assert_eq!(rig.hub.info("c").unwrap().subscribers, 1);
+        // A masked close frame: the server answers with close and shuts its side.
+        let mut frame = Vec::new();
+        ws::encode_close(&mut frame, CloseCode::NORMAL, "bye", Some([1, 2, 3, 4]));
+        c.write_all(&frame).unwrap();
+        let reply = rig.read(&mut c);
+        assert_eq!(reply[0], 0x88, "close frame back");
+        assert!(rig.until(|w| w.conns.iter().all(|(_, c)| c.state == State::Closing)));
+        assert_eq!(
+            rig.hub.info("c").unwrap().subscribers,
+            0,
+            "unsubscribed on close"
+        );
+        drop(c);
+        assert!(rig.until(|w| w.conns.is_empty()), "peer EOF frees the slot");
+    }
+
+    #[test]
+    fn a_partial_head_is_cut_at_the_handshake_deadline() {
+        let cfg = Config {
+            handshake_timeout_secs: 0.1,
+            ..Default::default()
+        };
+        let mut rig = Rig::new(cfg);
+        let mut c = rig.connect();
+        c.write_all(b"GET /ws HTTP/1.1\r\nHost:").unwrap();
+        assert!(rig.until(|w| w
+            .conns
+            .iter()
+            .any(|(_, c)| c.ext.as_ref().is_some_and(|e| !e.rbuf.is_empty()))));
+        assert!(rig.until(|w| w.conns.is_empty()));
+        assert_eq!(rig.worker.stats.get(Counter::HandshakeTimeout), 1);
+    }
+
+    #[test]
+    fn a_held_poll_is_answered_by_a_publish_and_kept_alive() {
+        let mut rig = Rig::new(Config::default());
+        let mut c = rig.connect();
+        c.write_all(b"GET /poll?channel=p&seq=1 HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        assert!(rig.until(|w| w.conns.iter().all(|(_, c)| c.state == State::Poll)));
+        assert_eq!(rig.only().subs.len(), 1);
+        rig.hub.publish("p", "hello").unwrap();
+        let resp = rig.read(&mut c);
+        let text = String::from_utf8_lossy(&resp);
+        assert!(text.contains(r#""seq":1,"content":"hello""#), "{text}");
+        let conn = rig.only();
+        assert_eq!(conn.state, State::Http);
+        assert!(
+            conn.subs.is_empty(),
+            "an answered poll leaves no subscription"
+        );
+        assert_eq!(rig.hub.info("p").unwrap().subscribers, 0);
     }
 }
