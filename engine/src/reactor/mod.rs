@@ -157,6 +157,31 @@ pub trait Backend {
     fn shutdown(&mut self);
 }
 
+/// A hasher for keys that are already well spread (tokens: slot and generation), far
+/// cheaper than SipHash on the per-send paths.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TokenHasher(u64);
+
+impl std::hash::Hasher for TokenHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        // Fibonacci hashing: the high bits, which hashbrown uses, depend on every input bit.
+        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// `HashMap` / `HashSet` state for token keys.
+pub type TokenState = std::hash::BuildHasherDefault<TokenHasher>;
+
 /// Kernel errors that mean "out of descriptors or memory": accepting should pause.
 pub fn is_resource_error(e: &io::Error) -> bool {
     matches!(

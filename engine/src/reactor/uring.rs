@@ -46,7 +46,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Backend, Event, InputRef, Part, Sock, Token};
+use super::{Backend, Event, InputRef, Part, Sock, Token, TokenState};
 use crate::inbox::Wake;
 use crate::warn;
 
@@ -292,9 +292,9 @@ pub struct Uring {
     accept_error: Option<io::Error>,
     waker_fd: Arc<EventFdWaker>,
     tokens: Vec<Token>,
-    recv_armed: HashSet<Token>,
+    recv_armed: HashSet<Token, TokenState>,
     retry: Vec<(Sock, Token)>,
-    sends: HashMap<Token, SendQueue>,
+    sends: HashMap<Token, SendQueue, TokenState>,
     ops: Slab<Box<SendOp>>,
     /// Recycled ops: boxed because the kernel holds pointers into them while in flight.
     #[allow(clippy::vec_box)]
@@ -309,7 +309,7 @@ pub struct Uring {
     /// the socket's CLOSE waits for them. SHUTDOWN runs in a kernel worker and resolves a
     /// direct descriptor only then; closing first would let the index be reused by a new
     /// connection and shut that one instead.
-    shutting: HashMap<u64, bool>,
+    shutting: HashMap<u64, bool, TokenState>,
 }
 
 impl Uring {
@@ -350,16 +350,16 @@ impl Uring {
             accept_error: None,
             waker_fd,
             tokens: Vec::new(),
-            recv_armed: HashSet::new(),
+            recv_armed: HashSet::default(),
             retry: Vec::new(),
-            sends: HashMap::new(),
+            sends: HashMap::default(),
             ops: Slab::new(),
             pool: Vec::new(),
             cqes: Vec::with_capacity((SQ_ENTRIES * CQ_FACTOR) as usize),
             in_flight: 0,
             turn: 0,
             doomed: VecDeque::new(),
-            shutting: HashMap::new(),
+            shutting: HashMap::default(),
         };
         u.arm_waker();
         Ok(u)
