@@ -8,6 +8,9 @@
 //!
 //! - `pushedge:{C}:seq` — channel C's sequence counter (cluster-wide).
 //! - `pushedge:{C}:hist` — C's last `history_size` messages, as `"<seq> <content>"`.
+//! - `pushedge:{C}:closed` — C was closed at this seq: a node that was cut off during the
+//!   close closes its copy when it is back (if it had seen nothing newer), and does not
+//!   revive the old counter.
 //! - `pushedge:feed` — the pub/sub channel every node listens to:
 //!   `"D <seq> <C> <content>"` (data), `"C <C>"` (channel closed), `"X <C>"` (history
 //!   cleared).
@@ -100,12 +103,25 @@ return out
 ";
 
 const RESEED_LUA: &str = r"
-for i, k in ipairs(KEYS) do
-  local cur = tonumber(redis.call('GET', k) or '0')
-  local v = tonumber(ARGV[i])
-  if v > cur then redis.call('SET', k, v, 'EX', ARGV[#ARGV]) end
+for i = 1, #KEYS, 2 do
+  local v = tonumber(ARGV[(i + 1) / 2])
+  local closed = redis.call('GET', KEYS[i + 1])
+  if not closed or v > tonumber(closed) then
+    local cur = tonumber(redis.call('GET', KEYS[i]) or '0')
+    if v > cur then redis.call('SET', KEYS[i], v, 'EX', ARGV[#ARGV]) end
+  end
 end
 return 0
+";
+
+const CLOSE_LUA: &str = r"
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+local floor = tonumber(ARGV[2])
+if cur < floor then cur = floor end
+redis.call('SET', KEYS[3], cur, 'EX', ARGV[3])
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('PUBLISH', ARGV[4], 'C ' .. ARGV[1])
+return cur
 ";
 
 const SUBSCRIBERS_LUA: &str = r"
@@ -217,6 +233,7 @@ pub struct Cluster {
     publish_script: redis::Script,
     history_script: redis::Script,
     reseed_script: redis::Script,
+    close_script: redis::Script,
     subscribers_script: redis::Script,
     /// Whether the feed connection is up.
     pub up: AtomicBool,
@@ -241,6 +258,7 @@ impl Cluster {
             publish_script: redis::Script::new(PUBLISH_LUA),
             history_script: redis::Script::new(HISTORY_LUA),
             reseed_script: redis::Script::new(RESEED_LUA),
+            close_script: redis::Script::new(CLOSE_LUA),
             subscribers_script: redis::Script::new(SUBSCRIBERS_LUA),
             up: AtomicBool::new(false),
             received: AtomicU64::new(0),
@@ -254,6 +272,10 @@ impl Cluster {
 
     fn hist_key(&self, channel: &str) -> String {
         format!("{}:{{{channel}}}:hist", self.prefix)
+    }
+
+    fn closed_key(&self, channel: &str) -> String {
+        format!("{}:{{{channel}}}:closed", self.prefix)
     }
 
     fn node_key(&self, node: &str) -> String {
@@ -295,18 +317,32 @@ impl Cluster {
         r.map_err(|e| HubError::Unavailable(self.failed(&mut link, &e)))
     }
 
-    /// Sends a control line on the feed (close, clear) after changing the keys.
-    pub fn control(&self, channel: &str, close: bool) -> Result<(), HubError> {
+    /// Closes a channel on every node: leaves a tombstone, drops the keys, tells the feed.
+    pub fn close(&self, hub: &Hub, channel: &str) -> Result<(), HubError> {
+        let floor = hub.local_seq(channel);
         let mut link = self.publisher.lock().unwrap_or_else(|p| p.into_inner());
         let con = link.get(&self.client).map_err(HubError::Unavailable)?;
-        let mut pipe = redis::pipe();
-        if close {
-            pipe.del(self.seq_key(channel));
-        }
-        pipe.del(self.hist_key(channel));
-        let line = format!("{} {channel}", if close { "C" } else { "X" });
-        pipe.publish(&self.feed, line);
-        pipe.query::<()>(con)
+        self.close_script
+            .key(self.seq_key(channel))
+            .key(self.hist_key(channel))
+            .key(self.closed_key(channel))
+            .arg(channel)
+            .arg(floor)
+            .arg(self.key_ttl)
+            .arg(&self.feed)
+            .invoke::<u64>(con)
+            .map(drop)
+            .map_err(|e| HubError::Unavailable(self.failed(&mut link, &e)))
+    }
+
+    /// Drops a channel's history on every node.
+    pub fn clear(&self, channel: &str) -> Result<(), HubError> {
+        let mut link = self.publisher.lock().unwrap_or_else(|p| p.into_inner());
+        let con = link.get(&self.client).map_err(HubError::Unavailable)?;
+        redis::pipe()
+            .del(self.hist_key(channel))
+            .publish(&self.feed, format!("X {channel}"))
+            .query::<()>(con)
             .map_err(|e| HubError::Unavailable(self.failed(&mut link, &e)))
     }
 
@@ -408,17 +444,20 @@ impl Cluster {
         let mut rng = Rng::new(unix_now() ^ 0x5EED);
         let mut warned = false;
         loop {
-            match self.feed_session(hub) {
-                Ok(()) => backoff = MIN_BACKOFF,
-                Err(e) => {
-                    self.errors.fetch_add(1, Ordering::Relaxed);
-                    if self.up.swap(false, Ordering::SeqCst) || !warned {
-                        warn!("cluster: {e}; reconnecting with backoff");
-                        warned = true;
-                    }
-                }
+            let e = match self.feed_session(hub) {
+                Ok(()) => String::from("feed ended"),
+                Err(e) => e,
+            };
+            self.errors.fetch_add(1, Ordering::Relaxed);
+            if self.up.swap(false, Ordering::SeqCst) {
+                // The session had been up: a new outage starts at the shortest backoff.
+                backoff = MIN_BACKOFF;
+                warn!("cluster: {e}; reconnecting with backoff");
+                warned = true;
+            } else if !warned {
+                warn!("cluster: {e}; reconnecting with backoff");
+                warned = true;
             }
-            self.up.store(false, Ordering::SeqCst);
             thread::sleep(full_jitter(backoff, &mut rng));
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
@@ -501,6 +540,7 @@ impl Cluster {
             let mut inv = self.reseed_script.prepare_invoke();
             for (name, _) in chunk {
                 inv.key(self.seq_key(name));
+                inv.key(self.closed_key(name));
             }
             for (_, seq) in chunk {
                 inv.arg(*seq);
@@ -515,6 +555,15 @@ impl Cluster {
     /// Hands the local subscribers what was published while the feed was down.
     fn fill_in(&self, con: &mut redis::Connection, hub: &Hub) -> Result<(), String> {
         for (name, seq) in hub.local_seqs_with_subscribers() {
+            let closed: Option<u64> = redis::cmd("GET")
+                .arg(self.closed_key(&name))
+                .query(con)
+                .map_err(|e| format!("redis error: {e}"))?;
+            if closed.is_some_and(|at| seq <= at) {
+                // Closed while we were away, and we have seen nothing newer.
+                let _ = hub.close_channel(&name);
+                continue;
+            }
             let h = self.read_history(con, &name, seq + 1)?;
             if let Some((from, to)) = h.gap {
                 hub.deliver_gap(&name, from, to);

@@ -133,7 +133,7 @@ impl Shared {
     /// Closes a channel (on every node in a cluster).
     pub fn close_channel(&self, channel: &str) -> Result<(), HubError> {
         match &self.cluster {
-            Some(c) => c.control(channel, true),
+            Some(c) => c.close(&self.hub, channel),
             None => self.hub.close_channel(channel),
         }
     }
@@ -141,7 +141,7 @@ impl Shared {
     /// Drops a channel's history (on every node in a cluster).
     pub fn clear(&self, channel: &str) -> Result<(), HubError> {
         match &self.cluster {
-            Some(c) => c.control(channel, false),
+            Some(c) => c.clear(channel),
             None => self.hub.clear(channel),
         }
     }

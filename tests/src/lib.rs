@@ -13,9 +13,12 @@
 //!   the engine and protocol sources).
 //! - `PUSHEDGE_BACKEND`: when set, every server gets `--backend <value>`, so the whole
 //!   suite can run against another reactor.
+//! - `REDIS_SERVER`: the `redis-server` of the cluster tests (default: the one on `PATH`;
+//!   `make deps-test` installs it).
 //!
-//! Running: `cargo test -p pushedge-tests` (about 15 s on 2 cores; more test threads,
-//! `-- --test-threads 16`, bring it to about 5 s since most tests wait on short timers).
+//! Running: `cargo test -p pushedge-tests` (about 26 s on 2 cores, 10 s of it the cluster
+//! tests; more test threads, `-- --test-threads 16`, bring it down a lot since most tests
+//! wait on short timers). `cluster::` selects the cluster tests alone.
 //! Tests marked `#[ignore = "BUG: ..."]` show known server bugs: `-- --ignored` runs them.
 //! The tests live in `tests/integration/`, one module per area, all in one test binary so
 //! that they run in parallel.
@@ -25,6 +28,11 @@
 //! [`SseStream`], [`NdjsonStream`], [`IframeStream`], [`Ws`] (tungstenite, for well-behaved
 //! WebSocket clients), [`RawWs`] (hand-made frames, for protocol errors and peers that never
 //! answer), [`Ctl`] (the control socket), the admin API on [`Server`], and [`wait_until`].
+//!
+//! Clusters ([`redis`]): [`Redis`] (a real `redis-server` per test: stop, restart with its
+//! data, wipe), [`Gate`] (a TCP relay that cuts one node off from Redis), [`node`] /
+//! [`node_on`] (a pushedge node on a Redis, optionally sharing another node's subscriber
+//! port), and [`Server::kill9`].
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -42,6 +50,9 @@ use base64::Engine as _;
 use serde_json::Value;
 
 pub use serde_json::json;
+
+pub mod redis;
+pub use redis::{node, node_on, Gate, Redis, Resp, CLUSTER_UP_TIMEOUT};
 
 /// How long the server may take to print its `ready` line.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);

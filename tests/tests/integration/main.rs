@@ -6,6 +6,7 @@ mod admin;
 mod auth;
 mod bad_input;
 mod cli;
+mod cluster;
 mod control;
 mod liveness;
 mod resume;
