@@ -34,6 +34,8 @@ pub const MAX_TOKEN_TTL: u64 = 366 * 86_400;
 /// Longest `prefix` of `/channels`.
 const MAX_PREFIX: usize = 128;
 const LISTENER: Token = Token(usize::MAX);
+/// Accept errors are logged at most once per this interval.
+const ACCEPT_WARN_INTERVAL: Duration = Duration::from_secs(10);
 const READ_CHUNK: usize = 64 * 1024;
 /// How often idle channels are swept.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
@@ -121,6 +123,8 @@ pub fn run(shared: Arc<Shared>, listener: std::net::TcpListener) {
     let mut events = Events::with_capacity(256);
     let mut buf = vec![0u8; READ_CHUNK];
     let mut last_sweep = Instant::now();
+    let mut accept_retry = false;
+    let mut accept_warned = None;
     loop {
         if let Err(e) = poll.poll(&mut events, Some(SWEEP_EVERY)) {
             if e.kind() != io::ErrorKind::Interrupted {
@@ -129,7 +133,7 @@ pub fn run(shared: Arc<Shared>, listener: std::net::TcpListener) {
         }
         for ev in events.iter() {
             if ev.token() == LISTENER {
-                accept(&poll, &listener, &mut conns);
+                accept_retry = accept(&poll, &listener, &mut conns, &mut accept_warned);
                 continue;
             }
             let id = ev.token().0;
@@ -143,6 +147,9 @@ pub fn run(shared: Arc<Shared>, listener: std::net::TcpListener) {
                 flush(&mut conns, id);
             }
         }
+        if accept_retry {
+            accept_retry = accept(&poll, &listener, &mut conns, &mut accept_warned);
+        }
         let now = Instant::now();
         if now.duration_since(last_sweep) >= SWEEP_EVERY {
             last_sweep = now;
@@ -154,7 +161,15 @@ pub fn run(shared: Arc<Shared>, listener: std::net::TcpListener) {
     }
 }
 
-fn accept(poll: &Poll, listener: &TcpListener, conns: &mut Slab<AdminConn>) {
+/// Accepts what is waiting. Returns true when accepting failed for lack of descriptors or
+/// memory: the caller retries on its next turn (a listener that stays readable would
+/// otherwise never signal again).
+fn accept(
+    poll: &Poll,
+    listener: &TcpListener,
+    conns: &mut Slab<AdminConn>,
+    warned: &mut Option<Instant>,
+) -> bool {
     loop {
         match listener.accept() {
             Ok((mut sock, _)) => {
@@ -182,11 +197,17 @@ fn accept(poll: &Poll, listener: &TcpListener, conns: &mut Slab<AdminConn>) {
                     });
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
-                warn!("admin: accept failed: {e}");
-                return;
+                if warned.is_none_or(|t| t.elapsed() >= ACCEPT_WARN_INTERVAL) {
+                    warn!(
+                        "admin: accept failed: {e}; retrying every {} ms",
+                        SWEEP_EVERY.as_millis()
+                    );
+                    *warned = Some(Instant::now());
+                }
+                return true;
             }
         }
     }

@@ -173,12 +173,25 @@ impl Server {
     /// Starts a server with the harness defaults plus `args` (`--set KEY=VALUE`, ...).
     /// Panics (with the server's stderr) when it does not become ready in time.
     pub fn start(args: &[&str]) -> Server {
+        Server::start_with_nofile(args, None)
+    }
+
+    /// Like [`Server::start`], with the process's open-file limit set to `nofile` (through
+    /// `prlimit`), to exercise accept errors (EMFILE).
+    pub fn start_with_nofile(args: &[&str], nofile: Option<u64>) -> Server {
         let dir = tempfile::Builder::new()
             .prefix("pushedge-test")
             .tempdir()
             .expect("cannot create a temp dir");
         let control = dir.path().join("pushedge.sock");
-        let mut cmd = Command::new(binary());
+        let mut cmd = match nofile {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(binary());
+                c
+            }
+            None => Command::new(binary()),
+        };
         cmd.arg("serve")
             .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
             .arg("--control")

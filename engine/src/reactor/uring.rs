@@ -325,7 +325,7 @@ impl Uring {
         }
         let mut direct = direct;
         if direct {
-            let table = nofile_limit().clamp(1024, 1 << 20);
+            let table = nofile_limit().clamp(16, 1 << 20);
             if let Err(e) = ring.submitter().register_files_sparse(table) {
                 warn!("io_uring: no direct descriptor table ({e}); using plain descriptors");
                 direct = false;
