@@ -7,6 +7,7 @@ BACKEND ?= epoll
 REDIS_PORT ?= 6379
 
 .PHONY: run run-cluster test build release lint fmt bench fuzz fuzz-build fuzz-deps deps-test deps-redis conformance
+.PHONY: bench-build bench-scale bench-fanout bench-peers bench-backends
 
 ## run: build (release) and start the server on embedded defaults (BACKEND=uring for io_uring)
 run: release
@@ -57,6 +58,35 @@ fmt:
 ## bench: criterion benches of the codecs and hot paths
 bench:
 	$(CARGO) bench -p pushedge-bench
+
+## bench-*: side-by-side benchmarks (bench/*.py; python3, root for sysctl). Each prints a
+## table and writes JSON under target/bench/; every process it starts is stopped at the end.
+##   make bench-scale CONNS=100000 [BACKEND=epoll|uring] [TRANSPORT=ws|sse|stream|poll]
+##                    [SET="uring_arm=recv ..."] [BENCH_ARGS="--workers 8 --per-proc 15000"]
+##   make bench-fanout [BACKEND=...] [SET=...]   fan-out latency, CPU per delivery, publishes/s
+##   make bench-peers                            pushedge vs nchan (installs nginx + nchan with apt)
+##   make bench-backends                         epoll vs io_uring (POLL_ADD, RECV, no direct fds)
+CONNS ?= 100000
+BACKEND ?= epoll
+TRANSPORT ?= ws
+SET ?=
+BENCH_ARGS ?=
+BENCH_SETS = $(foreach s,$(SET),--set $(s))
+
+bench-build:
+	$(CARGO) build --release -p pushedge -p loadgen
+
+bench-scale: bench-build
+	python3 bench/scale.py --conns $(CONNS) --backend $(BACKEND) --transport $(TRANSPORT) $(BENCH_SETS) $(BENCH_ARGS)
+
+bench-fanout: bench-build
+	python3 bench/fanout.py --backend $(BACKEND) $(BENCH_SETS) $(BENCH_ARGS)
+
+bench-peers: bench-build
+	python3 bench/peers.py --backend $(BACKEND) $(BENCH_SETS) $(BENCH_ARGS)
+
+bench-backends: bench-build
+	bash bench/backends.sh $(BENCH_ARGS)
 
 ## fuzz: run each fuzz target for FUZZ_SECS seconds (cargo-fuzz on the nightly toolchain)
 ## and print one summary line per target; fails if any target crashed.

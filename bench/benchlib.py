@@ -131,6 +131,14 @@ def prepare_system(conns):
     if lo > 1024 or hi < 65000:
         if sysctl_set("net.ipv4.ip_local_port_range", "1024 65000"):
             log("net.ipv4.ip_local_port_range = 1024 65000")
+    # The servers' fixed ports lie inside the widened ephemeral range: reserve them, or a
+    # client socket that happened to get one as its source port would keep a server from
+    # binding it.
+    reserved = read("/proc/sys/net/ipv4/ip_local_reserved_ports").strip()
+    want = ",".join(x for x in [reserved, RESERVED_PORTS] if x)
+    if RESERVED_PORTS not in reserved:
+        if sysctl_set("net.ipv4.ip_local_reserved_ports", want):
+            log(f"net.ipv4.ip_local_reserved_ports = {want}")
     ct = "/proc/sys/net/netfilter/nf_conntrack_max"
     if os.path.exists(ct):
         cur = int(read(ct, "0") or 0)
@@ -139,6 +147,10 @@ def prepare_system(conns):
         if cur < want:
             if sysctl_set("net.netfilter.nf_conntrack_max", str(want)):
                 log(f"net.netfilter.nf_conntrack_max = {want}")
+
+
+# Subscriber ports (8100 pushedge, 8300 nchan) and admin ports (18000 + process index).
+RESERVED_PORTS = "8100,8300,18000-18499"
 
 
 def sources_for(conns, per_source=28000):
@@ -163,18 +175,33 @@ def slab_kb():
 
 
 def slabinfo():
-    """{cache: bytes in use} from /proc/slabinfo (root only; {} otherwise)."""
+    """{cache: (active objects, object size)} from /proc/slabinfo (root only; {}
+    otherwise). SLUB's active counts are approximate (per-cpu partial slabs)."""
     out = {}
     for line in read("/proc/slabinfo").splitlines()[2:]:
         f = line.split()
         if len(f) > 5:
-            out[f[0]] = int(f[1]) * int(f[3])  # active objects x object size
+            out[f[0]] = (int(f[1]), int(f[3]))
     return out
+
+
+# A process monitor on this sandbox walks /proc/<pid>/fd of every process every few
+# seconds; each descriptor it sees leaves a proc inode (~700 B) and a dentry (192 B) in
+# the (reclaimable) slab. That is not the cost of a connection, and it lands at random
+# relative to a sample, so it is measured and taken out separately.
+def proc_fd_artifact_bytes(before, after):
+    objs = after.get("proc_inode_cache", (0, 0))[0] - before.get("proc_inode_cache", (0, 0))[0]
+    size = after.get("proc_inode_cache", (0, 696))[1]
+    dentry = after.get("dentry", (0, 192))[1]
+    return max(objs, 0) * (size + dentry)
 
 
 def slab_delta(before, after, n, top=8):
     """The caches that grew most, in bytes per connection."""
-    d = {k: after.get(k, 0) - before.get(k, 0) for k in set(before) | set(after)}
+    def b(m, k):
+        o, sz = m.get(k, (0, 0))
+        return o * sz
+    d = {k: b(after, k) - b(before, k) for k in set(before) | set(after)}
     rows = sorted(d.items(), key=lambda kv: -kv[1])[:top]
     return {k: round(v / n, 1) for k, v in rows if v > 0}
 
@@ -196,6 +223,29 @@ def cpu_s(pid):
         return 0.0
     f = s[s.rindex(")") + 2:].split()
     return (int(f[11]) + int(f[12])) / CLK_TCK
+
+
+def tree_cpu_s(pid):
+    return cpu_s(pid) + sum(tree_cpu_s(c) for c in children_of(pid))
+
+
+def stat_cpu():
+    """(busy, total) jiffies of the whole machine from /proc/stat."""
+    f = [int(x) for x in read("/proc/stat").splitlines()[0].split()[1:]]
+    idle = f[3] + (f[4] if len(f) > 4 else 0)
+    return sum(f) - idle, sum(f)
+
+
+def stat_fields():
+    return [int(x) for x in read("/proc/stat").splitlines()[0].split()[1:]]
+
+
+def stat_share(before, after):
+    """Shares of the machine's CPU time between two stat_fields(): busy (not idle or
+    iowait) and steal (taken by the hypervisor for other guests: a noisy neighbour)."""
+    d = [b - a for a, b in zip(before, after)]
+    tot = sum(d) or 1
+    return {"busy": round((tot - d[3] - d[4]) / tot, 3), "steal": round(d[7] / tot, 3)}
 
 
 def children_of(pid):
@@ -291,6 +341,28 @@ def server_conns(servers):
     return out
 
 
+def server_metrics(servers, names=("pushedge_connections_accepted_total",
+                                   "pushedge_connections_rejected_total",
+                                   "pushedge_heartbeat_timeouts_total",
+                                   "pushedge_handshake_timeouts_total",
+                                   "pushedge_slow_consumer_closes_total",
+                                   "pushedge_messages_delivered_total")):
+    """Counters of /metrics summed over the servers (labels kept in the key)."""
+    out = {}
+    for s in servers:
+        try:
+            text = http_get(f"http://{s.admin}/metrics")
+        except Exception:  # noqa: BLE001 - a server that does not answer adds nothing
+            continue
+        for line in text.splitlines():
+            if line.startswith("#") or not line.strip():
+                continue
+            key, _, val = line.rpartition(" ")
+            if key.split("{")[0] in names:
+                out[key] = out.get(key, 0) + int(float(val))
+    return out
+
+
 def server_errors(servers):
     """Lines at warn/error level in the servers' logs (the first few)."""
     out = []
@@ -319,6 +391,7 @@ class LoadgenRun:
 
     def run(self):
         log(" ".join(self.args[1:]))
+        stat0 = stat_fields()
         p = spawn(self.args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                   stderr=subprocess.PIPE, text=True)
         self.proc = p
@@ -350,6 +423,7 @@ class LoadgenRun:
         t_out.join(timeout=30)
         t_err.join(timeout=5)
         stop(p)
+        self.cpu_share = stat_share(stat0, stat_fields())
         text = (out[0] if out else "").strip()
         try:
             self.report = json.loads(text) if text else None
@@ -403,6 +477,10 @@ def hold(url, conns, pids, idle_rss_kb, conns_fn=None, transport=None, fmt=None,
     sample = {}
 
     def on_phase(name, fields):
+        if name == "stopping" and sample and "cpu_end" not in sample:
+            sample["cpu_end"] = (time.time(), sum(cpu_s(p) for p in pids),
+                                 tree_cpu_s(run.proc.pid), stat_cpu())
+            return
         if name != "holding" or sample:
             return
         time.sleep(settle_s)
@@ -415,6 +493,8 @@ def hold(url, conns, pids, idle_rss_kb, conns_fn=None, transport=None, fmt=None,
         sample["loadgen_rss_kb"] = tree_rss_kb(run.proc.pid)
         sample["server_conns"] = conns_fn() if conns_fn else None
         sample["open"] = int(fields.get("open", 0))
+        sample["cpu_start"] = (time.time(), sum(cpu_s(p) for p in pids),
+                               tree_cpu_s(run.proc.pid), stat_cpu())
         log(f"holding {sample['open']} open; free -g: {free_g()}")
 
     if timeout is None:
@@ -422,6 +502,7 @@ def hold(url, conns, pids, idle_rss_kb, conns_fn=None, transport=None, fmt=None,
     run = LoadgenRun(args, timeout=timeout, on_phase=on_phase)
     rep = run.run()
     res = {"conns": conns, "sources": nsrc, "aborted": run.aborted,
+           "machine_cpu": getattr(run, "cpu_share", None),
            "min_mem_available_kb": run.min_avail_kb, "loadgen": rep,
            "loadgen_stderr": run.stderr[-20:]}
     if not sample:
@@ -441,6 +522,11 @@ def hold(url, conns, pids, idle_rss_kb, conns_fn=None, transport=None, fmt=None,
         "slab_before_kb": slab0,
         "slab_after_kb": sample["slab_kb"],
         "slab_per_conn_b": round((sample["slab_kb"] - slab0) * 1024 / n, 1),
+        "slab_proc_fd_artifact_per_conn_b": round(
+            proc_fd_artifact_bytes(slabs0, sample["slabinfo"]) / n, 1),
+        "slab_net_per_conn_b": round(
+            ((sample["slab_kb"] - slab0) * 1024
+             - proc_fd_artifact_bytes(slabs0, sample["slabinfo"])) / n, 1),
         "slab_top_per_conn_b": slab_delta(slabs0, sample["slabinfo"], n),
         "tcp_mem_pages_delta": sample["tcp_mem_pages"] - tcp0,
         "mem_available_drop_per_conn_b": round((avail0 - sample["mem_available_kb"]) * 1024 / n, 1),
@@ -448,6 +534,16 @@ def hold(url, conns, pids, idle_rss_kb, conns_fn=None, transport=None, fmt=None,
         "loadgen_rss_per_conn_b": round(sample["loadgen_rss_kb"] * 1024 / n, 1),
         "server_conns": sample["server_conns"],
     })
+    if "cpu_end" in sample:
+        t0, s0, l0, (b0, a0) = sample["cpu_start"]
+        t1, s1, l1, (b1, a1) = sample["cpu_end"]
+        if t1 > t0 and a1 > a0:
+            res["hold_cpu"] = {
+                "seconds": round(t1 - t0, 2),
+                "server_cores": round((s1 - s0) / (t1 - t0), 3),
+                "loadgen_cores": round((l1 - l0) / (t1 - t0), 3),
+                "machine_busy": round((b1 - b0) / (a1 - a0), 3),
+            }
     return res
 
 
@@ -457,13 +553,18 @@ def ms(us):
     return "-" if us is None else f"{us / 1000:.1f} ms"
 
 
-def table(title, header, rows):
+def table(title, header, rows, left=1):
+    """A plain-text table; the first `left` columns are left-aligned, the rest right."""
     cols = [header] + [[str(c) for c in r] for r in rows]
     w = [max(len(r[i]) for r in cols) for i in range(len(header))]
     lines = [title, "-" * len(title)] if title else []
-    lines.append("  ".join(h.ljust(w[i]) if i == 0 else h.rjust(w[i]) for i, h in enumerate(header)))
+
+    def fmt(r):
+        return "  ".join(c.ljust(w[i]) if i < left else c.rjust(w[i])
+                         for i, c in enumerate(r)).rstrip()
+    lines.append(fmt(header))
     for r in cols[1:]:
-        lines.append("  ".join(c.ljust(w[i]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(r)))
+        lines.append(fmt(r))
     return "\n".join(lines)
 
 
@@ -485,6 +586,13 @@ def machine():
         "nofile": nofile(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "pushedge": sh(f"{PUSHEDGE} --version"),
+        "pushedge_bin": PUSHEDGE,
+        "pushedge_bin_mtime": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                            time.gmtime(os.path.getmtime(PUSHEDGE))),
+        "git_head": sh(f"git -C {ROOT} rev-parse --short HEAD"),
+        # When PUSHEDGE_BIN is a build of another tree, say which commit it was built from.
+        "pushedge_commit": os.environ.get("PUSHEDGE_COMMIT")
+        or sh(f"git -C {ROOT} rev-parse --short HEAD"),
     }
 
 

@@ -238,7 +238,8 @@ pub fn run(plan: &Plan) -> Result<Report, String> {
             };
         }
         if plan.phase_log && phase_name(&phase) != before {
-            let sum = |f: fn(&Progress) -> u64| children.iter().map(|c| f(&c.progress)).sum::<u64>();
+            let sum =
+                |f: fn(&Progress) -> u64| children.iter().map(|c| f(&c.progress)).sum::<u64>();
             eprintln!(
                 "loadgen: phase {} elapsed_s={:.3} open={} failed={} dropped={}",
                 phase_name(&phase),

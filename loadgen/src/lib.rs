@@ -8,6 +8,7 @@
 //!                [--channels C] [--transport ws|sse|stream|poll] [--format pushedge|raw]
 //!                [--timeout S] [--max-pending K] [--json]
 //! loadgen fanout --url URL --publish URL --conns N [--channels C] [--messages M] [--rate R]
+//!                [--publishers K] [--pipeline D] [--max-rows N]
 //!                [--size BYTES] [--connect-rate R] [--drain S] [--settle-ms MS] [...]
 //! loadgen storm  --url URL --conns N --duration S [--churn R] [--rate R]
 //!                [--backoff-ms MS] [--backoff-cap-ms MS] [...]
@@ -22,6 +23,12 @@
 //!   is message `p / C` to channel `p % C`) through a keep-alive HTTP client, and reports
 //!   publish-to-delivery latency, per-publish first/last arrival and receivers, deliveries
 //!   per second, and every message lost, duplicated or out of order per subscriber.
+//!   By default one connection carries one request at a time, so each publish is
+//!   measured alone; `--publishers K` spreads them over K keep-alive connections and
+//!   `--pipeline D` keeps up to D requests in flight on each (HTTP/1.1 pipelining), which
+//!   with `--rate 0` measures the publish rate the server sustains (`publishes_per_s`).
+//!   With one connection messages reach subscribers in order; with several they may be
+//!   sequenced out of send order (counted as out of order, not lost).
 //! - **storm** keeps `N` open while closing and reopening `--churn` per second; when the
 //!   server drops connections (a restart), they reconnect with full-jitter exponential
 //!   backoff, and the report says how long until all were back.
@@ -49,6 +56,12 @@
 //! already past half of it: `connect()` tries ports of one parity first, so beyond half
 //! the range each connect scans the used half and gets slow enough (~0.4 ms here) to
 //! stall the child's event loop and show as a connect-latency tail of 100-500 ms.
+//!
+//! With `--json`, loadgen also writes one line on stderr at every phase change, for
+//! scripts that measure the server at a given point of the run (bench/):
+//! `loadgen: phase NAME elapsed_s=S open=N failed=F dropped=D`, NAME being `holding`,
+//! `settling`, `publishing`, `draining` or `stopping` (every connection has been tried
+//! when `holding` or `settling` begins).
 //!
 //! Every run stops by itself (durations are capped at one hour, and so is the whole run),
 //! and SIGINT / SIGTERM stop it early with the partial results reported. A progress bar is
@@ -98,7 +111,12 @@
 //! | `fanout.gaps`, `.foreign` | int | pushedge `gap` messages; messages not ours |
 //! | `fanout.lost_on_dropped` | int | missing on subscribers the server dropped |
 //! | `fanout.complete_subscribers` / `.incomplete_subscribers` | int | open subscribers with all / not all messages |
-//! | `fanout.publishes` | array of objects | per publish sent: `i`, `channel`, `status` (0: no reply), `seq` (pushedge, else null), `reply_us`, `receivers` (first copies), `missing` (open subscribers that never got it), `duplicates` (extra copies), `out_of_order` (subscribers that got it after a later message), `first_us`, `last_us` (arrival after the send time; null without receivers) |
+//! | `fanout.publishes` | array of objects | per publish sent (the first `--max-rows`): `i`, `channel`, `status` (0: no reply), `seq` (pushedge, else null), `reply_us`, `receivers` (first copies), `missing` (open subscribers that never got it), `duplicates` (extra copies), `out_of_order` (subscribers that got it after a later message), `first_us`, `last_us` (arrival after the send time; null without receivers) |
+//! | `fanout.publishes_omitted` | int | rows left out by `--max-rows` |
+//! | `fanout.publishers`, `.pipeline` | int, int | publisher connections, requests in flight on each |
+//! | `fanout.publish_phase_s` | float | first request to last reply |
+//! | `fanout.publishes_per_s` | float | 2xx replies / `publish_phase_s` |
+//! | `fanout.first_arrival_us`, `.last_arrival_us` | Summary | over the publishes with receivers: each one's first / last arrival after its send time (`last_arrival_us.p50`: the median time for a publish to reach all its subscribers) |
 //! | `storm` | object or null | storm only: |
 //! | `storm.churn_per_s`, `.churn_closed`, `.reconnects` | float, int, int | churn asked, closes done, re-established connections |
 //! | `storm.outages` | array of objects | `start_s` (from the run start), `recovered_after_s` (null: not by the end), `peak_down` (sum of the processes' peaks) |

@@ -18,6 +18,10 @@
 //! connection) is not retried (a retry could deliver twice); its message is then neither
 //! expected nor forbidden at the subscribers. When a connection breaks or a reply is late,
 //! every request in flight on it fails (pipelined replies cannot be matched any more).
+//! The one exception: requests pipelined behind a reply carrying `Connection: close`
+//! (nginx sends one after `keepalive_requests`, 1000 by default) were not processed by
+//! the server (RFC 9112, 9.6), so they are sent again, first, on a new connection, with a
+//! new send time.
 
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
@@ -110,6 +114,8 @@ pub struct Publisher {
     conns: Vec<PubConn>,
     start: Option<Instant>,
     next: usize,
+    /// Publishes to send again (unprocessed behind a `Connection: close`), before `next`.
+    retry: VecDeque<usize>,
     first_send: Option<Instant>,
     last_reply: Option<Instant>,
     /// Per publish.
@@ -145,6 +151,7 @@ impl Publisher {
             conns: (0..n).map(|_| PubConn::default()).collect(),
             start: None,
             next: 0,
+            retry: VecDeque::new(),
             first_send: None,
             last_reply: None,
             results: vec![PubResult::default(); total],
@@ -189,7 +196,8 @@ impl Publisher {
 
     /// True when every publish is answered (or failed), or after [`Publisher::stop`].
     pub fn is_done(&self) -> bool {
-        self.inflight() == 0 && (self.stopped || self.next >= self.total())
+        self.inflight() == 0
+            && (self.stopped || (self.retry.is_empty() && self.next >= self.total()))
     }
 
     /// Sends no more (those in flight may still be answered).
@@ -205,6 +213,9 @@ impl Publisher {
             for (p, _) in c.inflight.drain(..) {
                 self.results[p].ok = false;
             }
+        }
+        for p in self.retry.drain(..) {
+            self.results[p].ok = false;
         }
     }
 
@@ -250,8 +261,8 @@ impl Publisher {
             }
         }
         let mut touched = vec![false; self.conns.len()];
-        while !self.stopped && self.next < self.total() {
-            if self.rate > 0.0 {
+        while !self.stopped && (!self.retry.is_empty() || self.next < self.total()) {
+            if self.rate > 0.0 && self.retry.is_empty() {
                 let due = start + Duration::from_secs_f64(self.next as f64 / self.rate);
                 if due > now {
                     wait = wait.min(due - now);
@@ -267,8 +278,13 @@ impl Publisher {
             };
             if self.conns[j].sock.is_none() && !self.open(registry, j) {
                 // Could not even connect: that publish failed; try again shortly.
-                let p = self.next;
-                self.next += 1;
+                let p = match self.retry.pop_front() {
+                    Some(p) => p,
+                    None => {
+                        self.next += 1;
+                        self.next - 1
+                    }
+                };
                 self.results[p].sent = true;
                 self.results[p].sent_ns = sys::unix_ns();
                 self.errors += 1;
@@ -310,10 +326,15 @@ impl Publisher {
         }
     }
 
-    /// Writes the next publish's request into connection `j`'s buffer.
+    /// Writes the next publish's request (a retry first) into connection `j`'s buffer.
     fn queue(&mut self, j: usize) {
-        let p = self.next;
-        self.next += 1;
+        let p = match self.retry.pop_front() {
+            Some(p) => p,
+            None => {
+                self.next += 1;
+                self.next - 1
+            }
+        };
         let channels = self.targets.len();
         let (i, c) = ((p / channels) as u32, p % channels);
         let t_ns = sys::unix_ns();
@@ -472,7 +493,11 @@ impl Publisher {
                     .and_then(|o| o.seq);
             }
             if close {
-                // Whatever was pipelined behind this reply will not be answered.
+                // What was pipelined behind this reply was not processed: send it again.
+                let c = &mut self.conns[j];
+                for (p, _) in c.inflight.drain(..).rev() {
+                    self.retry.push_front(p);
+                }
                 self.broken(registry, j);
                 return;
             }
@@ -519,6 +544,129 @@ mod tests {
             },
             0,
         )
+    }
+
+    /// A keep-alive server that answers `limit` requests per connection, the last one
+    /// with `Connection: close`, and ignores what was pipelined behind it.
+    fn closing_server(limit: usize) -> (SocketAddr, std::thread::JoinHandle<usize>) {
+        use std::io::{Read as _, Write as _};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let h = std::thread::spawn(move || {
+            let mut answered = 0;
+            l.set_nonblocking(false).unwrap();
+            for s in l.incoming() {
+                let Ok(mut s) = s else { break };
+                let mut buf = Vec::new();
+                let mut served = 0;
+                let mut chunk = [0u8; 4096];
+                'conn: loop {
+                    // One request = head + Content-Length body.
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                        if head.starts_with("QUIT") {
+                            return answered;
+                        }
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("Content-Length: "))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        if buf.len() < end + 4 + len {
+                            break;
+                        }
+                        buf.drain(..end + 4 + len);
+                        served += 1;
+                        answered += 1;
+                        let last = served == limit;
+                        let reply = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n{}\r\nok",
+                            if last { "Connection: close\r\n" } else { "" }
+                        );
+                        s.write_all(reply.as_bytes()).unwrap();
+                        if last {
+                            // Lingering close (as nginx does): closing with unread
+                            // input would reset the connection and could destroy the
+                            // reply before the client reads it.
+                            let _ = s.shutdown(std::net::Shutdown::Write);
+                            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                            while matches!(s.read(&mut chunk), Ok(n) if n > 0) {}
+                            break 'conn;
+                        }
+                    }
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            }
+            answered
+        });
+        (addr, h)
+    }
+
+    #[test]
+    fn requests_behind_connection_close_are_sent_again() {
+        let (addr, server) = closing_server(7);
+        let mut poll = mio::Poll::new().unwrap();
+        let mut events = mio::Events::with_capacity(64);
+        let mut p = Publisher::new(
+            PublishPlan {
+                addr,
+                host: "h".into(),
+                targets: vec!["/pub?id=a".into()],
+                format: Format::Raw,
+                size: 0,
+                messages: 50,
+                rate: 0.0,
+                publishers: 1,
+                pipeline: 5,
+            },
+            100,
+        );
+        let start = Instant::now();
+        while !p.is_done() {
+            assert!(start.elapsed() < Duration::from_secs(10), "stuck");
+            let wait = p.drive(poll.registry(), Instant::now());
+            poll.poll(&mut events, Some(wait.min(Duration::from_millis(50))))
+                .unwrap();
+            for ev in events.iter() {
+                let j = p.owns(ev.token()).expect("only publisher tokens");
+                p.ready(poll.registry(), j);
+            }
+        }
+        assert!(p.results.iter().all(|r| r.sent && r.ok && r.status == 200));
+        assert_eq!(p.shape(), (1, 5));
+        assert!(p.phase_s() > 0.0);
+        // Close the publisher's connection, then stop the server thread.
+        drop(p);
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        std::io::Write::write_all(&mut s, b"QUIT / HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(server.join().unwrap(), 50);
+    }
+
+    #[test]
+    fn tokens_map_to_connections() {
+        let mut plan = publisher(1, 1);
+        assert_eq!(plan.owns(Token(0)), Some(0));
+        assert_eq!(plan.owns(Token(1)), None);
+        plan = Publisher::new(
+            PublishPlan {
+                addr: "127.0.0.1:1".parse().unwrap(),
+                host: "h".into(),
+                targets: vec!["/".into()],
+                format: Format::Raw,
+                size: 0,
+                messages: 1,
+                rate: 0.0,
+                publishers: 3,
+                pipeline: 0,
+            },
+            10,
+        );
+        assert_eq!(plan.owns(Token(9)), None);
+        assert_eq!(plan.owns(Token(12)), Some(2));
+        assert_eq!(plan.owns(Token(13)), None);
+        assert_eq!(plan.shape(), (3, 1));
     }
 
     #[test]

@@ -283,6 +283,77 @@ fn http_transports_fanout() {
 }
 
 #[test]
+fn pipelined_publishers_deliver_everything() {
+    let server = Server::start();
+    let url = format!("ws://{}/ws?channel=pipe{{c}}", server.sub);
+    let publish = format!("http://{}/pub?channel=pipe{{c}}", server.admin);
+    // One connection, 16 in flight: sequenced in send order.
+    let (code, out, err) = loadgen(&args(&[
+        "fanout",
+        "--url",
+        &url,
+        "--publish",
+        &publish,
+        "--conns",
+        "2",
+        "--messages",
+        "3000",
+        "--rate",
+        "0",
+        "--pipeline",
+        "16",
+        "--max-rows",
+        "5",
+        "--json",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    let r: Value = serde_json::from_str(&out).unwrap();
+    let f = &r["fanout"];
+    assert_eq!(f["published"], 3000, "{f}");
+    assert_eq!(f["delivered"], 6000, "{f}");
+    for k in ["lost", "duplicated", "out_of_order", "seq_errors"] {
+        assert_eq!(f[k], 0, "{k} in {f}");
+    }
+    assert_eq!(f["pipeline"], 16);
+    assert_eq!(f["publishers"], 1);
+    assert_eq!(f["publishes"].as_array().unwrap().len(), 5);
+    assert_eq!(f["publishes_omitted"], 2995);
+    assert!(f["publishes_per_s"].as_f64().unwrap() > 0.0, "{f}");
+    assert_eq!(f["last_arrival_us"]["count"], 3000, "{f}");
+    // --json writes phase lines on stderr.
+    for phase in ["settling", "publishing", "draining", "stopping"] {
+        assert!(
+            err.contains(&format!("loadgen: phase {phase} ")),
+            "{phase}: {err}"
+        );
+    }
+    // Four connections with four in flight each: nothing lost (order may differ).
+    let r = json_run(args(&[
+        "fanout",
+        "--url",
+        &url.replace("pipe", "par"),
+        "--publish",
+        &publish.replace("pipe", "par"),
+        "--conns",
+        "1",
+        "--messages",
+        "2000",
+        "--rate",
+        "0",
+        "--publishers",
+        "4",
+        "--pipeline",
+        "4",
+        "--json",
+    ]));
+    let f = &r["fanout"];
+    assert_eq!(f["published"], 2000, "{f}");
+    assert_eq!(f["delivered"], 2000, "{f}");
+    assert_eq!(f["lost"], 0, "{f}");
+    assert_eq!(f["duplicated"], 0, "{f}");
+}
+
+#[test]
 fn hold_counts_and_reports_latency() {
     let server = Server::start();
     let r = json_run(args(&[
