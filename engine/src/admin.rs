@@ -230,7 +230,8 @@ fn read(shared: &Shared, conns: &mut Slab<AdminConn>, id: usize, buf: &mut [u8])
                 c.rbuf.extend_from_slice(&buf[..n]);
                 serve_buffered(shared, c);
                 if c.rbuf.len() > limit {
-                    respond(shared, c, Reply::error(413, "request too large"), false);
+                    write_reply(c, Reply::error(413, "request too large"), false);
+                    write_out(c);
                     c.rbuf.clear();
                 }
             }
@@ -265,79 +266,68 @@ fn flush(conns: &mut Slab<AdminConn>, id: usize) {
     }
 }
 
-/// Serves every complete request in the buffer.
+/// Serves every complete request in the buffer (pipelined requests are parsed in place
+/// and their answers written together at the end).
 fn serve_buffered(shared: &Shared, c: &mut AdminConn) {
-    while !c.close && !c.rbuf.is_empty() {
-        match serve_one(shared, c) {
-            Some(used) => {
-                c.rbuf.drain(..used);
+    let rbuf = std::mem::take(&mut c.rbuf);
+    let mut pos = 0;
+    while !c.close && pos < rbuf.len() {
+        match serve_one(shared, &rbuf[pos..]) {
+            Some((used, reply, keep_alive)) => {
+                write_reply(c, reply, keep_alive);
+                pos = if keep_alive { pos + used } else { rbuf.len() };
             }
-            None => return,
+            None => break,
         }
     }
+    c.rbuf = rbuf;
+    c.rbuf.drain(..pos);
+    write_out(c);
 }
 
-/// Parses and answers one request; `None` if it is not complete yet.
-fn serve_one(shared: &Shared, c: &mut AdminConn) -> Option<usize> {
+/// Parses and answers one request at the start of `buf`; `None` if it is not complete
+/// yet. Returns the bytes used, the reply and whether to keep the connection.
+fn serve_one(shared: &Shared, buf: &[u8]) -> Option<(usize, Reply, bool)> {
     let limits = http::Limits {
         max_head_bytes: shared.cfg.max_head_bytes,
         max_headers: shared.cfg.max_headers,
         max_body_bytes: shared.live.max_message_bytes(),
     };
-    let rbuf = std::mem::take(&mut c.rbuf);
     let mut headers = [EMPTY_HEADER; crate::worker::HEADERS_CAP];
     let max_headers = limits.max_headers.min(headers.len());
-    let result = (|| {
-        let req = match http::parse_request(&rbuf, &mut headers[..max_headers], &limits) {
-            Ok(Parsed::Partial) => return None,
-            Ok(Parsed::Complete(r)) => r,
-            Err(e) => return Some((rbuf.len(), Reply::error(e.status(), e.reason()), false)),
-        };
-        let keep_alive = req.keep_alive();
-        let body_start = req.head_len;
-        let (body, used) = match http::body_framing(&req, &limits) {
-            Err(e) => return Some((rbuf.len(), Reply::error(e.status(), e.reason()), false)),
-            Ok(BodyFraming::None) => (Vec::new(), body_start),
-            Ok(BodyFraming::Length(n)) => {
-                let end = body_start + n as usize;
-                if rbuf.len() < end {
-                    return None;
-                }
-                (rbuf[body_start..end].to_vec(), end)
-            }
-            Ok(BodyFraming::Chunked) => {
-                let mut dec = ChunkedDecoder::new(limits.max_body_bytes);
-                let mut body = Vec::new();
-                match dec.decode(&rbuf[body_start..], &mut body) {
-                    Ok((n, true)) => (body, body_start + n),
-                    Ok((_, false)) => return None,
-                    Err(e) => {
-                        return Some((rbuf.len(), Reply::error(e.status(), e.reason()), false))
-                    }
-                }
-            }
-        };
-        let reply = route(shared, &req, body);
-        Some((used, reply, keep_alive))
-    })();
-    let out = match result {
-        None => {
-            c.rbuf = rbuf;
-            return None;
-        }
-        Some(r) => r,
+    let req = match http::parse_request(buf, &mut headers[..max_headers], &limits) {
+        Ok(Parsed::Partial) => return None,
+        Ok(Parsed::Complete(r)) => r,
+        Err(e) => return Some((buf.len(), Reply::error(e.status(), e.reason()), false)),
     };
-    c.rbuf = rbuf;
-    let (used, reply, keep_alive) = out;
-    respond(shared, c, reply, keep_alive);
-    if !keep_alive {
-        c.rbuf.clear();
-        return Some(0);
-    }
-    Some(used)
+    let keep_alive = req.keep_alive();
+    let body_start = req.head_len;
+    let mut decoded = Vec::new();
+    let (body, used): (&[u8], usize) = match http::body_framing(&req, &limits) {
+        Err(e) => return Some((buf.len(), Reply::error(e.status(), e.reason()), false)),
+        Ok(BodyFraming::None) => (&[], body_start),
+        Ok(BodyFraming::Length(n)) => {
+            let end = body_start + n as usize;
+            if buf.len() < end {
+                return None;
+            }
+            (&buf[body_start..end], end)
+        }
+        Ok(BodyFraming::Chunked) => {
+            let mut dec = ChunkedDecoder::new(limits.max_body_bytes);
+            match dec.decode(&buf[body_start..], &mut decoded) {
+                Ok((n, true)) => (&decoded[..], body_start + n),
+                Ok((_, false)) => return None,
+                Err(e) => return Some((buf.len(), Reply::error(e.status(), e.reason()), false)),
+            }
+        }
+    };
+    let reply = route(shared, &req, body);
+    Some((used, reply, keep_alive))
 }
 
-fn respond(_shared: &Shared, c: &mut AdminConn, reply: Reply, keep_alive: bool) {
+/// Appends a response to the connection's output.
+fn write_reply(c: &mut AdminConn, reply: Reply, keep_alive: bool) {
     let mut headers: Vec<(&str, &str)> = vec![("Content-Type", reply.content_type)];
     for (k, v) in &reply.extra {
         headers.push((k, v.as_str()));
@@ -346,7 +336,10 @@ fn respond(_shared: &Shared, c: &mut AdminConn, reply: Reply, keep_alive: bool) 
     if !keep_alive {
         c.close = true;
     }
-    // Try to write at once; the writable edge finishes what is left.
+}
+
+/// Writes what the socket takes now; the writable edge finishes the rest.
+fn write_out(c: &mut AdminConn) {
     while c.woff < c.wbuf.len() {
         match c.sock.write(&c.wbuf[c.woff..]) {
             Ok(n) => c.woff += n,
@@ -387,7 +380,7 @@ fn authorized(shared: &Shared, req: &http::Request<'_, '_>) -> bool {
     constant_time_eq(given, token.as_bytes())
 }
 
-fn route(shared: &Shared, req: &http::Request<'_, '_>, body: Vec<u8>) -> Reply {
+fn route(shared: &Shared, req: &http::Request<'_, '_>, body: &[u8]) -> Reply {
     if !authorized(shared, req) {
         let mut r = Reply::error(
             401,
@@ -420,7 +413,7 @@ fn route(shared: &Shared, req: &http::Request<'_, '_>, body: Vec<u8>) -> Reply {
                 Ok(c) => c,
                 Err(r) => return r,
             };
-            match shared.broadcast(&content) {
+            match shared.broadcast(content) {
                 Ok(n) => Reply::json(200, serde_json::json!({"type": "ok", "channels": n})),
                 Err(e) => Reply::hub_error(e),
             }
@@ -492,16 +485,16 @@ fn channel(q: &Query<'_>) -> Result<String, Reply> {
     Ok(name.to_string())
 }
 
-fn body_text(body: Vec<u8>, q: &Query<'_>) -> Result<String, Reply> {
+fn body_text<'a>(body: &'a [u8], q: &'a Query<'_>) -> Result<&'a str, Reply> {
     if body.is_empty() {
         if let Some(c) = q.get("content") {
-            return Ok(c.to_string());
+            return Ok(c);
         }
     }
-    String::from_utf8(body).map_err(|_| Reply::error(400, "content must be UTF-8"))
+    std::str::from_utf8(body).map_err(|_| Reply::error(400, "content must be UTF-8"))
 }
 
-fn publish(shared: &Shared, q: &Query<'_>, body: Vec<u8>) -> Reply {
+fn publish(shared: &Shared, q: &Query<'_>, body: &[u8]) -> Reply {
     let name = match channel(q) {
         Ok(n) => n,
         Err(r) => return r,
@@ -510,7 +503,7 @@ fn publish(shared: &Shared, q: &Query<'_>, body: Vec<u8>) -> Reply {
         Ok(c) => c,
         Err(r) => return r,
     };
-    match shared.publish(&name, &content) {
+    match shared.publish(&name, content) {
         Ok(seq) => Reply::envelope(
             200,
             &Message::Ok {

@@ -44,6 +44,8 @@ pub const SCRATCH_BYTES: usize = 64 * 1024;
 pub const READ_BUDGET: usize = 256 * 1024;
 /// Most connections accepted per turn.
 pub const ACCEPT_BATCH: usize = 512;
+/// Most consecutive messages of one channel delivered together (one write per subscriber).
+pub const DELIVER_BATCH: usize = 64;
 /// Most inbox commands handled per turn.
 pub const INBOX_BATCH: usize = 1024;
 /// Most queued buffers offered to the backend at once.
@@ -132,6 +134,7 @@ pub struct Worker<B: Backend> {
     out: Vec<u8>,
     replay: Vec<Arc<Msg>>,
     targets: Vec<u32>,
+    batch: Vec<Arc<Msg>>,
     fired: Vec<(TimerId, u64)>,
     accepted: Vec<Sock>,
     again: Vec<Token>,
@@ -189,6 +192,7 @@ impl<B: Backend> Worker<B> {
             out: Vec::with_capacity(4096),
             replay: Vec::new(),
             targets: Vec::new(),
+            batch: Vec::new(),
             fired: Vec::new(),
             accepted: Vec::new(),
             again: Vec::new(),
@@ -527,35 +531,74 @@ impl<B: Backend> Worker<B> {
     fn drain_inbox(&mut self) {
         self.inbox.arm();
         self.inbox_more = false;
-        for _ in 0..INBOX_BATCH {
-            let Some(cmd) = self.inbox.pop() else {
-                return;
+        let mut batch = std::mem::take(&mut self.batch);
+        let mut handled = 0;
+        let mut next: Option<Cmd> = None;
+        while self.running {
+            let cmd = match next.take() {
+                Some(c) => c,
+                None if handled >= INBOX_BATCH => {
+                    self.inbox_more = true;
+                    break;
+                }
+                None => match self.inbox.pop() {
+                    Some(c) => c,
+                    None => break,
+                },
             };
+            handled += 1;
             match cmd {
-                Cmd::Deliver(msg) => self.on_deliver(&msg),
-                Cmd::Kick {
-                    slot,
-                    generation,
-                    reply,
-                } => {
-                    let found = self.alive(slot as usize, generation);
-                    if found {
-                        self.stats.inc(Counter::Kicked);
-                        self.end(slot as usize, CloseCode::POLICY, "kicked by operator");
+                Cmd::Deliver(msg) if msg.kind == MsgKind::Data => {
+                    // Consecutive messages of one channel go out together: one write per
+                    // subscriber for the lot.
+                    let key = msg.key;
+                    batch.push(msg);
+                    while batch.len() < DELIVER_BATCH {
+                        match self.inbox.pop() {
+                            Some(Cmd::Deliver(m)) if m.kind == MsgKind::Data && m.key == key => {
+                                handled += 1;
+                                batch.push(m);
+                            }
+                            Some(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            None => break,
+                        }
                     }
-                    let _ = reply.send(found);
+                    self.on_deliver_batch(&batch);
+                    batch.clear();
                 }
-                Cmd::Conns { limit, reply } => {
-                    let _ = reply.send(self.list_conns(limit));
-                }
-                Cmd::Drain => self.drain(),
-                Cmd::Shutdown => {
-                    self.running = false;
-                    return;
-                }
+                other => self.on_cmd(other),
             }
         }
-        self.inbox_more = true;
+        if let Some(cmd) = next {
+            self.on_cmd(cmd);
+        }
+        self.batch = batch;
+    }
+
+    fn on_cmd(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Deliver(msg) => self.on_deliver(&msg),
+            Cmd::Kick {
+                slot,
+                generation,
+                reply,
+            } => {
+                let found = self.alive(slot as usize, generation);
+                if found {
+                    self.stats.inc(Counter::Kicked);
+                    self.end(slot as usize, CloseCode::POLICY, "kicked by operator");
+                }
+                let _ = reply.send(found);
+            }
+            Cmd::Conns { limit, reply } => {
+                let _ = reply.send(self.list_conns(limit));
+            }
+            Cmd::Drain => self.drain(),
+            Cmd::Shutdown => self.running = false,
+        }
     }
 
     fn list_conns(&mut self, limit: usize) -> Vec<ConnInfo> {
@@ -1106,6 +1149,84 @@ impl<B: Backend> Worker<B> {
             } else {
                 self.deliver(slot, local, msg);
             }
+        }
+        self.targets = targets;
+    }
+
+    /// Delivers consecutive data messages of one channel (in seq order). Subscribers whose
+    /// wire form is shared get them in one write; the others one by one.
+    fn on_deliver_batch(&mut self, msgs: &[Arc<Msg>]) {
+        let [first, ..] = msgs else {
+            return;
+        };
+        if msgs.len() == 1 {
+            self.on_deliver(first);
+            return;
+        }
+        let Some(&local) = self.by_key.get(&first.key) else {
+            return;
+        };
+        let mut targets = std::mem::take(&mut self.targets);
+        targets.clear();
+        targets.extend_from_slice(&self.chans[local as usize].conns);
+        let mut iframe_cache: Option<(Box<str>, Bytes)> = None;
+        for &slot in &targets {
+            let slot = slot as usize;
+            if !self.conns.contains(slot) || self.by_key.get(&first.key) != Some(&local) {
+                continue;
+            }
+            let conn = &self.conns[slot];
+            let state = conn.state;
+            let single = conn.subs.len() == 1;
+            let shared_form = matches!(state, State::Ws | State::Stream | State::Poll)
+                || (state == State::Sse && single);
+            if !shared_form {
+                for m in msgs {
+                    if !self.conns.contains(slot) {
+                        break;
+                    }
+                    if state == State::Iframe {
+                        self.deliver_iframe(slot, local, m, &mut iframe_cache);
+                    } else {
+                        self.deliver(slot, local, m);
+                    }
+                }
+                continue;
+            }
+            let Some(sub) = self.conns[slot].subs.find_mut(local) else {
+                continue;
+            };
+            let start = msgs.partition_point(|m| m.seq <= sub.last_seq);
+            let Some(last) = msgs.last().filter(|_| start < msgs.len()) else {
+                continue;
+            };
+            sub.last_seq = last.seq;
+            let fresh = &msgs[start..];
+            self.stats.add(Counter::Delivered, fresh.len() as u64);
+            if state == State::Poll {
+                let jsonp = self.conns[slot].has(flag::JSONP);
+                let items: Vec<Bytes> = fresh
+                    .iter()
+                    .map(|m| {
+                        if jsonp {
+                            m.script_json().clone()
+                        } else {
+                            m.json().clone()
+                        }
+                    })
+                    .collect();
+                self.answer_poll(slot, &items);
+                continue;
+            }
+            let mut parts: [Part<'_>; DELIVER_BATCH] = [Part::Copy(&[]); DELIVER_BATCH];
+            for (p, m) in parts.iter_mut().zip(fresh) {
+                *p = Part::Shared(match state {
+                    State::Ws => m.ws_frame(),
+                    State::Stream => m.ndjson_chunk(),
+                    _ => m.sse_event(),
+                });
+            }
+            self.send(slot, &parts[..fresh.len()]);
         }
         self.targets = targets;
     }
