@@ -65,8 +65,8 @@ struct Reply {
 }
 
 impl Reply {
-    fn json(status: u16, v: serde_json::Value) -> Reply {
-        let mut body = v.to_string().into_bytes();
+    /// A JSON answer from serialized bytes (a line feed is added).
+    fn json_bytes(status: u16, mut body: Vec<u8>) -> Reply {
         body.push(b'\n');
         Reply {
             status,
@@ -76,15 +76,12 @@ impl Reply {
         }
     }
 
+    fn json(status: u16, v: serde_json::Value) -> Reply {
+        Reply::json_bytes(status, v.to_string().into_bytes())
+    }
+
     fn envelope(status: u16, m: &Message<'_>) -> Reply {
-        let mut body = m.to_json();
-        body.push(b'\n');
-        Reply {
-            status,
-            content_type: "application/json",
-            body,
-            extra: Vec::new(),
-        }
+        Reply::json_bytes(status, m.to_json())
     }
 
     fn error(status: u16, reason: &str) -> Reply {

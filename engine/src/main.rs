@@ -19,19 +19,7 @@ subscribers on 0.0.0.0:8100, admin API on 127.0.0.1:8000, control socket ./pushe
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        None | Some("serve") => {
-            let rest = if args.is_empty() { &[][..] } else { &args[1..] };
-            match parse_serve(rest) {
-                Ok(cfg) => match server::serve(cfg) {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => {
-                        error!("{e}");
-                        ExitCode::from(1)
-                    }
-                },
-                Err(e) => usage_error(&e),
-            }
-        }
+        None | Some("serve") => serve(args.get(1..).unwrap_or(&[])),
         Some("ctl") => match parse_ctl(&args[1..]) {
             Ok((path, command)) => ExitCode::from(control::client(&path, &command) as u8),
             Err(e) => usage_error(&e),
@@ -44,20 +32,23 @@ fn main() -> ExitCode {
             print!("{USAGE}");
             ExitCode::SUCCESS
         }
-        Some(other) if other.starts_with('-') => {
-            // Flags without the subcommand: treat as `serve`.
-            match parse_serve(&args) {
-                Ok(cfg) => match server::serve(cfg) {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => {
-                        error!("{e}");
-                        ExitCode::from(1)
-                    }
-                },
-                Err(e) => usage_error(&e),
-            }
-        }
+        // Flags without the subcommand: `serve`.
+        Some(other) if other.starts_with('-') => serve(&args),
         Some(other) => usage_error(&format!("unknown command '{other}'")),
+    }
+}
+
+/// `pushedge serve ARGS`: exit 2 for bad arguments, 1 when the server cannot run.
+fn serve(args: &[String]) -> ExitCode {
+    match parse_serve(args) {
+        Ok(cfg) => match server::serve(cfg) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                error!("{e}");
+                ExitCode::from(1)
+            }
+        },
+        Err(e) => usage_error(&e),
     }
 }
 

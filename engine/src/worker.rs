@@ -566,7 +566,7 @@ impl<B: Backend> Worker<B> {
                             None => break,
                         }
                     }
-                    self.on_deliver_batch(&batch);
+                    self.on_deliver(&batch);
                     batch.clear();
                 }
                 other => self.on_cmd(other),
@@ -580,7 +580,7 @@ impl<B: Backend> Worker<B> {
 
     fn on_cmd(&mut self, cmd: Cmd) {
         match cmd {
-            Cmd::Deliver(msg) => self.on_deliver(&msg),
+            Cmd::Deliver(msg) => self.on_deliver(std::slice::from_ref(&msg)),
             Cmd::Kick {
                 slot,
                 generation,
@@ -1131,41 +1131,17 @@ impl<B: Backend> Worker<B> {
 
     // ---------------------------------------------------------------- delivery
 
-    fn on_deliver(&mut self, msg: &Arc<Msg>) {
-        let Some(&local) = self.by_key.get(&msg.key) else {
-            return;
-        };
-        let mut targets = std::mem::take(&mut self.targets);
-        targets.clear();
-        targets.extend_from_slice(&self.chans[local as usize].conns);
-        let mut iframe_cache: Option<(Box<str>, Bytes)> = None;
-        for &slot in &targets {
-            let slot = slot as usize;
-            if !self.conns.contains(slot) || self.by_key.get(&msg.key) != Some(&local) {
-                continue;
-            }
-            if self.conns[slot].state == State::Iframe {
-                self.deliver_iframe(slot, local, msg, &mut iframe_cache);
-            } else {
-                self.deliver(slot, local, msg);
-            }
-        }
-        self.targets = targets;
-    }
-
-    /// Delivers consecutive data messages of one channel (in seq order). Subscribers whose
-    /// wire form is shared get them in one write; the others one by one.
-    fn on_deliver_batch(&mut self, msgs: &[Arc<Msg>]) {
+    /// Delivers messages of one channel (in seq order) to its local subscribers.
+    /// Subscribers whose wire form is shared get consecutive data messages in one write;
+    /// the others (and closes and gaps) get them one by one.
+    fn on_deliver(&mut self, msgs: &[Arc<Msg>]) {
         let [first, ..] = msgs else {
             return;
         };
-        if msgs.len() == 1 {
-            self.on_deliver(first);
-            return;
-        }
         let Some(&local) = self.by_key.get(&first.key) else {
             return;
         };
+        let all_data = msgs.iter().all(|m| m.kind == MsgKind::Data);
         let mut targets = std::mem::take(&mut self.targets);
         targets.clear();
         targets.extend_from_slice(&self.chans[local as usize].conns);
@@ -1177,58 +1153,63 @@ impl<B: Backend> Worker<B> {
             }
             let conn = &self.conns[slot];
             let state = conn.state;
-            let single = conn.subs.len() == 1;
             let shared_form = matches!(state, State::Ws | State::Stream | State::Poll)
-                || (state == State::Sse && single);
-            if !shared_form {
-                for m in msgs {
-                    if !self.conns.contains(slot) {
-                        break;
-                    }
-                    if state == State::Iframe {
-                        self.deliver_iframe(slot, local, m, &mut iframe_cache);
-                    } else {
-                        self.deliver(slot, local, m);
-                    }
+                || (state == State::Sse && conn.subs.len() == 1);
+            if all_data && shared_form {
+                self.deliver_run(slot, local, state, msgs);
+                continue;
+            }
+            for m in msgs {
+                if !self.conns.contains(slot) {
+                    break;
                 }
-                continue;
+                if state == State::Iframe {
+                    self.deliver_iframe(slot, local, m, &mut iframe_cache);
+                } else {
+                    self.deliver(slot, local, m);
+                }
             }
-            let Some(sub) = self.conns[slot].subs.find_mut(local) else {
-                continue;
-            };
-            let start = msgs.partition_point(|m| m.seq <= sub.last_seq);
-            let Some(last) = msgs.last().filter(|_| start < msgs.len()) else {
-                continue;
-            };
-            sub.last_seq = last.seq;
-            let fresh = &msgs[start..];
-            self.stats.add(Counter::Delivered, fresh.len() as u64);
-            if state == State::Poll {
-                let jsonp = self.conns[slot].has(flag::JSONP);
-                let items: Vec<Bytes> = fresh
-                    .iter()
-                    .map(|m| {
-                        if jsonp {
-                            m.script_json().clone()
-                        } else {
-                            m.json().clone()
-                        }
-                    })
-                    .collect();
-                self.answer_poll(slot, &items);
-                continue;
-            }
-            let mut parts: [Part<'_>; DELIVER_BATCH] = [Part::Copy(&[]); DELIVER_BATCH];
-            for (p, m) in parts.iter_mut().zip(fresh) {
-                *p = Part::Shared(match state {
-                    State::Ws => m.ws_frame(),
-                    State::Stream => m.ndjson_chunk(),
-                    _ => m.sse_event(),
-                });
-            }
-            self.send(slot, &parts[..fresh.len()]);
         }
         self.targets = targets;
+    }
+
+    /// Sends the data messages a subscriber has not seen yet, in one write (or one
+    /// long-poll answer).
+    fn deliver_run(&mut self, slot: usize, local: u32, state: State, msgs: &[Arc<Msg>]) {
+        let Some(sub) = self.conns[slot].subs.find_mut(local) else {
+            return;
+        };
+        let start = msgs.partition_point(|m| m.seq <= sub.last_seq);
+        let Some(last) = msgs.last().filter(|_| start < msgs.len()) else {
+            return;
+        };
+        sub.last_seq = last.seq;
+        let fresh = &msgs[start..];
+        self.stats.add(Counter::Delivered, fresh.len() as u64);
+        if state == State::Poll {
+            let jsonp = self.conns[slot].has(flag::JSONP);
+            let items: Vec<Bytes> = fresh
+                .iter()
+                .map(|m| {
+                    if jsonp {
+                        m.script_json().clone()
+                    } else {
+                        m.json().clone()
+                    }
+                })
+                .collect();
+            self.answer_poll(slot, &items);
+            return;
+        }
+        let mut parts: [Part<'_>; DELIVER_BATCH] = [Part::Copy(&[]); DELIVER_BATCH];
+        for (p, m) in parts.iter_mut().zip(fresh) {
+            *p = Part::Shared(match state {
+                State::Ws => m.ws_frame(),
+                State::Stream => m.ndjson_chunk(),
+                _ => m.sse_event(),
+            });
+        }
+        self.send(slot, &parts[..fresh.len().min(DELIVER_BATCH)]);
     }
 
     /// Advances the connection's cursor for `msg`; false for a duplicate.

@@ -966,14 +966,9 @@ impl Backend for Uring {
         .build()
         .flags(squeue::Flags::IO_HARDLINK)
         .user_data(K_MISC << 56));
-        let close = if self.direct {
-            opcode::Close::new(Fixed(sock as u32)).build()
-        } else {
-            opcode::Close::new(Fd(sock)).build()
-        }
-        .user_data(K_MISC << 56);
         self.push(send);
-        self.push(close);
+        // Hard-linked: the close runs after the send, whatever its result.
+        self.push_close(sock);
     }
 
     fn set_nodelay(&mut self, _sock: Sock) {
