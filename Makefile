@@ -7,7 +7,7 @@ BACKEND ?= epoll
 REDIS_PORT ?= 6379
 
 .PHONY: run run-cluster test build release lint fmt bench fuzz fuzz-build fuzz-deps deps-test deps-redis conformance
-.PHONY: bench-build bench-scale bench-fanout bench-peers bench-backends
+.PHONY: bench-build bench-scale bench-fanout bench-peers bench-backends bench-cluster
 
 ## run: build (release) and start the server on embedded defaults (BACKEND=uring for io_uring)
 run: release
@@ -66,10 +66,13 @@ bench:
 ##   make bench-fanout [BACKEND=...] [SET=...]   fan-out latency, CPU per delivery, publishes/s
 ##   make bench-peers                            pushedge vs nchan (installs nginx + nchan with apt)
 ##   make bench-backends                         epoll vs io_uring (POLL_ADD, RECV, no direct fds)
+##   make bench-cluster CONNS=N [NODES=K] [BACKEND=...] [SET=...] [BENCH_ARGS="--channels C ..."]
+##                    redis-server + K nodes on one port: fan-out to N subscribers through Redis
 CONNS ?= 100000
 BACKEND ?= epoll
 TRANSPORT ?= ws
 SET ?=
+NODES ?=
 BENCH_ARGS ?=
 BENCH_SETS = $(foreach s,$(SET),--set $(s))
 
@@ -87,6 +90,9 @@ bench-peers: bench-build
 
 bench-backends: bench-build
 	bash bench/backends.sh $(BENCH_ARGS)
+
+bench-cluster: bench-build
+	python3 bench/cluster.py --conns $(CONNS) $(if $(NODES),--nodes $(NODES)) --backend $(BACKEND) $(BENCH_SETS) $(BENCH_ARGS)
 
 ## fuzz: run each fuzz target for FUZZ_SECS seconds (cargo-fuzz on the nightly toolchain)
 ## and print one summary line per target; fails if any target crashed.

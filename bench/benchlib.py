@@ -297,10 +297,11 @@ class Server:
 
 
 def start_pushedge(n, port=8100, admin_base=18000, backend="epoll", workers=None,
-                   sets=(), tag="pe", ready_timeout=20):
+                   sets=(), tag="pe", ready_timeout=20, node_sets=None):
     """Starts `n` pushedge processes on one subscriber port (SO_REUSEPORT), each with its
     own admin port and control socket; waits for every ready line; returns the servers
-    with their idle RSS (measured right after startup)."""
+    with their idle RSS (measured right after startup). `node_sets(i)`, when given, adds
+    process i's own `--set` values (after `sets`: they win)."""
     os.makedirs(RUN, exist_ok=True)
     servers = []
     for i in range(n):
@@ -311,7 +312,7 @@ def start_pushedge(n, port=8100, admin_base=18000, backend="epoll", workers=None
                 "--control", control, "--backend", backend]
         if workers:
             args += ["--workers", str(workers)]
-        for s in sets:
+        for s in list(sets) + (list(node_sets(i)) if node_sets else []):
             args += ["--set", s]
         lf = open(logpath, "w")
         p = spawn(args, stdin=subprocess.DEVNULL, stdout=lf, stderr=lf)

@@ -11,10 +11,19 @@
 //!     the worker's provided-buffer ring reads the input.
 //!   - `recv`: a multishot RECV with the provided-buffer ring per socket.
 //!
-//!   That choice is a memory decision. Measured on this kernel (FACTS.md, and the side-by-
-//!   side table in README.md): an idle socket armed with multishot POLL_ADD costs the kernel
-//!   about 270 B, with multishot RECV about 850 B, against about 150-200 B for an epoll
-//!   item. The default is `poll`.
+//!   That choice is a memory decision. `make bench-backends` (19,000 idle WebSocket
+//!   subscribers in one process, kernel slab growth over both ends of every loopback
+//!   connection, the client end being the same epoll loadgen in every row) measured on
+//!   Linux 6.18:
+//!
+//!   | arming | kernel slab/conn | the arming's own cache | server RSS/conn above idle |
+//!   |---|---:|---:|---:|
+//!   | epoll (the other backend) | 7,979 B | `eventpoll_epi` 254 B | 127 B |
+//!   | multishot POLL_ADD | 7,981 B | `io_kiocb` 258 B | 182 B |
+//!   | multishot RECV + buffer ring | 8,444 B | `kmalloc-512` 519 B | 213 B |
+//!
+//!   RECV costs about 460 B more per idle socket than POLL_ADD and is no faster at
+//!   fan-out, so the default is `poll`.
 //! - **Input** lands in one of [`BUFFERS`] buffers of [`BUFFER_SIZE`] bytes (a provided
 //!   buffer ring per worker); the worker copies it into its scratch buffer and the buffer
 //!   goes straight back to the ring. A RECV that finds the ring empty (ENOBUFS) is retried
