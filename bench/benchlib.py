@@ -452,6 +452,25 @@ class LoadgenRun:
                     log(line)
 
 
+def fanout_figures(rep):
+    """The figures every fan-out script keeps from a `loadgen fanout --json` report."""
+    c, d, f = rep["connect"], rep["drops"], rep["fanout"]
+    return {
+        "connected": c["established"],
+        "connect_failed": c["failed"],
+        "connect_failed_by_reason": c["failed_by_reason"],
+        "connect_rate_per_s": c["rate_per_s"],
+        "connect_phase_s": c["phase_s"],
+        "dropped": d["dropped"],
+        "dropped_by_reason": d["by_reason"],
+        **{k: f[k] for k in ("published", "publish_failed", "expected", "delivered", "lost",
+                             "duplicated", "out_of_order", "latency_us", "first_arrival_us",
+                             "last_arrival_us", "publish_reply_us", "deliveries_per_s")},
+        **{k: f.get(k) for k in ("unexpected", "seq_errors", "gaps", "lost_on_dropped",
+                                 "incomplete_subscribers")},
+    }
+
+
 # ---------------------------------------------------------------- hold
 
 def hold(url, conns, pids, idle_rss_kb, conns_fn=None, transport=None, fmt=None,

@@ -314,31 +314,8 @@ def fanout(a, servers, redis, pubs, rate, drain):
     # Within one publish: how fast the nodes together reach its subscribers.
     per_pub_rate = [r["receivers"] / (r["last_us"] / 1e6) for r in rows
                     if r.get("receivers") and r.get("last_us")]
+    res.update(B.fanout_figures(rep))
     res.update({
-        "connected": rep["connect"]["established"],
-        "connect_failed": rep["connect"]["failed"],
-        "connect_failed_by_reason": rep["connect"]["failed_by_reason"],
-        "connect_rate_per_s": rep["connect"]["rate_per_s"],
-        "connect_phase_s": rep["connect"]["phase_s"],
-        "dropped": rep["drops"]["dropped"],
-        "dropped_by_reason": rep["drops"]["by_reason"],
-        "published": f["published"],
-        "publish_failed": f["publish_failed"],
-        "expected": f["expected"],
-        "delivered": f["delivered"],
-        "lost": f["lost"],
-        "duplicated": f["duplicated"],
-        "out_of_order": f["out_of_order"],
-        "unexpected": f.get("unexpected"),
-        "seq_errors": f.get("seq_errors"),
-        "gaps": f.get("gaps"),
-        "lost_on_dropped": f.get("lost_on_dropped"),
-        "incomplete_subscribers": f.get("incomplete_subscribers"),
-        "latency_us": f["latency_us"],
-        "first_arrival_us": f["first_arrival_us"],
-        "last_arrival_us": f["last_arrival_us"],
-        "publish_reply_us": f["publish_reply_us"],
-        "deliveries_per_s": f["deliveries_per_s"],
         "per_publish_delivery_rate": {
             "p50": round(statistics.median(per_pub_rate)) if per_pub_rate else None,
             "min": round(min(per_pub_rate)) if per_pub_rate else None,

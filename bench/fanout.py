@@ -57,23 +57,7 @@ def fanout(url, publish, conns, channels, messages, rate, pids, fmt=None, size=6
     if not rep or not rep.get("fanout"):
         return res
     f = rep["fanout"]
-    res.update({
-        "connected": rep["connect"]["established"],
-        "connect_failed": rep["connect"]["failed"],
-        "dropped": rep["drops"]["dropped"],
-        "published": f["published"],
-        "publish_failed": f["publish_failed"],
-        "expected": f["expected"],
-        "delivered": f["delivered"],
-        "lost": f["lost"],
-        "duplicated": f["duplicated"],
-        "out_of_order": f["out_of_order"],
-        "latency_us": f["latency_us"],
-        "last_arrival_us": f["last_arrival_us"],
-        "first_arrival_us": f["first_arrival_us"],
-        "publish_reply_us": f["publish_reply_us"],
-        "deliveries_per_s": f["deliveries_per_s"],
-    })
+    res.update(B.fanout_figures(rep))
     if "settling" in cpu and "stopping" in cpu and f["delivered"]:
         secs = cpu["stopping"][1] - cpu["settling"][1]
         res["server_cpu_s"] = round(secs, 2)
