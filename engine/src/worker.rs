@@ -1075,7 +1075,7 @@ impl<B: Backend> Worker<B> {
                 if !self.conns.contains(slot) {
                     return;
                 }
-                self.deliver(slot, p.local, m);
+                self.deliver(slot, p.local, m, &mut None);
             }
             if let Some(sub) = self
                 .conns
@@ -1145,7 +1145,9 @@ impl<B: Backend> Worker<B> {
         let mut targets = std::mem::take(&mut self.targets);
         targets.clear();
         targets.extend_from_slice(&self.chans[local as usize].conns);
-        let mut iframe_cache: Option<(Box<str>, Bytes)> = None;
+        // The iframe chunk of each message, for the next iframe subscriber with the same
+        // callback (filled only when the channel has iframe subscribers).
+        let mut iframe_cache: Vec<Option<(Box<str>, Bytes)>> = Vec::new();
         for &slot in &targets {
             let slot = slot as usize;
             if !self.conns.contains(slot) || self.by_key.get(&first.key) != Some(&local) {
@@ -1159,15 +1161,16 @@ impl<B: Backend> Worker<B> {
                 self.deliver_run(slot, local, state, msgs);
                 continue;
             }
-            for m in msgs {
+            if state == State::Iframe {
+                iframe_cache.resize(msgs.len(), None);
+            }
+            for (i, m) in msgs.iter().enumerate() {
                 if !self.conns.contains(slot) {
                     break;
                 }
-                if state == State::Iframe {
-                    self.deliver_iframe(slot, local, m, &mut iframe_cache);
-                } else {
-                    self.deliver(slot, local, m);
-                }
+                let mut none = None;
+                let cache = iframe_cache.get_mut(i).unwrap_or(&mut none);
+                self.deliver(slot, local, m, cache);
             }
         }
         self.targets = targets;
@@ -1226,8 +1229,15 @@ impl<B: Backend> Worker<B> {
         true
     }
 
-    /// Delivers one message to one subscriber.
-    fn deliver(&mut self, slot: usize, local: u32, msg: &Arc<Msg>) {
+    /// Delivers one message to one subscriber. `iframe_cache` keeps the iframe chunk of
+    /// this `msg` for the next iframe subscriber with the same callback.
+    fn deliver(
+        &mut self,
+        slot: usize,
+        local: u32,
+        msg: &Arc<Msg>,
+        iframe_cache: &mut Option<(Box<str>, Bytes)>,
+    ) {
         if msg.kind == MsgKind::Gap {
             self.deliver_gap(slot, local, msg);
             return;
@@ -1250,10 +1260,7 @@ impl<B: Backend> Worker<B> {
                 }
             }
             State::Stream => self.send(slot, &[Part::Shared(msg.ndjson_chunk())]),
-            State::Iframe => {
-                let mut none = None;
-                self.deliver_iframe_encoded(slot, msg, &mut none);
-            }
+            State::Iframe => self.deliver_iframe_encoded(slot, msg, iframe_cache),
             State::Poll => {
                 let jsonp = self.conns[slot].has(flag::JSONP);
                 let json = if jsonp { msg.script_json() } else { msg.json() };
@@ -1297,30 +1304,6 @@ impl<B: Backend> Worker<B> {
             self.answer_poll(slot, &[Bytes::from(json)]);
         } else {
             self.send_envelope(slot, &gap);
-        }
-    }
-
-    fn deliver_iframe(
-        &mut self,
-        slot: usize,
-        local: u32,
-        msg: &Arc<Msg>,
-        cache: &mut Option<(Box<str>, Bytes)>,
-    ) {
-        if msg.kind == MsgKind::Gap {
-            self.deliver_gap(slot, local, msg);
-            return;
-        }
-        if !self.advance_cursor(slot, local, msg) {
-            return;
-        }
-        self.stats.inc(Counter::Delivered);
-        self.deliver_iframe_encoded(slot, msg, cache);
-        if msg.kind == MsgKind::Close && self.conns.contains(slot) {
-            self.unsubscribe(slot, local);
-            if self.conns[slot].subs.is_empty() {
-                self.end(slot, CloseCode::NORMAL, "");
-            }
         }
     }
 

@@ -152,6 +152,43 @@ fn iframe_streams_script_tags() {
     assert_eq!(v, data("news", 1, "</script><b>hi</b>"));
 }
 
+/// Publishes pipelined on one admin connection reach the workers back to back and are
+/// delivered as runs; every subscriber, whatever its wire form, still gets each message
+/// once and in order.
+#[test]
+fn pipelined_publishes_reach_every_wire_form_in_order() {
+    const N: u64 = 40;
+    let s = Server::start(&[]);
+    let mut a = s.iframe("/iframe?channel=run");
+    let mut b = s.iframe("/iframe?channel=run");
+    let mut named = s.iframe("/iframe?channel=run&cb=f");
+    let mut sse = s.sse("/sse?channel=run,other");
+    s.wait_subscribers("run", 4);
+    let mut admin = Conn::connect(s.admin_addr);
+    let mut reqs = Vec::new();
+    for i in 1..=N {
+        let body = format!("m{i}");
+        reqs.extend_from_slice(
+            format!(
+                "POST /pub?channel=run HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+    }
+    admin.send(&reqs).unwrap();
+    for i in 1..=N {
+        assert_eq!(admin.read_response(TIMEOUT).unwrap().json()["seq"], i);
+    }
+    for i in 1..=N {
+        let want = data("run", i, &format!("m{i}"));
+        assert_eq!(a.expect(), ("pushedge".to_string(), want.clone()));
+        assert_eq!(b.expect(), ("pushedge".to_string(), want.clone()));
+        assert_eq!(named.expect(), ("f".to_string(), want.clone()));
+        assert_eq!(sse.expect_event().data, want);
+    }
+}
+
 #[test]
 fn iframe_default_callback_is_configurable() {
     let s = Server::start(&["--set", "iframe_callback=cb2"]);
