@@ -21,23 +21,7 @@ use protocol::message::{
 use protocol::ws::handshake::check_request;
 use protocol::ws::mask::{apply_mask, apply_mask_bytewise};
 use protocol::ws::{encode_masked_frame, Decoder, DecoderConfig, Event, OpCode, Role};
-
-/// What a current browser sends to open a WebSocket (14 fields, 530 bytes).
-const UPGRADE: &[u8] = b"GET /ws?channel=news,chat&since=1200 HTTP/1.1\r\n\
-Host: push.example.com\r\n\
-Connection: Upgrade\r\n\
-Pragma: no-cache\r\n\
-Cache-Control: no-cache\r\n\
-User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36\r\n\
-Upgrade: websocket\r\n\
-Origin: https://www.example.com\r\n\
-Sec-WebSocket-Version: 13\r\n\
-Accept-Encoding: gzip, deflate, br, zstd\r\n\
-Accept-Language: en-US,en;q=0.9\r\n\
-Cookie: session=4b1d9e0c2f7a; theme=dark\r\n\
-Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\
-\r\n";
+use pushedge_bench::UPGRADE;
 
 fn http(c: &mut Criterion) {
     let limits = Limits::default();

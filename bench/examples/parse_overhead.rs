@@ -9,23 +9,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use protocol::http::{parse_request, Limits, Parsed, DEFAULT_MAX_HEADERS, EMPTY_HEADER};
-
-/// The same head as `benches/protocol.rs`.
-const UPGRADE: &[u8] = b"GET /ws?channel=news,chat&since=1200 HTTP/1.1\r\n\
-Host: push.example.com\r\n\
-Connection: Upgrade\r\n\
-Pragma: no-cache\r\n\
-Cache-Control: no-cache\r\n\
-User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36\r\n\
-Upgrade: websocket\r\n\
-Origin: https://www.example.com\r\n\
-Sec-WebSocket-Version: 13\r\n\
-Accept-Encoding: gzip, deflate, br, zstd\r\n\
-Accept-Language: en-US,en;q=0.9\r\n\
-Cookie: session=4b1d9e0c2f7a; theme=dark\r\n\
-Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\
-\r\n";
+use pushedge_bench::UPGRADE;
 
 const ITERS: u32 = 20_000;
 const ROUNDS: u32 = 300;
