@@ -113,6 +113,7 @@ fn wire(c: &mut Criterion) {
     let msg = Message::Data {
         channel: "news",
         seq: 1_234_567,
+        epoch: "k3x9ab2q",
         content: "{\"user\":\"ann\",\"text\":\"Grüße — see <b>this</b> & that\",\"ts\":1718000000}",
     };
     let mut g = c.benchmark_group("wire");

@@ -10,6 +10,7 @@
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
@@ -34,6 +35,10 @@ pub const MAX_TOKEN_TTL: u64 = 366 * 86_400;
 /// Longest `prefix` of `/channels`.
 const MAX_PREFIX: usize = 128;
 const LISTENER: Token = Token(usize::MAX);
+/// The disk store wakes the admin thread through this token after each commit.
+const STORE_WAKER: Token = Token(usize::MAX - 1);
+/// Most answers held for one connection before it stops being read.
+pub const MAX_HELD_ANSWERS: usize = 65_536;
 /// Accept errors are logged at most once per this interval.
 const ACCEPT_WARN_INTERVAL: Duration = Duration::from_secs(10);
 const READ_CHUNK: usize = 64 * 1024;
@@ -54,6 +59,18 @@ struct AdminConn {
     wbuf: Vec<u8>,
     woff: usize,
     close: bool,
+    /// A request asked to close: nothing after it is parsed.
+    close_pending: bool,
+    /// Answers waiting for a disk-store commit (and every answer behind them, in order).
+    held: VecDeque<Held>,
+}
+
+/// An answer held until its publish is committed by the disk store.
+struct Held {
+    /// The store ticket (0: ready once the answers before it are).
+    ticket: u64,
+    reply: Reply,
+    keep_alive: bool,
 }
 
 /// A response.
@@ -116,6 +133,12 @@ pub fn run(shared: Arc<Shared>, listener: std::net::TcpListener) {
         warn!("admin: cannot register listener: {e}");
         return;
     }
+    if let Some(store) = shared.hub.store() {
+        match mio::Waker::new(poll.registry(), STORE_WAKER) {
+            Ok(w) => store.add_waker(Arc::new(w)),
+            Err(e) => warn!("admin: cannot create the store waker: {e}"),
+        }
+    }
     let mut conns: Slab<AdminConn> = Slab::new();
     let mut events = Events::with_capacity(256);
     let mut buf = vec![0u8; READ_CHUNK];
@@ -131,6 +154,10 @@ pub fn run(shared: Arc<Shared>, listener: std::net::TcpListener) {
         for ev in events.iter() {
             if ev.token() == LISTENER {
                 accept_retry = accept(&poll, &listener, &mut conns, &mut accept_warned);
+                continue;
+            }
+            if ev.token() == STORE_WAKER {
+                release_all(&shared, &mut conns, &mut buf);
                 continue;
             }
             let id = ev.token().0;
@@ -191,6 +218,8 @@ fn accept(
                         wbuf: Vec::new(),
                         woff: 0,
                         close: false,
+                        close_pending: false,
+                        held: VecDeque::new(),
                     });
                 }
             }
@@ -214,7 +243,11 @@ fn read(shared: &Shared, conns: &mut Slab<AdminConn>, id: usize, buf: &mut [u8])
     let limit = shared.cfg.max_head_bytes + shared.live.max_message_bytes() * 2 + 4096;
     loop {
         let c = &mut conns[id];
-        if c.close || c.wbuf.len() > MAX_ADMIN_OUTPUT {
+        if c.close
+            || c.close_pending
+            || c.wbuf.len() > MAX_ADMIN_OUTPUT
+            || c.held.len() > MAX_HELD_ANSWERS
+        {
             // Stop reading: the peer must take its answers first (or we are closing).
             return;
         }
@@ -268,10 +301,17 @@ fn flush(conns: &mut Slab<AdminConn>, id: usize) {
 fn serve_buffered(shared: &Shared, c: &mut AdminConn) {
     let rbuf = std::mem::take(&mut c.rbuf);
     let mut pos = 0;
-    while !c.close && pos < rbuf.len() {
+    while !c.close && !c.close_pending && pos < rbuf.len() {
         match serve_one(shared, &rbuf[pos..]) {
-            Some((used, reply, keep_alive)) => {
-                write_reply(c, reply, keep_alive);
+            Some((used, reply, keep_alive, ticket)) => {
+                c.held.push_back(Held {
+                    ticket,
+                    reply,
+                    keep_alive,
+                });
+                if !keep_alive {
+                    c.close_pending = true;
+                }
                 pos = if keep_alive { pos + used } else { rbuf.len() };
             }
             None => break,
@@ -279,12 +319,55 @@ fn serve_buffered(shared: &Shared, c: &mut AdminConn) {
     }
     c.rbuf = rbuf;
     c.rbuf.drain(..pos);
+    release(shared, c);
     write_out(c);
 }
 
+/// Moves the answers that no longer wait for the store into the output, in order. A
+/// publish whose batch the store failed to write is answered 503 instead.
+fn release(shared: &Shared, c: &mut AdminConn) {
+    while let Some(h) = c.held.front() {
+        let reply = match (h.ticket, shared.hub.store()) {
+            (0, _) | (_, None) => None,
+            (t, Some(store)) => match store.outcome(t) {
+                None => return,
+                Some(Ok(())) => None,
+                Some(Err(why)) => Some(Reply::hub_error(HubError::Store(why))),
+            },
+        };
+        let h = c.held.pop_front().expect("front checked above");
+        write_reply(c, reply.unwrap_or(h.reply), h.keep_alive);
+    }
+}
+
+/// After a store commit: answers every connection whose publishes are now on disk.
+fn release_all(shared: &Shared, conns: &mut Slab<AdminConn>, buf: &mut [u8]) {
+    let waiting: Vec<usize> = conns
+        .iter()
+        .filter(|(_, c)| !c.held.is_empty())
+        .map(|(id, _)| id)
+        .collect();
+    for id in waiting {
+        let c = &mut conns[id];
+        release(shared, c);
+        write_out(c);
+        if c.held.is_empty() && !c.rbuf.is_empty() {
+            // Reading stopped while answers were held: take up what was left.
+            serve_buffered(shared, c);
+        }
+        if conns.contains(id) {
+            read(shared, conns, id, buf);
+        }
+        if conns.contains(id) {
+            flush(conns, id);
+        }
+    }
+}
+
 /// Parses and answers one request at the start of `buf`; `None` if it is not complete
-/// yet. Returns the bytes used, the reply and whether to keep the connection.
-fn serve_one(shared: &Shared, buf: &[u8]) -> Option<(usize, Reply, bool)> {
+/// yet. Returns the bytes used, the reply, whether to keep the connection, and the store
+/// ticket the reply waits for (0 for none).
+fn serve_one(shared: &Shared, buf: &[u8]) -> Option<(usize, Reply, bool, u64)> {
     let limits = http::Limits {
         max_head_bytes: shared.cfg.max_head_bytes,
         max_headers: shared.cfg.max_headers,
@@ -295,13 +378,13 @@ fn serve_one(shared: &Shared, buf: &[u8]) -> Option<(usize, Reply, bool)> {
     let req = match http::parse_request(buf, &mut headers[..max_headers], &limits) {
         Ok(Parsed::Partial) => return None,
         Ok(Parsed::Complete(r)) => r,
-        Err(e) => return Some((buf.len(), Reply::error(e.status(), e.reason()), false)),
+        Err(e) => return Some((buf.len(), Reply::error(e.status(), e.reason()), false, 0)),
     };
     let keep_alive = req.keep_alive();
     let body_start = req.head_len;
     let mut decoded = Vec::new();
     let (body, used): (&[u8], usize) = match http::body_framing(&req, &limits) {
-        Err(e) => return Some((buf.len(), Reply::error(e.status(), e.reason()), false)),
+        Err(e) => return Some((buf.len(), Reply::error(e.status(), e.reason()), false, 0)),
         Ok(BodyFraming::None) => (&[], body_start),
         Ok(BodyFraming::Length(n)) => {
             let end = body_start + n as usize;
@@ -315,12 +398,12 @@ fn serve_one(shared: &Shared, buf: &[u8]) -> Option<(usize, Reply, bool)> {
             match dec.decode(&buf[body_start..], &mut decoded) {
                 Ok((n, true)) => (&decoded[..], body_start + n),
                 Ok((_, false)) => return None,
-                Err(e) => return Some((buf.len(), Reply::error(e.status(), e.reason()), false)),
+                Err(e) => return Some((buf.len(), Reply::error(e.status(), e.reason()), false, 0)),
             }
         }
     };
-    let reply = route(shared, &req, body);
-    Some((used, reply, keep_alive))
+    let (reply, ticket) = route(shared, &req, body);
+    Some((used, reply, keep_alive, ticket))
 }
 
 /// Appends a response to the connection's output.
@@ -377,7 +460,20 @@ fn authorized(shared: &Shared, req: &http::Request<'_, '_>) -> bool {
     constant_time_eq(given, token.as_bytes())
 }
 
-fn route(shared: &Shared, req: &http::Request<'_, '_>, body: &[u8]) -> Reply {
+/// Answers one request; the ticket is the disk-store commit the answer waits for (0 for
+/// none).
+fn route(shared: &Shared, req: &http::Request<'_, '_>, body: &[u8]) -> (Reply, u64) {
+    if req.path() == "/pub" && authorized(shared, req) && req.method != Method::Head {
+        if let Ok(q) = Query::parse(req.query()) {
+            if matches!(req.method, Method::Get | Method::Post) {
+                return publish(shared, &q, body);
+            }
+        }
+    }
+    (route_other(shared, req, body), 0)
+}
+
+fn route_other(shared: &Shared, req: &http::Request<'_, '_>, body: &[u8]) -> Reply {
     if !authorized(shared, req) {
         let mut r = Reply::error(
             401,
@@ -404,7 +500,7 @@ fn route(shared: &Shared, req: &http::Request<'_, '_>, body: &[u8]) -> Reply {
         return r;
     }
     match path {
-        "/pub" => publish(shared, &q, body),
+        "/pub" => publish(shared, &q, body).0,
         "/broadcast" => {
             let content = match body_text(body, &q) {
                 Ok(c) => c,
@@ -491,24 +587,51 @@ fn body_text<'a>(body: &'a [u8], q: &'a Query<'_>) -> Result<&'a str, Reply> {
     std::str::from_utf8(body).map_err(|_| Reply::error(400, "content must be UTF-8"))
 }
 
-fn publish(shared: &Shared, q: &Query<'_>, body: &[u8]) -> Reply {
+/// `key=`: 1-128 visible ASCII characters.
+fn idempotency_key<'a>(q: &'a Query<'_>) -> Result<Option<&'a str>, Reply> {
+    match q.get("key") {
+        None => Ok(None),
+        Some(k)
+            if !k.is_empty()
+                && k.len() <= crate::hub::MAX_IDEMPOTENCY_KEY
+                && k.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            Ok(Some(k))
+        }
+        Some(_) => Err(Reply::error(
+            400,
+            "key must be 1-128 visible ASCII characters",
+        )),
+    }
+}
+
+fn publish(shared: &Shared, q: &Query<'_>, body: &[u8]) -> (Reply, u64) {
     let name = match channel(q) {
         Ok(n) => n,
-        Err(r) => return r,
+        Err(r) => return (r, 0),
     };
     let content = match body_text(body, q) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return (r, 0),
     };
-    match shared.publish(&name, content) {
-        Ok(seq) => Reply::envelope(
-            200,
-            &Message::Ok {
-                channel: &name,
-                seq,
-            },
+    let key = match idempotency_key(q) {
+        Ok(k) => k,
+        Err(r) => return (r, 0),
+    };
+    match shared.publish(&name, content, key) {
+        Ok(a) => (
+            Reply::envelope(
+                200,
+                &Message::Ok {
+                    channel: &name,
+                    seq: a.seq,
+                    epoch: a.epoch.as_str(),
+                    duplicate: a.duplicate,
+                },
+            ),
+            a.ticket,
         ),
-        Err(e) => Reply::hub_error(e),
+        Err(e) => (Reply::hub_error(e), 0),
     }
 }
 
@@ -549,12 +672,16 @@ fn sign(shared: &Shared, q: &Query<'_>) -> Reply {
 }
 
 fn channel_json(c: &crate::hub::ChannelInfo) -> serde_json::Value {
-    serde_json::json!({
+    let mut v = serde_json::json!({
         "channel": c.name,
         "seq": c.seq,
         "subscribers": c.subscribers,
         "buffered": c.buffered,
-    })
+    });
+    if c.epoch.is_some() {
+        v["epoch"] = c.epoch.as_str().into();
+    }
+    v
 }
 
 /// Server totals as JSON (also used by the control socket's `stats`).
@@ -600,6 +727,9 @@ pub fn channel_info_json(shared: &Shared, name: &str) -> serde_json::Value {
         "subscribers": info.subscribers,
         "buffered": info.buffered,
     });
+    if info.epoch.is_some() {
+        v["epoch"] = info.epoch.as_str().into();
+    }
     match cluster {
         None => {}
         Some(Ok(())) => {

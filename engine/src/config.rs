@@ -32,6 +32,17 @@ pub enum UringArm {
     Recv,
 }
 
+/// Where channel histories live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HistoryStore {
+    /// In memory: a restart starts every channel again (new epochs).
+    Memory,
+    /// On disk at `history_path` (see `store.rs`): epochs, seqs and histories survive a
+    /// restart.
+    Disk,
+}
+
 /// How subscribers authenticate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -54,6 +65,9 @@ pub struct ClusterConfig {
     pub prefix: String,
     /// A channel's keys expire after this long without a publish.
     pub key_ttl_secs: u64,
+    /// How long a subscriber's replay waits for an unreachable Redis before it is
+    /// answered with an error.
+    pub history_wait_secs: f64,
 }
 
 impl Default for ClusterConfig {
@@ -63,6 +77,7 @@ impl Default for ClusterConfig {
             node_id: String::new(),
             prefix: "pushedge".into(),
             key_ttl_secs: 86_400,
+            history_wait_secs: 10.0,
         }
     }
 }
@@ -96,6 +111,18 @@ pub struct Config {
     pub admin_token: String,
     /// Messages kept per channel for resuming (live).
     pub history_size: usize,
+    /// `memory` or `disk`.
+    pub history_store: HistoryStore,
+    /// Directory of the disk store (`history_store = "disk"`).
+    pub history_path: String,
+    /// Disk store: `fdatasync` every batch (survives a power loss; slower). Without it a
+    /// batch is written to the OS, which survives a crash of the process.
+    pub history_fsync: bool,
+    /// How long a publish's idempotency key (`/pub?key=`) is remembered.
+    pub idempotency_window_secs: f64,
+    /// Most idempotency keys remembered (memory and disk modes); past it the oldest are
+    /// forgotten early.
+    pub idempotency_max_keys: usize,
     /// Heartbeat interval: WebSocket ping, SSE comment, stream/iframe noop (live).
     pub heartbeat_secs: f64,
     /// A WebSocket peer that does not answer a ping within this is closed.
@@ -167,6 +194,11 @@ impl Default for Config {
             token_secret: String::new(),
             admin_token: String::new(),
             history_size: 64,
+            history_store: HistoryStore::Memory,
+            history_path: String::new(),
+            history_fsync: false,
+            idempotency_window_secs: 300.0,
+            idempotency_max_keys: 100_000,
             heartbeat_secs: 25.0,
             pong_timeout_secs: 10.0,
             poll_timeout_secs: 30.0,
@@ -337,6 +369,8 @@ impl Config {
             ("channel_ttl_secs", self.channel_ttl_secs),
             ("drain_timeout_secs", self.drain_timeout_secs),
             ("close_timeout_secs", self.close_timeout_secs),
+            ("idempotency_window_secs", self.idempotency_window_secs),
+            ("cluster.history_wait_secs", self.cluster.history_wait_secs),
         ] {
             if !(v.is_finite() && v > 0.0 && v <= MAX_SECS) {
                 return err(format!("{name} must be > 0 and <= {MAX_SECS}, got {v}"));
@@ -410,6 +444,19 @@ impl Config {
             .any(|b| b.is_ascii_whitespace())
         {
             return err("cluster.node_id must not contain spaces");
+        }
+        if self.history_store == HistoryStore::Disk {
+            if self.history_path.is_empty() {
+                return err("history_store = \"disk\" needs history_path (a directory)");
+            }
+            if !self.cluster.redis_url.is_empty() {
+                return err(
+                    "history_store = \"disk\" cannot be used with cluster.redis_url: in a cluster the history lives in Redis (run Redis with persistence)",
+                );
+            }
+        }
+        if self.idempotency_max_keys == 0 {
+            return err("idempotency_max_keys must be > 0");
         }
         if self.listen.is_empty() || self.admin_listen.is_empty() {
             return err("listen and admin_listen must be set");

@@ -280,6 +280,11 @@ pub struct Ext {
     pub grant: Option<Box<Grant>>,
     /// The seq a held long-poll asked for (for the `noop` on timeout).
     pub poll_seq: u64,
+    /// A long-poll's `next_seq` answer being put together from Redis reads (cluster):
+    /// the channels, and the item of each once known.
+    pub poll_names: Vec<std::sync::Arc<str>>,
+    /// See `poll_names`.
+    pub poll_items: Vec<Option<Bytes>>,
 }
 
 impl Ext {
@@ -290,6 +295,7 @@ impl Ext {
             && self.callback.is_none()
             && self.grant.is_none()
             && self.poll_seq == 0
+            && self.poll_items.is_empty()
     }
 }
 

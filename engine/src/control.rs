@@ -195,7 +195,13 @@ pub fn handle(shared: &Shared, line: &str) -> Value {
                 .hub
                 .channels(prefix, crate::admin::DEFAULT_LISTING)
                 .into_iter()
-                .map(|c| json!({"channel": c.name, "seq": c.seq, "subscribers": c.subscribers, "buffered": c.buffered}))
+                .map(|c| {
+                    let mut v = json!({"channel": c.name, "seq": c.seq, "subscribers": c.subscribers, "buffered": c.buffered});
+                    if c.epoch.is_some() {
+                        v["epoch"] = json!(c.epoch.as_str());
+                    }
+                    v
+                })
                 .collect();
             json!({"type": "channels", "channels": list})
         }
@@ -230,8 +236,10 @@ pub fn handle(shared: &Shared, line: &str) -> Value {
             if let Err(e) = protocol::message::validate_channel(name) {
                 return error(400, &e.to_string());
             }
-            match shared.publish(name, content) {
-                Ok(seq) => json!({"type": "ok", "channel": name, "seq": seq}),
+            match shared.publish_wait(name, content, None) {
+                Ok(a) => {
+                    json!({"type": "ok", "channel": name, "seq": a.seq, "epoch": a.epoch.as_str()})
+                }
                 Err(e) => error(e.status(), &e.reason()),
             }
         }

@@ -1,171 +1,63 @@
-//! Channels: names, sequence numbers, history rings and per-worker subscriber counts.
+//! Channels: names, epochs, sequence numbers, history rings and per-worker subscriber
+//! counts.
 //!
-//! The hub is the only state shared by the workers and the publishers. A publish takes the
-//! hub lock once: the channel's seq is incremented, the message is appended to the
-//! history ring, and a reference to it is pushed to the inbox of every worker that has
-//! subscribers to the channel. Pushing under the lock keeps each inbox in seq order. The
-//! publisher does not wait for the fan-out; the workers do it.
+//! The hub is the only state shared by the workers and the publishers. Each channel has
+//! one message stream: an [`Epoch`] chosen when the stream starts, seq numbers counting
+//! from 1 in it, and the last `history_size` messages.
 //!
-//! A message is encoded into each wire form at most once, the first time a worker needs
-//! that form ([`Msg::ws_frame`], [`Msg::sse_event`], ...), and the encoding is shared by
-//! reference (`bytes::Bytes`) by every subscriber on every worker.
+//! # Requests and applies
+//!
+//! Every change is made in two steps. The *request* runs under the hub lock in the
+//! caller's thread: it validates, assigns the seq (or, for a close, takes the name off
+//! the table so that a new stream can start), and produces an [`Op`]. The *apply* makes
+//! the change visible: it appends to the history, moves the seq subscribers see, and
+//! pushes a reference to the message into the inbox of every worker with subscribers
+//! (under the lock, so each inbox stays in seq order). The publisher does not wait for
+//! the fan-out; the workers do it.
+//!
+//! - In memory mode (`history_store = "memory"`) the apply follows the request at once,
+//!   under the same lock.
+//! - With the disk store (`history_store = "disk"`, [`crate::store`]) the request hands
+//!   the op to the store's writer thread (still under the lock, so the store sees ops in
+//!   seq order); the writer commits a batch and then applies it. Nothing is delivered,
+//!   replayed or acknowledged before it is on disk, so a seq a client has seen is never
+//!   handed out again after a crash. Ops wait in the store with a *ticket*; publishers
+//!   answer once their ticket is committed ([`Accepted::ticket`]).
+//! - In a cluster the hub is a replica: messages are sequenced by Redis and applied from
+//!   the feed ([`Hub::deliver_remote`]); a position the local copy cannot answer is read
+//!   from Redis (see [`Authority`]).
+//!
+//! # Subscribing
 //!
 //! Subscribing takes the lock too, so that "replay what is buffered" and "receive what is
-//! published from now on" meet without a hole: everything published before the
-//! subscription is in the history, everything after reaches the worker's inbox. A worker
-//! drops a delivery whose seq a connection has already seen, so the overlap of the two
-//! (a message published between the subscription and the worker draining its inbox) is
-//! never delivered twice.
+//! applied from now on" meet without a hole: everything applied before the subscription
+//! is in the history, everything after reaches the worker's inbox. A worker drops a
+//! delivery whose seq a connection has already seen, so the overlap of the two is never
+//! delivered twice.
+//!
+//! A subscription from a position of another epoch, or from a seq beyond the stream's
+//! end, cannot be from this stream: it is answered with a `reset` and the stream from its
+//! start ([`Subscribed::reset`]), never with silence.
 
-use bytes::Bytes;
 use slab::Slab;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant};
-
-use protocol::message::{self, JsonStyle, Message};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::Live;
-use crate::inbox::{Cmd, Inbox, MAX_INBOX};
+use crate::epoch::Epoch;
+use crate::inbox::{Cmd, Inbox, PubDone, MAX_INBOX};
+use crate::store::{Loaded, Store};
 
-/// A channel's identity: slab slot and generation, so that a reclaimed and reused slot
-/// never receives deliveries meant for the channel that had it before.
-pub type ChanKey = u64;
+pub use crate::msg::{ChanKey, Msg, MsgKind};
 
 /// Channels checked per [`Hub::sweep`] call (the sweep walks the table incrementally).
 pub const SWEEP_BATCH: usize = 4096;
 /// Most channels returned by one listing.
 pub const MAX_LISTING: usize = 100_000;
-
-/// What a delivered message is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MsgKind {
-    /// A published message.
-    Data,
-    /// The channel was closed by the server; subscribers are unsubscribed.
-    Close,
-    /// Messages `from..=seq` were missed and are no longer buffered (a cluster node that
-    /// lost its feed and could not fill everything in).
-    Gap,
-}
-
-/// A sequenced message, shared by reference with every worker.
-#[derive(Debug)]
-pub struct Msg {
-    /// The channel's key.
-    pub key: ChanKey,
-    /// The channel's name.
-    pub channel: Arc<str>,
-    /// Seq in the channel (for `Close`, the channel's last seq; for `Gap`, the last
-    /// missed seq).
-    pub seq: u64,
-    /// For `Gap`: the first missed seq.
-    pub from: u64,
-    /// Data or close.
-    pub kind: MsgKind,
-    /// The published body.
-    pub content: Box<str>,
-    json: OnceLock<Bytes>,
-    script: OnceLock<Bytes>,
-    ws: OnceLock<Bytes>,
-    sse_with_id: OnceLock<Bytes>,
-    sse_data: OnceLock<Bytes>,
-    ndjson: OnceLock<Bytes>,
-}
-
-impl Msg {
-    /// A new message (not yet encoded in any form).
-    pub fn new(key: ChanKey, channel: Arc<str>, seq: u64, kind: MsgKind, content: Box<str>) -> Msg {
-        Msg {
-            key,
-            channel,
-            seq,
-            from: 0,
-            kind,
-            content,
-            json: OnceLock::new(),
-            script: OnceLock::new(),
-            ws: OnceLock::new(),
-            sse_with_id: OnceLock::new(),
-            sse_data: OnceLock::new(),
-            ndjson: OnceLock::new(),
-        }
-    }
-
-    /// The envelope of this message.
-    pub fn envelope(&self) -> Message<'_> {
-        match self.kind {
-            MsgKind::Data => Message::Data {
-                channel: &self.channel,
-                seq: self.seq,
-                content: &self.content,
-            },
-            MsgKind::Close => Message::Close {
-                channel: &self.channel,
-            },
-            MsgKind::Gap => Message::Gap {
-                channel: &self.channel,
-                from: self.from,
-                to: self.seq,
-            },
-        }
-    }
-
-    /// Plain JSON.
-    pub fn json(&self) -> &Bytes {
-        self.json
-            .get_or_init(|| Bytes::from(self.envelope().to_json()))
-    }
-
-    /// JSON for a `<script>` context.
-    pub fn script_json(&self) -> &Bytes {
-        self.script.get_or_init(|| {
-            let mut out = Vec::with_capacity(self.content.len() + 64);
-            message::write_json(&mut out, &self.envelope(), JsonStyle::Script);
-            Bytes::from(out)
-        })
-    }
-
-    /// A WebSocket text frame.
-    pub fn ws_frame(&self) -> &Bytes {
-        self.ws.get_or_init(|| {
-            let mut out = Vec::with_capacity(self.json().len() + 10);
-            message::write_ws_frame(&mut out, self.json());
-            Bytes::from(out)
-        })
-    }
-
-    /// An SSE event with `id: channel:seq` (the cursor of a one-channel connection).
-    pub fn sse_event(&self) -> &Bytes {
-        self.sse_with_id.get_or_init(|| {
-            let mut id = Vec::with_capacity(self.channel.len() + 21);
-            protocol::sse::write_cursor(&mut id, [(&*self.channel, self.seq)]);
-            let id = String::from_utf8(id).expect("channel names and digits are ASCII");
-            let mut out = Vec::with_capacity(self.json().len() + id.len() + 16);
-            message::write_sse_event(&mut out, Some(&id), self.json());
-            Bytes::from(out)
-        })
-    }
-
-    /// An SSE event without `id:` (a multi-channel connection writes its own id line).
-    pub fn sse_data(&self) -> &Bytes {
-        self.sse_data.get_or_init(|| {
-            let mut out = Vec::with_capacity(self.json().len() + 10);
-            message::write_sse_event(&mut out, None, self.json());
-            Bytes::from(out)
-        })
-    }
-
-    /// An NDJSON line as an HTTP chunk.
-    pub fn ndjson_chunk(&self) -> &Bytes {
-        self.ndjson.get_or_init(|| {
-            let mut out = Vec::with_capacity(self.json().len() + 12);
-            message::write_ndjson_chunk(&mut out, self.json());
-            Bytes::from(out)
-        })
-    }
-}
+/// Longest idempotency key.
+pub const MAX_IDEMPOTENCY_KEY: usize = 128;
 
 /// Why a hub operation was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,15 +70,28 @@ pub enum HubError {
     Overloaded,
     /// No such channel (404).
     NoChannel,
-    /// The cluster broker is unreachable (503).
+    /// The cluster broker is unreachable, or this node cannot deliver: nothing was
+    /// accepted (503).
     Unavailable(String),
+    /// The request reached Redis but its answer did not come back: the message may or
+    /// may not have been published (504). A retry with the same idempotency key is safe.
+    Unknown(String),
+    /// The server is draining and accepts no more publishes (503).
+    Draining,
+    /// The disk store failed to write: nothing of this publish was accepted (503).
+    Store(String),
 }
 
 impl HubError {
     /// The HTTP status for this error.
     pub fn status(&self) -> u16 {
         match self {
-            HubError::ChannelLimit | HubError::Overloaded | HubError::Unavailable(_) => 503,
+            HubError::ChannelLimit
+            | HubError::Overloaded
+            | HubError::Unavailable(_)
+            | HubError::Draining
+            | HubError::Store(_) => 503,
+            HubError::Unknown(_) => 504,
             HubError::TooBig => 413,
             HubError::NoChannel => 404,
         }
@@ -199,7 +104,12 @@ impl HubError {
             HubError::TooBig => "message larger than max_message_bytes".into(),
             HubError::Overloaded => "server overloaded: fan-out queue full".into(),
             HubError::NoChannel => "no such channel".into(),
-            HubError::Unavailable(why) => format!("broker unavailable: {why}"),
+            HubError::Unavailable(why) => format!("not accepted: {why}"),
+            HubError::Unknown(why) => format!(
+                "outcome unknown: {why} (the message may have been published; retry with the same key to be safe)"
+            ),
+            HubError::Draining => "server draining: publishes are not accepted".into(),
+            HubError::Store(why) => format!("not accepted: history store failed: {why}"),
         }
     }
 }
@@ -210,8 +120,20 @@ pub enum Since {
     /// Only messages published from now on.
     Now,
     /// Replay buffered messages with seq >= N first (a `gap` when N is older than the
-    /// buffer).
-    Seq(u64),
+    /// buffer); the epoch is the client's, or [`Epoch::NONE`] for a plain seq.
+    Seq(u64, Epoch),
+}
+
+/// How much of a channel's stream the local hub can answer for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Authority {
+    /// Memory and disk modes: the hub holds the stream; it answers every position.
+    Hub,
+    /// A cluster node with its feed up: its copy answers positions it covers (same
+    /// epoch, within its seq and its history); others are read from Redis.
+    Replica,
+    /// A cluster node with its feed down: every position is read from Redis.
+    Stale,
 }
 
 /// The result of a subscription.
@@ -221,11 +143,19 @@ pub struct Subscribed {
     pub key: ChanKey,
     /// The channel's name (shared).
     pub name: Arc<str>,
+    /// The stream's epoch ([`Epoch::NONE`] on a cluster node that has not learned it).
+    pub epoch: Epoch,
     /// The channel's seq at subscription time.
     pub seq: u64,
     /// `(from, to)`: asked-for messages no longer buffered.
     pub gap: Option<(u64, u64)>,
-    /// Whether the subscriber was registered (see [`Hub::subscribe`]'s `register`).
+    /// The asked-for position is not in this stream: a `reset` goes first, and the
+    /// replay starts at the stream's beginning.
+    pub reset: bool,
+    /// The position must be read from Redis (nothing was replayed; the subscription is
+    /// registered so that nothing published from now on is missed).
+    pub remote: bool,
+    /// Whether the subscriber was registered (see [`Hub::subscribe`]).
     pub registered: bool,
 }
 
@@ -234,6 +164,8 @@ pub struct Subscribed {
 pub struct ChannelInfo {
     /// Name.
     pub name: String,
+    /// The stream's epoch.
+    pub epoch: Epoch,
     /// Last seq.
     pub seq: u64,
     /// Subscribers on all workers.
@@ -242,24 +174,114 @@ pub struct ChannelInfo {
     pub buffered: usize,
 }
 
+/// Where to report a publish that is applied later (disk store): the worker's inbox
+/// gets a [`Cmd::PubDone`] with the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Notify {
+    /// The worker.
+    pub worker: usize,
+    /// The connection's token.
+    pub token: u64,
+}
+
+/// A publish the hub accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    /// The message's seq.
+    pub seq: u64,
+    /// Its stream's epoch.
+    pub epoch: Epoch,
+    /// An idempotency key matched an earlier publish: its seq, nothing published again.
+    pub duplicate: bool,
+    /// With the disk store: the store ticket to wait for before acknowledging (see
+    /// [`Store::committed`]); 0 when the message is already applied.
+    pub ticket: u64,
+}
+
+/// An idempotency record kept for a channel and key.
+#[derive(Debug, Clone)]
+pub struct IdemRecord {
+    /// The key.
+    pub key: Box<str>,
+    /// Unix seconds at which the record is forgotten.
+    pub expires: u64,
+}
+
+/// A change requested under the hub lock and applied after it (at once in memory mode,
+/// after the commit with the disk store).
+#[derive(Debug)]
+pub enum Op {
+    /// A published message.
+    Append {
+        /// The message.
+        msg: Arc<Msg>,
+        /// Its idempotency key, to store beside it.
+        idem: Option<IdemRecord>,
+        /// Who to tell once it is applied.
+        notify: Option<Notify>,
+    },
+    /// Close the channel: subscribers get `close`; the stream ends.
+    Close {
+        /// The closing channel.
+        key: ChanKey,
+        /// Its name.
+        name: Arc<str>,
+    },
+    /// Drop the channel's history (its seq goes on).
+    Clear {
+        /// The channel.
+        key: ChanKey,
+        /// Its name.
+        name: Arc<str>,
+    },
+    /// The channel was reclaimed (store only: the hub removed it at the request).
+    Drop {
+        /// Its name.
+        name: Arc<str>,
+    },
+    /// An idempotency record expired (store only).
+    Forget {
+        /// The channel.
+        channel: Arc<str>,
+        /// The key.
+        key: Box<str>,
+    },
+    /// Start draining the workers, behind everything accepted before.
+    Drain,
+}
+
 struct Channel {
     name: Arc<str>,
     key: ChanKey,
+    epoch: Epoch,
+    /// Last seq applied (what subscribers see).
     seq: u64,
+    /// Highest seq handed out: with the disk store, seqs waiting for their commit; in a
+    /// cluster, seqs this node's publishers got from Redis before the feed brought them.
+    taken: u64,
     history: VecDeque<Arc<Msg>>,
     per_worker: Box<[u32]>,
     subscribers: u64,
     idle_since: Instant,
+    /// Ops in the store not yet applied (a channel with some is never reclaimed).
+    pending: u32,
+    /// Closed: off the name table, waiting for its close to be applied.
+    closing: bool,
 }
 
 impl Channel {
     fn info(&self) -> ChannelInfo {
         ChannelInfo {
             name: self.name.to_string(),
+            epoch: self.epoch,
             seq: self.seq,
             subscribers: self.subscribers,
             buffered: self.history.len(),
         }
+    }
+
+    fn oldest(&self) -> u64 {
+        self.history.front().map_or(self.seq + 1, |m| m.seq)
     }
 
     /// Copies messages with seq >= `since` into `out`; returns the gap, if any.
@@ -268,12 +290,37 @@ impl Channel {
         if since > self.seq {
             return None;
         }
-        let oldest = self.history.front().map_or(self.seq + 1, |m| m.seq);
+        let oldest = self.oldest();
         let gap = (since < oldest).then(|| (since, oldest - 1));
         let skip = since.saturating_sub(oldest) as usize;
         out.extend(self.history.iter().skip(skip).cloned());
         gap
     }
+}
+
+/// What a subscription from a position needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plan {
+    Live,
+    From(u64),
+    Reset,
+    Remote,
+}
+
+/// Idempotency records: (channel, key) -> the first publish, forgotten after the window
+/// (or earlier, oldest first, past `idempotency_max_keys`).
+#[derive(Default)]
+struct IdemTable {
+    map: HashMap<(Arc<str>, Box<str>), IdemEntry>,
+    order: VecDeque<(u64, Arc<str>, Box<str>)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct IdemEntry {
+    epoch: Epoch,
+    seq: u64,
+    ticket: u64,
+    expires: u64,
 }
 
 struct Inner {
@@ -284,6 +331,9 @@ struct Inner {
     /// Running totals, kept so that `/info` and `/metrics` never walk the table.
     subscriptions: u64,
     buffered: usize,
+    draining: bool,
+    drain_sent: bool,
+    idem: IdemTable,
 }
 
 /// Totals for `/info` and `stats`.
@@ -297,6 +347,22 @@ pub struct HubTotals {
     pub buffered: usize,
 }
 
+/// How a hub is set up.
+pub struct HubConfig {
+    /// Live keys (history size, message size).
+    pub live: Arc<Live>,
+    /// `max_channels`.
+    pub max_channels: usize,
+    /// `channel_ttl_secs`.
+    pub channel_ttl: Duration,
+    /// `idempotency_window_secs`.
+    pub idempotency_window: Duration,
+    /// `idempotency_max_keys`.
+    pub idempotency_max_keys: usize,
+    /// A cluster replica (messages sequenced by Redis).
+    pub replica: bool,
+}
+
 /// The channel table.
 pub struct Hub {
     inner: Mutex<Inner>,
@@ -304,21 +370,37 @@ pub struct Hub {
     live: Arc<Live>,
     max_channels: usize,
     channel_ttl: Duration,
-    /// Messages published (sequenced) since start.
+    idem_window: Duration,
+    idem_max: usize,
+    replica: bool,
+    store: Option<Arc<Store>>,
+    /// Messages published (applied) since start.
     pub published: AtomicU64,
     /// Messages received from the cluster feed since start.
     pub remote: AtomicU64,
+    /// Idempotency records forgotten before their window passed (the table was full).
+    pub idem_evicted: AtomicU64,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl Hub {
-    /// A hub delivering to the given worker inboxes.
+    /// A hub delivering to the given worker inboxes; with a store, its ops go through it
+    /// (and what it loaded is the starting state).
     pub fn new(
         inboxes: Vec<Arc<Inbox>>,
-        live: Arc<Live>,
-        max_channels: usize,
-        channel_ttl: Duration,
+        cfg: HubConfig,
+        store: Option<(Arc<Store>, Loaded)>,
     ) -> Hub {
-        Hub {
+        let (store, loaded) = match store {
+            Some((s, l)) => (Some(s), Some(l)),
+            None => (None, None),
+        };
+        let hub = Hub {
             inner: Mutex::new(Inner {
                 names: HashMap::new(),
                 chans: Slab::new(),
@@ -326,14 +408,32 @@ impl Hub {
                 sweep_cursor: 0,
                 subscriptions: 0,
                 buffered: 0,
+                draining: false,
+                drain_sent: false,
+                idem: IdemTable::default(),
             }),
             inboxes,
-            live,
-            max_channels,
-            channel_ttl,
+            live: cfg.live,
+            max_channels: cfg.max_channels,
+            channel_ttl: cfg.channel_ttl,
+            idem_window: cfg.idempotency_window,
+            idem_max: cfg.idempotency_max_keys,
+            replica: cfg.replica,
+            store,
             published: AtomicU64::new(0),
             remote: AtomicU64::new(0),
+            idem_evicted: AtomicU64::new(0),
+        };
+        if let Some(l) = loaded {
+            hub.load(l);
         }
+        hub
+    }
+
+    /// A memory-mode hub with the configuration's limits and its own live keys (tests).
+    pub fn memory(inboxes: Vec<Arc<Inbox>>, cfg: &crate::config::Config) -> Hub {
+        let live = Arc::new(Live::new(cfg));
+        Hub::new(inboxes, HubConfig::from_config(cfg, live, false), None)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -347,16 +447,72 @@ impl Hub {
         self.inboxes.len()
     }
 
-    fn get_or_create<'a>(
+    /// The disk store, when there is one.
+    pub fn store(&self) -> Option<&Arc<Store>> {
+        self.store.as_ref()
+    }
+
+    /// The starting state read from the disk store.
+    fn load(&self, loaded: Loaded) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let history_size = self.live.history_size();
+        for c in loaded.channels {
+            let Ok(slot) = self.slot_or_create(&mut inner, &c.name, now, true) else {
+                continue;
+            };
+            let ch = &mut inner.chans[slot];
+            ch.epoch = c.epoch;
+            ch.seq = c.seq;
+            ch.taken = c.seq;
+            let start = c.history.len().saturating_sub(history_size);
+            for (seq, content) in c.history.into_iter().skip(start) {
+                ch.history.push_back(Arc::new(Msg::new(
+                    ch.key,
+                    ch.name.clone(),
+                    ch.epoch,
+                    seq,
+                    MsgKind::Data,
+                    content.into(),
+                )));
+            }
+            let n = ch.history.len();
+            inner.buffered += n;
+        }
+        let now_unix = unix_now();
+        for r in loaded.idem {
+            if r.expires <= now_unix {
+                continue;
+            }
+            let name: Arc<str> = Arc::from(r.channel.as_str());
+            let entry = IdemEntry {
+                epoch: r.epoch,
+                seq: r.seq,
+                ticket: 0,
+                expires: r.expires,
+            };
+            inner
+                .idem
+                .order
+                .push_back((r.expires, name.clone(), r.key.clone().into()));
+            inner.idem.map.insert((name, r.key.into()), entry);
+        }
+        inner.idem.order.make_contiguous().sort_by_key(|e| e.0);
+    }
+
+    /// The slot of `name`, created (with a fresh epoch, or none on a replica) if needed.
+    /// `force` creates past `max_channels` (state that is already accepted).
+    fn slot_or_create(
         &self,
-        inner: &'a mut Inner,
+        inner: &mut Inner,
         name: &str,
         now: Instant,
-    ) -> Result<&'a mut Channel, HubError> {
+        force: bool,
+    ) -> Result<usize, HubError> {
         if let Some(&slot) = inner.names.get(name) {
-            return Ok(&mut inner.chans[slot]);
+            return Ok(slot);
         }
-        if inner.chans.len() >= self.max_channels {
+        if inner.chans.len() >= self.max_channels && !force {
             return Err(HubError::ChannelLimit);
         }
         inner.generation = inner.generation.wrapping_add(1);
@@ -367,37 +523,76 @@ impl Hub {
         entry.insert(Channel {
             name: name.clone(),
             key,
+            epoch: if self.replica {
+                Epoch::NONE
+            } else {
+                Epoch::new()
+            },
             seq: 0,
+            taken: 0,
             history: VecDeque::new(),
             per_worker: vec![0; self.inboxes.len()].into_boxed_slice(),
             subscribers: 0,
             idle_since: now,
+            pending: 0,
+            closing: false,
         });
         inner.names.insert(name, slot);
-        Ok(&mut inner.chans[slot])
+        Ok(slot)
+    }
+
+    fn plan(&self, ch: &Channel, since: Since, authority: Authority) -> Plan {
+        let Since::Seq(n, epoch) = since else {
+            return Plan::Live;
+        };
+        let replica = authority != Authority::Hub;
+        // A replica answers only from a copy that follows the stream (it has applied
+        // something of it); one that merely knows the channel cannot tell what came
+        // before.
+        if authority == Authority::Stale || (replica && (ch.epoch.is_none() || ch.seq == 0)) {
+            return Plan::Remote;
+        }
+        let other_stream = epoch.is_some() && epoch != ch.epoch;
+        let beyond = n > ch.seq + 1;
+        if other_stream || beyond {
+            // A replica cannot tell a cursor from another stream from one that is ahead
+            // of its copy (the feed brings messages a little later than Redis has them).
+            return if replica { Plan::Remote } else { Plan::Reset };
+        }
+        if replica && n <= ch.seq && ch.oldest() > n.max(1) {
+            // Redis may hold more than this node's copy.
+            return Plan::Remote;
+        }
+        Plan::From(n.max(1))
     }
 
     /// Subscribes a connection of `worker` to `name`, creating the channel if needed.
     /// Buffered messages to replay (per `since`) are appended to `replay`. With
-    /// `register = false` and something to replay, nothing is registered (a long-poll
-    /// answered at once).
+    /// `only_if_nothing_to_replay` and something to replay, nothing is registered (a
+    /// long-poll answered at once).
     pub fn subscribe(
         &self,
         worker: usize,
         name: &str,
         since: Since,
+        authority: Authority,
         only_if_nothing_to_replay: bool,
         replay: &mut Vec<Arc<Msg>>,
     ) -> Result<Subscribed, HubError> {
         let now = Instant::now();
         let mut inner = self.lock();
-        let ch = self.get_or_create(&mut inner, name, now)?;
+        let slot = self.slot_or_create(&mut inner, name, now, false)?;
+        let ch = &mut inner.chans[slot];
         let before = replay.len();
-        let gap = match since {
-            Since::Now => None,
-            Since::Seq(n) => ch.replay(n, replay),
+        let plan = self.plan(ch, since, authority);
+        let gap = match plan {
+            Plan::Live | Plan::Remote => None,
+            Plan::From(n) => ch.replay(n, replay),
+            Plan::Reset => ch.replay(1, replay),
         };
-        let register = !(only_if_nothing_to_replay && (replay.len() > before || gap.is_some()));
+        let reset = plan == Plan::Reset;
+        let something = replay.len() > before || gap.is_some() || reset;
+        let register = !(only_if_nothing_to_replay && something);
         if register {
             ch.per_worker[worker] += 1;
             ch.subscribers += 1;
@@ -405,8 +600,11 @@ impl Hub {
         let result = Subscribed {
             key: ch.key,
             name: ch.name.clone(),
+            epoch: ch.epoch,
             seq: ch.seq,
             gap,
+            reset,
+            remote: plan == Plan::Remote,
             registered: register,
         };
         if register {
@@ -435,141 +633,466 @@ impl Hub {
         }
     }
 
-    /// Publishes `content` to `name` (creating the channel): sequences it, stores it in
-    /// the history and hands it to the workers with subscribers. Returns the seq.
-    pub fn publish(&self, name: &str, content: &str) -> Result<u64, HubError> {
+    /// What a worker catching a subscription up after a Redis read needs: the messages
+    /// of stream `epoch` after `after` that this node has applied since.
+    pub fn replay_after(
+        &self,
+        key: ChanKey,
+        epoch: Epoch,
+        after: u64,
+        out: &mut Vec<Arc<Msg>>,
+    ) -> CatchUp {
+        let inner = self.lock();
+        let slot = (key & 0xFFFF_FFFF) as usize;
+        let Some(ch) = inner.chans.get(slot).filter(|c| c.key == key) else {
+            return CatchUp::Gone;
+        };
+        if ch.epoch.is_none() {
+            // Nothing of the stream applied here yet: what comes reaches the worker.
+            return CatchUp::Done(after);
+        }
+        if ch.epoch != epoch {
+            return CatchUp::OtherEpoch(ch.epoch, ch.seq);
+        }
+        if ch.seq <= after {
+            return CatchUp::Done(ch.seq);
+        }
+        if ch.oldest() > after + 1 {
+            return CatchUp::Short;
+        }
+        ch.replay(after + 1, out);
+        CatchUp::Done(ch.seq)
+    }
+
+    /// Publishes `content` to `name` (creating the channel): sequences it and applies it
+    /// (memory mode) or hands it to the disk store (its ticket is in the answer). With an
+    /// idempotency `key` seen within the window, nothing is published and the first
+    /// publish's seq is answered.
+    pub fn publish(
+        &self,
+        name: &str,
+        content: &str,
+        key: Option<&str>,
+        notify: Option<Notify>,
+    ) -> Result<Accepted, HubError> {
         if content.len() > self.live.max_message_bytes() {
             return Err(HubError::TooBig);
         }
         let now = Instant::now();
-        let history_size = self.live.history_size();
         let mut inner = self.lock();
-        let ch = self.get_or_create(&mut inner, name, now)?;
-        let (seq, delta) = self.publish_locked(ch, content.into(), history_size, now)?;
-        inner.buffered = inner.buffered.wrapping_add_signed(delta);
-        Ok(seq)
+        if inner.draining {
+            return Err(HubError::Draining);
+        }
+        if let Some(k) = key {
+            if let Some(a) = self.idem_lookup(&inner, name, k) {
+                return Ok(a);
+            }
+        }
+        let slot = self.slot_or_create(&mut inner, name, now, false)?;
+        let idem = key.map(|k| IdemRecord {
+            key: k.into(),
+            expires: unix_now() + self.idem_window.as_secs(),
+        });
+        let accepted = self.request_append(&mut inner, slot, content.into(), idem, notify, now)?;
+        if let Some(k) = key {
+            self.idem_insert(&mut inner, name, k, accepted);
+        }
+        Ok(accepted)
     }
 
-    fn publish_locked(
+    fn idem_lookup(&self, inner: &Inner, name: &str, key: &str) -> Option<Accepted> {
+        let e = inner.idem.map.get(&(Arc::from(name), Box::from(key)))?;
+        let ticket = match &self.store {
+            Some(s) if s.committed() < e.ticket => e.ticket,
+            _ => 0,
+        };
+        Some(Accepted {
+            seq: e.seq,
+            epoch: e.epoch,
+            duplicate: true,
+            ticket,
+        })
+    }
+
+    fn idem_insert(&self, inner: &mut Inner, name: &str, key: &str, a: Accepted) {
+        let name: Arc<str> = Arc::from(name);
+        let key: Box<str> = Box::from(key);
+        let expires = unix_now() + self.idem_window.as_secs();
+        while inner.idem.map.len() >= self.idem_max {
+            let Some((_, c, k)) = inner.idem.order.pop_front() else {
+                break;
+            };
+            if inner.idem.map.remove(&(c.clone(), k.clone())).is_some() {
+                self.idem_evicted.fetch_add(1, Ordering::Relaxed);
+                self.forget_in_store(c, k);
+            }
+        }
+        inner
+            .idem
+            .order
+            .push_back((expires, name.clone(), key.clone()));
+        inner.idem.map.insert(
+            (name, key),
+            IdemEntry {
+                epoch: a.epoch,
+                seq: a.seq,
+                ticket: a.ticket,
+                expires,
+            },
+        );
+    }
+
+    fn forget_in_store(&self, channel: Arc<str>, key: Box<str>) {
+        if let Some(s) = &self.store {
+            s.enqueue(Op::Forget { channel, key });
+        }
+    }
+
+    /// Sequences a message on channel `slot` and applies or queues it.
+    fn request_append(
         &self,
-        ch: &mut Channel,
+        inner: &mut Inner,
+        slot: usize,
         content: Box<str>,
-        history_size: usize,
+        idem: Option<IdemRecord>,
+        notify: Option<Notify>,
         now: Instant,
-    ) -> Result<(u64, isize), HubError> {
+    ) -> Result<Accepted, HubError> {
+        let ch = &mut inner.chans[slot];
         for (w, &n) in ch.per_worker.iter().enumerate() {
             if n > 0 && self.inboxes[w].len() >= MAX_INBOX {
                 return Err(HubError::Overloaded);
             }
         }
-        let seq = ch.seq + 1;
-        let delta = self.append(ch, seq, content, history_size, now);
-        self.published.fetch_add(1, Ordering::Relaxed);
-        Ok((seq, delta))
-    }
-
-    /// Records message `seq` in the channel's history and hands it to the workers with
-    /// subscribers. Returns the change in buffered messages.
-    fn append(
-        &self,
-        ch: &mut Channel,
-        seq: u64,
-        content: Box<str>,
-        history_size: usize,
-        now: Instant,
-    ) -> isize {
-        let before = ch.history.len();
-        if seq != ch.seq + 1 {
-            // The history holds one contiguous run of seqs.
-            ch.history.clear();
+        if let Some(s) = &self.store {
+            if let Some(why) = s.failed() {
+                return Err(HubError::Store(why));
+            }
         }
-        ch.seq = seq;
+        let seq = ch.seq.max(ch.taken) + 1;
+        ch.taken = seq;
+        ch.idle_since = now;
+        let epoch = ch.epoch;
         let msg = Arc::new(Msg::new(
             ch.key,
             ch.name.clone(),
+            epoch,
             seq,
             MsgKind::Data,
             content,
         ));
-        ch.history.push_back(msg.clone());
-        while ch.history.len() > history_size {
-            ch.history.pop_front();
+        let ticket = self.dispatch(inner, slot, Op::Append { msg, idem, notify });
+        Ok(Accepted {
+            seq,
+            epoch,
+            duplicate: false,
+            ticket,
+        })
+    }
+
+    /// Applies `op` now (memory mode) or queues it in the store; returns the ticket (0
+    /// when applied).
+    fn dispatch(&self, inner: &mut Inner, slot: usize, op: Op) -> u64 {
+        match &self.store {
+            None => {
+                self.apply_locked(inner, op, false);
+                0
+            }
+            Some(s) => {
+                if let Some(ch) = inner.chans.get_mut(slot) {
+                    ch.pending += 1;
+                }
+                s.enqueue(op)
+            }
         }
-        ch.idle_since = now;
+    }
+
+    /// Applies ops committed by the store, in order.
+    pub fn apply_committed(&self, ops: Vec<Op>) {
+        let mut inner = self.lock();
+        for op in ops {
+            self.apply_locked(&mut inner, op, true);
+        }
+    }
+
+    /// Answers ops the store could not write: their publishes were not accepted (their
+    /// publishers are told); closes, clears and drains still take effect in memory.
+    pub fn apply_failed(&self, ops: Vec<Op>, why: &str) {
+        let mut inner = self.lock();
+        for op in ops {
+            match op {
+                Op::Append { msg, notify, .. } => {
+                    let slot = (msg.key & 0xFFFF_FFFF) as usize;
+                    if let Some(ch) = inner.chans.get_mut(slot).filter(|c| c.key == msg.key) {
+                        ch.pending = ch.pending.saturating_sub(1);
+                    }
+                    if let Some(n) = notify {
+                        if let Some(inbox) = self.inboxes.get(n.worker) {
+                            let e = HubError::Store(why.to_string());
+                            inbox.push(Cmd::PubDone(PubDone {
+                                token: n.token,
+                                channel: msg.channel.clone(),
+                                result: Err((e.status(), e.reason())),
+                            }));
+                        }
+                    }
+                }
+                other => self.apply_locked(&mut inner, other, true),
+            }
+        }
+    }
+
+    /// Makes one op visible: history, seq, deliveries.
+    fn apply_locked(&self, inner: &mut Inner, op: Op, from_store: bool) {
+        let slot_of = |key: ChanKey| (key & 0xFFFF_FFFF) as usize;
+        match op {
+            Op::Append { msg, notify, .. } => {
+                let history_size = self.live.history_size();
+                let now = Instant::now();
+                let Some(ch) = inner
+                    .chans
+                    .get_mut(slot_of(msg.key))
+                    .filter(|c| c.key == msg.key)
+                else {
+                    return;
+                };
+                if from_store {
+                    ch.pending = ch.pending.saturating_sub(1);
+                }
+                let delta = self.append(ch, msg.clone(), history_size, now);
+                inner.buffered = inner.buffered.wrapping_add_signed(delta);
+                self.published.fetch_add(1, Ordering::Relaxed);
+                if let Some(n) = notify.filter(|_| from_store) {
+                    if let Some(inbox) = self.inboxes.get(n.worker) {
+                        inbox.push(Cmd::PubDone(PubDone {
+                            token: n.token,
+                            channel: msg.channel.clone(),
+                            result: Ok((msg.seq, msg.epoch, false)),
+                        }));
+                    }
+                }
+            }
+            Op::Close { key, .. } => {
+                let slot = slot_of(key);
+                if inner.chans.get(slot).is_none_or(|c| c.key != key) {
+                    return;
+                }
+                let ch = inner.chans.remove(slot);
+                if inner.names.get(&ch.name) == Some(&slot) {
+                    inner.names.remove(&ch.name);
+                }
+                inner.subscriptions -= ch.subscribers;
+                inner.buffered -= ch.history.len();
+                let msg = Arc::new(Msg::new(
+                    ch.key,
+                    ch.name.clone(),
+                    ch.epoch,
+                    ch.seq,
+                    MsgKind::Close,
+                    "".into(),
+                ));
+                self.push_to_subscribers(&ch, &msg);
+            }
+            Op::Clear { key, .. } => {
+                let Some(ch) = inner.chans.get_mut(slot_of(key)).filter(|c| c.key == key) else {
+                    return;
+                };
+                if from_store {
+                    ch.pending = ch.pending.saturating_sub(1);
+                }
+                let n = ch.history.len();
+                ch.history.clear();
+                inner.buffered -= n;
+            }
+            Op::Drain => {
+                for inbox in &self.inboxes {
+                    inbox.push(Cmd::Drain);
+                }
+            }
+            Op::Drop { .. } | Op::Forget { .. } => {}
+        }
+    }
+
+    fn push_to_subscribers(&self, ch: &Channel, msg: &Arc<Msg>) {
         for (w, &n) in ch.per_worker.iter().enumerate() {
             if n > 0 {
                 self.inboxes[w].push(Cmd::Deliver(msg.clone()));
             }
         }
+    }
+
+    /// Records message `msg` in the channel's history and hands it to the workers with
+    /// subscribers. Returns the change in buffered messages.
+    fn append(&self, ch: &mut Channel, msg: Arc<Msg>, history_size: usize, now: Instant) -> isize {
+        let before = ch.history.len();
+        if msg.seq != ch.seq + 1 {
+            // The history holds one contiguous run of seqs.
+            ch.history.clear();
+        }
+        ch.seq = msg.seq;
+        ch.taken = ch.taken.max(msg.seq);
+        self.push_to_subscribers(ch, &msg);
+        ch.history.push_back(msg);
+        while ch.history.len() > history_size {
+            ch.history.pop_front();
+        }
+        ch.idle_since = now;
         ch.history.len() as isize - before as isize
+    }
+
+    /// On a replica: makes sure the channel is in stream `epoch` before something of it
+    /// at `first` is applied. A channel that did not know its epoch learns it; one that
+    /// was in another stream starts again, and its subscribers get a `reset` (and a `gap`
+    /// when the new stream's start is not known here). Returns the buffered change.
+    fn enter_epoch(&self, ch: &mut Channel, epoch: Epoch, first: u64) -> isize {
+        if ch.epoch == epoch || epoch.is_none() {
+            return 0;
+        }
+        if ch.epoch.is_none() {
+            ch.epoch = epoch;
+            return 0;
+        }
+        let dropped = ch.history.len() as isize;
+        ch.history.clear();
+        ch.epoch = epoch;
+        ch.seq = 0;
+        ch.taken = 0;
+        let reset = Arc::new(Msg::new(
+            ch.key,
+            ch.name.clone(),
+            epoch,
+            first.saturating_sub(1),
+            MsgKind::Reset,
+            "".into(),
+        ));
+        self.push_to_subscribers(ch, &reset);
+        if first > 1 {
+            let gap = Arc::new(Msg::gap(ch.key, ch.name.clone(), epoch, 1, first - 1));
+            self.push_to_subscribers(ch, &gap);
+            ch.seq = first - 1;
+        }
+        -dropped
     }
 
     /// A message sequenced elsewhere in the cluster (read from the Redis feed): recorded
     /// and delivered like a local publish, unless already seen.
-    pub fn deliver_remote(&self, name: &str, seq: u64, content: &str) {
+    pub fn deliver_remote(&self, name: &str, epoch: Epoch, seq: u64, content: &str) {
         let now = Instant::now();
         let history_size = self.live.history_size();
         let mut inner = self.lock();
-        let Ok(ch) = self.get_or_create(&mut inner, name, now) else {
+        let Ok(slot) = self.slot_or_create(&mut inner, name, now, true) else {
             return;
         };
+        let ch = &mut inner.chans[slot];
+        let mut delta = self.enter_epoch(ch, epoch, seq);
         if seq <= ch.seq {
+            inner.buffered = inner.buffered.wrapping_add_signed(delta);
             return;
         }
-        let delta = self.append(ch, seq, content.into(), history_size, now);
+        let msg = Arc::new(Msg::new(
+            ch.key,
+            ch.name.clone(),
+            ch.epoch,
+            seq,
+            MsgKind::Data,
+            content.into(),
+        ));
+        delta += self.append(ch, msg, history_size, now);
         inner.buffered = inner.buffered.wrapping_add_signed(delta);
         self.remote.fetch_add(1, Ordering::Relaxed);
+        self.published.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Tells a channel's subscribers that `from..=to` can no longer be delivered.
-    pub fn deliver_gap(&self, name: &str, from: u64, to: u64) {
+    /// Tells a channel's subscribers that `from..=to` of stream `epoch` can no longer be
+    /// delivered.
+    pub fn deliver_gap(&self, name: &str, epoch: Epoch, from: u64, to: u64) {
         let mut inner = self.lock();
         let Some(&slot) = inner.names.get(name) else {
             return;
         };
         let ch = &mut inner.chans[slot];
-        if to <= ch.seq {
+        let mut delta = self.enter_epoch(ch, epoch, from);
+        if to > ch.seq {
+            delta -= ch.history.len() as isize;
+            ch.history.clear();
+            ch.seq = to;
+            ch.taken = ch.taken.max(to);
+            let msg = Arc::new(Msg::gap(ch.key, ch.name.clone(), ch.epoch, from, to));
+            self.push_to_subscribers(ch, &msg);
+        }
+        inner.buffered = inner.buffered.wrapping_add_signed(delta);
+    }
+
+    /// On a replica: the channel's stream is now `epoch` (a fill-in found that Redis
+    /// moved on); what follows is that stream from its start.
+    pub fn enter_stream(&self, name: &str, epoch: Epoch) {
+        let mut inner = self.lock();
+        let Some(&slot) = inner.names.get(name) else {
             return;
-        }
-        let dropped = ch.history.len();
-        ch.history.clear();
-        ch.seq = to;
-        let mut msg = Msg::new(ch.key, ch.name.clone(), to, MsgKind::Gap, "".into());
-        msg.from = from;
-        let msg = Arc::new(msg);
-        for (w, &n) in ch.per_worker.iter().enumerate() {
-            if n > 0 {
-                self.inboxes[w].push(Cmd::Deliver(msg.clone()));
-            }
-        }
-        inner.buffered -= dropped;
+        };
+        let ch = &mut inner.chans[slot];
+        let delta = self.enter_epoch(ch, epoch, 1);
+        inner.buffered = inner.buffered.wrapping_add_signed(delta);
     }
 
-    /// The highest seq this node has seen on a channel (0 if unknown).
-    pub fn local_seq(&self, name: &str) -> u64 {
+    /// The configured history size (live).
+    pub fn history_size(&self) -> usize {
+        self.live.history_size()
+    }
+
+    /// On a replica: this node's publisher got `seq` of stream `epoch` from Redis (the
+    /// feed brings the message later). Raises the floor this node re-seeds Redis with.
+    pub fn note_taken(&self, name: &str, epoch: Epoch, seq: u64) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let Ok(slot) = self.slot_or_create(&mut inner, name, now, true) else {
+            return;
+        };
+        let ch = &mut inner.chans[slot];
+        if ch.epoch.is_none() {
+            ch.epoch = epoch;
+        }
+        if ch.epoch == epoch {
+            ch.taken = ch.taken.max(seq);
+        }
+    }
+
+    /// The stream this node knows for a channel: epoch and highest seq it knows taken.
+    pub fn local_stream(&self, name: &str) -> Option<(Epoch, u64)> {
         let inner = self.lock();
-        inner.names.get(name).map_or(0, |&s| inner.chans[s].seq)
+        let &slot = inner.names.get(name)?;
+        let ch = &inner.chans[slot];
+        Some((ch.epoch, ch.seq.max(ch.taken)))
     }
 
-    /// Every known channel with its seq.
-    pub fn local_seqs(&self) -> Vec<(String, u64)> {
+    /// Every channel with a known epoch, with the highest seq this node knows taken (the
+    /// re-seed after a Redis outage).
+    pub fn local_streams(&self) -> Vec<(String, Epoch, u64)> {
         let inner = self.lock();
         inner
             .chans
             .iter()
-            .map(|(_, c)| (c.name.to_string(), c.seq))
+            .filter(|(_, c)| c.epoch.is_some() && !c.closing)
+            .map(|(_, c)| (c.name.to_string(), c.epoch, c.seq.max(c.taken)))
             .collect()
     }
 
-    /// Channels with local subscribers, with their seq.
-    pub fn local_seqs_with_subscribers(&self) -> Vec<(String, u64)> {
+    /// Channels with local subscribers, with their epoch and applied seq (the fill-in).
+    pub fn local_streams_with_subscribers(&self) -> Vec<(String, Epoch, u64)> {
         let inner = self.lock();
         inner
             .chans
             .iter()
-            .filter(|(_, c)| c.subscribers > 0)
-            .map(|(_, c)| (c.name.to_string(), c.seq))
+            .filter(|(_, c)| c.subscribers > 0 && !c.closing)
+            .map(|(_, c)| (c.name.to_string(), c.epoch, c.seq))
             .collect()
+    }
+
+    /// How many channels have seqs this node handed out that it has not applied yet (a
+    /// drain waits for them to come back through the feed).
+    pub fn unapplied(&self) -> usize {
+        let inner = self.lock();
+        inner.chans.iter().filter(|(_, c)| c.taken > c.seq).count()
     }
 
     /// Channels with local subscribers, with their counts.
@@ -583,62 +1106,81 @@ impl Hub {
             .collect()
     }
 
-    /// Publishes `content` to every channel; returns how many.
-    pub fn broadcast(&self, content: &str) -> Result<usize, HubError> {
+    /// Publishes `content` to every channel; returns how many, and the last ticket.
+    pub fn broadcast(&self, content: &str) -> Result<(usize, u64), HubError> {
         if content.len() > self.live.max_message_bytes() {
             return Err(HubError::TooBig);
         }
         let now = Instant::now();
-        let history_size = self.live.history_size();
         let mut inner = self.lock();
+        if inner.draining {
+            return Err(HubError::Draining);
+        }
+        let slots: Vec<usize> = inner.names.values().copied().collect();
         let mut n = 0;
-        let mut delta = 0isize;
-        let mut result = Ok(());
-        for (_, ch) in inner.chans.iter_mut() {
-            match self.publish_locked(ch, content.into(), history_size, now) {
-                Ok((_, d)) => delta += d,
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
-            }
+        let mut ticket = 0;
+        for slot in slots {
+            let a = self.request_append(&mut inner, slot, content.into(), None, None, now)?;
+            ticket = ticket.max(a.ticket);
             n += 1;
         }
-        inner.buffered = inner.buffered.wrapping_add_signed(delta);
-        result.map(|()| n)
+        Ok((n, ticket))
     }
 
     /// Closes a channel: its subscribers get `close` and are unsubscribed, its history is
-    /// dropped and the name is free again.
-    pub fn close_channel(&self, name: &str) -> Result<(), HubError> {
+    /// dropped and the name is free again (a new stream, with a new epoch, can start at
+    /// once). Returns the store ticket (0 when applied).
+    pub fn close_channel(&self, name: &str) -> Result<u64, HubError> {
         let mut inner = self.lock();
         let slot = inner.names.remove(name).ok_or(HubError::NoChannel)?;
-        let ch = inner.chans.remove(slot);
-        inner.subscriptions -= ch.subscribers;
-        inner.buffered -= ch.history.len();
-        let msg = Arc::new(Msg::new(
-            ch.key,
-            ch.name.clone(),
-            ch.seq,
-            MsgKind::Close,
-            "".into(),
-        ));
-        for (w, &n) in ch.per_worker.iter().enumerate() {
-            if n > 0 {
-                self.inboxes[w].push(Cmd::Deliver(msg.clone()));
-            }
-        }
-        Ok(())
+        let ch = &mut inner.chans[slot];
+        ch.closing = true;
+        let op = Op::Close {
+            key: ch.key,
+            name: ch.name.clone(),
+        };
+        Ok(self.dispatch(&mut inner, slot, op))
     }
 
-    /// Drops a channel's history (its seq goes on).
-    pub fn clear(&self, name: &str) -> Result<(), HubError> {
+    /// Drops a channel's history (its seq goes on). Returns the store ticket.
+    pub fn clear(&self, name: &str) -> Result<u64, HubError> {
         let mut inner = self.lock();
         let slot = *inner.names.get(name).ok_or(HubError::NoChannel)?;
-        let n = inner.chans[slot].history.len();
-        inner.chans[slot].history.clear();
-        inner.buffered -= n;
-        Ok(())
+        let ch = &inner.chans[slot];
+        let op = Op::Clear {
+            key: ch.key,
+            name: ch.name.clone(),
+        };
+        Ok(self.dispatch(&mut inner, slot, op))
+    }
+
+    /// Refuses publishes from now on (the first step of a drain).
+    pub fn refuse_publishes(&self) {
+        self.lock().draining = true;
+    }
+
+    /// Starts a drain: from now on publishes are refused, and every worker gets
+    /// [`Cmd::Drain`] behind every message accepted before. False when it was already
+    /// started.
+    pub fn begin_drain(&self) -> bool {
+        let mut inner = self.lock();
+        if inner.drain_sent {
+            return false;
+        }
+        inner.draining = true;
+        inner.drain_sent = true;
+        match &self.store {
+            None => self.apply_locked(&mut inner, Op::Drain, false),
+            Some(s) => {
+                s.enqueue(Op::Drain);
+            }
+        }
+        true
+    }
+
+    /// True once a drain started.
+    pub fn draining(&self) -> bool {
+        self.lock().draining
     }
 
     /// A channel's figures.
@@ -681,9 +1223,11 @@ impl Hub {
     }
 
     /// Reclaims empty channels idle for longer than `channel_ttl_secs`, looking at
-    /// [`SWEEP_BATCH`] slots per call. Returns how many were reclaimed.
+    /// [`SWEEP_BATCH`] slots per call, and forgets expired idempotency records. Returns
+    /// how many channels were reclaimed.
     pub fn sweep(&self, now: Instant) -> usize {
         let mut inner = self.lock();
+        self.expire_idem(&mut inner);
         let cap = inner.chans.capacity();
         if cap == 0 {
             return 0;
@@ -694,6 +1238,8 @@ impl Hub {
         for slot in start..end {
             if let Some(ch) = inner.chans.get(slot) {
                 if ch.subscribers == 0
+                    && ch.pending == 0
+                    && !ch.closing
                     && now.saturating_duration_since(ch.idle_since) >= self.channel_ttl
                 {
                     dead.push(slot);
@@ -705,273 +1251,52 @@ impl Hub {
             let ch = inner.chans.remove(*slot);
             inner.names.remove(&ch.name);
             inner.buffered -= ch.history.len();
+            if let Some(s) = &self.store {
+                s.enqueue(Op::Drop { name: ch.name });
+            }
         }
         dead.len()
+    }
+
+    fn expire_idem(&self, inner: &mut Inner) {
+        let now = unix_now();
+        while inner.idem.order.front().is_some_and(|e| e.0 <= now) {
+            let (_, c, k) = inner.idem.order.pop_front().expect("checked above");
+            let key = (c, k);
+            if inner.idem.map.get(&key).is_some_and(|e| e.expires <= now) {
+                inner.idem.map.remove(&key);
+                self.forget_in_store(key.0, key.1);
+            }
+        }
+    }
+}
+
+/// What [`Hub::replay_after`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatchUp {
+    /// Everything after the asked seq was copied; the channel's seq.
+    Done(u64),
+    /// The channel is now in another stream (epoch, seq).
+    OtherEpoch(Epoch, u64),
+    /// The local history does not reach back to the asked seq.
+    Short,
+    /// The channel is gone.
+    Gone,
+}
+
+impl HubConfig {
+    /// The hub settings of a configuration.
+    pub fn from_config(cfg: &crate::config::Config, live: Arc<Live>, replica: bool) -> HubConfig {
+        HubConfig {
+            live,
+            max_channels: cfg.max_channels,
+            channel_ttl: crate::config::secs(cfg.channel_ttl_secs),
+            idempotency_window: crate::config::secs(cfg.idempotency_window_secs),
+            idempotency_max_keys: cfg.idempotency_max_keys,
+            replica,
+        }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Config;
-
-    fn hub(workers: usize, cfg: &Config) -> (Hub, Vec<Arc<Inbox>>) {
-        let inboxes: Vec<Arc<Inbox>> = (0..workers).map(|_| Arc::new(Inbox::detached())).collect();
-        let live = Arc::new(Live::new(cfg));
-        let h = Hub::new(
-            inboxes.clone(),
-            live,
-            cfg.max_channels,
-            Duration::from_secs_f64(cfg.channel_ttl_secs),
-        );
-        (h, inboxes)
-    }
-
-    fn drain(inbox: &Inbox) -> Vec<u64> {
-        let mut seqs = Vec::new();
-        while let Some(cmd) = inbox.pop() {
-            if let Cmd::Deliver(m) = cmd {
-                seqs.push(m.seq);
-            }
-        }
-        seqs
-    }
-
-    #[test]
-    fn sequences_and_delivers_to_workers_with_subscribers() {
-        let (h, inboxes) = hub(2, &Config::default());
-        let mut replay = Vec::new();
-        let sub = h
-            .subscribe(1, "news", Since::Now, false, &mut replay)
-            .unwrap();
-        assert_eq!(sub.seq, 0);
-        assert!(replay.is_empty());
-        assert_eq!(h.publish("news", "a").unwrap(), 1);
-        assert_eq!(h.publish("news", "b").unwrap(), 2);
-        assert_eq!(drain(&inboxes[0]), Vec::<u64>::new());
-        assert_eq!(drain(&inboxes[1]), vec![1, 2]);
-        h.unsubscribe(1, sub.key);
-        h.publish("news", "c").unwrap();
-        assert!(drain(&inboxes[1]).is_empty());
-        let info = h.info("news").unwrap();
-        assert_eq!((info.seq, info.subscribers, info.buffered), (3, 0, 3));
-    }
-
-    #[test]
-    fn replay_and_gap() {
-        let cfg = Config {
-            history_size: 3,
-            ..Default::default()
-        };
-        let (h, _) = hub(1, &cfg);
-        for i in 0..5 {
-            h.publish("c", &format!("m{i}")).unwrap();
-        }
-        // History holds 3, 4, 5.
-        let mut replay = Vec::new();
-        let s = h
-            .subscribe(0, "c", Since::Seq(4), false, &mut replay)
-            .unwrap();
-        assert_eq!(s.gap, None);
-        assert_eq!(replay.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![4, 5]);
-        replay.clear();
-        let s = h
-            .subscribe(0, "c", Since::Seq(1), false, &mut replay)
-            .unwrap();
-        assert_eq!(s.gap, Some((1, 2)));
-        assert_eq!(replay.len(), 3);
-        replay.clear();
-        let s = h
-            .subscribe(0, "c", Since::Seq(6), false, &mut replay)
-            .unwrap();
-        assert_eq!((s.gap, replay.len()), (None, 0));
-        let s = h
-            .subscribe(0, "c", Since::Seq(0), false, &mut replay)
-            .unwrap();
-        assert_eq!(s.gap, Some((1, 2)));
-        h.clear("c").unwrap();
-        replay.clear();
-        let s = h
-            .subscribe(0, "c", Since::Seq(5), false, &mut replay)
-            .unwrap();
-        assert_eq!((s.gap, replay.len()), (Some((5, 5)), 0));
-    }
-
-    #[test]
-    fn poll_registers_only_when_nothing_to_replay() {
-        let (h, _) = hub(1, &Config::default());
-        h.publish("p", "x").unwrap();
-        let mut replay = Vec::new();
-        let s = h
-            .subscribe(0, "p", Since::Seq(1), true, &mut replay)
-            .unwrap();
-        assert!(!s.registered);
-        assert_eq!(h.info("p").unwrap().subscribers, 0);
-        let s = h
-            .subscribe(0, "p", Since::Seq(2), true, &mut Vec::new())
-            .unwrap();
-        assert!(s.registered);
-        assert_eq!(h.info("p").unwrap().subscribers, 1);
-    }
-
-    #[test]
-    fn limits() {
-        let cfg = Config {
-            max_channels: 2,
-            max_message_bytes: 200,
-            ..Default::default()
-        };
-        let (h, _) = hub(1, &cfg);
-        h.publish("a", "x").unwrap();
-        h.publish("b", "x").unwrap();
-        assert_eq!(h.publish("c", "x"), Err(HubError::ChannelLimit));
-        assert_eq!(h.publish("a", &"x".repeat(201)), Err(HubError::TooBig));
-        assert_eq!(HubError::ChannelLimit.status(), 503);
-    }
-
-    #[test]
-    fn close_delivers_close_and_frees_the_name() {
-        let (h, inboxes) = hub(1, &Config::default());
-        let mut r = Vec::new();
-        h.subscribe(0, "x", Since::Now, false, &mut r).unwrap();
-        h.publish("x", "1").unwrap();
-        h.close_channel("x").unwrap();
-        let mut kinds = Vec::new();
-        while let Some(Cmd::Deliver(m)) = inboxes[0].pop() {
-            kinds.push(m.kind);
-        }
-        assert_eq!(kinds, vec![MsgKind::Data, MsgKind::Close]);
-        assert!(h.info("x").is_none());
-        assert_eq!(h.close_channel("x"), Err(HubError::NoChannel));
-        assert_eq!(
-            h.publish("x", "again").unwrap(),
-            1,
-            "a new channel starts at 1"
-        );
-    }
-
-    #[test]
-    fn sweep_reclaims_idle_empty_channels() {
-        let cfg = Config {
-            channel_ttl_secs: 1.0,
-            ..Default::default()
-        };
-        let (h, _) = hub(1, &cfg);
-        h.publish("idle", "x").unwrap();
-        let mut r = Vec::new();
-        let s = h.subscribe(0, "busy", Since::Now, false, &mut r).unwrap();
-        let later = Instant::now() + Duration::from_secs(2);
-        assert_eq!(h.sweep(later), 1);
-        assert!(h.info("idle").is_none());
-        assert!(h.info("busy").is_some());
-        h.unsubscribe(0, s.key);
-        assert_eq!(h.sweep(Instant::now() + Duration::from_secs(3)), 1);
-        assert_eq!(h.channel_count(), 0);
-    }
-
-    #[test]
-    fn totals_follow_every_change() {
-        let cfg = Config {
-            history_size: 2,
-            ..Default::default()
-        };
-        let (h, _) = hub(2, &cfg);
-        let mut r = Vec::new();
-        let a = h.subscribe(0, "a", Since::Now, false, &mut r).unwrap();
-        h.subscribe(1, "b", Since::Now, false, &mut r).unwrap();
-        for _ in 0..3 {
-            h.publish("a", "x").unwrap();
-        }
-        h.publish("b", "y").unwrap();
-        let t = h.totals();
-        assert_eq!((t.channels, t.subscriptions, t.buffered), (2, 2, 3));
-        h.broadcast("z").unwrap();
-        assert_eq!(h.totals().buffered, 4);
-        h.clear("a").unwrap();
-        assert_eq!(h.totals().buffered, 2);
-        h.unsubscribe(0, a.key);
-        h.close_channel("b").unwrap();
-        let t = h.totals();
-        assert_eq!((t.channels, t.subscriptions, t.buffered), (1, 0, 0));
-    }
-
-    #[test]
-    fn remote_messages_are_recorded_once_and_delivered() {
-        let (h, inboxes) = hub(1, &Config::default());
-        let mut r = Vec::new();
-        h.subscribe(0, "c", Since::Now, false, &mut r).unwrap();
-        h.deliver_remote("c", 5, "five");
-        h.deliver_remote("c", 5, "five again");
-        h.deliver_remote("c", 4, "late");
-        h.deliver_remote("c", 6, "six");
-        assert_eq!(drain(&inboxes[0]), vec![5, 6]);
-        assert_eq!(h.local_seq("c"), 6);
-        // The history holds one contiguous run: 5 and 6 (nothing before 5 is known).
-        let mut replay = Vec::new();
-        let s = h
-            .subscribe(0, "c", Since::Seq(1), false, &mut replay)
-            .unwrap();
-        assert_eq!(s.gap, Some((1, 4)));
-        assert_eq!(replay.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![5, 6]);
-        h.deliver_remote("c", 9, "nine");
-        let mut replay = Vec::new();
-        h.subscribe(0, "c", Since::Seq(5), false, &mut replay)
-            .unwrap();
-        assert_eq!(replay.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![9]);
-        // Remote messages for unknown channels create them (their seq is remembered).
-        h.deliver_remote("other", 3, "x");
-        assert_eq!(h.local_seq("other"), 3);
-    }
-
-    #[test]
-    fn a_gap_reaches_subscribers_and_moves_the_seq() {
-        let (h, inboxes) = hub(1, &Config::default());
-        let mut r = Vec::new();
-        h.subscribe(0, "c", Since::Now, false, &mut r).unwrap();
-        h.deliver_remote("c", 1, "a");
-        drain(&inboxes[0]);
-        h.deliver_gap("c", 2, 7);
-        let Some(Cmd::Deliver(m)) = inboxes[0].pop() else {
-            panic!("a gap delivery")
-        };
-        assert_eq!((m.kind, m.from, m.seq), (MsgKind::Gap, 2, 7));
-        assert_eq!(
-            &m.json()[..],
-            br#"{"type":"gap","channel":"c","from":2,"to":7}"#
-        );
-        assert_eq!(h.local_seq("c"), 7);
-        assert_eq!(h.totals().buffered, 0);
-        h.deliver_gap("c", 2, 5);
-        assert!(inboxes[0].pop().is_none(), "an older gap is ignored");
-    }
-
-    #[test]
-    fn a_reused_slot_has_a_new_key() {
-        let (h, _) = hub(1, &Config::default());
-        let mut r = Vec::new();
-        let a = h.subscribe(0, "a", Since::Now, false, &mut r).unwrap();
-        h.unsubscribe(0, a.key);
-        h.close_channel("a").unwrap();
-        let b = h.subscribe(0, "b", Since::Now, false, &mut r).unwrap();
-        assert_ne!(a.key, b.key);
-        // A stale unsubscribe for the old key does not touch the new channel.
-        h.unsubscribe(0, a.key);
-        assert_eq!(h.info("b").unwrap().subscribers, 1);
-    }
-
-    #[test]
-    fn encodings_are_made_once_and_agree() {
-        let m = Msg::new(1, Arc::from("news"), 7, MsgKind::Data, "hi</script>".into());
-        let a = m.ws_frame().clone();
-        let b = m.ws_frame().clone();
-        assert_eq!(a.as_ptr(), b.as_ptr(), "shared, not re-encoded");
-        assert_eq!(
-            &m.json()[..],
-            br#"{"type":"data","channel":"news","seq":7,"content":"hi</script>"}"#
-        );
-        assert!(m.sse_event().starts_with(b"id: news:7\ndata: {"));
-        assert!(m.sse_data().starts_with(b"data: {"));
-        assert!(!m.script_json().windows(2).any(|w| w == b"</"));
-        assert!(m.ndjson_chunk().ends_with(b"}\n\r\n"));
-    }
-}
+mod tests;

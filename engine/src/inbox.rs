@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
-use crate::hub::Msg;
+use crate::epoch::Epoch;
+use crate::msg::Msg;
 
 /// Most commands queued for one worker; a publish that would pass it is refused with 503
 /// rather than letting memory grow without bound.
@@ -44,10 +45,53 @@ pub struct ConnInfo {
     pub queued: usize,
 }
 
+/// The outcome of a publish a WebSocket client made, answered after the fact (a disk-store
+/// commit, a Redis round trip on a helper thread).
+#[derive(Debug)]
+pub struct PubDone {
+    /// The publishing connection.
+    pub token: u64,
+    /// The channel.
+    pub channel: Arc<str>,
+    /// `(seq, epoch, duplicate)`, or `(status, reason)`.
+    pub result: Result<(u64, Epoch, bool), (u16, String)>,
+}
+
+/// What a Redis read for a subscription found (cluster mode): the stream as Redis has it
+/// from the asked position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteStream {
+    /// The stream's epoch in Redis ([`Epoch::NONE`]: Redis has no stream for the channel).
+    pub epoch: Epoch,
+    /// Its last seq.
+    pub seq: u64,
+    /// The asked position is not in this stream: the messages are from its start.
+    pub reset: bool,
+    /// Buffered messages from the asked seq (or from 1 after a reset), in order.
+    pub messages: Vec<(u64, Box<str>)>,
+    /// Asked-for messages no longer buffered.
+    pub gap: Option<(u64, u64)>,
+}
+
+/// The answer to a Redis request a worker made for one of its connections.
+#[derive(Debug)]
+pub struct RemoteReply {
+    /// The connection.
+    pub token: u64,
+    /// The worker's request id.
+    pub req: u64,
+    /// The stream, or why it could not be read.
+    pub result: Result<RemoteStream, String>,
+}
+
 /// Work for a worker.
 pub enum Cmd {
     /// Deliver a message (or a channel close) to local subscribers.
     Deliver(Arc<Msg>),
+    /// A client publish's outcome.
+    PubDone(PubDone),
+    /// A Redis read's outcome.
+    Remote(RemoteReply),
     /// Close one connection; replies whether it existed.
     Kick {
         /// Slot in the worker's slab.

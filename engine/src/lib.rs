@@ -9,7 +9,10 @@
 //! - [`server`]: startup, shared state, signals and shutdown.
 //! - [`worker`]: one thread per core with its own reactor, listener, slab and timer wheel.
 //! - [`conn`]: the per-connection record and state machine.
-//! - [`hub`]: channels, sequence numbers, history rings, per-worker subscriber counts.
+//! - [`hub`]: channels, epochs, sequence numbers, history rings, per-worker subscriber
+//!   counts; [`msg`]: one message and its wire forms; [`epoch`]: stream epochs.
+//! - [`store`]: the optional disk history store; [`cluster`]: sharing channels through
+//!   Redis.
 //! - [`timer`]: the hashed timing wheel.
 //! - [`admin`], [`control`]: the admin HTTP API and the control socket.
 //! - [`config`]: configuration with documented defaults; [`auth`]: subscriber tokens.
@@ -22,10 +25,13 @@ pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod control;
+pub mod epoch;
 pub mod hub;
 pub mod inbox;
 pub mod metrics;
+pub mod msg;
 pub mod reactor;
 pub mod server;
+pub mod store;
 pub mod timer;
 pub mod worker;

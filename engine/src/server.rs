@@ -17,13 +17,15 @@ use std::time::{Duration, Instant};
 
 use crate::cluster::Cluster;
 use crate::config::{self, AuthMode, Config, Live};
-use crate::config::{BackendKind, UringArm};
-use crate::hub::{ChannelInfo, Hub, HubError};
+use crate::config::{BackendKind, HistoryStore, UringArm};
+use crate::epoch::Epoch;
+use crate::hub::{Accepted, ChannelInfo, Hub, HubConfig, HubError};
 use crate::inbox::{Cmd, Inbox};
 use crate::metrics::{Snapshot, WorkerStats};
 use crate::reactor::epoll::Epoll;
 use crate::reactor::uring::{self, Uring};
 use crate::reactor::Backend;
+use crate::store::Store;
 use crate::worker::Worker;
 use crate::{admin, control, error, info, warn};
 
@@ -31,6 +33,11 @@ use crate::{admin, control, error, info, warn};
 pub const LISTEN_BACKLOG: i32 = 4096;
 /// How often the waiting main thread checks whether a drain has finished.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
+/// Longest wait for a disk-store commit by a thread that answers after it.
+pub const STORE_WAIT: Duration = Duration::from_secs(10);
+/// How long a draining cluster node waits for its acknowledged publishes to come back
+/// through the feed before it closes its subscribers.
+pub const DRAIN_FEED_WAIT: Duration = Duration::from_secs(2);
 
 /// Why the main thread should stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,18 +109,47 @@ impl Shared {
         self.cfg.auth == AuthMode::Token
     }
 
-    /// Publishes a message (admin port, control socket, WebSocket clients): through Redis
-    /// in a cluster, into the local hub otherwise.
-    pub fn publish(&self, channel: &str, content: &str) -> Result<u64, HubError> {
+    /// Publishes a message (admin port, control socket): through Redis in a cluster, into
+    /// the local hub otherwise. With the disk store the answer carries a ticket to wait
+    /// for before acknowledging ([`Shared::wait_ticket`]).
+    pub fn publish(
+        &self,
+        channel: &str,
+        content: &str,
+        key: Option<&str>,
+    ) -> Result<Accepted, HubError> {
         match &self.cluster {
             Some(c) => {
+                if self.hub.draining() {
+                    return Err(HubError::Draining);
+                }
                 if content.len() > self.live.max_message_bytes() {
                     return Err(HubError::TooBig);
                 }
-                c.publish(&self.hub, channel, content, self.live.history_size())
+                c.publish(&self.hub, channel, content, key)
             }
-            None => self.hub.publish(channel, content),
+            None => self.hub.publish(channel, content, key, None),
         }
+    }
+
+    /// Waits (at most [`STORE_WAIT`]) until a disk-store ticket is committed.
+    pub fn wait_ticket(&self, ticket: u64) -> Result<(), HubError> {
+        match self.hub.store() {
+            Some(s) if ticket > 0 => s.wait(ticket, STORE_WAIT).map_err(HubError::Store),
+            _ => Ok(()),
+        }
+    }
+
+    /// Publishes and waits for the commit (threads that may block: the control socket).
+    pub fn publish_wait(
+        &self,
+        channel: &str,
+        content: &str,
+        key: Option<&str>,
+    ) -> Result<Accepted, HubError> {
+        let a = self.publish(channel, content, key)?;
+        self.wait_ticket(a.ticket)?;
+        Ok(Accepted { ticket: 0, ..a })
     }
 
     /// Publishes to every channel; returns how many.
@@ -122,11 +158,15 @@ impl Shared {
             Some(c) => {
                 let channels = c.all_channels(self.cfg.max_channels)?;
                 for name in &channels {
-                    self.publish(name, content)?;
+                    self.publish(name, content, None)?;
                 }
                 Ok(channels.len())
             }
-            None => self.hub.broadcast(content),
+            None => {
+                let (n, ticket) = self.hub.broadcast(content)?;
+                self.wait_ticket(ticket)?;
+                Ok(n)
+            }
         }
     }
 
@@ -134,7 +174,10 @@ impl Shared {
     pub fn close_channel(&self, channel: &str) -> Result<(), HubError> {
         match &self.cluster {
             Some(c) => c.close(&self.hub, channel),
-            None => self.hub.close_channel(channel),
+            None => {
+                let t = self.hub.close_channel(channel)?;
+                self.wait_ticket(t)
+            }
         }
     }
 
@@ -142,18 +185,11 @@ impl Shared {
     pub fn clear(&self, channel: &str) -> Result<(), HubError> {
         match &self.cluster {
             Some(c) => c.clear(channel),
-            None => self.hub.clear(channel),
-        }
-    }
-
-    /// A channel's last seq (0 when unknown): cluster-wide in a cluster.
-    pub fn channel_seq(&self, channel: &str) -> u64 {
-        if let Some(c) = &self.cluster {
-            if let Ok((seq, _)) = c.channel_state(channel) {
-                return seq.max(self.hub.local_seq(channel));
+            None => {
+                let t = self.hub.clear(channel)?;
+                self.wait_ticket(t)
             }
         }
-        self.hub.info(channel).map_or(0, |i| i.seq)
     }
 
     /// A channel's figures: cluster-wide in a cluster (`None` for the cluster part when
@@ -161,6 +197,7 @@ impl Shared {
     pub fn channel_info(&self, channel: &str) -> (ChannelInfo, Option<Result<(), String>>) {
         let mut info = self.hub.info(channel).unwrap_or(ChannelInfo {
             name: channel.to_string(),
+            epoch: Epoch::NONE,
             seq: 0,
             subscribers: 0,
             buffered: 0,
@@ -170,10 +207,16 @@ impl Shared {
         };
         let r = c
             .channel_state(channel)
-            .and_then(|(seq, buffered)| Ok((seq, buffered, c.subscribers(channel)?)));
+            .and_then(|(epoch, seq, buffered)| Ok((epoch, seq, buffered, c.subscribers(channel)?)));
         match r {
-            Ok((seq, buffered, subscribers)) => {
-                info.seq = info.seq.max(seq);
+            Ok((epoch, seq, buffered, subscribers)) => {
+                if epoch.is_some() {
+                    if epoch != info.epoch {
+                        info.seq = 0;
+                    }
+                    info.epoch = epoch;
+                    info.seq = info.seq.max(seq);
+                }
                 info.buffered = buffered as usize;
                 info.subscribers = subscribers;
                 (info, Some(Ok(())))
@@ -187,14 +230,24 @@ impl Shared {
         Snapshot::collect(self.stats.iter().map(|s| &**s))
     }
 
-    /// Starts a drain on every worker (idempotent).
+    /// Starts a drain on every worker (idempotent): publishes are refused from now on,
+    /// and every worker drains behind the messages accepted before, so none of those is
+    /// lost to a subscriber closed ahead of it. In a cluster, the messages this node's
+    /// publishers had acknowledged are first waited for (bounded by [`DRAIN_FEED_WAIT`])
+    /// to come back through the feed.
     pub fn drain(&self) {
-        if !self.draining.swap(true, Ordering::SeqCst) {
-            info!("draining: no new connections, closing subscribers");
-            for inbox in &self.inboxes {
-                inbox.push(Cmd::Drain);
+        if self.draining.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        info!("draining: no new connections or publishes, closing subscribers");
+        if self.cluster.is_some() {
+            self.hub.refuse_publishes();
+            let deadline = Instant::now() + DRAIN_FEED_WAIT;
+            while self.hub.unapplied() > 0 && Instant::now() < deadline {
+                thread::sleep(DRAIN_POLL);
             }
         }
+        self.hub.begin_drain();
     }
 
     /// Asks the main thread to stop.
@@ -334,21 +387,37 @@ pub fn serve(cfg: Config) -> Result<(), String> {
         Backends::Epoll(v) => v[0].name(),
         Backends::Uring(v) => v[0].name(),
     };
+    let store = match cfg.history_store {
+        HistoryStore::Memory => None,
+        HistoryStore::Disk => Some(Store::open(
+            &cfg.history_path,
+            cfg.history_fsync,
+            live.clone(),
+        )?),
+    };
+    let disk = store.as_ref().map(|(s, _)| s.clone());
+    let replica = !cfg.cluster.redis_url.is_empty();
     let hub = Arc::new(Hub::new(
         inboxes.clone(),
-        live.clone(),
-        cfg.max_channels,
-        config::secs(cfg.channel_ttl_secs),
+        HubConfig::from_config(&cfg, live.clone(), replica),
+        store,
     ));
+    if let Some(s) = &disk {
+        s.start(hub.clone())?;
+    }
     let (stop_tx, stop_rx) = mpsc::channel();
     let node = node_id(&cfg);
     let cluster = if cfg.cluster.redis_url.is_empty() {
         None
     } else {
-        Some(Arc::new(Cluster::new(&cfg.cluster, node.clone())?))
+        Some(Arc::new(Cluster::new(
+            &cfg.cluster,
+            node.clone(),
+            config::secs(cfg.idempotency_window_secs),
+        )?))
     };
     if let Some(c) = &cluster {
-        c.start(hub.clone())?;
+        c.start(hub.clone(), inboxes.clone())?;
         info!(
             "cluster: node {node} sharing channels through {}",
             cfg.cluster.redis_url
@@ -400,6 +469,9 @@ pub fn serve(cfg: Config) -> Result<(), String> {
     }
     for h in handles {
         let _ = h.join();
+    }
+    if let Some(s) = &disk {
+        s.close();
     }
     let _ = std::fs::remove_file(&bound.control);
     info!("stopped");

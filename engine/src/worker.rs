@@ -29,9 +29,11 @@ use protocol::query::Query;
 use protocol::ws::{self, CloseCode, DataKind, Decoded, DecoderConfig, Event, OpCode, Role};
 
 use crate::auth::{self, Grant};
+use crate::cluster::helper::{answer_failed, Job, ReplyTo};
 use crate::conn::{flag, Conn, State, Sub};
-use crate::hub::{ChanKey, HubError, Msg, MsgKind, Since, Subscribed};
-use crate::inbox::{Cmd, ConnInfo, Inbox};
+use crate::epoch::Epoch;
+use crate::hub::{Authority, CatchUp, ChanKey, HubError, Msg, MsgKind, Notify, Since, Subscribed};
+use crate::inbox::{Cmd, ConnInfo, Inbox, PubDone, RemoteReply, RemoteStream};
 use crate::metrics::{Counter, Transport, WorkerStats};
 use crate::reactor::{is_resource_error, Backend, Event as IoEvent, Part, Sock, Token};
 use crate::server::Shared;
@@ -65,10 +67,17 @@ const PING_FRAME: &[u8] = &[0x89, 0x00];
 /// browsers start rendering (and running scripts) at once.
 const IFRAME_PREAMBLE: &str = "<!DOCTYPE html><html><head><meta charset=\"utf-8\"></head><body>";
 
+/// A subscription's cursor carries this bit while its position is being read from Redis:
+/// every delivery is at or below it, so none gets through until the read is answered and
+/// the cursor is set (seqs never come near 2^63).
+const PAUSED: u64 = 1 << 63;
+
 /// A worker-local channel: its subscribers on this worker.
 struct LocalChan {
     key: ChanKey,
     name: Arc<str>,
+    /// The stream's epoch, as last seen here (written in SSE cursors).
+    epoch: Epoch,
     conns: Vec<u32>,
 }
 
@@ -76,9 +85,38 @@ struct LocalChan {
 struct PendingReplay {
     local: u32,
     name: Arc<str>,
+    epoch: Epoch,
     seq: u64,
     gap: Option<(u64, u64)>,
+    reset: bool,
     replay: Vec<Arc<Msg>>,
+    /// The position to read from Redis (cluster), instead of a replay.
+    remote: Option<(u64, Epoch)>,
+}
+
+/// A Redis read a connection waits for (cluster mode).
+#[derive(Debug, Clone, Copy)]
+struct RemoteReq {
+    token: Token,
+    local: u32,
+    /// The asked position (for SSE cursors while waiting).
+    since: u64,
+    epoch: Epoch,
+    /// For a long-poll (answered with what the read finds) or a poll's `next_seq`.
+    kind: ReqKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReqKind {
+    Stream,
+    Poll,
+    NextSeq,
+}
+
+/// One item a Redis replay emits.
+enum Emit<'a> {
+    Msg(&'a Arc<Msg>),
+    Envelope(&'a Message<'a>),
 }
 
 /// The routes of the subscriber port.
@@ -108,10 +146,21 @@ struct Op<'a> {
     op: Cow<'a, str>,
     #[serde(borrow, default)]
     channel: Option<Cow<'a, str>>,
-    #[serde(default)]
-    since: Option<u64>,
+    #[serde(borrow, default)]
+    since: Option<SinceValue<'a>>,
+    #[serde(borrow, default)]
+    epoch: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     content: Option<Cow<'a, str>>,
+}
+
+/// `since` of a `sub` op: a number, or a position string (`"12@k3x9ab2q"`).
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum SinceValue<'a> {
+    Num(u64),
+    #[serde(borrow)]
+    Text(Cow<'a, str>),
 }
 
 /// One worker thread's state.
@@ -138,7 +187,8 @@ pub struct Worker<B: Backend> {
     fired: Vec<(TimerId, u64)>,
     accepted: Vec<Sock>,
     again: Vec<Token>,
-    cluster_link: crate::cluster::Link,
+    remote: HashMap<u64, RemoteReq>,
+    next_req: u64,
     inbox_more: bool,
     rng: Rng,
     now: Instant,
@@ -196,7 +246,8 @@ impl<B: Backend> Worker<B> {
             fired: Vec::new(),
             accepted: Vec::new(),
             again: Vec::new(),
-            cluster_link: crate::cluster::Link::default(),
+            remote: HashMap::new(),
+            next_req: 0,
             inbox_more: false,
             rng: Rng::new(seed),
             now,
@@ -598,6 +649,8 @@ impl<B: Backend> Worker<B> {
             }
             Cmd::Drain => self.drain(),
             Cmd::Shutdown => self.running = false,
+            Cmd::PubDone(done) => self.on_pub_done(done),
+            Cmd::Remote(reply) => self.on_remote(reply),
         }
     }
 
@@ -649,6 +702,8 @@ impl<B: Backend> Worker<B> {
     /// Ends a connection gracefully, the way its transport ends.
     fn end(&mut self, slot: usize, code: CloseCode, reason: &str) {
         match self.conns[slot].state {
+            // An answer still being written (a poll answered just before) goes out first.
+            State::Http if self.conns[slot].has_queue() => self.close_graceful(slot),
             State::Http => self.close_now(slot),
             State::Ws | State::Echo => self.ws_close(slot, code, reason),
             State::Sse => self.close_graceful(slot),
@@ -739,6 +794,7 @@ impl<B: Backend> Worker<B> {
                     &Message::Noop {
                         channel: None,
                         seq: None,
+                        epoch: "",
                     },
                 );
                 self.rearm(slot, heartbeat);
@@ -936,8 +992,18 @@ impl<B: Backend> Worker<B> {
 
     // ---------------------------------------------------------------- subscriptions
 
+    /// How far this worker may trust the local hub for positions.
+    fn authority(&self) -> Authority {
+        match &self.shared.cluster {
+            None => Authority::Hub,
+            Some(c) if c.up.load(Ordering::Acquire) => Authority::Replica,
+            Some(_) => Authority::Stale,
+        }
+    }
+
     /// Subscribes connection `slot`; buffered messages to replay are left in
-    /// `self.replay`. The new subscription's cursor starts just before what is replayed.
+    /// `self.replay`. The new subscription's cursor starts just before what is replayed;
+    /// it is paused when the position must be read from Redis.
     fn subscribe(
         &mut self,
         slot: usize,
@@ -945,10 +1011,12 @@ impl<B: Backend> Worker<B> {
         since: Since,
         only_if_nothing_to_replay: bool,
     ) -> Result<Subscribed, HubError> {
+        let authority = self.authority();
         let s = self.shared.hub.subscribe(
             self.id,
             name,
             since,
+            authority,
             only_if_nothing_to_replay,
             &mut self.replay,
         )?;
@@ -959,6 +1027,7 @@ impl<B: Backend> Worker<B> {
                     let l = self.chans.insert(LocalChan {
                         key: s.key,
                         name: s.name.clone(),
+                        epoch: s.epoch,
                         conns: Vec::new(),
                     }) as u32;
                     self.by_key.insert(s.key, l);
@@ -966,11 +1035,21 @@ impl<B: Backend> Worker<B> {
                 }
             };
             let chan = &mut self.chans[local as usize];
+            if chan.epoch.is_none() {
+                chan.epoch = s.epoch;
+            }
             let pos = chan.conns.len() as u32;
             chan.conns.push(slot as u32);
-            let last_seq = match since {
+            let from = match since {
                 Since::Now => s.seq,
-                Since::Seq(n) => n.saturating_sub(1),
+                Since::Seq(n, _) => n.saturating_sub(1),
+            };
+            let last_seq = if s.remote {
+                PAUSED | from
+            } else if s.reset {
+                0
+            } else {
+                from
             };
             self.conns[slot].subs.push(Sub {
                 local,
@@ -995,36 +1074,20 @@ impl<B: Backend> Worker<B> {
             self.replay.clear();
             match self.subscribe(slot, name, since, false) {
                 Ok(s) => {
-                    let mut p = PendingReplay {
+                    let remote = match since {
+                        Since::Seq(n, e) if s.remote => Some((n, e)),
+                        _ => None,
+                    };
+                    pending.push(PendingReplay {
                         local: self.by_key[&s.key],
                         name: s.name,
+                        epoch: s.epoch,
                         seq: s.seq,
                         gap: s.gap,
+                        reset: s.reset,
                         replay: std::mem::take(&mut self.replay),
-                    };
-                    // In a cluster the history is in Redis (registered first, read second:
-                    // nothing falls between). Without Redis, the local copy is the best
-                    // there is.
-                    if let Since::Seq(n) = since {
-                        if let Some(h) = self.cluster_history(name, n) {
-                            p.seq = p.seq.max(h.seq);
-                            p.gap = h.gap;
-                            p.replay = h
-                                .messages
-                                .into_iter()
-                                .map(|(seq, content)| {
-                                    Arc::new(Msg::new(
-                                        s.key,
-                                        p.name.clone(),
-                                        seq,
-                                        MsgKind::Data,
-                                        content.into(),
-                                    ))
-                                })
-                                .collect();
-                        }
-                    }
-                    pending.push(p);
+                        remote,
+                    });
                 }
                 Err(e) => {
                     self.replay.clear();
@@ -1036,30 +1099,38 @@ impl<B: Backend> Worker<B> {
         Ok(pending)
     }
 
-    /// The cluster's history of a channel from `since`, or `None` outside a cluster or
-    /// when Redis cannot be reached.
-    fn cluster_history(&mut self, name: &str, since: u64) -> Option<crate::cluster::History> {
-        let cluster = self.shared.cluster.as_ref()?;
-        match cluster.history(&mut self.cluster_link, name, since) {
-            Ok(h) => Some(h),
-            Err(e) => {
-                debug!("worker {}: history of {name} from redis: {e}", self.id);
-                None
-            }
-        }
-    }
-
-    /// Replays what [`Worker::subscribe_all`] found (a `gap` first where the history no
-    /// longer holds what was asked); afterwards each cursor is at least the channel's seq
-    /// at subscription time, so deliveries the replay covered are dropped. Every channel is
-    /// subscribed before the first replay, so SSE ids carry the whole cursor.
+    /// Replays what [`Worker::subscribe_all`] found (a `reset` first where the position
+    /// is not in the stream, a `gap` where the history no longer holds it); afterwards
+    /// each cursor is at least the channel's seq at subscription time, so deliveries the
+    /// replay covered are dropped. Positions to read from Redis are asked for here.
+    /// Every channel is subscribed before the first replay, so SSE ids carry the whole
+    /// cursor.
     fn replay_all(&mut self, slot: usize, pending: Vec<PendingReplay>) {
         for p in pending {
             if !self.conns.contains(slot) {
                 return;
             }
+            if let Some((n, e)) = p.remote {
+                self.request_remote(slot, p.local, &p.name, n, e, ReqKind::Stream);
+                continue;
+            }
+            if p.reset {
+                self.chans[p.local as usize].epoch = p.epoch;
+                self.send_envelope(
+                    slot,
+                    &Message::Reset {
+                        channel: &p.name,
+                        epoch: p.epoch.as_str(),
+                        seq: p.seq,
+                    },
+                );
+            }
             if let Some((from, to)) = p.gap {
-                if let Some(sub) = self.conns[slot].subs.find_mut(p.local) {
+                if let Some(sub) = self
+                    .conns
+                    .get_mut(slot)
+                    .and_then(|c| c.subs.find_mut(p.local))
+                {
                     sub.last_seq = sub.last_seq.max(to);
                 }
                 self.send_envelope(
@@ -1087,8 +1158,64 @@ impl<B: Backend> Worker<B> {
         }
     }
 
+    /// Asks the helper thread to read a position from Redis for subscription `local` of
+    /// `slot` (or, for [`ReqKind::NextSeq`], the stream's state; `local` is then the
+    /// channel's place in the poll). The answer comes back as [`Cmd::Remote`].
+    fn request_remote(
+        &mut self,
+        slot: usize,
+        local: u32,
+        name: &Arc<str>,
+        since: u64,
+        epoch: Epoch,
+        kind: ReqKind,
+    ) {
+        let token = token_of(slot, self.conns[slot].generation);
+        self.next_req += 1;
+        let req = self.next_req;
+        self.remote.insert(
+            req,
+            RemoteReq {
+                token,
+                local,
+                since,
+                epoch,
+                kind,
+            },
+        );
+        let Some(cluster) = self.shared.cluster.clone() else {
+            return;
+        };
+        let job = Job::Read {
+            to: ReplyTo {
+                worker: self.id,
+                token,
+            },
+            req,
+            channel: name.clone(),
+            since: (kind != ReqKind::NextSeq).then_some((since, epoch)),
+            deadline: self.now + cluster.history_wait(),
+        };
+        if let Err(job) = cluster.submit(job) {
+            let e = HubError::Overloaded;
+            answer_failed(std::slice::from_ref(&self.inbox), job, &e);
+        }
+    }
+
+    /// Forgets the Redis reads a connection's subscription waits for.
+    fn forget_remote(&mut self, token: Token, local: Option<u32>) {
+        if !self.remote.is_empty() {
+            self.remote
+                .retain(|_, r| !(r.token == token && local.is_none_or(|l| l == r.local)));
+        }
+    }
+
     fn unsubscribe(&mut self, slot: usize, local: u32) {
         if let Some(sub) = self.conns[slot].subs.remove(local) {
+            if sub.last_seq & PAUSED != 0 {
+                let token = token_of(slot, self.conns[slot].generation);
+                self.forget_remote(token, Some(local));
+            }
             self.detach(local, sub.pos);
         }
     }
@@ -1097,6 +1224,8 @@ impl<B: Backend> Worker<B> {
         if self.conns[slot].subs.is_empty() {
             return;
         }
+        let token = token_of(slot, self.conns[slot].generation);
+        self.forget_remote(token, None);
         for sub in self.conns[slot].subs.take_all() {
             self.detach(sub.local, sub.pos);
         }
@@ -1129,6 +1258,232 @@ impl<B: Backend> Worker<B> {
             .find(|&l| &*self.chans[l as usize].name == name)
     }
 
+    // ---------------------------------------------------------------- Redis answers
+
+    /// A Redis read a connection waited for came back.
+    fn on_remote(&mut self, reply: RemoteReply) {
+        let Some(req) = self.remote.remove(&reply.req) else {
+            return;
+        };
+        let (slot, generation) = split_token(req.token);
+        if !self.alive(slot, generation) {
+            return;
+        }
+        if req.kind == ReqKind::NextSeq {
+            self.on_next_seq(slot, req, reply.result);
+            return;
+        }
+        let waiting = self.conns[slot]
+            .subs
+            .find_mut(req.local)
+            .is_some_and(|s| s.last_seq & PAUSED != 0);
+        if !waiting {
+            return;
+        }
+        match reply.result {
+            Ok(stream) => self.replay_remote(slot, req, stream),
+            Err(reason) => {
+                if let Some(sub) = self.conns[slot].subs.find_mut(req.local) {
+                    sub.last_seq = req.since.saturating_sub(1);
+                }
+                let name = self.chans[req.local as usize].name.clone();
+                let reason = format!("cannot replay {name}: {reason}");
+                let err = Message::Error {
+                    code: 503,
+                    reason: &reason,
+                };
+                if req.kind == ReqKind::Poll {
+                    let item = self.poll_item(slot, &err);
+                    self.answer_poll(slot, &[item]);
+                } else {
+                    self.send_envelope(slot, &err);
+                }
+            }
+        }
+    }
+
+    /// Replays what Redis holds from the asked position, then what this node applied
+    /// since the read; a long-poll is answered with it (or keeps waiting when it is
+    /// nothing).
+    fn replay_remote(&mut self, slot: usize, req: RemoteReq, stream: RemoteStream) {
+        let local = req.local;
+        let (key, name) = {
+            let c = &self.chans[local as usize];
+            (c.key, c.name.clone())
+        };
+        let poll = req.kind == ReqKind::Poll;
+        let mut items: Vec<Bytes> = Vec::new();
+        if let Some(sub) = self.conns[slot].subs.find_mut(local) {
+            sub.last_seq = if stream.reset {
+                0
+            } else {
+                req.since.saturating_sub(1)
+            };
+        }
+        let mut epoch = stream.epoch;
+        if epoch.is_some() {
+            self.chans[local as usize].epoch = epoch;
+        }
+        if stream.reset {
+            let m = Message::Reset {
+                channel: &name,
+                epoch: epoch.as_str(),
+                seq: stream.seq,
+            };
+            self.emit(slot, local, Emit::Envelope(&m), poll, &mut items);
+        }
+        if let Some((from, to)) = stream.gap {
+            let m = Message::Gap {
+                channel: &name,
+                from,
+                to,
+            };
+            self.emit(slot, local, Emit::Envelope(&m), poll, &mut items);
+        }
+        for (seq, content) in stream.messages {
+            let m = Arc::new(Msg::new(
+                key,
+                name.clone(),
+                epoch,
+                seq,
+                MsgKind::Data,
+                content,
+            ));
+            self.emit(slot, local, Emit::Msg(&m), poll, &mut items);
+        }
+        let mut cursor = stream.seq;
+        // What the feed brought while Redis was being read.
+        loop {
+            if !self.conns.contains(slot) {
+                return;
+            }
+            if let Some(sub) = self.conns[slot].subs.find_mut(local) {
+                sub.last_seq = sub.last_seq.max(cursor);
+            }
+            let mut replay = std::mem::take(&mut self.replay);
+            replay.clear();
+            let found = self
+                .shared
+                .hub
+                .replay_after(key, epoch, cursor, &mut replay);
+            for m in &replay {
+                self.emit(slot, local, Emit::Msg(m), poll, &mut items);
+            }
+            replay.clear();
+            self.replay = replay;
+            match found {
+                CatchUp::Done(_) | CatchUp::Gone => break,
+                CatchUp::OtherEpoch(e, seq) => {
+                    // The stream started again meanwhile: this node's copy is the newer.
+                    epoch = e;
+                    self.chans[local as usize].epoch = e;
+                    if let Some(sub) = self.conns[slot].subs.find_mut(local) {
+                        sub.last_seq = 0;
+                    }
+                    let m = Message::Reset {
+                        channel: &name,
+                        epoch: e.as_str(),
+                        seq,
+                    };
+                    self.emit(slot, local, Emit::Envelope(&m), poll, &mut items);
+                    cursor = 0;
+                }
+                CatchUp::Short => {
+                    // More arrived than this node keeps: read the rest from Redis.
+                    if poll && !items.is_empty() {
+                        break;
+                    }
+                    if let Some(sub) = self.conns[slot].subs.find_mut(local) {
+                        sub.last_seq = PAUSED | cursor;
+                    }
+                    let kind = req.kind;
+                    self.request_remote(slot, local, &name, cursor + 1, epoch, kind);
+                    return;
+                }
+            }
+        }
+        if poll && !items.is_empty() && self.conns.contains(slot) {
+            self.answer_poll(slot, &items);
+        }
+    }
+
+    /// Sends one replayed item to a streaming subscriber, or collects it for a poll.
+    fn emit(&mut self, slot: usize, local: u32, e: Emit<'_>, poll: bool, items: &mut Vec<Bytes>) {
+        if !self.conns.contains(slot) {
+            return;
+        }
+        match e {
+            Emit::Msg(m) => {
+                let Some(sub) = self.conns[slot].subs.find_mut(local) else {
+                    return;
+                };
+                if m.seq <= sub.last_seq {
+                    return;
+                }
+                if poll {
+                    sub.last_seq = m.seq;
+                    let json = if self.conns[slot].has(flag::JSONP) {
+                        m.script_json()
+                    } else {
+                        m.json()
+                    };
+                    items.push(json.clone());
+                } else {
+                    self.deliver(slot, local, m, &mut None);
+                }
+            }
+            Emit::Envelope(m) if poll => {
+                let item = self.poll_item(slot, m);
+                items.push(item);
+            }
+            Emit::Envelope(m) => self.send_envelope(slot, m),
+        }
+    }
+
+    /// A long-poll's `next_seq` read from Redis came back.
+    fn on_next_seq(&mut self, slot: usize, req: RemoteReq, result: Result<RemoteStream, String>) {
+        if self.conns[slot].state != State::Poll {
+            return;
+        }
+        let i = req.local as usize;
+        let Some(name) = self.conns[slot]
+            .ext
+            .as_ref()
+            .and_then(|e| e.poll_names.get(i).cloned())
+        else {
+            return;
+        };
+        let item = match &result {
+            Ok(s) => self.poll_item(
+                slot,
+                &Message::NextSeq {
+                    channel: &name,
+                    seq: s.seq + 1,
+                    epoch: s.epoch.as_str(),
+                },
+            ),
+            Err(reason) => {
+                let reason = format!("cannot read {name} from redis: {reason}");
+                self.poll_item(
+                    slot,
+                    &Message::Error {
+                        code: 503,
+                        reason: &reason,
+                    },
+                )
+            }
+        };
+        let ext = self.conns[slot].ext();
+        if let Some(place) = ext.poll_items.get_mut(i) {
+            *place = Some(item);
+        }
+        if ext.poll_items.iter().all(Option::is_some) {
+            let items: Vec<Bytes> = ext.poll_items.drain(..).flatten().collect();
+            ext.poll_names.clear();
+            self.answer_poll(slot, &items);
+        }
+    }
+
     // ---------------------------------------------------------------- delivery
 
     /// Delivers messages of one channel (in seq order) to its local subscribers.
@@ -1141,6 +1496,12 @@ impl<B: Backend> Worker<B> {
         let Some(&local) = self.by_key.get(&first.key) else {
             return;
         };
+        if matches!(first.kind, MsgKind::Data | MsgKind::Reset)
+            && first.epoch.is_some()
+            && self.chans[local as usize].epoch != first.epoch
+        {
+            self.chans[local as usize].epoch = first.epoch;
+        }
         let all_data = msgs.iter().all(|m| m.kind == MsgKind::Data);
         let mut targets = std::mem::take(&mut self.targets);
         targets.clear();
@@ -1238,9 +1599,10 @@ impl<B: Backend> Worker<B> {
         msg: &Arc<Msg>,
         iframe_cache: &mut Option<(Box<str>, Bytes)>,
     ) {
-        if msg.kind == MsgKind::Gap {
-            self.deliver_gap(slot, local, msg);
-            return;
+        match msg.kind {
+            MsgKind::Gap => return self.deliver_gap(slot, local, msg),
+            MsgKind::Reset => return self.deliver_reset(slot, local, msg),
+            MsgKind::Data | MsgKind::Close => {}
         }
         if !self.advance_cursor(slot, local, msg) {
             return;
@@ -1278,6 +1640,24 @@ impl<B: Backend> Worker<B> {
         }
     }
 
+    /// Tells a subscriber that the channel's stream started again (a subscription whose
+    /// position is being read from Redis catches up on it after the read).
+    fn deliver_reset(&mut self, slot: usize, local: u32, msg: &Arc<Msg>) {
+        let Some(sub) = self.conns[slot].subs.find_mut(local) else {
+            return;
+        };
+        if sub.last_seq & PAUSED != 0 {
+            return;
+        }
+        sub.last_seq = msg.seq;
+        if self.conns[slot].state == State::Poll {
+            let item = self.poll_item(slot, &msg.envelope());
+            self.answer_poll(slot, &[item]);
+        } else {
+            self.send_envelope(slot, &msg.envelope());
+        }
+    }
+
     /// Tells a subscriber what it missed (`msg.from..=msg.seq`, minus what it already had).
     fn deliver_gap(&mut self, slot: usize, local: u32, msg: &Msg) {
         let Some(sub) = self.conns[slot].subs.find_mut(local) else {
@@ -1294,17 +1674,23 @@ impl<B: Backend> Worker<B> {
             to: msg.seq,
         };
         if self.conns[slot].state == State::Poll {
-            let mut json = Vec::new();
-            let style = if self.conns[slot].has(flag::JSONP) {
-                JsonStyle::Script
-            } else {
-                JsonStyle::Plain
-            };
-            message::write_json(&mut json, &gap, style);
-            self.answer_poll(slot, &[Bytes::from(json)]);
+            let item = self.poll_item(slot, &gap);
+            self.answer_poll(slot, &[item]);
         } else {
             self.send_envelope(slot, &gap);
         }
+    }
+
+    /// One item of a long-poll answer, in the connection's JSON style.
+    fn poll_item(&self, slot: usize, m: &Message<'_>) -> Bytes {
+        let style = if self.conns[slot].has(flag::JSONP) {
+            JsonStyle::Script
+        } else {
+            JsonStyle::Plain
+        };
+        let mut json = Vec::with_capacity(96);
+        message::write_json(&mut json, m, style);
+        Bytes::from(json)
     }
 
     /// Sends `msg` as an iframe script chunk; one encoding per callback name per message.
@@ -1335,11 +1721,23 @@ impl<B: Backend> Worker<B> {
     /// Appends `id: <cursor>\n` for an SSE connection.
     fn write_cursor_line(&self, slot: usize, out: &mut Vec<u8>) {
         out.extend_from_slice(b"id: ");
-        let subs = self.conns[slot].subs.as_slice();
-        protocol::sse::write_cursor(
+        let conn = &self.conns[slot];
+        let token = token_of(slot, conn.generation);
+        protocol::cursor::write_cursor(
             out,
-            subs.iter()
-                .map(|s| (&*self.chans[s.local as usize].name, s.last_seq)),
+            conn.subs.as_slice().iter().map(|s| {
+                let chan = &self.chans[s.local as usize];
+                if s.last_seq & PAUSED == 0 {
+                    return (&*chan.name, s.last_seq, chan.epoch.as_str());
+                }
+                // Still being read from Redis: the position the client asked for.
+                let asked = self
+                    .remote
+                    .values()
+                    .find(|r| r.token == token && r.local == s.local)
+                    .map_or(chan.epoch.as_str(), |r| r.epoch.as_str());
+                (&*chan.name, s.last_seq & !PAUSED, asked)
+            }),
         );
         out.push(b'\n');
     }
@@ -1517,7 +1915,10 @@ impl<B: Backend> Worker<B> {
                         return self.op_error(slot, 403, auth::TokenError::Channel.reason());
                     }
                 }
-                let since = op.since.map_or(Since::Now, Since::Seq);
+                let since = match op_since(op.since.as_ref(), op.epoch.as_deref()) {
+                    Ok(s) => s,
+                    Err(e) => return self.op_error(slot, 400, &e),
+                };
                 match self.subscribe_all(slot, &[name.to_string()], &[since]) {
                     Ok(pending) => self.replay_all(slot, pending),
                     Err(e) => self.op_error(slot, e.status(), &e.reason()),
@@ -1551,13 +1952,7 @@ impl<B: Backend> Worker<B> {
                 if !allowed {
                     return self.op_error(slot, 403, "clients may not publish to this channel");
                 }
-                match self.shared.publish(name, content) {
-                    Ok(seq) => {
-                        self.stats.inc(Counter::ClientPublished);
-                        self.send_envelope(slot, &Message::Ok { channel: name, seq });
-                    }
-                    Err(e) => self.op_error(slot, e.status(), &e.reason()),
-                }
+                self.client_publish(slot, name, content);
             }
             other => {
                 let reason = format!(
@@ -1566,6 +1961,74 @@ impl<B: Backend> Worker<B> {
                 );
                 self.op_error(slot, 400, &reason);
             }
+        }
+    }
+
+    /// A WebSocket client's publish: answered now in memory mode, after the commit with
+    /// the disk store, after the helper thread's round trip in a cluster.
+    fn client_publish(&mut self, slot: usize, name: &str, content: &str) {
+        let token = token_of(slot, self.conns[slot].generation);
+        let hub = &self.shared.hub;
+        if let Some(cluster) = &self.shared.cluster {
+            if hub.draining() {
+                return self.op_error(slot, 503, &HubError::Draining.reason());
+            }
+            if content.len() > self.live().max_message_bytes() {
+                return self.op_error(slot, 413, &HubError::TooBig.reason());
+            }
+            let job = Job::Publish {
+                to: ReplyTo {
+                    worker: self.id,
+                    token,
+                },
+                channel: Arc::from(name),
+                content: content.into(),
+            };
+            if let Err(job) = cluster.submit(job) {
+                answer_failed(
+                    std::slice::from_ref(&self.inbox),
+                    job,
+                    &HubError::Overloaded,
+                );
+            }
+            return;
+        }
+        let notify = hub.store().is_some().then_some(Notify {
+            worker: self.id,
+            token,
+        });
+        match hub.publish(name, content, None, notify) {
+            Ok(a) if a.ticket == 0 => self.on_pub_done(PubDone {
+                token,
+                channel: Arc::from(name),
+                result: Ok((a.seq, a.epoch, a.duplicate)),
+            }),
+            // Answered by the store once committed.
+            Ok(_) => {}
+            Err(e) => self.op_error(slot, e.status(), &e.reason()),
+        }
+    }
+
+    /// A client publish's outcome.
+    fn on_pub_done(&mut self, done: PubDone) {
+        let (slot, generation) = split_token(done.token);
+        if !self.alive(slot, generation) || self.conns[slot].state != State::Ws {
+            return;
+        }
+        match done.result {
+            Ok((seq, epoch, duplicate)) => {
+                self.stats.inc(Counter::ClientPublished);
+                self.send_envelope(
+                    slot,
+                    &Message::Ok {
+                        channel: &done.channel,
+                        seq,
+                        epoch: epoch.as_str(),
+                        duplicate,
+                    },
+                );
+            }
+            Err((status, reason)) => self.op_error(slot, status, &reason),
         }
     }
 
@@ -1791,14 +2254,19 @@ impl<B: Backend> Worker<B> {
         Ok(out)
     }
 
-    fn u64_param(q: &Query<'_>, key: &str) -> Result<Option<u64>, Reject> {
-        match q.get(key) {
-            None => Ok(None),
-            Some(v) => v
-                .parse::<u64>()
-                .map(Some)
-                .map_err(|_| reject(400, format!("{key} must be a non-negative integer"))),
-        }
+    /// `since=` / `seq=`: a position, `N` or `N@EPOCH`.
+    fn since_param(q: &Query<'_>, key: &str) -> Result<Option<Since>, Reject> {
+        let Some(v) = q.get(key) else {
+            return Ok(None);
+        };
+        let p = protocol::cursor::parse_position(v).map_err(|e| {
+            reject(
+                400,
+                format!("{key} must be a seq or seq@epoch (a non-negative integer, then 1-16 characters of 0-9 a-z): {e}"),
+            )
+        })?;
+        let epoch = p.epoch.and_then(Epoch::parse).unwrap_or(Epoch::NONE);
+        Ok(Some(Since::Seq(p.seq, epoch)))
     }
 
     fn callback_param(q: &Query<'_>) -> Result<Option<Box<str>>, Reject> {
@@ -1850,7 +2318,10 @@ impl<B: Backend> Worker<B> {
         let (channels, since) = if echo {
             (Vec::new(), None)
         } else {
-            (self.channels_param(q, false)?, Self::u64_param(q, "since")?)
+            (
+                self.channels_param(q, false)?,
+                Self::since_param(q, "since")?,
+            )
         };
         let grant = if echo {
             Ok(None)
@@ -1861,7 +2332,7 @@ impl<B: Backend> Worker<B> {
         // with close 1008, as RFC 6455 clients expect).
         let pending = match &grant {
             Ok(_) => {
-                let points = vec![since.map_or(Since::Now, Since::Seq); channels.len()];
+                let points = vec![since.unwrap_or(Since::Now); channels.len()];
                 self.subscribe_all(slot, &channels, &points)
                     .map_err(|e| reject(e.status(), e.reason()))?
             }
@@ -1906,8 +2377,8 @@ impl<B: Backend> Worker<B> {
         q: &Query<'_>,
         channels: &[String],
     ) -> Result<Vec<Since>, Reject> {
-        let since = Self::u64_param(q, "since")?;
-        let mut points = vec![since.map_or(Since::Now, Since::Seq); channels.len()];
+        let since = Self::since_param(q, "since")?;
+        let mut points = vec![since.unwrap_or(Since::Now); channels.len()];
         let last_id = req
             .header_str("last-event-id")
             .or_else(|| q.get("lastEventId"))
@@ -1915,9 +2386,10 @@ impl<B: Backend> Worker<B> {
         if let Some(id) = last_id {
             let cursor = protocol::sse::parse_cursor(id, self.shared.cfg.max_channels_per_conn)
                 .map_err(|e| reject(400, format!("bad Last-Event-ID: {e}")))?;
-            for (name, seq) in cursor {
+            for (name, pos) in cursor {
                 if let Some(i) = channels.iter().position(|c| c == name) {
-                    points[i] = Since::Seq(seq.saturating_add(1));
+                    let epoch = pos.epoch.and_then(Epoch::parse).unwrap_or(Epoch::NONE);
+                    points[i] = Since::Seq(pos.seq.saturating_add(1), epoch);
                 }
             }
         }
@@ -1967,7 +2439,7 @@ impl<B: Backend> Worker<B> {
             return Err(reject(505, "streaming needs HTTP/1.1 (chunked encoding)"));
         }
         let channels = self.channels_param(q, true)?;
-        let since = Self::u64_param(q, "since")?;
+        let since = Self::since_param(q, "since")?;
         let callback = if route == Route::Iframe {
             Self::callback_param(q)?
         } else {
@@ -1975,7 +2447,7 @@ impl<B: Backend> Worker<B> {
         };
         self.check_token(q, &channels)
             .map_err(|e| reject(401, e.reason()))?;
-        let points = vec![since.map_or(Since::Now, Since::Seq); channels.len()];
+        let points = vec![since.unwrap_or(Since::Now); channels.len()];
         let pending = self
             .subscribe_all(slot, &channels, &points)
             .map_err(|e| reject(e.status(), e.reason()))?;
@@ -2029,98 +2501,58 @@ impl<B: Backend> Worker<B> {
 
     fn serve_poll(&mut self, slot: usize, q: &Query<'_>) -> Result<(), Reject> {
         let channels = self.channels_param(q, true)?;
-        let seq = Self::u64_param(q, "seq")?;
+        let since = Self::since_param(q, "seq")?;
         let callback = Self::callback_param(q)?;
         self.check_token(q, &channels)
             .map_err(|e| reject(401, e.reason()))?;
-        let jsonp = callback.is_some();
         {
             let conn = &mut self.conns[slot];
-            if jsonp {
+            if callback.is_some() {
                 conn.set(flag::JSONP);
                 conn.ext().callback = callback;
             } else {
                 conn.clear(flag::JSONP);
             }
         }
-        let style = if jsonp {
-            JsonStyle::Script
-        } else {
-            JsonStyle::Plain
-        };
-        let Some(seq) = seq else {
-            // No seq: tell the client where to start.
-            let mut items = Vec::new();
-            for name in &channels {
-                let next = self.shared.channel_seq(name) + 1;
-                let mut json = Vec::new();
-                message::write_json(
-                    &mut json,
-                    &Message::NextSeq {
-                        channel: name,
-                        seq: next,
-                    },
-                    style,
-                );
-                items.push(Bytes::from(json));
-            }
-            self.answer_poll(slot, &items);
+        let Some(since) = since else {
+            self.poll_next_seq(slot, &channels);
             return Ok(());
+        };
+        let Since::Seq(seq, epoch) = since else {
+            unreachable!("a poll position is a seq");
         };
         let mut items: Vec<Bytes> = Vec::new();
         for name in &channels {
-            if let Some(h) = self.cluster_history(name, seq) {
-                if h.gap.is_some() || !h.messages.is_empty() {
-                    if let Some((from, to)) = h.gap {
-                        let mut json = Vec::new();
-                        message::write_json(
-                            &mut json,
-                            &Message::Gap {
-                                channel: name,
-                                from,
-                                to,
-                            },
-                            style,
-                        );
-                        items.push(Bytes::from(json));
-                    }
-                    for (seq, content) in &h.messages {
-                        let mut json = Vec::new();
-                        message::write_json(
-                            &mut json,
-                            &Message::Data {
-                                channel: name,
-                                seq: *seq,
-                                content,
-                            },
-                            style,
-                        );
-                        items.push(Bytes::from(json));
-                    }
-                    continue;
-                }
-            }
             self.replay.clear();
-            let s = match self.subscribe(slot, name, Since::Seq(seq), true) {
+            let s = match self.subscribe(slot, name, since, true) {
                 Ok(s) => s,
                 Err(e) => {
                     self.unsubscribe_all(slot);
                     return Err(reject(e.status(), e.reason()));
                 }
             };
-            if let Some((from, to)) = s.gap {
-                let mut json = Vec::new();
-                message::write_json(
-                    &mut json,
-                    &Message::Gap {
-                        channel: &s.name,
-                        from,
-                        to,
-                    },
-                    style,
-                );
-                items.push(Bytes::from(json));
+            if s.remote {
+                let local = self.by_key[&s.key];
+                self.request_remote(slot, local, &s.name, seq, epoch, ReqKind::Poll);
+                continue;
             }
+            if s.reset {
+                let reset = Message::Reset {
+                    channel: &s.name,
+                    epoch: s.epoch.as_str(),
+                    seq: s.seq,
+                };
+                items.push(self.poll_item(slot, &reset));
+            }
+            if let Some((from, to)) = s.gap {
+                let gap = Message::Gap {
+                    channel: &s.name,
+                    from,
+                    to,
+                };
+                items.push(self.poll_item(slot, &gap));
+            }
+            let jsonp = self.conns[slot].has(flag::JSONP);
             for m in self.replay.drain(..) {
                 items.push(if jsonp {
                     m.script_json().clone()
@@ -2130,56 +2562,95 @@ impl<B: Backend> Worker<B> {
             }
         }
         if !items.is_empty() {
-            self.unsubscribe_all(slot);
             self.answer_poll(slot, &items);
             return Ok(());
         }
-        // Nothing yet: hold the request.
+        // Nothing yet (or waiting for Redis): hold the request.
+        self.hold_poll(slot, seq);
+        Ok(())
+    }
+
+    fn hold_poll(&mut self, slot: usize, seq: u64) {
         self.conns[slot].ext().poll_seq = seq;
         self.set_state(slot, State::Poll);
         let t = self.live().poll_timeout();
         self.arm(slot, t);
-        Ok(())
+    }
+
+    /// A long-poll without `seq`: where each channel's stream continues. A cluster node
+    /// that does not know a channel (or whose feed is down) asks Redis first.
+    fn poll_next_seq(&mut self, slot: usize, channels: &[String]) {
+        let hub = self.shared.hub.clone();
+        let known: Vec<Option<(Epoch, u64)>> = channels
+            .iter()
+            .map(|name| match hub.local_stream(name) {
+                Some((e, seq)) if e.is_some() || self.shared.cluster.is_none() => Some((e, seq)),
+                None if self.shared.cluster.is_none() => Some((Epoch::NONE, 0)),
+                _ => None,
+            })
+            .map(|k| k.filter(|_| self.authority() != Authority::Stale))
+            .collect();
+        let items: Vec<Option<Bytes>> = channels
+            .iter()
+            .zip(&known)
+            .map(|(name, k)| {
+                k.map(|(epoch, seq)| {
+                    self.poll_item(
+                        slot,
+                        &Message::NextSeq {
+                            channel: name,
+                            seq: seq + 1,
+                            epoch: epoch.as_str(),
+                        },
+                    )
+                })
+            })
+            .collect();
+        if items.iter().all(Option::is_some) {
+            let items: Vec<Bytes> = items.into_iter().flatten().collect();
+            self.answer_poll(slot, &items);
+            return;
+        }
+        let names: Vec<Arc<str>> = channels.iter().map(|c| Arc::from(c.as_str())).collect();
+        let ext = self.conns[slot].ext();
+        ext.poll_items = items;
+        ext.poll_names = names.clone();
+        for (i, name) in names.iter().enumerate() {
+            if known[i].is_none() {
+                self.request_remote(slot, i as u32, name, 0, Epoch::NONE, ReqKind::NextSeq);
+            }
+        }
+        self.hold_poll(slot, 0);
     }
 
     fn answer_poll_noop(&mut self, slot: usize) {
         let conn = &self.conns[slot];
         let seq = conn.ext.as_ref().map_or(0, |e| e.poll_seq);
-        let style = if conn.has(flag::JSONP) {
-            JsonStyle::Script
-        } else {
-            JsonStyle::Plain
-        };
-        let names: Vec<Arc<str>> = conn
+        let chans: Vec<(Arc<str>, Epoch)> = conn
             .subs
             .as_slice()
             .iter()
-            .map(|s| self.chans[s.local as usize].name.clone())
+            .map(|s| {
+                let c = &self.chans[s.local as usize];
+                (c.name.clone(), c.epoch)
+            })
             .collect();
         let mut items = Vec::new();
-        if names.is_empty() {
-            let mut json = Vec::new();
-            message::write_json(
-                &mut json,
-                &Message::Noop {
-                    channel: None,
-                    seq: Some(seq),
-                },
-                style,
-            );
-            items.push(Bytes::from(json));
+        if chans.is_empty() {
+            let noop = Message::Noop {
+                channel: None,
+                seq: Some(seq),
+                epoch: "",
+            };
+            items.push(self.poll_item(slot, &noop));
         }
-        for name in &names {
-            let mut json = Vec::new();
-            message::write_json(
-                &mut json,
-                &Message::Noop {
-                    channel: Some(name),
-                    seq: Some(seq),
-                },
-                style,
-            );
-            items.push(Bytes::from(json));
+        for (name, epoch) in &chans {
+            let noop = Message::Noop {
+                channel: Some(name),
+                seq: Some(seq),
+                epoch: epoch.as_str(),
+            };
+            items.push(self.poll_item(slot, &noop));
         }
         self.answer_poll(slot, &items);
     }
@@ -2187,6 +2658,12 @@ impl<B: Backend> Worker<B> {
     /// Answers a long-poll with a JSON array (or JSONP) of the given items.
     fn answer_poll(&mut self, slot: usize, items: &[Bytes]) {
         self.unsubscribe_all(slot);
+        let token = token_of(slot, self.conns[slot].generation);
+        self.forget_remote(token, None);
+        if let Some(e) = self.conns[slot].ext.as_mut() {
+            e.poll_items = Vec::new();
+            e.poll_names = Vec::new();
+        }
         let conn = &self.conns[slot];
         let keep_alive = conn.has(flag::KEEP_ALIVE) && !self.draining;
         let callback = conn
@@ -2229,6 +2706,24 @@ impl<B: Backend> Worker<B> {
     }
 }
 
+/// The start of a `sub` op: `since` as a number or a position (`"12@k3x9ab2q"`), and an
+/// optional `epoch` field.
+fn op_since(since: Option<&SinceValue<'_>>, epoch: Option<&str>) -> Result<Since, String> {
+    let epoch = match epoch {
+        None => Epoch::NONE,
+        Some(e) => Epoch::parse(e).ok_or("epoch must be 1-16 characters of 0-9 a-z")?,
+    };
+    match since {
+        None => Ok(Since::Now),
+        Some(SinceValue::Num(n)) => Ok(Since::Seq(*n, epoch)),
+        Some(SinceValue::Text(t)) => {
+            let p = protocol::cursor::parse_position(t).map_err(|e| format!("since: {e}"))?;
+            let e = p.epoch.and_then(Epoch::parse).unwrap_or(epoch);
+            Ok(Since::Seq(p.seq, e))
+        }
+    }
+}
+
 fn secs_f(v: f64) -> Duration {
     crate::config::secs(v)
 }
@@ -2236,7 +2731,7 @@ fn secs_f(v: f64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{secs, Config, Live};
+    use crate::config::{Config, Live};
     use crate::hub::Hub;
     use crate::reactor::epoll::Epoll;
     use crate::server::bind_reuseport;
@@ -2279,9 +2774,8 @@ mod tests {
             let inbox = Arc::new(Inbox::new(io.waker()));
             let hub = Arc::new(Hub::new(
                 vec![inbox.clone()],
-                live.clone(),
-                cfg.max_channels,
-                secs(cfg.channel_ttl_secs),
+                crate::hub::HubConfig::from_config(&cfg, live.clone(), false),
+                None,
             ));
             let shared = Arc::new(Shared::new(
                 cfg,
@@ -2429,10 +2923,12 @@ mod tests {
             .unwrap();
         assert!(rig.until(|w| w.conns.iter().all(|(_, c)| c.state == State::Poll)));
         assert_eq!(rig.only().subs.len(), 1);
-        rig.hub.publish("p", "hello").unwrap();
+        rig.hub.publish("p", "hello", None, None).unwrap();
         let resp = rig.read(&mut c);
         let text = String::from_utf8_lossy(&resp);
-        assert!(text.contains(r#""seq":1,"content":"hello""#), "{text}");
+        let epoch = rig.hub.info("p").unwrap().epoch;
+        let want = format!(r#""seq":1,"epoch":"{epoch}","content":"hello""#);
+        assert!(text.contains(&want), "{text}");
         let conn = rig.only();
         assert_eq!(conn.state, State::Http);
         assert!(

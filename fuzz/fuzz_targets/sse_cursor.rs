@@ -1,4 +1,4 @@
-//! The SSE resume cursor (`Last-Event-ID: news:12,chat:40`).
+//! The SSE resume cursor (`Last-Event-ID: news:12@k3x9ab2q,chat:40`).
 //!
 //! Invariants: no panic; an accepted cursor has 1..=max entries with valid, distinct
 //! channel names; writing it back and parsing again gives the same entries, and the
@@ -26,8 +26,19 @@ fuzz_target!(|data: &[u8]| {
         );
     }
 
+    for (_, pos) in &entries {
+        if let Some(e) = pos.epoch {
+            assert!(protocol::cursor::is_valid_epoch(e), "{e:?}");
+        }
+    }
+
     let mut out = Vec::new();
-    write_cursor(&mut out, entries.iter().copied());
+    write_cursor(
+        &mut out,
+        entries
+            .iter()
+            .map(|(n, p)| (*n, p.seq, p.epoch.unwrap_or(""))),
+    );
     let written = std::str::from_utf8(&out).expect("a cursor is ASCII");
     let again = parse_cursor(written, DEFAULT_MAX_CURSOR_ENTRIES)
         .unwrap_or_else(|e| panic!("{written:?} does not parse back: {e}"));

@@ -10,7 +10,9 @@
 //! - [`query`]: request targets, query strings and percent-decoding.
 //! - [`ws`]: RFC 6455 — the opening handshake, the incremental frame decoder, the frame
 //!   encoders, masking, close codes and incremental UTF-8 validation.
-//! - [`sse`]: Server-Sent Events encoding and the resume cursor (`news:12,chat:40`).
+//! - [`cursor`]: stream positions (`12@k3x9ab2q`: seq and epoch) and resume cursors
+//!   (`news:12@k3x9ab2q,chat:40`).
+//! - [`sse`]: Server-Sent Events encoding.
 //! - [`message`]: the JSON message envelope and its wire forms (WebSocket frame, SSE event,
 //!   NDJSON chunk, iframe script chunk, JSONP).
 //!
@@ -20,6 +22,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod cursor;
 pub mod http;
 pub mod message;
 pub mod query;

@@ -28,15 +28,17 @@ pub const MAX_CHANNEL_LEN: usize = 128;
 /// Longest JSONP / iframe callback name.
 pub const MAX_CALLBACK_LEN: usize = 64;
 
-/// One message of the envelope.
+/// One message of the envelope. An empty `epoch` is left out of the JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Message<'a> {
     /// A published message.
     Data {
         /// The channel.
         channel: &'a str,
-        /// Its sequence number in the channel (first is 1).
+        /// Its sequence number in the channel's stream (first is 1).
         seq: u64,
+        /// The stream's epoch (see [`crate::cursor`]).
+        epoch: &'a str,
         /// The published body.
         content: &'a str,
     },
@@ -46,6 +48,8 @@ pub enum Message<'a> {
         channel: Option<&'a str>,
         /// The seq to ask for next, when known.
         seq: Option<u64>,
+        /// The stream's epoch, when known.
+        epoch: &'a str,
     },
     /// Where to resume: the seq the next message of the channel will carry.
     NextSeq {
@@ -53,6 +57,8 @@ pub enum Message<'a> {
         channel: &'a str,
         /// The next seq.
         seq: u64,
+        /// The stream's epoch.
+        epoch: &'a str,
     },
     /// Messages `from..=to` of the channel are no longer buffered.
     Gap {
@@ -62,6 +68,18 @@ pub enum Message<'a> {
         from: u64,
         /// Last missed seq.
         to: u64,
+    },
+    /// The client's position is not in the channel's current stream (another epoch, or a
+    /// seq the stream never reached): what follows is the stream of `epoch` from its
+    /// start (buffered messages from seq 1, a `gap` first for those no longer buffered),
+    /// then live messages. `seq` is the stream's last seq at the reset.
+    Reset {
+        /// The channel.
+        channel: &'a str,
+        /// The current stream's epoch.
+        epoch: &'a str,
+        /// The current stream's last seq.
+        seq: u64,
     },
     /// The server closed the channel.
     Close {
@@ -77,12 +95,17 @@ pub enum Message<'a> {
     },
     /// The answer to a client `{"op":"ping"}`.
     Pong,
-    /// The answer to a publish: the message was sequenced as `seq`.
+    /// The answer to a publish: the message was sequenced as `seq` of `epoch`.
     Ok {
         /// The channel.
         channel: &'a str,
         /// The seq given to the message.
         seq: u64,
+        /// The stream's epoch.
+        epoch: &'a str,
+        /// True when an idempotency key matched an earlier publish: `seq` is that one's
+        /// and nothing was published again.
+        duplicate: bool,
     },
 }
 
@@ -94,6 +117,7 @@ impl Message<'_> {
             Message::Noop { .. } => "noop",
             Message::NextSeq { .. } => "next_seq",
             Message::Gap { .. } => "gap",
+            Message::Reset { .. } => "reset",
             Message::Close { .. } => "close",
             Message::Error { .. } => "error",
             Message::Pong => "pong",
@@ -128,28 +152,62 @@ pub fn write_json(out: &mut Vec<u8>, msg: &Message<'_>, style: JsonStyle) {
         Message::Data {
             channel,
             seq,
+            epoch,
             content,
         } => {
             field_str(out, "channel", channel, style);
             field_num(out, "seq", seq);
+            field_epoch(out, epoch);
             field_str(out, "content", content, style);
         }
-        Message::Noop { channel, seq } => {
+        Message::Noop {
+            channel,
+            seq,
+            epoch,
+        } => {
             if let Some(c) = channel {
                 field_str(out, "channel", c, style);
             }
             if let Some(s) = seq {
                 field_num(out, "seq", s);
             }
+            field_epoch(out, epoch);
         }
-        Message::NextSeq { channel, seq } | Message::Ok { channel, seq } => {
+        Message::NextSeq {
+            channel,
+            seq,
+            epoch,
+        } => {
             field_str(out, "channel", channel, style);
             field_num(out, "seq", seq);
+            field_epoch(out, epoch);
+        }
+        Message::Ok {
+            channel,
+            seq,
+            epoch,
+            duplicate,
+        } => {
+            field_str(out, "channel", channel, style);
+            field_num(out, "seq", seq);
+            field_epoch(out, epoch);
+            if duplicate {
+                out.extend_from_slice(b",\"duplicate\":true");
+            }
         }
         Message::Gap { channel, from, to } => {
             field_str(out, "channel", channel, style);
             field_num(out, "from", from);
             field_num(out, "to", to);
+        }
+        Message::Reset {
+            channel,
+            epoch,
+            seq,
+        } => {
+            field_str(out, "channel", channel, style);
+            field_epoch(out, epoch);
+            field_num(out, "seq", seq);
         }
         Message::Close { channel } => field_str(out, "channel", channel, style),
         Message::Error { code, reason } => {
@@ -166,6 +224,13 @@ fn field_str(out: &mut Vec<u8>, name: &str, value: &str, style: JsonStyle) {
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b"\":");
     write_json_string(out, value, style);
+}
+
+/// `,"epoch":"..."`, unless the epoch is empty.
+fn field_epoch(out: &mut Vec<u8>, epoch: &str) {
+    if !epoch.is_empty() {
+        field_str(out, "epoch", epoch, JsonStyle::Plain);
+    }
 }
 
 fn field_num(out: &mut Vec<u8>, name: &str, value: u64) {
@@ -390,9 +455,20 @@ mod tests {
             json(&Message::Data {
                 channel: "news",
                 seq: 12,
+                epoch: "k3x9ab2q",
                 content: "hello"
             }),
-            r#"{"type":"data","channel":"news","seq":12,"content":"hello"}"#
+            r#"{"type":"data","channel":"news","seq":12,"epoch":"k3x9ab2q","content":"hello"}"#
+        );
+        assert_eq!(
+            json(&Message::Data {
+                channel: "news",
+                seq: 12,
+                epoch: "",
+                content: "hello"
+            }),
+            r#"{"type":"data","channel":"news","seq":12,"content":"hello"}"#,
+            "an unknown epoch is left out"
         );
         assert_eq!(
             json(&Message::Gap {
@@ -403,25 +479,36 @@ mod tests {
             r#"{"type":"gap","channel":"c","from":3,"to":9}"#
         );
         assert_eq!(
+            json(&Message::Reset {
+                channel: "c",
+                epoch: "e2",
+                seq: 3
+            }),
+            r#"{"type":"reset","channel":"c","epoch":"e2","seq":3}"#
+        );
+        assert_eq!(
             json(&Message::NextSeq {
                 channel: "c",
-                seq: 4
+                seq: 4,
+                epoch: "e1"
             }),
-            r#"{"type":"next_seq","channel":"c","seq":4}"#
+            r#"{"type":"next_seq","channel":"c","seq":4,"epoch":"e1"}"#
         );
         assert_eq!(
             json(&Message::Noop {
                 channel: None,
-                seq: None
+                seq: None,
+                epoch: ""
             }),
             r#"{"type":"noop"}"#
         );
         assert_eq!(
             json(&Message::Noop {
                 channel: Some("c"),
-                seq: Some(5)
+                seq: Some(5),
+                epoch: "e1"
             }),
-            r#"{"type":"noop","channel":"c","seq":5}"#
+            r#"{"type":"noop","channel":"c","seq":5,"epoch":"e1"}"#
         );
         assert_eq!(
             json(&Message::Close { channel: "c" }),
@@ -438,9 +525,20 @@ mod tests {
         assert_eq!(
             json(&Message::Ok {
                 channel: "c",
-                seq: 1
+                seq: 1,
+                epoch: "e1",
+                duplicate: false
             }),
-            r#"{"type":"ok","channel":"c","seq":1}"#
+            r#"{"type":"ok","channel":"c","seq":1,"epoch":"e1"}"#
+        );
+        assert_eq!(
+            json(&Message::Ok {
+                channel: "c",
+                seq: 1,
+                epoch: "e1",
+                duplicate: true
+            }),
+            r#"{"type":"ok","channel":"c","seq":1,"epoch":"e1","duplicate":true}"#
         );
     }
 
@@ -489,6 +587,7 @@ mod tests {
         let msg = Message::Data {
             channel: "news",
             seq: 1,
+            epoch: "e1",
             content: "a</script>b",
         };
         let plain = msg.to_json();

@@ -19,7 +19,7 @@ use protocol::message::{
     write_ndjson_chunk, write_sse_event, write_ws_frame, JsonStyle, Message,
 };
 use protocol::query::{percent_decode, split_target, Query, MAX_QUERY_PAIRS};
-use protocol::sse::{parse_cursor, write_cursor, DEFAULT_MAX_CURSOR_ENTRIES};
+use protocol::sse::{parse_cursor, write_cursor, Position, DEFAULT_MAX_CURSOR_ENTRIES};
 use protocol::ws::mask::{apply_mask, apply_mask_bytewise};
 use protocol::ws::utf8::Utf8Validator;
 use protocol::ws::{
@@ -362,30 +362,39 @@ fn nasty_string() -> impl Strategy<Value = String> {
 /// An owned `Message`, so strategies can generate it.
 #[derive(Debug, Clone)]
 enum OwnedMessage {
-    Data(String, u64, String),
-    Noop(Option<String>, Option<u64>),
-    NextSeq(String, u64),
+    Data(String, u64, String, String),
+    Noop(Option<String>, Option<u64>, String),
+    NextSeq(String, u64, String),
     Gap(String, u64, u64),
+    Reset(String, String, u64),
     Close(String),
     Error(u16, String),
     Pong,
-    Ok(String, u64),
+    Ok(String, u64, String, bool),
 }
 
 impl OwnedMessage {
     fn borrow(&self) -> Message<'_> {
         match self {
-            OwnedMessage::Data(c, s, t) => Message::Data {
+            OwnedMessage::Data(c, s, e, t) => Message::Data {
                 channel: c,
                 seq: *s,
+                epoch: e,
                 content: t,
             },
-            OwnedMessage::Noop(c, s) => Message::Noop {
+            OwnedMessage::Noop(c, s, e) => Message::Noop {
                 channel: c.as_deref(),
                 seq: *s,
+                epoch: e,
             },
-            OwnedMessage::NextSeq(c, s) => Message::NextSeq {
+            OwnedMessage::NextSeq(c, s, e) => Message::NextSeq {
                 channel: c,
+                seq: *s,
+                epoch: e,
+            },
+            OwnedMessage::Reset(c, e, s) => Message::Reset {
+                channel: c,
+                epoch: e,
                 seq: *s,
             },
             OwnedMessage::Gap(c, from, to) => Message::Gap {
@@ -399,9 +408,11 @@ impl OwnedMessage {
                 reason: r,
             },
             OwnedMessage::Pong => Message::Pong,
-            OwnedMessage::Ok(c, s) => Message::Ok {
+            OwnedMessage::Ok(c, s, e, d) => Message::Ok {
                 channel: c,
                 seq: *s,
+                epoch: e,
+                duplicate: *d,
             },
         }
     }
@@ -409,10 +420,11 @@ impl OwnedMessage {
     /// The JSON object the message must decode to.
     fn expected(&self) -> Value {
         match self {
-            OwnedMessage::Data(c, s, t) => {
-                json!({"type": "data", "channel": c, "seq": s, "content": t})
-            }
-            OwnedMessage::Noop(c, s) => {
+            OwnedMessage::Data(c, s, e, t) => with_epoch(
+                json!({"type": "data", "channel": c, "seq": s, "content": t}),
+                e,
+            ),
+            OwnedMessage::Noop(c, s, e) => {
                 let mut v = json!({"type": "noop"});
                 if let Some(c) = c {
                     v["channel"] = json!(c);
@@ -420,33 +432,59 @@ impl OwnedMessage {
                 if let Some(s) = s {
                     v["seq"] = json!(s);
                 }
-                v
+                with_epoch(v, e)
             }
-            OwnedMessage::NextSeq(c, s) => json!({"type": "next_seq", "channel": c, "seq": s}),
+            OwnedMessage::NextSeq(c, s, e) => {
+                with_epoch(json!({"type": "next_seq", "channel": c, "seq": s}), e)
+            }
+            OwnedMessage::Reset(c, e, s) => {
+                json!({"type": "reset", "channel": c, "epoch": e, "seq": s})
+            }
             OwnedMessage::Gap(c, f, t) => {
                 json!({"type": "gap", "channel": c, "from": f, "to": t})
             }
             OwnedMessage::Close(c) => json!({"type": "close", "channel": c}),
             OwnedMessage::Error(code, r) => json!({"type": "error", "code": code, "reason": r}),
             OwnedMessage::Pong => json!({"type": "pong"}),
-            OwnedMessage::Ok(c, s) => json!({"type": "ok", "channel": c, "seq": s}),
+            OwnedMessage::Ok(c, s, e, d) => {
+                let mut v = with_epoch(json!({"type": "ok", "channel": c, "seq": s}), e);
+                if *d {
+                    v["duplicate"] = json!(true);
+                }
+                v
+            }
         }
     }
+}
+
+/// `v` with `"epoch"` added, unless the epoch is empty (the writer leaves it out).
+fn with_epoch(mut v: Value, epoch: &str) -> Value {
+    if !epoch.is_empty() {
+        v["epoch"] = json!(epoch);
+    }
+    v
+}
+
+/// An epoch as the engine makes them, or none.
+fn epoch() -> impl Strategy<Value = String> {
+    prop_oneof![Just(String::new()), "[0-9a-z]{1,16}"]
 }
 
 fn owned_message() -> impl Strategy<Value = OwnedMessage> {
     let s = nasty_string;
     let n = any::<u64>;
     prop_oneof![
-        4 => (s(), n(), s()).prop_map(|(c, q, t)| OwnedMessage::Data(c, q, t)),
-        1 => (prop::option::of(s()), prop::option::of(n()))
-            .prop_map(|(c, q)| OwnedMessage::Noop(c, q)),
-        1 => (s(), n()).prop_map(|(c, q)| OwnedMessage::NextSeq(c, q)),
+        4 => (s(), n(), epoch(), s()).prop_map(|(c, q, e, t)| OwnedMessage::Data(c, q, e, t)),
+        1 => (prop::option::of(s()), prop::option::of(n()), epoch())
+            .prop_map(|(c, q, e)| OwnedMessage::Noop(c, q, e)),
+        1 => (s(), n(), epoch()).prop_map(|(c, q, e)| OwnedMessage::NextSeq(c, q, e)),
+        1 => (s(), "[0-9a-z]{1,16}", n()).prop_map(|(c, e, q)| OwnedMessage::Reset(c, e, q)),
         1 => (s(), n(), n()).prop_map(|(c, f, t)| OwnedMessage::Gap(c, f, t)),
         1 => s().prop_map(OwnedMessage::Close),
         1 => (any::<u16>(), s()).prop_map(|(c, r)| OwnedMessage::Error(c, r)),
         1 => Just(OwnedMessage::Pong),
-        1 => (s(), n()).prop_map(|(c, q)| OwnedMessage::Ok(c, q)),
+        1 => (s(), n(), epoch(), any::<bool>())
+            .prop_map(|(c, q, e, d)| OwnedMessage::Ok(c, q, e, d)),
     ]
 }
 
@@ -828,17 +866,18 @@ proptest! {
 // (e) The SSE resume cursor
 // ---------------------------------------------------------------------------------------
 
-fn cursor_entries() -> impl Strategy<Value = Vec<(String, u64)>> {
+fn cursor_entries() -> impl Strategy<Value = Vec<(String, u64, String)>> {
     prop::collection::vec(
         (
             "[A-Za-z0-9_.:@-]{1,20}",
             prop_oneof![0u64..1000, any::<u64>(), Just(u64::MAX)],
+            epoch(),
         ),
         1..=DEFAULT_MAX_CURSOR_ENTRIES,
     )
     .prop_map(|mut v| {
         let mut seen = std::collections::HashSet::new();
-        v.retain(|(name, _)| seen.insert(name.clone()));
+        v.retain(|(name, _, _)| seen.insert(name.clone()));
         v
     })
 }
@@ -849,11 +888,17 @@ proptest! {
     #[test]
     fn cursor_round_trips(entries in cursor_entries()) {
         let mut out = Vec::new();
-        write_cursor(&mut out, entries.iter().map(|(n, s)| (n.as_str(), *s)));
+        write_cursor(&mut out, entries.iter().map(|(n, s, e)| (n.as_str(), *s, e.as_str())));
         let text = String::from_utf8(out).expect("UTF-8");
         let parsed = parse_cursor(&text, DEFAULT_MAX_CURSOR_ENTRIES)
             .map_err(|e| TestCaseError::fail(format!("{text:?}: {e}")))?;
-        let want: Vec<(&str, u64)> = entries.iter().map(|(n, s)| (n.as_str(), *s)).collect();
+        let want: Vec<(&str, Position<'_>)> = entries
+            .iter()
+            .map(|(n, s, e)| {
+                let epoch = (!e.is_empty()).then_some(e.as_str());
+                (n.as_str(), Position { seq: *s, epoch })
+            })
+            .collect();
         prop_assert_eq!(parsed, want);
     }
 }

@@ -19,11 +19,21 @@ fn pub_by_post_and_by_get() {
         .header("content-type")
         .unwrap()
         .starts_with("application/json"));
-    assert_eq!(r.json(), json!({"type": "ok", "channel": "c", "seq": 1}));
+    let e = s.epoch("c");
+    assert_eq!(
+        r.json(),
+        json!({"type": "ok", "channel": "c", "seq": 1, "epoch": e})
+    );
     let r = s.admin_get("/pub?channel=c&content=by%20get");
-    assert_eq!(r.json(), json!({"type": "ok", "channel": "c", "seq": 2}));
+    assert_eq!(
+        r.json(),
+        json!({"type": "ok", "channel": "c", "seq": 2, "epoch": e})
+    );
     let r = s.admin_get("/pub?cname=c&content=alias");
-    assert_eq!(r.json(), json!({"type": "ok", "channel": "c", "seq": 3}));
+    assert_eq!(
+        r.json(),
+        json!({"type": "ok", "channel": "c", "seq": 3, "epoch": e})
+    );
     // An empty POST body falls back to content=.
     let r = s.admin_post("/pub?channel=c&content=from%20query", b"");
     assert_eq!(r.json()["seq"], 4);
@@ -35,10 +45,13 @@ fn pub_by_post_and_by_get() {
     )
     .unwrap();
     let r = conn.read_response(TIMEOUT).unwrap();
-    assert_eq!(r.json(), json!({"type": "ok", "channel": "c", "seq": 5}));
+    assert_eq!(
+        r.json(),
+        json!({"type": "ok", "channel": "c", "seq": 5, "epoch": e})
+    );
     let want = ["by post", "by get", "alias", "from query", "chunked!"];
     for (i, content) in want.iter().enumerate() {
-        assert_eq!(ws.recv_json(), data("c", i as u64 + 1, content));
+        assert_eq!(no_epoch(ws.recv_json()), data("c", i as u64 + 1, content));
     }
 }
 
@@ -101,9 +114,9 @@ fn broadcast_reaches_every_channel() {
     let r = s.admin_post("/broadcast", b"to all");
     assert_eq!(r.status, 200);
     assert_eq!(r.json(), json!({"type": "ok", "channels": 2}));
-    assert_eq!(a.recv_json(), data("a", 1, "first"));
-    assert_eq!(a.recv_json(), data("a", 2, "to all"));
-    assert_eq!(b.expect(), data("b", 1, "to all"));
+    assert_eq!(no_epoch(a.recv_json()), data("a", 1, "first"));
+    assert_eq!(no_epoch(a.recv_json()), data("a", 2, "to all"));
+    assert_eq!(no_epoch(b.expect()), data("b", 1, "to all"));
     let r = s.admin_get("/broadcast");
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow"), Some("POST"));
@@ -129,7 +142,7 @@ fn close_sends_close_to_every_subscriber() {
     assert_eq!(st.expect(), close);
     assert_eq!(fr.expect().1, close);
     let r = poll.read_response(TIMEOUT).unwrap();
-    assert_eq!(r.json(), json!([close]));
+    assert_eq!(no_epoch(r.json()), json!([close]));
     // Streams whose only channel closed end cleanly.
     assert_eq!(st.next(TIMEOUT), Err(ReadError::Closed));
     assert!(st.ended(), "the stream ended with the last chunk");
@@ -138,7 +151,7 @@ fn close_sends_close_to_every_subscriber() {
     // The WebSocket stays open with its other channel.
     s.wait_subscribers("d", 1);
     s.publish("d", "still here");
-    assert_eq!(ws.recv_json(), data("d", 1, "still here"));
+    assert_eq!(no_epoch(ws.recv_json()), data("d", 1, "still here"));
     // The channel is gone: a new one starts again at seq 1.
     let info = s.channel_info("c");
     assert_eq!(
@@ -170,7 +183,7 @@ fn clear_drops_history_and_keeps_the_seq() {
     );
     s.wait_subscribers("c", 1);
     assert_eq!(s.publish("c", "m4"), 4);
-    assert_eq!(ws.recv_json(), data("c", 4, "m4"));
+    assert_eq!(no_epoch(ws.recv_json()), data("c", 4, "m4"));
     assert_eq!(s.admin_post("/clear?channel=nope", b"").status, 404);
 }
 
@@ -228,7 +241,7 @@ fn info_totals_and_per_channel() {
     assert!(wait_until(TIMEOUT, || s.info()["delivered"] == 6));
     assert_eq!(
         s.channel_info("i"),
-        json!({"type": "info", "channel": "i", "seq": 2, "subscribers": 3, "buffered": 2})
+        json!({"type": "info", "channel": "i", "epoch": s.epoch("i"), "seq": 2, "subscribers": 3, "buffered": 2})
     );
     assert_eq!(
         s.channel_info("unknown"),
@@ -257,7 +270,7 @@ fn channels_lists_by_prefix() {
     assert_eq!(names, ["app.a", "app.b", "app.c"]);
     assert_eq!(
         v["channels"][0],
-        json!({"channel": "app.a", "seq": 1, "subscribers": 0, "buffered": 1})
+        json!({"channel": "app.a", "epoch": s.epoch("app.a"), "seq": 1, "subscribers": 0, "buffered": 1})
     );
     let all = s.admin_get("/channels").json();
     assert_eq!(all["channels"].as_array().unwrap().len(), 4);

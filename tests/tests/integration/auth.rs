@@ -124,7 +124,7 @@ fn a_token_from_sign_works_on_every_transport() {
     let mut fr = s.iframe(&format!("/iframe?{q}"));
     s.wait_subscribers("news", 4);
     s.publish("news", "granted");
-    let want = json!({"type": "data", "channel": "news", "seq": 1, "content": "granted"});
+    let want = json!({"type": "data", "channel": "news", "seq": 1, "epoch": s.epoch("news"), "content": "granted"});
     assert_eq!(ws.recv_json(), want);
     assert_eq!(sse.expect_event().data, want);
     assert_eq!(st.expect(), want);

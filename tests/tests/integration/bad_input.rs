@@ -408,7 +408,7 @@ fn garbage_on_one_connection_never_affects_another() {
         let _ = c.read_to_eof(TIMEOUT);
         let _ = bad_ws.conn.read_to_eof(TIMEOUT);
         let seq = s.publish("iso", &format!("after garbage {i}"));
-        let want = json!({"type": "data", "channel": "iso", "seq": seq, "content": format!("after garbage {i}")});
+        let want = json!({"type": "data", "channel": "iso", "seq": seq, "epoch": s.epoch("iso"), "content": format!("after garbage {i}")});
         assert_eq!(ws.recv_json(), want, "garbage {i}");
         assert_eq!(sse.expect_event().data, want, "garbage {i}");
         assert_eq!(st.expect(), want, "garbage {i}");

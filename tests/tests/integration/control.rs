@@ -68,7 +68,7 @@ fn stats_and_info() {
     let v = ctl.cmd("info a");
     assert_eq!(
         v,
-        json!({"type": "info", "channel": "a", "seq": 1, "subscribers": 1, "buffered": 1})
+        json!({"type": "info", "channel": "a", "epoch": s.epoch("a"), "seq": 1, "subscribers": 1, "buffered": 1})
     );
     assert_error(&ctl.cmd("info bad!name"), 400);
     assert_error(&ctl.cmd("info a b"), 400);
@@ -235,13 +235,14 @@ fn pub_and_close() {
     let mut ws = s.ws("/ws?channel=c");
     s.wait_subscribers("c", 1);
     let mut ctl = s.ctl();
+    let e = s.epoch("c");
     assert_eq!(
         ctl.cmd("pub c hello  there, world"),
-        json!({"type": "ok", "channel": "c", "seq": 1})
+        json!({"type": "ok", "channel": "c", "seq": 1, "epoch": e})
     );
     assert_eq!(
         ws.recv_json(),
-        json!({"type": "data", "channel": "c", "seq": 1, "content": "hello  there, world"})
+        json!({"type": "data", "channel": "c", "seq": 1, "epoch": e, "content": "hello  there, world"})
     );
     assert_error(&ctl.cmd("pub"), 400);
     assert_error(&ctl.cmd("pub bad/name x"), 400);

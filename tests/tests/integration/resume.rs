@@ -4,8 +4,9 @@
 use pushedge_tests::*;
 use serde_json::Value;
 
-fn data(channel: &str, seq: u64, content: &str) -> Value {
-    json!({"type": "data", "channel": channel, "seq": seq, "content": content})
+/// A data message as `s` delivers it, with the channel's current epoch.
+fn data(s: &Server, channel: &str, seq: u64, content: &str) -> Value {
+    json!({"type": "data", "channel": channel, "seq": seq, "epoch": s.epoch(channel), "content": content})
 }
 
 fn gap(channel: &str, from: u64, to: u64) -> Value {
@@ -23,17 +24,17 @@ fn since_replays_then_goes_live_on_every_streaming_transport() {
     let mut st = s.stream("/stream?channel=r&since=2");
     let mut fr = s.iframe("/iframe?channel=r&since=2");
     for i in 2..=3 {
-        let want = data("r", i, &format!("m{i}"));
+        let want = data(&s, "r", i, &format!("m{i}"));
         assert_eq!(ws.recv_json(), want);
         let e = sse.expect_event();
         assert_eq!(e.data, want);
-        assert_eq!(e.id, Some(format!("r:{i}")));
+        assert_eq!(e.id, Some(format!("r:{i}@{}", s.epoch("r"))));
         assert_eq!(st.expect(), want);
         assert_eq!(fr.expect().1, want);
     }
     s.wait_subscribers("r", 4);
     s.publish("r", "m4");
-    let want = data("r", 4, "m4");
+    let want = data(&s, "r", 4, "m4");
     assert_eq!(ws.recv_json(), want);
     assert_eq!(sse.expect_event().data, want);
     assert_eq!(st.expect(), want);
@@ -65,7 +66,7 @@ fn since_past_the_end_replays_nothing() {
     s.wait_subscribers("r", 1);
     ws.expect_quiet();
     s.publish("r", "b");
-    assert_eq!(ws.recv_json(), data("r", 2, "b"));
+    assert_eq!(ws.recv_json(), data(&s, "r", 2, "b"));
 }
 
 #[test]
@@ -84,7 +85,7 @@ fn gap_when_history_no_longer_holds_the_start() {
     assert_eq!(st.expect(), gap("g", 1, 2));
     assert_eq!(fr.expect().1, gap("g", 2, 2));
     for i in 3..=5 {
-        let want = data("g", i, &format!("m{i}"));
+        let want = data(&s, "g", i, &format!("m{i}"));
         assert_eq!(ws.recv_json(), want);
         assert_eq!(sse.expect_event().data, want);
         assert_eq!(st.expect(), want);
@@ -92,16 +93,16 @@ fn gap_when_history_no_longer_holds_the_start() {
     }
     // Still inside the history: no gap.
     let mut ws = s.ws("/ws?channel=g&since=3");
-    assert_eq!(ws.recv_json(), data("g", 3, "m3"));
+    assert_eq!(ws.recv_json(), data(&s, "g", 3, "m3"));
     // Long-poll: the gap comes first in the array.
     let r = s.get("/poll?channel=g&seq=1");
     assert_eq!(
         r.json(),
         json!([
             gap("g", 1, 2),
-            data("g", 3, "m3"),
-            data("g", 4, "m4"),
-            data("g", 5, "m5")
+            data(&s, "g", 3, "m3"),
+            data(&s, "g", 4, "m4"),
+            data(&s, "g", 5, "m5")
         ])
     );
 }
@@ -116,7 +117,15 @@ fn sse_last_event_id_resumes_every_channel_after_the_last_delivered_message() {
     s.publish("b", "b1");
     s.publish("a", "a2");
     let ids: Vec<String> = (0..3).map(|_| sse.expect_event().id.unwrap()).collect();
-    assert_eq!(ids, ["a:1,b:0", "a:1,b:1", "a:2,b:1"]);
+    let (ea, eb) = (s.epoch("a"), s.epoch("b"));
+    assert_eq!(
+        ids,
+        [
+            format!("a:1@{ea},b:0@{eb}"),
+            format!("a:1@{ea},b:1@{eb}"),
+            format!("a:2@{ea},b:1@{eb}")
+        ]
+    );
     drop(sse);
     s.wait_subscribers("a", 0);
     // Missed while away.
@@ -125,12 +134,12 @@ fn sse_last_event_id_resumes_every_channel_after_the_last_delivered_message() {
     let mut sse = s.sse_with("/sse?channel=a,b", &[("Last-Event-ID", "a:2,b:1")]);
     let mut got: Vec<Value> = (0..2).map(|_| sse.expect_event().data).collect();
     got.sort_by_key(|m| m["channel"].as_str().unwrap().to_string());
-    assert_eq!(got, vec![data("a", 3, "a3"), data("b", 2, "b2")]);
+    assert_eq!(got, vec![data(&s, "a", 3, "a3"), data(&s, "b", 2, "b2")]);
     s.wait_subscribers("b", 1);
     s.publish("a", "a4");
     let e = sse.expect_event();
-    assert_eq!(e.data, data("a", 4, "a4"));
-    assert_eq!(e.id.as_deref(), Some("a:4,b:2"));
+    assert_eq!(e.data, data(&s, "a", 4, "a4"));
+    assert_eq!(e.id, Some(format!("a:4@{ea},b:2@{eb}")));
     // Nothing was delivered twice.
     assert!(matches!(sse.next_event(QUIET), Err(ReadError::Timeout)));
 }
@@ -144,8 +153,8 @@ fn sse_last_event_id_takes_precedence_over_since_for_the_channels_it_names() {
     }
     // `a` resumes after 2 (cursor); `b` is not in the cursor and uses since=3.
     let mut sse = s.sse_with("/sse?channel=a,b&since=3", &[("Last-Event-ID", "a:2")]);
-    assert_eq!(sse.expect_event().data, data("a", 3, "a3"));
-    assert_eq!(sse.expect_event().data, data("b", 3, "b3"));
+    assert_eq!(sse.expect_event().data, data(&s, "a", 3, "a3"));
+    assert_eq!(sse.expect_event().data, data(&s, "b", 3, "b3"));
     assert!(matches!(sse.next_event(QUIET), Err(ReadError::Timeout)));
 }
 
@@ -162,16 +171,17 @@ fn sse_ids_during_replay_still_cover_every_channel() {
     // Resume after a:2, b:1: a3 and b2 are due.
     let mut sse = s.sse_with("/sse?channel=a,b", &[("Last-Event-ID", "a:2,b:1")]);
     let first = sse.expect_event();
-    assert_eq!(first.data, data("a", 3, "a3"));
+    assert_eq!(first.data, data(&s, "a", 3, "a3"));
     let id = first.id.expect("an id on every event");
     assert_eq!(
-        id, "a:3,b:1",
+        id,
+        format!("a:3@{},b:1@{}", s.epoch("a"), s.epoch("b")),
         "the id names every channel of the connection"
     );
     // The browser drops the connection right after that event and reconnects with it.
     drop(sse);
     let mut sse = s.sse_with("/sse?channel=a,b", &[("Last-Event-ID", &id)]);
-    assert_eq!(sse.expect_event().data, data("b", 2, "b2"));
+    assert_eq!(sse.expect_event().data, data(&s, "b", 2, "b2"));
 }
 
 #[test]
@@ -181,7 +191,8 @@ fn poll_without_seq_answers_next_seq_at_once() {
     assert_eq!(r.status, 200);
     assert_eq!(
         r.json(),
-        json!([{"type": "next_seq", "channel": "p", "seq": 1}])
+        json!([{"type": "next_seq", "channel": "p", "seq": 1}]),
+        "a channel that does not exist has no epoch yet"
     );
     s.publish("p", "x");
     s.publish("p", "y");
@@ -189,7 +200,7 @@ fn poll_without_seq_answers_next_seq_at_once() {
     assert_eq!(
         r.json(),
         json!([
-            {"type": "next_seq", "channel": "p", "seq": 3},
+            {"type": "next_seq", "channel": "p", "seq": 3, "epoch": s.epoch("p")},
             {"type": "next_seq", "channel": "q", "seq": 1}
         ])
     );
@@ -202,9 +213,12 @@ fn poll_answers_buffered_messages_at_once() {
         s.publish("p", &format!("m{i}"));
     }
     let r = s.get("/poll?channel=p&seq=2");
-    assert_eq!(r.json(), json!([data("p", 2, "m2"), data("p", 3, "m3")]));
+    assert_eq!(
+        r.json(),
+        json!([data(&s, "p", 2, "m2"), data(&s, "p", 3, "m3")])
+    );
     let r = s.get("/sub?channel=p&seq=3");
-    assert_eq!(r.json(), json!([data("p", 3, "m3")]));
+    assert_eq!(r.json(), json!([data(&s, "p", 3, "m3")]));
     // An answered poll leaves no subscription behind.
     assert_eq!(s.channel_info("p")["subscribers"], 0);
 }
@@ -224,13 +238,13 @@ fn held_poll_is_answered_by_a_publish() {
     s.publish("p", "new");
     let r = c.read_response(TIMEOUT).unwrap();
     assert_eq!(r.status, 200);
-    assert_eq!(r.json(), json!([data("p", 2, "new")]));
+    assert_eq!(r.json(), json!([data(&s, "p", 2, "new")]));
     // Keep-alive: the next poll on the same connection is held too, then answered.
     c.send_request("GET", "/poll?channel=p&seq=3", &[], b"", false);
     s.wait_subscribers("p", 1);
     s.publish("p", "newer");
     let r = c.read_response(TIMEOUT).unwrap();
-    assert_eq!(r.json(), json!([data("p", 3, "newer")]));
+    assert_eq!(r.json(), json!([data(&s, "p", 3, "newer")]));
     s.wait_subscribers("p", 0);
 }
 
@@ -243,7 +257,7 @@ fn held_poll_on_several_channels_is_answered_by_any() {
     s.wait_subscribers("b", 1);
     s.publish("b", "hi");
     let r = c.read_response(TIMEOUT).unwrap();
-    assert_eq!(r.json(), json!([data("b", 1, "hi")]));
+    assert_eq!(r.json(), json!([data(&s, "b", 1, "hi")]));
     s.wait_subscribers("a", 0);
 }
 
@@ -273,7 +287,7 @@ fn poll_timeout_noop_carries_the_asked_seq() {
     let r = c.read_response(TIMEOUT).unwrap();
     assert_eq!(
         r.json(),
-        json!([{"type": "noop", "channel": "p", "seq": 2}])
+        json!([{"type": "noop", "channel": "p", "seq": 2, "epoch": s.epoch("p")}])
     );
 }
 
@@ -295,17 +309,18 @@ fn jsonp_wraps_every_answer() {
     assert!(!inner.contains('<'), "script-safe JSON: {inner}");
     assert_eq!(
         serde_json::from_str::<Value>(inner).unwrap(),
-        json!([data("p", 1, "<hi>")])
+        json!([data(&s, "p", 1, "<hi>")])
     );
+    let e = s.epoch("p");
     let r = s.get("/poll?channel=p&cb=f");
     assert_eq!(
         r.text().trim_end(),
-        r#"f([{"type":"next_seq","channel":"p","seq":2}]);"#
+        format!(r#"f([{{"type":"next_seq","channel":"p","seq":2,"epoch":"{e}"}}]);"#)
     );
     let r = s.get("/poll?channel=p&seq=2&cb=f");
     assert_eq!(
         r.text().trim_end(),
-        r#"f([{"type":"noop","channel":"p","seq":2}]);"#
+        format!(r#"f([{{"type":"noop","channel":"p","seq":2,"epoch":"{e}"}}]);"#)
     );
     // A held JSONP poll answered by a publish.
     let mut c = s.connect();
@@ -315,7 +330,7 @@ fn jsonp_wraps_every_answer() {
     let r = c.read_response(TIMEOUT).unwrap();
     assert_eq!(
         r.text().trim_end(),
-        r#"f([{"type":"data","channel":"p","seq":2,"content":"two"}]);"#
+        format!(r#"f([{{"type":"data","channel":"p","seq":2,"epoch":"{e}","content":"two"}}]);"#)
     );
 }
 

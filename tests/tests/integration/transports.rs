@@ -4,8 +4,9 @@
 use pushedge_tests::*;
 use serde_json::Value;
 
-fn data(channel: &str, seq: u64, content: &str) -> Value {
-    json!({"type": "data", "channel": channel, "seq": seq, "content": content})
+/// A data message as `s` delivers it, with the channel's current epoch.
+fn data(s: &Server, channel: &str, seq: u64, content: &str) -> Value {
+    json!({"type": "data", "channel": channel, "seq": seq, "epoch": s.epoch(channel), "content": content})
 }
 
 #[test]
@@ -53,8 +54,8 @@ fn ws_delivers_published_messages() {
     s.wait_subscribers("news", 1);
     assert_eq!(s.publish("news", "hello"), 1);
     assert_eq!(s.publish("news", "world"), 2);
-    assert_eq!(ws.recv_json(), data("news", 1, "hello"));
-    assert_eq!(ws.recv_json(), data("news", 2, "world"));
+    assert_eq!(ws.recv_json(), data(&s, "news", 1, "hello"));
+    assert_eq!(ws.recv_json(), data(&s, "news", 2, "world"));
     // Other channels do not leak in.
     s.publish("other", "x");
     ws.expect_quiet();
@@ -69,7 +70,7 @@ fn cname_is_an_alias_of_channel() {
     let mut iframe = s.iframe("/iframe?cname=alias");
     s.wait_subscribers("alias", 4);
     s.publish("alias", "x");
-    let want = data("alias", 1, "x");
+    let want = data(&s, "alias", 1, "x");
     assert_eq!(ws.recv_json(), want);
     assert_eq!(sse.expect_event().data, want);
     assert_eq!(stream.expect(), want);
@@ -98,11 +99,12 @@ fn sse_stream_format() {
     s.publish("news", "a");
     s.publish("news", "b");
     let e = sse.expect_event();
-    assert_eq!(e.id.as_deref(), Some("news:1"));
-    assert_eq!(e.data, data("news", 1, "a"));
+    let epoch = s.epoch("news");
+    assert_eq!(e.id, Some(format!("news:1@{epoch}")));
+    assert_eq!(e.data, data(&s, "news", 1, "a"));
     let e = sse.expect_event();
-    assert_eq!(e.id.as_deref(), Some("news:2"));
-    assert_eq!(e.data, data("news", 2, "b"));
+    assert_eq!(e.id, Some(format!("news:2@{epoch}")));
+    assert_eq!(e.data, data(&s, "news", 2, "b"));
 }
 
 #[test]
@@ -123,7 +125,7 @@ fn stream_is_chunked_ndjson() {
         s.publish("news", &format!("m{i}"));
     }
     for i in 1..=3 {
-        assert_eq!(st.expect(), data("news", i, &format!("m{i}")));
+        assert_eq!(st.expect(), data(&s, "news", i, &format!("m{i}")));
     }
 }
 
@@ -141,7 +143,7 @@ fn iframe_streams_script_tags() {
     s.publish("news", "</script><b>hi</b>");
     let (cb, v) = def.expect();
     assert_eq!(cb, "pushedge");
-    assert_eq!(v, data("news", 1, "</script><b>hi</b>"));
+    assert_eq!(v, data(&s, "news", 1, "</script><b>hi</b>"));
     assert!(
         def.other.iter().any(|c| c.contains("<!DOCTYPE html>")),
         "a document preamble comes first: {:?}",
@@ -149,7 +151,7 @@ fn iframe_streams_script_tags() {
     );
     let (cb, v) = named.expect();
     assert_eq!(cb, "app.onMessage");
-    assert_eq!(v, data("news", 1, "</script><b>hi</b>"));
+    assert_eq!(v, data(&s, "news", 1, "</script><b>hi</b>"));
 }
 
 /// Publishes pipelined on one admin connection reach the workers back to back and are
@@ -181,7 +183,7 @@ fn pipelined_publishes_reach_every_wire_form_in_order() {
         assert_eq!(admin.read_response(TIMEOUT).unwrap().json()["seq"], i);
     }
     for i in 1..=N {
-        let want = data("run", i, &format!("m{i}"));
+        let want = data(&s, "run", i, &format!("m{i}"));
         assert_eq!(a.expect(), ("pushedge".to_string(), want.clone()));
         assert_eq!(b.expect(), ("pushedge".to_string(), want.clone()));
         assert_eq!(named.expect(), ("f".to_string(), want.clone()));
@@ -234,7 +236,7 @@ fn poll_and_sub_alias_answer_json_arrays() {
         let r = s.get(&format!("{path}?channel=news&seq=1"));
         assert_eq!(r.status, 200, "{path}");
         assert_eq!(r.header("content-type"), Some("application/json"));
-        assert_eq!(r.json(), json!([data("news", 1, "one")]), "{path}");
+        assert_eq!(r.json(), json!([data(&s, "news", 1, "one")]), "{path}");
     }
 }
 
@@ -249,7 +251,7 @@ fn content_is_delivered_exactly_on_every_transport() {
     let mut fr = s.iframe("/iframe?channel=c");
     s.wait_subscribers("c", 4);
     s.publish("c", content);
-    let want = data("c", 1, content);
+    let want = data(&s, "c", 1, content);
     assert_eq!(ws.recv_json(), want);
     assert_eq!(sse.expect_event().data, want);
     assert_eq!(st.expect(), want);
@@ -262,7 +264,7 @@ fn content_is_delivered_exactly_on_every_transport() {
     // GET /pub?content= carries the same through percent-encoding.
     let r = s.admin_get(&format!("/pub?channel=c&content={}", urlencode(content)));
     assert_eq!(r.json()["seq"], 2);
-    assert_eq!(ws.recv_json(), data("c", 2, content));
+    assert_eq!(ws.recv_json(), data(&s, "c", 2, content));
 }
 
 #[test]
@@ -299,7 +301,11 @@ fn several_channels_on_one_connection() {
     s.publish("b", "1");
     s.publish("a", "2");
     s.publish("c", "3");
-    let want = [data("b", 1, "1"), data("a", 1, "2"), data("c", 1, "3")];
+    let want = [
+        data(&s, "b", 1, "1"),
+        data(&s, "a", 1, "2"),
+        data(&s, "c", 1, "3"),
+    ];
     for w in &want {
         assert_eq!(&ws.recv_json(), w);
         assert_eq!(&sse.expect_event().data, w);
@@ -308,7 +314,10 @@ fn several_channels_on_one_connection() {
     }
     // A long-poll on several channels answers with what any of them holds.
     let r = s.get("/poll?channel=a,c&seq=1");
-    assert_eq!(r.json(), json!([data("a", 1, "2"), data("c", 1, "3")]));
+    assert_eq!(
+        r.json(),
+        json!([data(&s, "a", 1, "2"), data(&s, "c", 1, "3")])
+    );
 }
 
 #[test]
@@ -317,7 +326,7 @@ fn a_repeated_channel_is_one_subscription() {
     let mut ws = s.ws("/ws?channel=a,a");
     s.wait_subscribers("a", 1);
     s.publish("a", "once");
-    assert_eq!(ws.recv_json(), data("a", 1, "once"));
+    assert_eq!(ws.recv_json(), data(&s, "a", 1, "once"));
     ws.expect_quiet();
 }
 

@@ -4,8 +4,9 @@
 use pushedge_tests::*;
 use serde_json::Value;
 
-fn data(channel: &str, seq: u64, content: &str) -> Value {
-    json!({"type": "data", "channel": channel, "seq": seq, "content": content})
+/// A data message as `s` delivers it, with the channel's current epoch.
+fn data(s: &Server, channel: &str, seq: u64, content: &str) -> Value {
+    json!({"type": "data", "channel": channel, "seq": seq, "epoch": s.epoch(channel), "content": content})
 }
 
 fn assert_error(v: &Value, code: u16) {
@@ -22,11 +23,11 @@ fn sub_op_with_since_replays_then_goes_live() {
     }
     let mut ws = s.ws("/ws");
     ws.send_json(&json!({"op": "sub", "channel": "x", "since": 2}));
-    assert_eq!(ws.recv_json(), data("x", 2, "m2"));
-    assert_eq!(ws.recv_json(), data("x", 3, "m3"));
+    assert_eq!(ws.recv_json(), data(&s, "x", 2, "m2"));
+    assert_eq!(ws.recv_json(), data(&s, "x", 3, "m3"));
     s.wait_subscribers("x", 1);
     s.publish("x", "m4");
-    assert_eq!(ws.recv_json(), data("x", 4, "m4"));
+    assert_eq!(ws.recv_json(), data(&s, "x", 4, "m4"));
 }
 
 #[test]
@@ -38,8 +39,8 @@ fn sub_op_without_since_gets_new_messages_only() {
     s.wait_subscribers("x", 1);
     s.publish("x", "new");
     s.publish("first", "f");
-    assert_eq!(ws.recv_json(), data("x", 2, "new"));
-    assert_eq!(ws.recv_json(), data("first", 1, "f"));
+    assert_eq!(ws.recv_json(), data(&s, "x", 2, "new"));
+    assert_eq!(ws.recv_json(), data(&s, "first", 1, "f"));
 }
 
 #[test]
@@ -50,7 +51,7 @@ fn sub_twice_is_an_error_and_delivery_goes_on() {
     assert_error(&ws.recv_json(), 409);
     s.wait_subscribers("x", 1);
     s.publish("x", "once");
-    assert_eq!(ws.recv_json(), data("x", 1, "once"));
+    assert_eq!(ws.recv_json(), data(&s, "x", 1, "once"));
     ws.expect_quiet();
 }
 
@@ -63,14 +64,14 @@ fn unsub_stops_delivery() {
     s.wait_subscribers("a", 0);
     s.publish("a", "gone");
     s.publish("b", "still");
-    assert_eq!(ws.recv_json(), data("b", 1, "still"));
+    assert_eq!(ws.recv_json(), data(&s, "b", 1, "still"));
     ws.send_json(&json!({"op": "unsub", "channel": "a"}));
     assert_error(&ws.recv_json(), 404);
     // Subscribing again works.
     ws.send_json(&json!({"op": "sub", "channel": "a"}));
     s.wait_subscribers("a", 1);
     s.publish("a", "back");
-    assert_eq!(ws.recv_json(), data("a", 2, "back"));
+    assert_eq!(ws.recv_json(), data(&s, "a", 2, "back"));
 }
 
 #[test]
@@ -90,9 +91,9 @@ fn pub_is_allowed_only_for_client_publish_patterns() {
     writer.send_json(&json!({"op": "pub", "channel": "chat.lobby", "content": "hi \"all\""}));
     assert_eq!(
         writer.recv_json(),
-        json!({"type": "ok", "channel": "chat.lobby", "seq": 1})
+        json!({"type": "ok", "channel": "chat.lobby", "seq": 1, "epoch": s.epoch("chat.lobby")})
     );
-    assert_eq!(reader.recv_json(), data("chat.lobby", 1, "hi \"all\""));
+    assert_eq!(reader.recv_json(), data(&s, "chat.lobby", 1, "hi \"all\""));
     writer.send_json(&json!({"op": "pub", "channel": "room:7:public", "content": "r"}));
     assert_eq!(writer.recv_json()["type"], "ok");
     for channel in ["news", "chat", "room:7:private"] {
@@ -134,7 +135,7 @@ fn pub_over_max_message_bytes_closes_with_1009() {
     ws.send_json(&json!({"op": "pub", "channel": "c", "content": content}));
     assert_eq!(
         ws.recv_json(),
-        json!({"type": "ok", "channel": "c", "seq": 1})
+        json!({"type": "ok", "channel": "c", "seq": 1, "epoch": s.epoch("c")})
     );
 }
 
@@ -150,7 +151,8 @@ fn bad_ops_get_errors_and_keep_the_connection_open() {
         r#"{"op":"sub"}"#,
         r#"{"op":"sub","channel":"bad name"}"#,
         r#"{"op":"sub","channel":"x","since":-1}"#,
-        r#"{"op":"sub","channel":"x","since":"1"}"#,
+        r#"{"op":"sub","channel":"x","since":"1@NOT-AN-EPOCH"}"#,
+        r#"{"op":"sub","channel":"x","since":true}"#,
         r#"{"op":"unsub"}"#,
         r#"{"op":"pub","channel":"keep"}"#,
         r#"{"op":"pub","content":"x"}"#,
@@ -169,7 +171,7 @@ fn bad_ops_get_errors_and_keep_the_connection_open() {
     }
     s.wait_subscribers("keep", 1);
     s.publish("keep", "alive");
-    assert_eq!(ws.recv_json(), data("keep", 1, "alive"));
+    assert_eq!(ws.recv_json(), data(&s, "keep", 1, "alive"));
     ws.send_json(&json!({"op": "ping"}));
     assert_eq!(ws.recv_json(), json!({"type": "pong"}));
 }
@@ -190,7 +192,7 @@ fn max_channels_per_conn_is_enforced() {
     ws.send_json(&json!({"op": "sub", "channel": "c"}));
     s.wait_subscribers("c", 1);
     s.publish("c", "ok");
-    assert_eq!(ws.recv_json(), data("c", 1, "ok"));
+    assert_eq!(ws.recv_json(), data(&s, "c", 1, "ok"));
 }
 
 #[test]

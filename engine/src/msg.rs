@@ -1,0 +1,218 @@
+//! One published message (or channel event) and its lazily encoded wire forms.
+//!
+//! A message is encoded into each wire form at most once, the first time a worker needs
+//! that form ([`Msg::ws_frame`], [`Msg::sse_event`], ...), and the encoding is shared by
+//! reference (`bytes::Bytes`) by every subscriber on every worker.
+
+use bytes::Bytes;
+use std::sync::{Arc, OnceLock};
+
+use protocol::message::{self, JsonStyle, Message};
+
+use crate::epoch::Epoch;
+
+/// A channel's identity: slab slot and generation, so that a reclaimed and reused slot
+/// never receives deliveries meant for the channel that had it before.
+pub type ChanKey = u64;
+
+/// What a delivered message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MsgKind {
+    /// A published message.
+    Data,
+    /// The channel was closed by the server; subscribers are unsubscribed.
+    Close,
+    /// Messages `from..=seq` were missed and are no longer buffered (a cluster node that
+    /// lost its feed and could not fill everything in).
+    Gap,
+    /// The channel's stream started again under a new epoch (a cluster node learning
+    /// that Redis lost the channel): subscribers are told, and their cursors restart.
+    Reset,
+}
+
+/// A sequenced message, shared by reference with every worker.
+#[derive(Debug)]
+pub struct Msg {
+    /// The channel's key.
+    pub key: ChanKey,
+    /// The channel's name.
+    pub channel: Arc<str>,
+    /// The stream's epoch.
+    pub epoch: Epoch,
+    /// Seq in the channel (for `Close`, the channel's last seq; for `Gap`, the last
+    /// missed seq; for `Reset`, the new stream's last seq before what follows).
+    pub seq: u64,
+    /// For `Gap`: the first missed seq.
+    pub from: u64,
+    /// Data or close.
+    pub kind: MsgKind,
+    /// The published body.
+    pub content: Box<str>,
+    json: OnceLock<Bytes>,
+    script: OnceLock<Bytes>,
+    ws: OnceLock<Bytes>,
+    sse_with_id: OnceLock<Bytes>,
+    sse_data: OnceLock<Bytes>,
+    ndjson: OnceLock<Bytes>,
+}
+
+impl Msg {
+    /// A new message (not yet encoded in any form).
+    pub fn new(
+        key: ChanKey,
+        channel: Arc<str>,
+        epoch: Epoch,
+        seq: u64,
+        kind: MsgKind,
+        content: Box<str>,
+    ) -> Msg {
+        Msg {
+            key,
+            channel,
+            epoch,
+            seq,
+            from: 0,
+            kind,
+            content,
+            json: OnceLock::new(),
+            script: OnceLock::new(),
+            ws: OnceLock::new(),
+            sse_with_id: OnceLock::new(),
+            sse_data: OnceLock::new(),
+            ndjson: OnceLock::new(),
+        }
+    }
+
+    /// A `Gap` for `from..=to`.
+    pub fn gap(key: ChanKey, channel: Arc<str>, epoch: Epoch, from: u64, to: u64) -> Msg {
+        let mut m = Msg::new(key, channel, epoch, to, MsgKind::Gap, "".into());
+        m.from = from;
+        m
+    }
+
+    /// The envelope of this message.
+    pub fn envelope(&self) -> Message<'_> {
+        match self.kind {
+            MsgKind::Data => Message::Data {
+                channel: &self.channel,
+                seq: self.seq,
+                epoch: self.epoch.as_str(),
+                content: &self.content,
+            },
+            MsgKind::Close => Message::Close {
+                channel: &self.channel,
+            },
+            MsgKind::Gap => Message::Gap {
+                channel: &self.channel,
+                from: self.from,
+                to: self.seq,
+            },
+            MsgKind::Reset => Message::Reset {
+                channel: &self.channel,
+                epoch: self.epoch.as_str(),
+                seq: self.seq,
+            },
+        }
+    }
+
+    /// Plain JSON.
+    pub fn json(&self) -> &Bytes {
+        self.json
+            .get_or_init(|| Bytes::from(self.envelope().to_json()))
+    }
+
+    /// JSON for a `<script>` context.
+    pub fn script_json(&self) -> &Bytes {
+        self.script.get_or_init(|| {
+            let mut out = Vec::with_capacity(self.content.len() + 64);
+            message::write_json(&mut out, &self.envelope(), JsonStyle::Script);
+            Bytes::from(out)
+        })
+    }
+
+    /// A WebSocket text frame.
+    pub fn ws_frame(&self) -> &Bytes {
+        self.ws.get_or_init(|| {
+            let mut out = Vec::with_capacity(self.json().len() + 10);
+            message::write_ws_frame(&mut out, self.json());
+            Bytes::from(out)
+        })
+    }
+
+    /// An SSE event with `id: channel:seq@epoch` (the cursor of a one-channel connection).
+    pub fn sse_event(&self) -> &Bytes {
+        self.sse_with_id.get_or_init(|| {
+            let mut id = Vec::with_capacity(self.channel.len() + 40);
+            protocol::cursor::write_cursor(
+                &mut id,
+                [(&*self.channel, self.seq, self.epoch.as_str())],
+            );
+            let id = String::from_utf8(id).expect("channel names, digits and epochs are ASCII");
+            let mut out = Vec::with_capacity(self.json().len() + id.len() + 16);
+            message::write_sse_event(&mut out, Some(&id), self.json());
+            Bytes::from(out)
+        })
+    }
+
+    /// An SSE event without `id:` (a multi-channel connection writes its own id line).
+    pub fn sse_data(&self) -> &Bytes {
+        self.sse_data.get_or_init(|| {
+            let mut out = Vec::with_capacity(self.json().len() + 10);
+            message::write_sse_event(&mut out, None, self.json());
+            Bytes::from(out)
+        })
+    }
+
+    /// An NDJSON line as an HTTP chunk.
+    pub fn ndjson_chunk(&self) -> &Bytes {
+        self.ndjson.get_or_init(|| {
+            let mut out = Vec::with_capacity(self.json().len() + 12);
+            message::write_ndjson_chunk(&mut out, self.json());
+            Bytes::from(out)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodings_are_made_once_and_agree() {
+        let e = Epoch::parse("e1").unwrap();
+        let m = Msg::new(
+            1,
+            Arc::from("news"),
+            e,
+            7,
+            MsgKind::Data,
+            "hi</script>".into(),
+        );
+        let a = m.ws_frame().clone();
+        let b = m.ws_frame().clone();
+        assert_eq!(a.as_ptr(), b.as_ptr(), "shared, not re-encoded");
+        assert_eq!(
+            &m.json()[..],
+            br#"{"type":"data","channel":"news","seq":7,"epoch":"e1","content":"hi</script>"}"#
+        );
+        assert!(m.sse_event().starts_with(b"id: news:7@e1\ndata: {"));
+        assert!(m.sse_data().starts_with(b"data: {"));
+        assert!(!m.script_json().windows(2).any(|w| w == b"</"));
+        assert!(m.ndjson_chunk().ends_with(b"}\n\r\n"));
+    }
+
+    #[test]
+    fn gaps_and_resets() {
+        let e = Epoch::parse("e2").unwrap();
+        let g = Msg::gap(1, Arc::from("c"), e, 2, 7);
+        assert_eq!(
+            &g.json()[..],
+            br#"{"type":"gap","channel":"c","from":2,"to":7}"#
+        );
+        let r = Msg::new(1, Arc::from("c"), e, 0, MsgKind::Reset, "".into());
+        assert_eq!(
+            &r.json()[..],
+            br#"{"type":"reset","channel":"c","epoch":"e2","seq":0}"#
+        );
+    }
+}
