@@ -22,6 +22,7 @@ use protocol::query::Query;
 
 use crate::hub::HubError;
 use crate::server::Shared;
+use crate::store::Commit;
 use crate::{auth, debug, warn};
 
 /// Most admin connections at once.
@@ -169,6 +170,14 @@ pub fn run(shared: Arc<Shared>, listener: std::net::TcpListener) {
             }
             if conns.contains(id) {
                 flush(&mut conns, id);
+            }
+        }
+        if let Some(store) = shared.hub.store() {
+            if store.has_pending() {
+                // This thread commits the publishes it just queued, every connection's at
+                // once (one journal write), and answers them.
+                store.commit_pending();
+                release_all(&shared, &mut conns, &mut buf);
             }
         }
         if accept_retry {
@@ -618,7 +627,7 @@ fn publish(shared: &Shared, q: &Query<'_>, body: &[u8]) -> (Reply, u64) {
         Ok(k) => k,
         Err(r) => return (r, 0),
     };
-    match shared.publish(&name, content, key) {
+    match shared.publish(&name, content, key, Commit::ByCaller) {
         Ok(a) => (
             Reply::envelope(
                 200,
@@ -713,6 +722,12 @@ pub fn totals_json(shared: &Shared) -> serde_json::Value {
             "received": c.received.load(std::sync::atomic::Ordering::Relaxed),
             "errors": c.errors.load(std::sync::atomic::Ordering::Relaxed),
         })),
+        "history_store": shared.hub.store().map(|s| serde_json::json!({
+            "batches": s.batches.load(std::sync::atomic::Ordering::Relaxed),
+            "committed": s.committed(),
+            "failed": s.failed(),
+        })),
+        "idempotency_evicted": shared.hub.idem_evicted.load(std::sync::atomic::Ordering::Relaxed),
     })
 }
 

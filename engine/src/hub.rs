@@ -48,7 +48,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::config::Live;
 use crate::epoch::Epoch;
 use crate::inbox::{Cmd, Inbox, PubDone, MAX_INBOX};
-use crate::store::{Loaded, Store};
+use crate::store::{Commit, Loaded, Store};
 
 pub use crate::msg::{ChanKey, Msg, MsgKind};
 
@@ -674,6 +674,7 @@ impl Hub {
         content: &str,
         key: Option<&str>,
         notify: Option<Notify>,
+        commit: Commit,
     ) -> Result<Accepted, HubError> {
         if content.len() > self.live.max_message_bytes() {
             return Err(HubError::TooBig);
@@ -693,7 +694,13 @@ impl Hub {
             key: k.into(),
             expires: unix_now() + self.idem_window.as_secs(),
         });
-        let accepted = self.request_append(&mut inner, slot, content.into(), idem, notify, now)?;
+        let accepted = self.request_append(
+            &mut inner,
+            slot,
+            content.into(),
+            (idem, notify, commit),
+            now,
+        )?;
         if let Some(k) = key {
             self.idem_insert(&mut inner, name, k, accepted);
         }
@@ -744,7 +751,7 @@ impl Hub {
 
     fn forget_in_store(&self, channel: Arc<str>, key: Box<str>) {
         if let Some(s) = &self.store {
-            s.enqueue(Op::Forget { channel, key });
+            s.enqueue(Op::Forget { channel, key }, Commit::ByWriter);
         }
     }
 
@@ -754,8 +761,7 @@ impl Hub {
         inner: &mut Inner,
         slot: usize,
         content: Box<str>,
-        idem: Option<IdemRecord>,
-        notify: Option<Notify>,
+        (idem, notify, commit): (Option<IdemRecord>, Option<Notify>, Commit),
         now: Instant,
     ) -> Result<Accepted, HubError> {
         let ch = &mut inner.chans[slot];
@@ -781,7 +787,7 @@ impl Hub {
             MsgKind::Data,
             content,
         ));
-        let ticket = self.dispatch(inner, slot, Op::Append { msg, idem, notify });
+        let ticket = self.dispatch(inner, slot, Op::Append { msg, idem, notify }, commit);
         Ok(Accepted {
             seq,
             epoch,
@@ -792,7 +798,7 @@ impl Hub {
 
     /// Applies `op` now (memory mode) or queues it in the store; returns the ticket (0
     /// when applied).
-    fn dispatch(&self, inner: &mut Inner, slot: usize, op: Op) -> u64 {
+    fn dispatch(&self, inner: &mut Inner, slot: usize, op: Op, commit: Commit) -> u64 {
         match &self.store {
             None => {
                 self.apply_locked(inner, op, false);
@@ -802,7 +808,7 @@ impl Hub {
                 if let Some(ch) = inner.chans.get_mut(slot) {
                     ch.pending += 1;
                 }
-                s.enqueue(op)
+                s.enqueue(op, commit)
             }
         }
     }
@@ -1120,7 +1126,8 @@ impl Hub {
         let mut n = 0;
         let mut ticket = 0;
         for slot in slots {
-            let a = self.request_append(&mut inner, slot, content.into(), None, None, now)?;
+            let opts = (None, None, Commit::ByWriter);
+            let a = self.request_append(&mut inner, slot, content.into(), opts, now)?;
             ticket = ticket.max(a.ticket);
             n += 1;
         }
@@ -1139,7 +1146,7 @@ impl Hub {
             key: ch.key,
             name: ch.name.clone(),
         };
-        Ok(self.dispatch(&mut inner, slot, op))
+        Ok(self.dispatch(&mut inner, slot, op, Commit::ByWriter))
     }
 
     /// Drops a channel's history (its seq goes on). Returns the store ticket.
@@ -1151,7 +1158,7 @@ impl Hub {
             key: ch.key,
             name: ch.name.clone(),
         };
-        Ok(self.dispatch(&mut inner, slot, op))
+        Ok(self.dispatch(&mut inner, slot, op, Commit::ByWriter))
     }
 
     /// Refuses publishes from now on (the first step of a drain).
@@ -1172,7 +1179,7 @@ impl Hub {
         match &self.store {
             None => self.apply_locked(&mut inner, Op::Drain, false),
             Some(s) => {
-                s.enqueue(Op::Drain);
+                s.enqueue(Op::Drain, Commit::ByWriter);
             }
         }
         true
@@ -1252,7 +1259,7 @@ impl Hub {
             inner.names.remove(&ch.name);
             inner.buffered -= ch.history.len();
             if let Some(s) = &self.store {
-                s.enqueue(Op::Drop { name: ch.name });
+                s.enqueue(Op::Drop { name: ch.name }, Commit::ByWriter);
             }
         }
         dead.len()

@@ -2,6 +2,11 @@
 
 use std::process::ExitCode;
 
+/// mimalloc: per-thread free lists for the many small allocations of the publish path,
+/// and it returns freed memory to the OS (glibc's malloc keeps a flood's memory).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use pushedge::config::{split_kv, Config};
 use pushedge::{control, error, server};
 

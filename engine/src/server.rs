@@ -25,7 +25,7 @@ use crate::metrics::{Snapshot, WorkerStats};
 use crate::reactor::epoll::Epoll;
 use crate::reactor::uring::{self, Uring};
 use crate::reactor::Backend;
-use crate::store::Store;
+use crate::store::{Commit, Store};
 use crate::worker::Worker;
 use crate::{admin, control, error, info, warn};
 
@@ -117,6 +117,7 @@ impl Shared {
         channel: &str,
         content: &str,
         key: Option<&str>,
+        commit: Commit,
     ) -> Result<Accepted, HubError> {
         match &self.cluster {
             Some(c) => {
@@ -128,7 +129,7 @@ impl Shared {
                 }
                 c.publish(&self.hub, channel, content, key)
             }
-            None => self.hub.publish(channel, content, key, None),
+            None => self.hub.publish(channel, content, key, None, commit),
         }
     }
 
@@ -147,7 +148,7 @@ impl Shared {
         content: &str,
         key: Option<&str>,
     ) -> Result<Accepted, HubError> {
-        let a = self.publish(channel, content, key)?;
+        let a = self.publish(channel, content, key, Commit::ByWriter)?;
         self.wait_ticket(a.ticket)?;
         Ok(Accepted { ticket: 0, ..a })
     }
@@ -158,7 +159,7 @@ impl Shared {
             Some(c) => {
                 let channels = c.all_channels(self.cfg.max_channels)?;
                 for name in &channels {
-                    self.publish(name, content, None)?;
+                    self.publish(name, content, None, Commit::ByWriter)?;
                 }
                 Ok(channels.len())
             }

@@ -29,18 +29,25 @@
 //!
 //! # Layout
 //!
-//! Three keyspaces: `meta` (channel -> seq and epoch), `msgs` (channel, NUL, seq as 8
-//! big-endian bytes -> content) and `idem` (channel, NUL, key -> expiry, seq, epoch).
-//! Channel names have no NUL, so a channel's records are one key prefix.
+//! Three keyspaces: `msgs` (channel, NUL, epoch, seq as 8 big-endian bytes -> content),
+//! `meta` (channel -> its stream: epoch, seq and the oldest seq kept) and `idem`
+//! (channel, NUL, key -> expiry, seq, epoch). Channel names have no NUL. A publish writes
+//! one message record and, once per batch, its channel's stream record; nothing is
+//! deleted one by one. Messages that fell out of `history_size`, were cleared or belong
+//! to a stream that ended (a close, a reclaim) are dropped by a compaction filter when
+//! fjall compacts, and expired idempotency records likewise; reading back at start takes
+//! only each stream's `floor..=seq`.
 
-use std::collections::BTreeMap;
-use std::ops::Bound;
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use fjall::compaction::filter::{
+    CompactionFilter, CompactionFilterResult, Context, Factory, ItemAccessor, Verdict,
+};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use crate::config::Live;
@@ -96,7 +103,20 @@ pub struct LoadedIdem {
 struct Queue {
     ops: Vec<Op>,
     last_ticket: u64,
+    /// The writer thread was asked to commit (see [`Commit`]).
+    wake: bool,
     closed: bool,
+}
+
+/// Who commits an op that is queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// The caller calls [`Store::commit_pending`] once it has queued its batch (the admin
+    /// thread, after a read's pipelined requests): no hand-off, no wake-up.
+    ByCaller,
+    /// The writer thread commits (reactor threads, which never touch the disk, and
+    /// callers that block until the commit).
+    ByWriter,
 }
 
 struct Db {
@@ -104,6 +124,7 @@ struct Db {
     meta: Keyspace,
     msgs: Keyspace,
     idem: Keyspace,
+    retention: Arc<Retention>,
 }
 
 /// The disk store: a queue of ops and the thread that writes them.
@@ -117,7 +138,10 @@ pub struct Store {
     wakers: Mutex<Vec<Arc<dyn Wake>>>,
     live: Arc<Live>,
     durability: PersistMode,
+    /// The store itself, behind the commit lock: batches are taken from the queue,
+    /// written and applied under it, so they are applied in ticket order whoever commits.
     db: Mutex<Option<Db>>,
+    hub: std::sync::OnceLock<std::sync::Weak<Hub>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     /// Batches written.
     pub batches: AtomicU64,
@@ -127,37 +151,73 @@ fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
-fn msg_key(name: &str, seq: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(name.len() + 9);
+/// Bytes of an epoch in a key (the epoch's inline form, zero-padded).
+const EPOCH_KEY_LEN: usize = 16;
+
+fn msg_key(name: &str, epoch: Epoch, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(name.len() + 1 + EPOCH_KEY_LEN + 8);
     k.extend_from_slice(name.as_bytes());
     k.push(0);
+    let mut e = [0u8; EPOCH_KEY_LEN];
+    e[..epoch.as_str().len()].copy_from_slice(epoch.as_str().as_bytes());
+    k.extend_from_slice(&e);
     k.extend_from_slice(&seq.to_be_bytes());
     k
 }
 
-fn prefix_of(name: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(name.len() + 1);
-    k.extend_from_slice(name.as_bytes());
-    k.push(0);
-    k
+/// `(channel, epoch, seq)` of a message key.
+fn split_msg_key(k: &[u8]) -> Option<(&str, Epoch, u64)> {
+    let tail = 1 + EPOCH_KEY_LEN + 8;
+    let cut = k.len().checked_sub(tail)?;
+    if k[cut] != 0 {
+        return None;
+    }
+    let name = std::str::from_utf8(&k[..cut]).ok()?;
+    let e = &k[cut + 1..cut + 1 + EPOCH_KEY_LEN];
+    let len = e.iter().position(|&b| b == 0).unwrap_or(EPOCH_KEY_LEN);
+    let epoch = Epoch::parse(std::str::from_utf8(&e[..len]).ok()?)?;
+    let seq = u64::from_be_bytes(k[k.len() - 8..].try_into().ok()?);
+    Some((name, epoch, seq))
 }
 
 fn idem_key(name: &str, key: &str) -> Vec<u8> {
-    let mut k = prefix_of(name);
+    let mut k = Vec::with_capacity(name.len() + 1 + key.len());
+    k.extend_from_slice(name.as_bytes());
+    k.push(0);
     k.extend_from_slice(key.as_bytes());
     k
 }
 
-fn meta_value(seq: u64, epoch: Epoch) -> Vec<u8> {
-    let mut v = seq.to_be_bytes().to_vec();
-    v.extend_from_slice(epoch.as_str().as_bytes());
-    v
+/// A channel's stream as the store keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Meta {
+    epoch: Epoch,
+    /// Last seq.
+    seq: u64,
+    /// Oldest seq still kept (raised as the history moves on, and by a clear).
+    floor: u64,
 }
 
-fn decode_meta(v: &[u8]) -> Option<(u64, Epoch)> {
-    let seq = u64::from_be_bytes(v.get(..8)?.try_into().ok()?);
-    let epoch = Epoch::parse(std::str::from_utf8(&v[8..]).ok()?)?;
-    Some((seq, epoch))
+impl Meta {
+    fn encode(&self) -> Vec<u8> {
+        let mut v = self.seq.to_be_bytes().to_vec();
+        v.extend_from_slice(&self.floor.to_be_bytes());
+        v.extend_from_slice(self.epoch.as_str().as_bytes());
+        v
+    }
+
+    fn decode(v: &[u8]) -> Option<Meta> {
+        let seq = u64::from_be_bytes(v.get(..8)?.try_into().ok()?);
+        let floor = u64::from_be_bytes(v.get(8..16)?.try_into().ok()?);
+        let epoch = Epoch::parse(std::str::from_utf8(v.get(16..)?).ok()?)?;
+        Some(Meta { epoch, seq, floor })
+    }
+
+    /// Keeps `history_size` messages up to the seq.
+    fn trim(&mut self, history_size: usize) {
+        let keep_from = (self.seq + 1).saturating_sub(history_size as u64).max(1);
+        self.floor = self.floor.max(keep_from);
+    }
 }
 
 fn idem_value(expires: u64, seq: u64, epoch: Epoch) -> Vec<u8> {
@@ -174,23 +234,112 @@ fn decode_idem(v: &[u8]) -> Option<(u64, u64, Epoch)> {
     Some((expires, seq, epoch))
 }
 
-/// Which keyspace a change goes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Space {
-    Meta,
-    Msgs,
-    Idem,
+/// What is kept, shared with the compaction filters: every channel's stream (a message
+/// outside its stream's `floor..=seq`, or of another epoch, is garbage). Until the store
+/// has read its state back (`ready`), the filters keep everything.
+#[derive(Default)]
+struct Retention {
+    ready: AtomicBool,
+    streams: RwLock<HashMap<Box<str>, Meta>>,
 }
 
-/// The final state of every key a batch touches, so that a key written and removed in one
-/// batch (a trimmed message, a channel closed and started again) ends as the last op says.
-type Changes = BTreeMap<(Space, Vec<u8>), Option<Vec<u8>>>;
+impl Retention {
+    fn keeps(&self, key: &[u8]) -> bool {
+        if !self.ready.load(Ordering::Acquire) {
+            return true;
+        }
+        let Some((name, epoch, seq)) = split_msg_key(key) else {
+            return true;
+        };
+        let streams = self.streams.read().unwrap_or_else(|p| p.into_inner());
+        streams
+            .get(name)
+            .is_some_and(|m| m.epoch == epoch && seq >= m.floor && seq <= m.seq)
+    }
+}
+
+/// Drops messages that fell out of their channel's history (or whose stream ended)
+/// when fjall compacts, so a publish writes one record and nothing is deleted one by one.
+struct MsgFilter(Arc<Retention>);
+
+impl CompactionFilter for MsgFilter {
+    fn filter_item(&mut self, item: ItemAccessor<'_>, _: &Context) -> CompactionFilterResult {
+        // Message keys are written once (a seq never repeats within an epoch, and the
+        // epoch is in the key), so a dropped one leaves no tombstone behind.
+        Ok(if self.0.keeps(item.key()) {
+            Verdict::Keep
+        } else {
+            Verdict::Destroy
+        })
+    }
+}
+
+/// Drops idempotency records whose window has passed.
+struct IdemFilter;
+
+impl CompactionFilter for IdemFilter {
+    fn filter_item(&mut self, item: ItemAccessor<'_>, _: &Context) -> CompactionFilterResult {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let expired = item
+            .value()
+            .ok()
+            .and_then(|v| decode_idem(&v))
+            .is_some_and(|(expires, _, _)| expires <= now);
+        Ok(if expired {
+            Verdict::Remove
+        } else {
+            Verdict::Keep
+        })
+    }
+}
+
+struct Filters {
+    retention: Arc<Retention>,
+}
+
+impl Factory for Filters {
+    fn name(&self) -> &str {
+        "pushedge-retention"
+    }
+
+    fn make_filter(&self, _: &Context) -> Box<dyn CompactionFilter> {
+        Box::new(MsgFilter(self.retention.clone()))
+    }
+}
+
+struct IdemFilters;
+
+impl Factory for IdemFilters {
+    fn name(&self) -> &str {
+        "pushedge-idempotency"
+    }
+
+    fn make_filter(&self, _: &Context) -> Box<dyn CompactionFilter> {
+        Box::new(IdemFilter)
+    }
+}
 
 impl Db {
     fn open(path: &Path) -> Result<Db, String> {
         std::fs::create_dir_all(path)
             .map_err(|e| format!("cannot create history_path {}: {e}", path.display()))?;
+        let retention = Arc::new(Retention::default());
+        let r = retention.clone();
+        type Assigner = Arc<dyn Fn(&str) -> Option<Arc<dyn Factory>> + Send + Sync>;
+        let assign: Assigner = Arc::new(move |keyspace: &str| {
+            let f: Option<Arc<dyn Factory>> = match keyspace {
+                "msgs" => Some(Arc::new(Filters {
+                    retention: r.clone(),
+                })),
+                "idem" => Some(Arc::new(IdemFilters)),
+                _ => None,
+            };
+            f
+        });
         let db = Database::builder(path)
+            .with_compaction_filter_factories(assign)
             .open()
             .map_err(|e| format!("cannot open the history store at {}: {e}", path.display()))?;
         let open = |name: &str| {
@@ -202,55 +351,59 @@ impl Db {
             msgs: open("msgs")?,
             idem: open("idem")?,
             db,
+            retention,
         })
-    }
-
-    fn space(&self, s: Space) -> &Keyspace {
-        match s {
-            Space::Meta => &self.meta,
-            Space::Msgs => &self.msgs,
-            Space::Idem => &self.idem,
-        }
     }
 
     fn load(&self, history_size: usize) -> Result<Loaded, String> {
         let mut out = Loaded::default();
+        let mut streams = HashMap::new();
         for g in self.meta.iter() {
             let (k, v) = g.into_inner().map_err(err)?;
-            let (Ok(name), Some((seq, epoch))) = (std::str::from_utf8(&k), decode_meta(&v)) else {
+            let (Ok(name), Some(meta)) = (std::str::from_utf8(&k), Meta::decode(&v)) else {
                 warn!("history store: skipping a malformed channel record");
                 continue;
             };
+            let from = meta
+                .floor
+                .max((meta.seq + 1).saturating_sub(history_size as u64));
             let mut history = Vec::new();
-            for g in self.msgs.prefix(prefix_of(name)).rev().take(history_size) {
-                let (k, v) = g.into_inner().map_err(err)?;
-                let seq_bytes = k.get(k.len().saturating_sub(8)..).unwrap_or(&[]);
-                let (Ok(s), Ok(content)) = (
-                    <[u8; 8]>::try_from(seq_bytes),
-                    String::from_utf8(v.to_vec()),
-                ) else {
-                    continue;
-                };
-                history.push((u64::from_be_bytes(s), content));
+            if from <= meta.seq {
+                let range = msg_key(name, meta.epoch, from)..=msg_key(name, meta.epoch, meta.seq);
+                for g in self.msgs.range(range) {
+                    let (k, v) = g.into_inner().map_err(err)?;
+                    let (Some((_, _, seq)), Ok(content)) =
+                        (split_msg_key(&k), String::from_utf8(v.to_vec()))
+                    else {
+                        continue;
+                    };
+                    history.push((seq, content));
+                }
             }
-            history.reverse();
             // The history is one contiguous run ending at the channel's seq.
-            let mut keep = history.len();
             let len = history.len();
+            let mut keep = len;
             for (i, (s, _)) in history.iter().enumerate().rev() {
-                if seq.checked_sub((len - 1 - i) as u64) != Some(*s) {
+                if meta.seq.checked_sub((len - 1 - i) as u64) != Some(*s) {
                     break;
                 }
                 keep = i;
             }
             history.drain(..keep);
+            streams.insert(Box::from(name), meta);
             out.channels.push(LoadedChannel {
                 name: name.to_string(),
-                epoch,
-                seq,
+                epoch: meta.epoch,
+                seq: meta.seq,
                 history,
             });
         }
+        *self
+            .retention
+            .streams
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = streams;
+        self.retention.ready.store(true, Ordering::Release);
         for g in self.idem.iter() {
             let (k, v) = g.into_inner().map_err(err)?;
             let Some(nul) = k.iter().position(|&b| b == 0) else {
@@ -274,73 +427,91 @@ impl Db {
         Ok(out)
     }
 
-    /// Marks every message of `name` (written or pending in this batch) for removal.
-    fn remove_messages(&self, changes: &mut Changes, name: &str) -> Result<(), String> {
-        let prefix = prefix_of(name);
-        for g in self.msgs.prefix(&prefix) {
-            let k = g.key().map_err(err)?;
-            changes.insert((Space::Msgs, k.to_vec()), None);
-        }
-        let start = (Space::Msgs, prefix.clone());
-        let pending: Vec<Vec<u8>> = changes
-            .range((Bound::Included(start), Bound::Unbounded))
-            .take_while(|((s, k), _)| *s == Space::Msgs && k.starts_with(&prefix))
-            .map(|((_, k), _)| k.clone())
-            .collect();
-        for k in pending {
-            changes.insert((Space::Msgs, k), None);
-        }
-        Ok(())
-    }
-
-    fn changes(&self, ops: &[Op], history_size: usize) -> Result<Changes, String> {
-        let mut changes = Changes::new();
-        for op in ops {
-            match op {
-                Op::Append { msg, idem, .. } => {
-                    let name = &*msg.channel;
-                    changes.insert(
-                        (Space::Msgs, msg_key(name, msg.seq)),
-                        Some(msg.content.as_bytes().to_vec()),
-                    );
-                    if msg.seq > history_size as u64 {
-                        let old = msg_key(name, msg.seq - history_size as u64);
-                        changes.insert((Space::Msgs, old), None);
-                    }
-                    changes.insert(
-                        (Space::Meta, name.as_bytes().to_vec()),
-                        Some(meta_value(msg.seq, msg.epoch)),
-                    );
-                    if let Some(r) = idem {
-                        changes.insert(
-                            (Space::Idem, idem_key(name, &r.key)),
-                            Some(idem_value(r.expires, msg.seq, msg.epoch)),
+    /// Writes a batch of ops: one record per message, one per channel's stream, and the
+    /// idempotency records. What the batch keeps is published to the compaction filters
+    /// first, so a compaction running meanwhile never drops a record of it.
+    fn write(
+        &self,
+        ops: &[Op],
+        history_size: usize,
+        durability: PersistMode,
+    ) -> Result<(), String> {
+        let mut batch = self.db.batch().durability(Some(durability));
+        let mut touched: HashMap<Arc<str>, Option<Meta>> = HashMap::new();
+        {
+            let streams = self
+                .retention
+                .streams
+                .read()
+                .unwrap_or_else(|p| p.into_inner());
+            for op in ops {
+                match op {
+                    Op::Append { msg, idem, .. } => {
+                        let current = match touched.get(&msg.channel) {
+                            Some(m) => *m,
+                            None => streams.get(&*msg.channel).copied(),
+                        };
+                        let mut m = match current {
+                            Some(m) if m.epoch == msg.epoch => Meta { seq: msg.seq, ..m },
+                            _ => Meta {
+                                epoch: msg.epoch,
+                                seq: msg.seq,
+                                floor: 1,
+                            },
+                        };
+                        m.trim(history_size);
+                        touched.insert(msg.channel.clone(), Some(m));
+                        batch.insert(
+                            &self.msgs,
+                            msg_key(&msg.channel, msg.epoch, msg.seq),
+                            msg.content.as_bytes(),
                         );
+                        if let Some(r) = idem {
+                            batch.insert(
+                                &self.idem,
+                                idem_key(&msg.channel, &r.key),
+                                idem_value(r.expires, msg.seq, msg.epoch),
+                            );
+                        }
                     }
+                    Op::Close { name, .. } | Op::Drop { name } => {
+                        touched.insert(name.clone(), None);
+                    }
+                    Op::Clear { name, .. } => {
+                        let current = match touched.get(name) {
+                            Some(m) => *m,
+                            None => streams.get(&**name).copied(),
+                        };
+                        if let Some(mut m) = current {
+                            m.floor = m.seq + 1;
+                            touched.insert(name.clone(), Some(m));
+                        }
+                    }
+                    Op::Forget { channel, key } => batch.remove(&self.idem, idem_key(channel, key)),
+                    Op::Drain => {}
                 }
-                Op::Close { name, .. } | Op::Drop { name } => {
-                    self.remove_messages(&mut changes, name)?;
-                    changes.insert((Space::Meta, name.as_bytes().to_vec()), None);
-                }
-                Op::Clear { name, .. } => self.remove_messages(&mut changes, name)?,
-                Op::Forget { channel, key } => {
-                    changes.insert((Space::Idem, idem_key(channel, key)), None);
-                }
-                Op::Drain => {}
             }
         }
-        Ok(changes)
-    }
-
-    fn write(&self, changes: Changes, durability: PersistMode) -> Result<(), String> {
-        if changes.is_empty() {
+        if batch.is_empty() && touched.is_empty() {
             return Ok(());
         }
-        let mut batch = self.db.batch().durability(Some(durability));
-        for ((space, k), v) in changes {
-            match v {
-                Some(v) => batch.insert(self.space(space), k, v),
-                None => batch.remove(self.space(space), k),
+        {
+            let mut streams = self
+                .retention
+                .streams
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            for (name, m) in &touched {
+                match m {
+                    Some(m) => {
+                        streams.insert(Box::from(&**name), *m);
+                        batch.insert(&self.meta, name.as_bytes(), m.encode());
+                    }
+                    None => {
+                        streams.remove(&**name);
+                        batch.remove(&self.meta, name.as_bytes());
+                    }
+                }
             }
         }
         batch.commit().map_err(err)
@@ -363,6 +534,7 @@ impl Store {
             queue: Mutex::new(Queue {
                 ops: Vec::new(),
                 last_ticket: 0,
+                wake: false,
                 closed: false,
             }),
             ready: Condvar::new(),
@@ -378,6 +550,7 @@ impl Store {
                 PersistMode::Buffer
             },
             db: Mutex::new(Some(db)),
+            hub: std::sync::OnceLock::new(),
             thread: Mutex::new(None),
             batches: AtomicU64::new(0),
         };
@@ -386,16 +559,13 @@ impl Store {
 
     /// Starts the writer thread.
     pub fn start(self: &Arc<Self>, hub: Arc<Hub>) -> Result<(), String> {
-        let db = self
-            .db
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-            .ok_or("the history store was started twice")?;
+        self.hub
+            .set(Arc::downgrade(&hub))
+            .map_err(|_| "the history store was started twice")?;
         let me = self.clone();
         let h = thread::Builder::new()
             .name("history-store".into())
-            .spawn(move || me.run(db, &hub))
+            .spawn(move || me.run())
             .map_err(|e| format!("cannot start the history store thread: {e}"))?;
         *self.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(h);
         Ok(())
@@ -403,12 +573,12 @@ impl Store {
 
     /// Queues an op (called under the hub lock, so ops are queued in seq order); returns
     /// its ticket.
-    pub fn enqueue(&self, op: Op) -> u64 {
+    pub fn enqueue(&self, op: Op, commit: Commit) -> u64 {
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         q.last_ticket += 1;
-        let was_empty = q.ops.is_empty();
         q.ops.push(op);
-        if was_empty {
+        if commit == Commit::ByWriter && !q.wake {
+            q.wake = true;
             self.ready.notify_one();
         }
         q.last_ticket
@@ -476,11 +646,9 @@ impl Store {
         }
     }
 
+    /// Takes what is queued (at most [`MAX_BATCH_OPS`]); `None` when nothing is.
     fn take_batch(&self) -> Option<(Vec<Op>, u64)> {
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        while q.ops.is_empty() && !q.closed {
-            q = self.ready.wait(q).unwrap_or_else(|p| p.into_inner());
-        }
         if q.ops.is_empty() {
             return None;
         }
@@ -491,41 +659,81 @@ impl Store {
         Some((ops, last))
     }
 
-    fn run(&self, db: Db, hub: &Hub) {
+    /// True when ops wait to be committed.
+    pub fn has_pending(&self) -> bool {
+        !self
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .ops
+            .is_empty()
+    }
+
+    /// Waits until the writer thread is asked to commit; false once closed and empty.
+    fn wait_for_work(&self) -> bool {
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        while !q.wake && !q.closed {
+            q = self.ready.wait(q).unwrap_or_else(|p| p.into_inner());
+        }
+        q.wake = false;
+        !(q.closed && q.ops.is_empty())
+    }
+
+    /// Writes and applies everything queued so far, in ticket order (any thread may call
+    /// it; the admin thread does after each read's requests).
+    pub fn commit_pending(&self) {
+        let mut db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(db) = db.as_mut() else {
+            return;
+        };
+        let Some(hub) = self.hub.get().and_then(std::sync::Weak::upgrade) else {
+            return;
+        };
         while let Some((ops, last)) = self.take_batch() {
-            let result = if self.failed().is_some() {
-                Err("the store failed earlier".to_string())
-            } else {
-                self.write_with_retries(&db, &ops)
-            };
-            match result {
-                Ok(()) => {
-                    self.batches.fetch_add(1, Ordering::Relaxed);
-                    hub.apply_committed(ops);
-                }
-                Err(e) => {
-                    let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
-                    if failed.is_none() {
-                        error!(
-                            "history store: write failed: {e}; publishing is refused until restart"
-                        );
-                        *failed = Some(e.clone());
-                    }
-                    drop(failed);
-                    hub.apply_failed(ops, &e);
-                }
-            }
-            self.committed.store(last, Ordering::Release);
-            {
-                let _g = self.done.lock().unwrap_or_else(|p| p.into_inner());
-                self.done_cv.notify_all();
-            }
-            for w in self.wakers.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-                w.wake();
+            self.commit(db, &hub, ops, last);
+        }
+    }
+
+    fn run(&self) {
+        while self.wait_for_work() {
+            self.commit_pending();
+        }
+        self.commit_pending();
+        if let Some(db) = self.db.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            if let Err(e) = db.db.persist(PersistMode::SyncAll) {
+                error!("history store: final sync failed: {e}");
             }
         }
-        if let Err(e) = db.db.persist(PersistMode::SyncAll) {
-            error!("history store: final sync failed: {e}");
+    }
+
+    fn commit(&self, db: &Db, hub: &Hub, ops: Vec<Op>, last: u64) {
+        let result = if self.failed().is_some() {
+            Err("the store failed earlier".to_string())
+        } else {
+            self.write_with_retries(db, &ops)
+        };
+        match result {
+            Ok(()) => {
+                self.batches.fetch_add(1, Ordering::Relaxed);
+                hub.apply_committed(ops);
+            }
+            Err(e) => {
+                let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+                if failed.is_none() {
+                    error!("history store: write failed: {e}; publishing is refused until restart");
+                    *failed = Some(e.clone());
+                }
+                drop(failed);
+                hub.apply_failed(ops, &e);
+            }
+        }
+        self.committed.store(last, Ordering::Release);
+        {
+            let _g = self.done.lock().unwrap_or_else(|p| p.into_inner());
+            self.done_cv.notify_all();
+        }
+        for w in self.wakers.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            w.wake();
         }
     }
 
@@ -536,10 +744,7 @@ impl Store {
             if attempt > 0 {
                 thread::sleep(WRITE_RETRY_PAUSE);
             }
-            match db
-                .changes(ops, history_size)
-                .and_then(|c| db.write(c, self.durability))
-            {
+            match db.write(ops, history_size, self.durability) {
                 Ok(()) => return Ok(()),
                 Err(e) => {
                     warn!("history store: write attempt {} failed: {e}", attempt + 1);
@@ -574,12 +779,13 @@ mod tests {
     }
 
     #[test]
-    fn changes_keep_the_last_state_of_each_key_and_load_reads_them_back() {
+    fn batches_keep_the_last_state_of_each_stream_and_load_reads_them_back() {
         let dir = tempfile::tempdir().unwrap();
         let e = Epoch::parse("e1").unwrap();
         let e2 = Epoch::parse("e2").unwrap();
         {
             let db = Db::open(dir.path()).unwrap();
+            db.load(3).unwrap();
             let ops: Vec<Op> = (1..=5)
                 .map(|s| append("a", e, s, &format!("m{s}")))
                 .chain([
@@ -591,8 +797,7 @@ mod tests {
                     append("b", e2, 1, "again"),
                 ])
                 .collect();
-            let c = db.changes(&ops, 3).unwrap();
-            db.write(c, PersistMode::Buffer).unwrap();
+            db.write(&ops, 3, PersistMode::Buffer).unwrap();
             // A second batch: clear a channel, publish after it.
             let ops = vec![
                 Op::Clear {
@@ -601,8 +806,7 @@ mod tests {
                 },
                 append("a", e, 6, "m6"),
             ];
-            let c = db.changes(&ops, 3).unwrap();
-            db.write(c, PersistMode::Buffer).unwrap();
+            db.write(&ops, 3, PersistMode::Buffer).unwrap();
         }
         let db = Db::open(dir.path()).unwrap();
         let mut l = db.load(3).unwrap();
@@ -614,6 +818,44 @@ mod tests {
         let b = &l.channels[1];
         assert_eq!((b.epoch, b.seq), (e2, 1));
         assert_eq!(b.history, vec![(1, "again".to_string())]);
+    }
+
+    #[test]
+    fn compaction_drops_what_no_stream_keeps() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Epoch::parse("e1").unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        db.load(3).unwrap();
+        let mut ops: Vec<Op> = (1..=10).map(|s| append("a", e, s, "x")).collect();
+        ops.push(append("gone", e, 1, "y"));
+        ops.push(Op::Drop {
+            name: Arc::from("gone"),
+        });
+        db.write(&ops, 3, PersistMode::Buffer).unwrap();
+        assert_eq!(db.msgs.iter().count(), 11, "nothing deleted one by one");
+        db.msgs.rotate_memtable_and_wait().unwrap();
+        db.msgs.major_compact().unwrap();
+        let left: Vec<(String, u64)> = db
+            .msgs
+            .iter()
+            .map(|g| {
+                let k = g.key().unwrap();
+                let (name, _, seq) = split_msg_key(&k).unwrap();
+                (name.to_string(), seq)
+            })
+            .collect();
+        assert_eq!(
+            left,
+            vec![
+                ("a".to_string(), 8),
+                ("a".to_string(), 9),
+                ("a".to_string(), 10)
+            ]
+        );
+        assert!(
+            Retention::default().keeps(b"anything"),
+            "keeps all until loaded"
+        );
     }
 
     #[test]
@@ -631,11 +873,15 @@ mod tests {
             Some((store.clone(), loaded)),
         ));
         store.start(hub.clone()).unwrap();
-        let a = hub.publish("c", "one", None, None).unwrap();
+        let a = hub
+            .publish("c", "one", None, None, Commit::ByWriter)
+            .unwrap();
         assert!(a.ticket > 0);
         store.wait(a.ticket, Duration::from_secs(5)).unwrap();
         assert_eq!(hub.info("c").unwrap().seq, 1);
-        let b = hub.publish("c", "two", None, None).unwrap();
+        let b = hub
+            .publish("c", "two", None, None, Commit::ByWriter)
+            .unwrap();
         store.wait(b.ticket, Duration::from_secs(5)).unwrap();
         let epoch = hub.info("c").unwrap().epoch;
         store.close();

@@ -37,6 +37,7 @@ use crate::inbox::{Cmd, ConnInfo, Inbox, PubDone, RemoteReply, RemoteStream};
 use crate::metrics::{Counter, Transport, WorkerStats};
 use crate::reactor::{is_resource_error, Backend, Event as IoEvent, Part, Sock, Token};
 use crate::server::Shared;
+use crate::store::Commit;
 use crate::timer::{jitter, Rng, TimerId, TimerWheel};
 use crate::{debug, info, warn};
 
@@ -1997,7 +1998,7 @@ impl<B: Backend> Worker<B> {
             worker: self.id,
             token,
         });
-        match hub.publish(name, content, None, notify) {
+        match hub.publish(name, content, None, notify, Commit::ByWriter) {
             Ok(a) if a.ticket == 0 => self.on_pub_done(PubDone {
                 token,
                 channel: Arc::from(name),
@@ -2923,7 +2924,9 @@ mod tests {
             .unwrap();
         assert!(rig.until(|w| w.conns.iter().all(|(_, c)| c.state == State::Poll)));
         assert_eq!(rig.only().subs.len(), 1);
-        rig.hub.publish("p", "hello", None, None).unwrap();
+        rig.hub
+            .publish("p", "hello", None, None, Commit::ByWriter)
+            .unwrap();
         let resp = rig.read(&mut c);
         let text = String::from_utf8_lossy(&resp);
         let epoch = rig.hub.info("p").unwrap().epoch;

@@ -53,6 +53,8 @@ pub struct Redis {
     /// Its TCP port (on 127.0.0.1), kept across [`Redis::restart`].
     pub port: u16,
     dir: tempfile::TempDir,
+    /// With the append-only file (`appendonly yes`, fsync every second).
+    aof: bool,
 }
 
 /// Why a start failed.
@@ -67,6 +69,15 @@ impl Redis {
     /// Starts a server on a free port; panics (with its log) when it cannot, and with a
     /// pointer to `make deps-test` when `redis-server` is not installed.
     pub fn start() -> Redis {
+        Redis::start_with(true)
+    }
+
+    /// Starts a server without persistence: a restart (or a `kill -9`) loses everything.
+    pub fn start_volatile() -> Redis {
+        Redis::start_with(false)
+    }
+
+    fn start_with(aof: bool) -> Redis {
         let bin = redis_server();
         let dir = tempfile::Builder::new()
             .prefix("pushedge-redis")
@@ -75,12 +86,13 @@ impl Redis {
         let mut last = String::new();
         for _ in 0..PORT_ATTEMPTS {
             let port = pick_port();
-            match spawn(&bin, port, dir.path()) {
+            match spawn(&bin, port, dir.path(), aof) {
                 Ok(child) => {
                     return Redis {
                         child: Some(child),
                         port,
                         dir,
+                        aof,
                     }
                 }
                 Err(StartError::PortInUse) => last = format!("port {port} was taken"),
@@ -136,7 +148,7 @@ impl Redis {
         let bin = redis_server();
         let deadline = Instant::now() + TIMEOUT;
         loop {
-            match spawn(&bin, self.port, self.dir.path()) {
+            match spawn(&bin, self.port, self.dir.path(), self.aof) {
                 Ok(child) => {
                     self.child = Some(child);
                     return;
@@ -153,6 +165,32 @@ impl Redis {
                 Err(StartError::Other(e)) => panic!("{e}"),
             }
         }
+    }
+
+    /// Kills the server with SIGKILL (no goodbye; with AOF, up to a second of writes may
+    /// be lost) and reaps it.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open, nothing is answered.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Lets a frozen server go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, sig: i32) {
+        let child = self.child.as_ref().expect("a running redis-server");
+        // SAFETY: kill(2) with our own child's pid and a plain signal number.
+        let r = unsafe { libc::kill(child.id() as i32, sig) };
+        assert_eq!(r, 0, "kill({sig}) of redis-server failed");
     }
 
     /// Deletes the data files (only while stopped): the next [`Redis::restart`] comes back
@@ -218,7 +256,7 @@ pub fn redis_server() -> PathBuf {
 }
 
 /// Starts `redis-server` on `port` with its data and log in `dir`, and waits for `PING`.
-fn spawn(bin: &Path, port: u16, dir: &Path) -> Result<Child, StartError> {
+fn spawn(bin: &Path, port: u16, dir: &Path, aof: bool) -> Result<Child, StartError> {
     let log_path = dir.join("redis.log");
     let before = std::fs::metadata(&log_path).map_or(0, |m| m.len() as usize);
     let log = std::fs::OpenOptions::new()
@@ -228,7 +266,8 @@ fn spawn(bin: &Path, port: u16, dir: &Path) -> Result<Child, StartError> {
         .expect("cannot open the redis log");
     let mut child = Command::new(bin)
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "yes", "--daemonize", "no"])
+        .args(["--save", "", "--daemonize", "no"])
+        .args(["--appendonly", if aof { "yes" } else { "no" }])
         .arg("--dir")
         .arg(dir)
         .stdin(Stdio::null())

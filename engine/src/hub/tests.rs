@@ -39,7 +39,9 @@ fn kinds(inbox: &Inbox) -> Vec<(MsgKind, u64)> {
 }
 
 fn publish(h: &Hub, name: &str, content: &str) -> u64 {
-    h.publish(name, content, None, None).unwrap().seq
+    h.publish(name, content, None, None, Commit::ByWriter)
+        .unwrap()
+        .seq
 }
 
 fn sub(h: &Hub, worker: usize, name: &str, since: Since) -> (Subscribed, Vec<u64>) {
@@ -178,9 +180,12 @@ fn limits() {
     let (h, _) = hub(1, &cfg);
     publish(&h, "a", "x");
     publish(&h, "b", "x");
-    assert_eq!(h.publish("c", "x", None, None), Err(HubError::ChannelLimit));
     assert_eq!(
-        h.publish("a", &"x".repeat(201), None, None),
+        h.publish("c", "x", None, None, Commit::ByWriter),
+        Err(HubError::ChannelLimit)
+    );
+    assert_eq!(
+        h.publish("a", &"x".repeat(201), None, None, Commit::ByWriter),
         Err(HubError::TooBig)
     );
     assert_eq!(HubError::ChannelLimit.status(), 503);
@@ -191,15 +196,25 @@ fn limits() {
 fn idempotency_keys_answer_the_first_publish() {
     let (h, inboxes) = hub(1, &Config::default());
     sub(&h, 0, "k", Since::Now);
-    let a = h.publish("k", "once", Some("req-1"), None).unwrap();
-    let b = h.publish("k", "once", Some("req-1"), None).unwrap();
+    let a = h
+        .publish("k", "once", Some("req-1"), None, Commit::ByWriter)
+        .unwrap();
+    let b = h
+        .publish("k", "once", Some("req-1"), None, Commit::ByWriter)
+        .unwrap();
     assert!(!a.duplicate && b.duplicate);
     assert_eq!((a.seq, a.epoch), (b.seq, b.epoch));
-    let c = h.publish("k", "other", Some("req-2"), None).unwrap();
+    let c = h
+        .publish("k", "other", Some("req-2"), None, Commit::ByWriter)
+        .unwrap();
     assert_eq!(c.seq, 2);
     assert_eq!(drain(&inboxes[0]), vec![1, 2], "delivered once each");
     // Keys are per channel.
-    assert!(!h.publish("k2", "x", Some("req-1"), None).unwrap().duplicate);
+    assert!(
+        !h.publish("k2", "x", Some("req-1"), None, Commit::ByWriter)
+            .unwrap()
+            .duplicate
+    );
 }
 
 #[test]
@@ -210,14 +225,21 @@ fn idempotency_table_is_bounded() {
     };
     let (h, _) = hub(1, &cfg);
     for k in ["a", "b", "c"] {
-        h.publish("k", "x", Some(k), None).unwrap();
+        h.publish("k", "x", Some(k), None, Commit::ByWriter)
+            .unwrap();
     }
     assert_eq!(h.idem_evicted.load(Ordering::Relaxed), 1);
     assert!(
-        !h.publish("k", "x", Some("a"), None).unwrap().duplicate,
+        !h.publish("k", "x", Some("a"), None, Commit::ByWriter)
+            .unwrap()
+            .duplicate,
         "the oldest key was forgotten"
     );
-    assert!(h.publish("k", "x", Some("c"), None).unwrap().duplicate);
+    assert!(
+        h.publish("k", "x", Some("c"), None, Commit::ByWriter)
+            .unwrap()
+            .duplicate
+    );
 }
 
 #[test]
@@ -227,7 +249,10 @@ fn draining_refuses_publishes_behind_the_drain_command() {
     publish(&h, "d", "before");
     assert!(h.begin_drain());
     assert!(!h.begin_drain(), "once");
-    assert_eq!(h.publish("d", "after", None, None), Err(HubError::Draining));
+    assert_eq!(
+        h.publish("d", "after", None, None, Commit::ByWriter),
+        Err(HubError::Draining)
+    );
     let mut order = Vec::new();
     while let Some(cmd) = inboxes[0].pop() {
         order.push(match cmd {

@@ -8,6 +8,8 @@ mod bad_input;
 mod cli;
 mod cluster;
 mod control;
+mod epochs;
+mod faults;
 mod liveness;
 mod resume;
 mod transports;
