@@ -280,6 +280,18 @@ impl Channel {
         }
     }
 
+    /// A data message of this channel's stream.
+    fn data(&self, seq: u64, content: Box<str>) -> Arc<Msg> {
+        Arc::new(Msg::new(
+            self.key,
+            self.name.clone(),
+            self.epoch,
+            seq,
+            MsgKind::Data,
+            content,
+        ))
+    }
+
     fn oldest(&self) -> u64 {
         self.history.front().map_or(self.seq + 1, |m| m.seq)
     }
@@ -467,14 +479,8 @@ impl Hub {
             ch.taken = c.seq;
             let start = c.history.len().saturating_sub(history_size);
             for (seq, content) in c.history.into_iter().skip(start) {
-                ch.history.push_back(Arc::new(Msg::new(
-                    ch.key,
-                    ch.name.clone(),
-                    ch.epoch,
-                    seq,
-                    MsgKind::Data,
-                    content.into(),
-                )));
+                let m = ch.data(seq, content.into());
+                ch.history.push_back(m);
             }
             let n = ch.history.len();
             inner.buffered += n;
@@ -779,14 +785,7 @@ impl Hub {
         ch.taken = seq;
         ch.idle_since = now;
         let epoch = ch.epoch;
-        let msg = Arc::new(Msg::new(
-            ch.key,
-            ch.name.clone(),
-            epoch,
-            seq,
-            MsgKind::Data,
-            content,
-        ));
+        let msg = ch.data(seq, content);
         let ticket = self.dispatch(inner, slot, Op::Append { msg, idem, notify }, commit);
         Ok(Accepted {
             seq,
@@ -995,14 +994,7 @@ impl Hub {
             inner.buffered = inner.buffered.wrapping_add_signed(delta);
             return;
         }
-        let msg = Arc::new(Msg::new(
-            ch.key,
-            ch.name.clone(),
-            ch.epoch,
-            seq,
-            MsgKind::Data,
-            content.into(),
-        ));
+        let msg = ch.data(seq, content.into());
         delta += self.append(ch, msg, history_size, now);
         inner.buffered = inner.buffered.wrapping_add_signed(delta);
         self.remote.fetch_add(1, Ordering::Relaxed);

@@ -177,21 +177,20 @@ pub fn write_json(out: &mut Vec<u8>, msg: &Message<'_>, style: JsonStyle) {
             channel,
             seq,
             epoch,
-        } => {
-            field_str(out, "channel", channel, style);
-            field_num(out, "seq", seq);
-            field_epoch(out, epoch);
         }
-        Message::Ok {
+        | Message::Ok {
             channel,
             seq,
             epoch,
-            duplicate,
+            ..
         } => {
             field_str(out, "channel", channel, style);
             field_num(out, "seq", seq);
             field_epoch(out, epoch);
-            if duplicate {
+            if let Message::Ok {
+                duplicate: true, ..
+            } = msg
+            {
                 out.extend_from_slice(b",\"duplicate\":true");
             }
         }

@@ -279,3 +279,33 @@ impl Link {
         Err(CallError::NotSent("scripts were flushed twice".into()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_is_bounded() {
+        let mut rng = Rng::new(3);
+        for _ in 0..1000 {
+            let d = full_jitter(Duration::from_millis(400), &mut rng);
+            assert!(d <= Duration::from_millis(400) && d >= Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn evalsha_packs_keys_and_args() {
+        let lua = Lua::new("return 1");
+        let packed = evalsha(&lua, &["k1"], &[b"a", b"bc"]);
+        let text = String::from_utf8(packed).unwrap();
+        assert!(
+            text.starts_with("*6\r\n$7\r\nEVALSHA\r\n$40\r\n"),
+            "{text:?}"
+        );
+        assert!(text.contains(&lua.hash));
+        assert!(
+            text.ends_with("$1\r\n1\r\n$2\r\nk1\r\n$1\r\na\r\n$2\r\nbc\r\n"),
+            "{text:?}"
+        );
+    }
+}
