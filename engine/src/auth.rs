@@ -1,9 +1,11 @@
 //! Subscriber tokens: JWT (RFC 7519) signed with HS256 only.
 //!
-//! A token carries `channels` (a list) or `channel` (one name), and `exp` (Unix seconds;
-//! required). A name ending in `*` (or containing `*`) is a pattern, as in
-//! `client_publish`. The header must say `"alg":"HS256"`: `none` and every other algorithm
-//! are refused, whatever the signature.
+//! A token carries `channels` (a list) or `channel` (one name): what the client may
+//! subscribe to; `pub` (a list, or one name): what it may publish to (checked together
+//! with `client_publish`); `sub`: who the client is, stamped as `"from"` on every message
+//! it publishes; and `exp` (Unix seconds; required), when its rights end. A name
+//! containing `*` is a pattern, as in `client_publish`. The header must say
+//! `"alg":"HS256"`: `none` and every other algorithm are refused, whatever the signature.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -17,6 +19,8 @@ type HmacSha256 = Hmac<Sha256>;
 
 /// Longest token accepted (bytes).
 pub const MAX_TOKEN_LEN: usize = 4096;
+/// Longest `sub` claim (it is stamped on every message the client publishes).
+pub const MAX_SUB_LEN: usize = 256;
 
 /// Why a token is refused (the subscriber gets 401, or close 1008 on WebSocket).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +37,8 @@ pub enum TokenError {
     Expired,
     /// The token does not grant this channel.
     Channel,
+    /// The `sub` claim is longer than [`MAX_SUB_LEN`].
+    SubTooLong,
 }
 
 impl TokenError {
@@ -45,6 +51,7 @@ impl TokenError {
             TokenError::Signature => "bad token signature",
             TokenError::Expired => "token expired or without exp",
             TokenError::Channel => "token does not grant this channel",
+            TokenError::SubTooLong => "token sub claim longer than 256 bytes",
         }
     }
 }
@@ -54,28 +61,59 @@ struct Header {
     alg: String,
 }
 
+/// A claim that is one name or a list of them.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Names {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Names {
+    fn into_patterns(self) -> impl Iterator<Item = Box<str>> {
+        match self {
+            Names::One(n) => vec![n],
+            Names::Many(v) => v,
+        }
+        .into_iter()
+        .map(String::into_boxed_str)
+    }
+}
+
 #[derive(Deserialize)]
 struct Claims {
     #[serde(default)]
     channels: Option<Vec<String>>,
     #[serde(default)]
     channel: Option<String>,
+    #[serde(default, rename = "pub")]
+    publish: Option<Names>,
+    #[serde(default)]
+    sub: Option<String>,
     #[serde(default)]
     exp: Option<u64>,
 }
 
-/// The channels a verified token grants.
+/// What a verified token grants.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
     patterns: Box<[Box<str>]>,
+    publish: Box<[Box<str>]>,
+    /// Who the client is (`sub`), stamped on what it publishes.
+    pub sub: Option<Box<str>>,
     /// Expiry (Unix seconds).
     pub exp: u64,
 }
 
 impl Grant {
-    /// True when the token grants `channel`.
+    /// True when the token grants subscribing to `channel`.
     pub fn allows(&self, channel: &str) -> bool {
         self.patterns.iter().any(|p| pattern_matches(p, channel))
+    }
+
+    /// True when the token grants publishing to `channel` (its `pub` claim).
+    pub fn may_publish(&self, channel: &str) -> bool {
+        self.publish.iter().any(|p| pattern_matches(p, channel))
     }
 }
 
@@ -126,16 +164,41 @@ pub fn verify(token: &str, secret: &[u8], now: u64) -> Result<Grant, TokenError>
     if let Some(one) = claims.channel {
         patterns.push(one.into_boxed_str());
     }
+    if claims.sub.as_ref().is_some_and(|s| s.len() > MAX_SUB_LEN) {
+        return Err(TokenError::SubTooLong);
+    }
     Ok(Grant {
         patterns: patterns.into_boxed_slice(),
+        publish: claims
+            .publish
+            .map(|n| n.into_patterns().collect())
+            .unwrap_or_default(),
+        sub: claims.sub.map(String::into_boxed_str),
         exp,
     })
 }
 
-/// Mints a token for `channels` that expires at `exp`.
-pub fn sign(channels: &[&str], exp: u64, secret: &[u8]) -> String {
+/// What a minted token grants.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Claim<'a> {
+    /// Channels (or patterns) to subscribe to.
+    pub channels: &'a [&'a str],
+    /// Channels (or patterns) to publish to (`pub`); none when empty.
+    pub publish: &'a [&'a str],
+    /// The client's identity (`sub`).
+    pub sub: Option<&'a str>,
+}
+
+/// Mints a token with `claim` that expires at `exp`.
+pub fn sign(claim: &Claim<'_>, exp: u64, secret: &[u8]) -> String {
     let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let claims = serde_json::json!({ "channels": channels, "exp": exp });
+    let mut claims = serde_json::json!({ "channels": claim.channels, "exp": exp });
+    if !claim.publish.is_empty() {
+        claims["pub"] = serde_json::json!(claim.publish);
+    }
+    if let Some(sub) = claim.sub {
+        claims["sub"] = serde_json::json!(sub);
+    }
     let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
     let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC accepts keys of any length");
     mac.update(header.as_bytes());
@@ -153,13 +216,51 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let t = sign(&["news", "chat.*"], 2000, KEY);
+        let channels = ["news", "chat.*"];
+        let t = sign(
+            &Claim {
+                channels: &channels,
+                ..Claim::default()
+            },
+            2000,
+            KEY,
+        );
         let g = verify(&t, KEY, 1000).unwrap();
         assert!(g.allows("news"));
         assert!(g.allows("chat.x"));
         assert!(!g.allows("other"));
+        assert!(!g.may_publish("news"), "no pub claim: no publishing");
+        assert_eq!(g.sub, None);
         assert_eq!(verify(&t, KEY, 2000), Err(TokenError::Expired));
         assert_eq!(verify(&t, b"other", 1000), Err(TokenError::Signature));
+    }
+
+    #[test]
+    fn pub_and_sub_claims() {
+        let t = sign(
+            &Claim {
+                channels: &["chat.*"],
+                publish: &["chat.dm.bob", "chat.room.*"],
+                sub: Some("bob"),
+            },
+            2000,
+            KEY,
+        );
+        let g = verify(&t, KEY, 1000).unwrap();
+        assert!(g.may_publish("chat.dm.bob") && g.may_publish("chat.room.7"));
+        assert!(!g.may_publish("chat.dm.alice") && !g.may_publish("chat.lobby"));
+        assert_eq!(g.sub.as_deref(), Some("bob"));
+        let long = "x".repeat(MAX_SUB_LEN + 1);
+        let t = sign(
+            &Claim {
+                channels: &["c"],
+                sub: Some(&long),
+                ..Claim::default()
+            },
+            2000,
+            KEY,
+        );
+        assert_eq!(verify(&t, KEY, 1000), Err(TokenError::SubTooLong));
     }
 
     #[test]

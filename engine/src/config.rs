@@ -133,14 +133,34 @@ pub struct Config {
     pub handshake_timeout_secs: f64,
     /// A keep-alive HTTP connection waiting for its next request is closed after this (live).
     pub idle_timeout_secs: f64,
-    /// Most open subscriber connections per process (live).
+    /// Most open subscriber connections per process (live); 0 = what the descriptor
+    /// budget allows (`RLIMIT_NOFILE` minus what the admin port, the control socket,
+    /// Redis and the disk store need).
     pub max_connections: usize,
+    /// Most subscriber connections from one source address; 0 = no limit.
+    pub max_connections_per_ip: usize,
     /// Most channels; an idle empty channel is reclaimed after `channel_ttl_secs`.
     pub max_channels: usize,
     /// Most channels one connection may subscribe to.
     pub max_channels_per_conn: usize,
     /// Largest published message and largest WebSocket message from a client (live).
     pub max_message_bytes: usize,
+    /// A WebSocket message (or frame) begun must be complete within this.
+    pub message_timeout_secs: f64,
+    /// Channels one connection may create per second with `sub` ops (a token bucket).
+    pub max_channel_creates_per_conn: f64,
+    /// The bucket's size: creations allowed at once.
+    pub channel_creates_burst: u32,
+    /// Messages one WebSocket client may publish per second (a token bucket).
+    pub client_publish_rate: f64,
+    /// The bucket's size: publishes allowed at once.
+    pub client_publish_burst: u32,
+    /// After a token's `exp`, how long the connection has to send a `refresh` op (or,
+    /// for streams, to reconnect) before it is closed.
+    pub token_grace_secs: f64,
+    /// Origins allowed to connect (patterns with `*`; `["*"]` = any): WebSocket
+    /// upgrades from another `Origin` get 403; CORS answers name the origin.
+    pub allowed_origins: Vec<String>,
     /// A subscriber whose unsent queue passes this is closed as a slow consumer (live).
     pub slow_consumer_bytes: usize,
     /// An empty channel (no subscribers) is reclaimed after this long without activity.
@@ -163,8 +183,16 @@ pub struct Config {
     pub max_head_bytes: usize,
     /// Most header fields in a request head.
     pub max_headers: usize,
-    /// `Access-Control-Allow-Origin` on subscriber responses; empty = none.
-    pub cors_origin: String,
+    /// Most admin connections at once.
+    pub admin_max_connections: usize,
+    /// Most admin connections from one source address.
+    pub admin_max_connections_per_ip: usize,
+    /// An admin request head must arrive within this.
+    pub admin_head_timeout_secs: f64,
+    /// An admin request body (and an answer's write) must finish within this.
+    pub admin_body_timeout_secs: f64,
+    /// An idle keep-alive admin connection is closed after this.
+    pub admin_idle_timeout_secs: f64,
     /// Default callback of `/iframe` when `cb` is not given.
     pub iframe_callback: String,
     /// Default lifetime of tokens minted by `/sign` (seconds).
@@ -204,10 +232,18 @@ impl Default for Config {
             poll_timeout_secs: 30.0,
             handshake_timeout_secs: 10.0,
             idle_timeout_secs: 60.0,
-            max_connections: 1_000_000,
+            max_connections: 0,
+            max_connections_per_ip: 0,
             max_channels: 1_000_000,
             max_channels_per_conn: 16,
             max_message_bytes: 65_536,
+            message_timeout_secs: 20.0,
+            max_channel_creates_per_conn: 20.0,
+            channel_creates_burst: 64,
+            client_publish_rate: 20.0,
+            client_publish_burst: 50,
+            token_grace_secs: 30.0,
+            allowed_origins: vec!["*".into()],
             slow_consumer_bytes: 1_048_576,
             channel_ttl_secs: 300.0,
             client_publish: Vec::new(),
@@ -219,7 +255,11 @@ impl Default for Config {
             close_timeout_secs: 2.0,
             max_head_bytes: protocol::http::DEFAULT_MAX_HEAD_BYTES,
             max_headers: protocol::http::DEFAULT_MAX_HEADERS,
-            cors_origin: "*".into(),
+            admin_max_connections: 256,
+            admin_max_connections_per_ip: 128,
+            admin_head_timeout_secs: 10.0,
+            admin_body_timeout_secs: 30.0,
+            admin_idle_timeout_secs: 60.0,
             iframe_callback: "pushedge".into(),
             token_ttl_secs: 3600,
             cluster: ClusterConfig::default(),
@@ -266,6 +306,8 @@ pub const MAX_HISTORY_SIZE: usize = 1_000_000;
 pub const MAX_MESSAGE_BYTES_LIMIT: usize = 64 * 1024 * 1024;
 /// Most worker threads.
 pub const MAX_WORKERS: usize = 256;
+/// Largest `admin_max_connections`.
+pub const MAX_ADMIN_CONNECTIONS: usize = 65_536;
 
 impl Config {
     /// Reads a TOML file.
@@ -370,6 +412,11 @@ impl Config {
             ("drain_timeout_secs", self.drain_timeout_secs),
             ("close_timeout_secs", self.close_timeout_secs),
             ("idempotency_window_secs", self.idempotency_window_secs),
+            ("message_timeout_secs", self.message_timeout_secs),
+            ("token_grace_secs", self.token_grace_secs),
+            ("admin_head_timeout_secs", self.admin_head_timeout_secs),
+            ("admin_body_timeout_secs", self.admin_body_timeout_secs),
+            ("admin_idle_timeout_secs", self.admin_idle_timeout_secs),
             ("cluster.history_wait_secs", self.cluster.history_wait_secs),
         ] {
             if !(v.is_finite() && v > 0.0 && v <= MAX_SECS) {
@@ -382,8 +429,40 @@ impl Config {
         if self.history_size == 0 || self.history_size > MAX_HISTORY_SIZE {
             return err(format!("history_size must be 1..={MAX_HISTORY_SIZE}"));
         }
-        if self.max_connections == 0 {
-            return err("max_connections must be > 0");
+        for (name, v) in [
+            (
+                "max_channel_creates_per_conn",
+                self.max_channel_creates_per_conn,
+            ),
+            ("client_publish_rate", self.client_publish_rate),
+        ] {
+            if !(v.is_finite() && v > 0.0 && v <= 1e6) {
+                return err(format!("{name} must be > 0 and <= 1000000, got {v}"));
+            }
+        }
+        if self.channel_creates_burst == 0 || self.client_publish_burst == 0 {
+            return err("channel_creates_burst and client_publish_burst must be > 0");
+        }
+        if self.admin_max_connections == 0 || self.admin_max_connections_per_ip == 0 {
+            return err("admin_max_connections and admin_max_connections_per_ip must be > 0");
+        }
+        if self.admin_max_connections > MAX_ADMIN_CONNECTIONS {
+            return err(format!(
+                "admin_max_connections must be <= {MAX_ADMIN_CONNECTIONS}"
+            ));
+        }
+        for p in &self.allowed_origins {
+            if p.is_empty() || p.bytes().any(|b| b.is_ascii_whitespace() || b == b',') {
+                return err(format!("allowed_origins: bad pattern '{p}'"));
+            }
+        }
+        if self.max_connections_per_ip > 0
+            && self.backend == BackendKind::Uring
+            && self.uring_direct
+        {
+            return err(
+                "max_connections_per_ip needs the peer's address, which io_uring direct descriptors do not give cheaply: use backend = \"epoll\" or uring_direct = false",
+            );
         }
         if self.max_channels == 0 {
             return err("max_channels must be > 0");

@@ -91,6 +91,9 @@ pub mod flag {
     pub const JSONP: u8 = 32;
     /// The writable edge arrived while nothing was queued.
     pub const WRITABLE: u8 = 64;
+    /// The current request's answers carry `Access-Control-Allow-Origin: *` (a specific
+    /// origin is in [`super::Ext::origin`]).
+    pub const CORS_ANY: u8 = 128;
 }
 
 /// One subscription of a connection.
@@ -285,6 +288,13 @@ pub struct Ext {
     pub poll_names: Vec<std::sync::Arc<str>>,
     /// See `poll_names`.
     pub poll_items: Vec<Option<Bytes>>,
+    /// The request's `Origin`, when an `allowed_origins` pattern names it (CORS answers
+    /// name it, with credentials).
+    pub origin: Option<Box<str>>,
+    /// When the WebSocket message (or frame) being received began.
+    pub partial_since: Option<std::time::Instant>,
+    /// After the token expired: when the connection closes without a `refresh`.
+    pub token_deadline: Option<std::time::Instant>,
 }
 
 impl Ext {
@@ -296,6 +306,9 @@ impl Ext {
             && self.grant.is_none()
             && self.poll_seq == 0
             && self.poll_items.is_empty()
+            && self.origin.is_none()
+            && self.partial_since.is_none()
+            && self.token_deadline.is_none()
     }
 }
 

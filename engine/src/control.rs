@@ -61,10 +61,16 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("shutdown", "drain, then exit"),
 ];
 
-/// Binds the control socket, replacing a stale socket file but refusing to take over
-/// one that a running server answers on.
+/// Binds the control socket, replacing a stale socket but refusing to take over one that
+/// a running server answers on, or to remove a file that is not a socket.
 pub fn bind(path: &str) -> Result<UnixListener, String> {
-    if std::path::Path::new(path).exists() {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(format!(
+                "control_path {path} exists and is not a socket: refusing to replace it (move it away, or choose another control_path)"
+            ));
+        }
         if UnixStream::connect(path).is_ok() {
             return Err(format!(
                 "control socket {path} is in use by a running server"

@@ -50,6 +50,7 @@ use crate::epoch::Epoch;
 use crate::inbox::{Cmd, Inbox, PubDone, MAX_INBOX};
 use crate::store::{Commit, Loaded, Store};
 
+use crate::memory;
 pub use crate::msg::{ChanKey, Msg, MsgKind};
 
 /// Channels checked per [`Hub::sweep`] call (the sweep walks the table incrementally).
@@ -157,6 +158,8 @@ pub struct Subscribed {
     pub remote: bool,
     /// Whether the subscriber was registered (see [`Hub::subscribe`]).
     pub registered: bool,
+    /// The subscription created the channel.
+    pub created: bool,
 }
 
 /// A channel's figures.
@@ -182,6 +185,30 @@ pub struct Notify {
     pub worker: usize,
     /// The connection's token.
     pub token: u64,
+}
+
+/// How a publish is made.
+#[derive(Debug, Clone, Copy)]
+pub struct PubMeta<'a> {
+    /// An idempotency key.
+    pub key: Option<&'a str>,
+    /// Who publishes (a client's token `sub`, stamped as `from`); empty for backends.
+    pub sender: &'a str,
+    /// Who to tell when it is applied (a worker's client publish, disk store).
+    pub notify: Option<Notify>,
+    /// Who commits it (disk store).
+    pub commit: Commit,
+}
+
+impl Default for PubMeta<'_> {
+    fn default() -> Self {
+        PubMeta {
+            key: None,
+            sender: "",
+            notify: None,
+            commit: Commit::ByWriter,
+        }
+    }
 }
 
 /// A publish the hub accepted.
@@ -270,10 +297,32 @@ struct Channel {
 }
 
 impl Channel {
+    /// The epoch clients are told: none until the stream has a message (an empty
+    /// stream is the same whatever its epoch, and a channel freed while empty must not
+    /// make a client's next position look like another stream's).
+    fn shown_epoch(&self) -> Epoch {
+        if self.seq == 0 && self.taken == 0 {
+            Epoch::NONE
+        } else {
+            self.epoch
+        }
+    }
+
+    /// Nothing would be lost by forgetting it: no subscriber, nothing published, nothing
+    /// waiting.
+    fn is_disposable(&self) -> bool {
+        self.subscribers == 0
+            && self.seq == 0
+            && self.taken == 0
+            && self.history.is_empty()
+            && self.pending == 0
+            && !self.closing
+    }
+
     fn info(&self) -> ChannelInfo {
         ChannelInfo {
             name: self.name.to_string(),
-            epoch: self.epoch,
+            epoch: self.shown_epoch(),
             seq: self.seq,
             subscribers: self.subscribers,
             buffered: self.history.len(),
@@ -281,15 +330,20 @@ impl Channel {
     }
 
     /// A data message of this channel's stream.
-    fn data(&self, seq: u64, content: Box<str>) -> Arc<Msg> {
-        Arc::new(Msg::new(
+    fn data(&self, seq: u64, sender: &str, content: Box<str>) -> Arc<Msg> {
+        let m = Msg::new(
             self.key,
             self.name.clone(),
             self.epoch,
             seq,
             MsgKind::Data,
             content,
-        ))
+        );
+        Arc::new(if sender.is_empty() {
+            m
+        } else {
+            m.with_sender(sender.into())
+        })
     }
 
     fn oldest(&self) -> u64 {
@@ -478,8 +532,9 @@ impl Hub {
             ch.seq = c.seq;
             ch.taken = c.seq;
             let start = c.history.len().saturating_sub(history_size);
-            for (seq, content) in c.history.into_iter().skip(start) {
-                let m = ch.data(seq, content.into());
+            for (seq, packed) in c.history.into_iter().skip(start) {
+                let (sender, content) = crate::msg::unpack(&packed);
+                let m = ch.data(seq, sender, content.into());
                 ch.history.push_back(m);
             }
             let n = ch.history.len();
@@ -558,7 +613,9 @@ impl Hub {
         if authority == Authority::Stale || (replica && (ch.epoch.is_none() || ch.seq == 0)) {
             return Plan::Remote;
         }
-        let other_stream = epoch.is_some() && epoch != ch.epoch;
+        // Positions in an empty stream (`1@anything`) are at its start whatever their
+        // epoch: nothing was missed.
+        let other_stream = epoch.is_some() && epoch != ch.epoch && ch.seq > 0;
         let beyond = n > ch.seq + 1;
         if other_stream || beyond {
             // A replica cannot tell a cursor from another stream from one that is ahead
@@ -585,8 +642,36 @@ impl Hub {
         only_if_nothing_to_replay: bool,
         replay: &mut Vec<Arc<Msg>>,
     ) -> Result<Subscribed, HubError> {
+        self.subscribe_with(
+            worker,
+            name,
+            since,
+            authority,
+            only_if_nothing_to_replay,
+            true,
+            replay,
+        )
+    }
+
+    /// [`Hub::subscribe`], creating the channel only when `may_create` (else
+    /// [`HubError::NoChannel`] for a channel that does not exist).
+    #[allow(clippy::too_many_arguments)]
+    pub fn subscribe_with(
+        &self,
+        worker: usize,
+        name: &str,
+        since: Since,
+        authority: Authority,
+        only_if_nothing_to_replay: bool,
+        may_create: bool,
+        replay: &mut Vec<Arc<Msg>>,
+    ) -> Result<Subscribed, HubError> {
         let now = Instant::now();
         let mut inner = self.lock();
+        let created = !inner.names.contains_key(name);
+        if created && !may_create {
+            return Err(HubError::NoChannel);
+        }
         let slot = self.slot_or_create(&mut inner, name, now, false)?;
         let ch = &mut inner.chans[slot];
         let before = replay.len();
@@ -606,24 +691,30 @@ impl Hub {
         let result = Subscribed {
             key: ch.key,
             name: ch.name.clone(),
-            epoch: ch.epoch,
+            epoch: ch.shown_epoch(),
             seq: ch.seq,
             gap,
             reset,
             remote: plan == Plan::Remote,
             registered: register,
+            created,
         };
         if register {
             inner.subscriptions += 1;
+        } else if ch.is_disposable() {
+            Self::forget(&mut inner, slot);
         }
         Ok(result)
     }
 
-    /// Removes one subscriber of `worker` from the channel `key`.
+    /// Removes one subscriber of `worker` from the channel `key`. A channel left with no
+    /// subscriber and nothing published is freed at once: subscribing to names costs
+    /// nothing once the subscribers are gone.
     pub fn unsubscribe(&self, worker: usize, key: ChanKey) {
         let mut inner = self.lock();
         let slot = (key & 0xFFFF_FFFF) as usize;
         let mut removed = false;
+        let mut dispose = false;
         if let Some(ch) = inner.chans.get_mut(slot) {
             if ch.key == key && ch.per_worker[worker] > 0 {
                 ch.per_worker[worker] -= 1;
@@ -631,11 +722,36 @@ impl Hub {
                 removed = true;
                 if ch.subscribers == 0 {
                     ch.idle_since = Instant::now();
+                    dispose = ch.is_disposable();
                 }
             }
         }
         if removed {
             inner.subscriptions -= 1;
+        }
+        if dispose {
+            Self::forget(&mut inner, slot);
+        }
+    }
+
+    /// Takes an empty channel off the table (it has nothing in the store either).
+    fn forget(inner: &mut Inner, slot: usize) {
+        let ch = inner.chans.remove(slot);
+        if inner.names.get(&ch.name) == Some(&slot) {
+            inner.names.remove(&ch.name);
+        }
+        // (The tables shrink in `sweep`: shrinking here, once per channel, could cost
+        // a pass over the table each time.)
+    }
+
+    /// Gives back the table's memory after a flood of channels is gone.
+    fn shrink(inner: &mut Inner) {
+        if memory::sparse(inner.names.len(), inner.names.capacity()) {
+            let len = inner.names.len();
+            inner.names.shrink_to(len * 2);
+        }
+        if memory::sparse(inner.chans.len(), inner.chans.capacity()) {
+            inner.chans.shrink_to_fit();
         }
     }
 
@@ -678,10 +794,9 @@ impl Hub {
         &self,
         name: &str,
         content: &str,
-        key: Option<&str>,
-        notify: Option<Notify>,
-        commit: Commit,
+        meta: &PubMeta<'_>,
     ) -> Result<Accepted, HubError> {
+        let key = meta.key;
         if content.len() > self.live.max_message_bytes() {
             return Err(HubError::TooBig);
         }
@@ -700,13 +815,7 @@ impl Hub {
             key: k.into(),
             expires: unix_now() + self.idem_window.as_secs(),
         });
-        let accepted = self.request_append(
-            &mut inner,
-            slot,
-            content.into(),
-            (idem, notify, commit),
-            now,
-        )?;
+        let accepted = self.request_append(&mut inner, slot, content.into(), idem, meta, now)?;
         if let Some(k) = key {
             self.idem_insert(&mut inner, name, k, accepted);
         }
@@ -767,7 +876,8 @@ impl Hub {
         inner: &mut Inner,
         slot: usize,
         content: Box<str>,
-        (idem, notify, commit): (Option<IdemRecord>, Option<Notify>, Commit),
+        idem: Option<IdemRecord>,
+        meta: &PubMeta<'_>,
         now: Instant,
     ) -> Result<Accepted, HubError> {
         let ch = &mut inner.chans[slot];
@@ -785,8 +895,9 @@ impl Hub {
         ch.taken = seq;
         ch.idle_since = now;
         let epoch = ch.epoch;
-        let msg = ch.data(seq, content);
-        let ticket = self.dispatch(inner, slot, Op::Append { msg, idem, notify }, commit);
+        let msg = ch.data(seq, meta.sender, content);
+        let notify = meta.notify;
+        let ticket = self.dispatch(inner, slot, Op::Append { msg, idem, notify }, meta.commit);
         Ok(Accepted {
             seq,
             epoch,
@@ -981,7 +1092,7 @@ impl Hub {
 
     /// A message sequenced elsewhere in the cluster (read from the Redis feed): recorded
     /// and delivered like a local publish, unless already seen.
-    pub fn deliver_remote(&self, name: &str, epoch: Epoch, seq: u64, content: &str) {
+    pub fn deliver_remote(&self, name: &str, epoch: Epoch, seq: u64, sender: &str, content: &str) {
         let now = Instant::now();
         let history_size = self.live.history_size();
         let mut inner = self.lock();
@@ -994,7 +1105,7 @@ impl Hub {
             inner.buffered = inner.buffered.wrapping_add_signed(delta);
             return;
         }
-        let msg = ch.data(seq, content.into());
+        let msg = ch.data(seq, sender, content.into());
         delta += self.append(ch, msg, history_size, now);
         inner.buffered = inner.buffered.wrapping_add_signed(delta);
         self.remote.fetch_add(1, Ordering::Relaxed);
@@ -1055,12 +1166,13 @@ impl Hub {
         }
     }
 
-    /// The stream this node knows for a channel: epoch and highest seq it knows taken.
+    /// The stream this node knows for a channel: epoch (none while the stream is empty)
+    /// and highest seq it knows taken.
     pub fn local_stream(&self, name: &str) -> Option<(Epoch, u64)> {
         let inner = self.lock();
         let &slot = inner.names.get(name)?;
         let ch = &inner.chans[slot];
-        Some((ch.epoch, ch.seq.max(ch.taken)))
+        Some((ch.shown_epoch(), ch.seq.max(ch.taken)))
     }
 
     /// Every channel with a known epoch, with the highest seq this node knows taken (the
@@ -1118,8 +1230,8 @@ impl Hub {
         let mut n = 0;
         let mut ticket = 0;
         for slot in slots {
-            let opts = (None, None, Commit::ByWriter);
-            let a = self.request_append(&mut inner, slot, content.into(), opts, now)?;
+            let meta = PubMeta::default();
+            let a = self.request_append(&mut inner, slot, content.into(), None, &meta, now)?;
             ticket = ticket.max(a.ticket);
             n += 1;
         }
@@ -1254,6 +1366,7 @@ impl Hub {
                 s.enqueue(Op::Drop { name: ch.name }, Commit::ByWriter);
             }
         }
+        Self::shrink(&mut inner);
         dead.len()
     }
 

@@ -67,8 +67,9 @@ pub struct RemoteStream {
     pub seq: u64,
     /// The asked position is not in this stream: the messages are from its start.
     pub reset: bool,
-    /// Buffered messages from the asked seq (or from 1 after a reset), in order.
-    pub messages: Vec<(u64, Box<str>)>,
+    /// Buffered messages from the asked seq (or from 1 after a reset), in order: seq,
+    /// sender, content.
+    pub messages: Vec<(u64, Box<str>, Box<str>)>,
     /// Asked-for messages no longer buffered.
     pub gap: Option<(u64, u64)>,
 }

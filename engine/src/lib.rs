@@ -28,6 +28,8 @@ pub mod control;
 pub mod epoch;
 pub mod hub;
 pub mod inbox;
+pub mod limits;
+pub mod memory;
 pub mod metrics;
 pub mod msg;
 pub mod reactor;

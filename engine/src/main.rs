@@ -49,8 +49,8 @@ fn serve(args: &[String]) -> ExitCode {
         Ok(cfg) => match server::serve(cfg) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                error!("{e}");
-                ExitCode::from(1)
+                error!("{}", e.message);
+                ExitCode::from(e.code)
             }
         },
         Err(e) => usage_error(&e),

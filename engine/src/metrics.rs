@@ -75,6 +75,14 @@ counters! {
     Accepted => "pushedge_connections_accepted_total", "", "Connections accepted.";
     RejectedFull => "pushedge_connections_rejected_total", "reason=\"max_connections\"", "Connections refused.";
     AcceptErrors => "pushedge_connections_rejected_total", "reason=\"accept_error\"", "Connections refused.";
+    RejectedPerIp => "pushedge_connections_rejected_total", "reason=\"max_connections_per_ip\"", "Connections refused.";
+    OriginRefused => "pushedge_connections_rejected_total", "reason=\"origin\"", "Connections refused.";
+    Evicted => "pushedge_connections_evicted_total", "", "Connections still in their first request head closed at max_connections to make room for a newcomer.";
+    CreateLimited => "pushedge_limited_total", "kind=\"channel_creates\"", "Client operations refused by a rate limit (429), by kind.";
+    PublishLimited => "pushedge_limited_total", "kind=\"client_publish\"", "Client operations refused by a rate limit (429), by kind.";
+    LimitCloses => "pushedge_limit_closes_total", "", "Connections closed for going on past a rate limit.";
+    MessageTimeout => "pushedge_message_timeouts_total", "", "WebSocket connections closed for a message not completed in time.";
+    TokenExpired => "pushedge_token_expired_closes_total", "", "Connections closed after their token expired and was not refreshed.";
     Delivered => "pushedge_messages_delivered_total", "", "Messages written to subscribers.";
     BytesOut => "pushedge_bytes_out_total", "", "Bytes written to subscriber sockets.";
     SlowConsumer => "pushedge_slow_consumer_closes_total", "", "Subscribers closed because their queue passed slow_consumer_bytes.";

@@ -46,6 +46,9 @@ pub struct Msg {
     pub from: u64,
     /// Data or close.
     pub kind: MsgKind,
+    /// Who published it (a client's token `sub`, the envelope's `from`); empty for
+    /// backends.
+    pub sender: Box<str>,
     /// The published body.
     pub content: Box<str>,
     json: OnceLock<Bytes>,
@@ -73,6 +76,7 @@ impl Msg {
             seq,
             from: 0,
             kind,
+            sender: Box::default(),
             content,
             json: OnceLock::new(),
             script: OnceLock::new(),
@@ -81,6 +85,12 @@ impl Msg {
             sse_data: OnceLock::new(),
             ndjson: OnceLock::new(),
         }
+    }
+
+    /// The message, published by `sender` (a client's `sub`).
+    pub fn with_sender(mut self, sender: Box<str>) -> Msg {
+        self.sender = sender;
+        self
     }
 
     /// A `Gap` for `from..=to`.
@@ -97,6 +107,7 @@ impl Msg {
                 channel: &self.channel,
                 seq: self.seq,
                 epoch: self.epoch.as_str(),
+                from: &self.sender,
                 content: &self.content,
             },
             MsgKind::Close => Message::Close {
@@ -173,6 +184,41 @@ impl Msg {
     }
 }
 
+/// A complete HTTP answer carrying an error envelope, for a connection that is closed
+/// after it (`Connection: close`): what a refused connection is sent.
+pub fn error_response(status: u16, reason: &str) -> Vec<u8> {
+    let mut body = Message::Error {
+        code: status,
+        reason,
+    }
+    .to_json();
+    body.push(b'\n');
+    let mut out = Vec::with_capacity(160 + body.len());
+    let headers = [("Content-Type", "application/json")];
+    protocol::http::write_response(&mut out, status, &headers, &body, false);
+    out
+}
+
+/// A message's sender and content as one stored string (Redis history and feed, the
+/// disk store): `<sender length>:<sender><content>`.
+pub fn pack(sender: &str, content: &str) -> String {
+    let mut s = String::with_capacity(sender.len() + content.len() + 4);
+    s.push_str(&sender.len().to_string());
+    s.push(':');
+    s.push_str(sender);
+    s.push_str(content);
+    s
+}
+
+/// Splits what [`pack`] made into sender and content; something else is all content.
+pub fn unpack(s: &str) -> (&str, &str) {
+    let split = s.split_once(':').and_then(|(len, rest)| {
+        let n: usize = len.parse().ok().filter(|_| len.len() <= 3)?;
+        rest.is_char_boundary(n).then(|| rest.split_at(n))
+    });
+    split.unwrap_or(("", s))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,6 +245,22 @@ mod tests {
         assert!(m.sse_data().starts_with(b"data: {"));
         assert!(!m.script_json().windows(2).any(|w| w == b"</"));
         assert!(m.ndjson_chunk().ends_with(b"}\n\r\n"));
+    }
+
+    #[test]
+    fn senders_are_packed_with_the_content() {
+        for (sender, content) in [("", "x"), ("bob", "hi: there"), ("é:1", ""), ("", "12:ab")] {
+            assert_eq!(unpack(&pack(sender, content)), (sender, content));
+        }
+        assert_eq!(unpack("not packed"), ("", "not packed"));
+        assert_eq!(unpack("99:short"), ("", "99:short"));
+        let e = Epoch::parse("e1").unwrap();
+        let m =
+            Msg::new(1, Arc::from("c"), e, 1, MsgKind::Data, "hi".into()).with_sender("bob".into());
+        assert_eq!(
+            &m.json()[..],
+            br#"{"type":"data","channel":"c","seq":1,"epoch":"e1","from":"bob","content":"hi"}"#
+        );
     }
 
     #[test]

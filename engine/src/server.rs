@@ -8,7 +8,8 @@
 //! polls) for at most `drain_timeout_secs`, then stops the workers and exits.
 
 use socket2::{Domain, Protocol, Socket, Type};
-use std::net::{SocketAddr, TcpListener as StdTcpListener, ToSocketAddrs};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, TcpListener as StdTcpListener, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -19,8 +20,9 @@ use crate::cluster::Cluster;
 use crate::config::{self, AuthMode, Config, Live};
 use crate::config::{BackendKind, HistoryStore, UringArm};
 use crate::epoch::Epoch;
-use crate::hub::{Accepted, ChannelInfo, Hub, HubConfig, HubError};
+use crate::hub::{Accepted, ChannelInfo, Hub, HubConfig, HubError, PubMeta};
 use crate::inbox::{Cmd, Inbox};
+use crate::limits::{self, FdBudget};
 use crate::metrics::{Snapshot, WorkerStats};
 use crate::reactor::epoll::Epoll;
 use crate::reactor::uring::{self, Uring};
@@ -38,6 +40,29 @@ pub const STORE_WAIT: Duration = Duration::from_secs(10);
 /// How long a draining cluster node waits for its acknowledged publishes to come back
 /// through the feed before it closes its subscribers.
 pub const DRAIN_FEED_WAIT: Duration = Duration::from_secs(2);
+
+/// Why the server could not start: `code` is the exit status (2 for a configuration
+/// that cannot work, 1 for anything else).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartError {
+    /// Exit status.
+    pub code: u8,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl From<String> for StartError {
+    fn from(message: String) -> StartError {
+        StartError { code: 1, message }
+    }
+}
+
+impl StartError {
+    /// A configuration that cannot work (exit status 2).
+    pub fn config(message: String) -> StartError {
+        StartError { code: 2, message }
+    }
+}
 
 /// Why the main thread should stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +97,10 @@ pub struct Shared {
     pub node_id: String,
     /// The cluster, when `cluster.redis_url` is set.
     pub cluster: Option<Arc<Cluster>>,
+    /// How the descriptor table is shared out (`max_connections` stays within it).
+    pub fds: FdBudget,
+    /// Subscriber connections per source address (with `max_connections_per_ip`).
+    pub per_ip: Mutex<HashMap<IpAddr, u32>>,
     stop: Mutex<Option<Sender<Stop>>>,
 }
 
@@ -100,7 +129,67 @@ impl Shared {
             conns: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             started: Instant::now(),
+            fds: FdBudget {
+                limit: 0,
+                reserved: 0,
+                connections: usize::MAX,
+                direct: false,
+            },
+            per_ip: Mutex::new(HashMap::new()),
             stop: Mutex::new(None),
+        }
+    }
+
+    /// Takes up to `want` connection slots under `max_connections`; returns how many.
+    /// A worker reserves before it accepts, so the descriptor table never fills.
+    pub fn reserve_conns(&self, want: usize) -> usize {
+        let max = self.live.max_connections();
+        let mut cur = self.conns.load(Ordering::Relaxed);
+        loop {
+            let n = want.min(max.saturating_sub(cur));
+            if n == 0 {
+                return 0;
+            }
+            match self.conns.compare_exchange_weak(
+                cur,
+                cur + n,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return n,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Gives back slots (unused reservations, closed connections).
+    pub fn release_conns(&self, n: usize) {
+        if n > 0 {
+            self.conns.fetch_sub(n, Ordering::AcqRel);
+        }
+    }
+
+    /// Counts a connection from `ip` (`max_connections_per_ip`); false when that address
+    /// already has its share.
+    pub fn enter_ip(&self, ip: IpAddr) -> bool {
+        let max = self.cfg.max_connections_per_ip;
+        let mut t = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let n = t.entry(ip).or_insert(0);
+        if *n as usize >= max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// A connection from `ip` closed.
+    pub fn leave_ip(&self, ip: IpAddr) {
+        let mut t = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = t.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                t.remove(&ip);
+            }
         }
     }
 
@@ -129,7 +218,14 @@ impl Shared {
                 }
                 c.publish(&self.hub, channel, content, key)
             }
-            None => self.hub.publish(channel, content, key, None, commit),
+            None => {
+                let meta = PubMeta {
+                    key,
+                    commit,
+                    ..PubMeta::default()
+                };
+                self.hub.publish(channel, content, &meta)
+            }
         }
     }
 
@@ -269,6 +365,9 @@ impl Shared {
         let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
         let mut next = cur.clone();
         next.set(key, value).map_err(|e| e.0)?;
+        if key == "max_connections" {
+            next.max_connections = self.fds.resolve(next.max_connections)?;
+        }
         self.live.apply(&next);
         *cur = next;
         cur.get_json(Some(key)).map_err(|e| e.0)
@@ -327,9 +426,17 @@ fn node_id(cfg: &Config) -> String {
 }
 
 /// Runs the server until it is told to stop. Returns the process exit status.
-pub fn serve(cfg: Config) -> Result<(), String> {
-    let live = Arc::new(Live::new(&cfg));
+pub fn serve(mut cfg: Config) -> Result<(), StartError> {
     let workers = cfg.worker_count();
+    if cfg.auth == AuthMode::None
+        && !cfg.client_publish.is_empty()
+        && cfg.allowed_origins.iter().any(|o| o == "*")
+    {
+        warn!(
+            "auth = \"none\", client_publish is set and allowed_origins = [\"*\"]: any web page can publish to {:?} through its visitors' browsers; set allowed_origins or auth = \"token\"",
+            cfg.client_publish
+        );
+    }
 
     // Bind everything first.
     let listen_addr = resolve(&cfg.listen, "listen")?;
@@ -352,7 +459,6 @@ pub fn serve(cfg: Config) -> Result<(), String> {
     let admin_addr = admin_listener
         .local_addr()
         .map_err(|e| format!("cannot read the admin address: {e}"))?;
-    let control_listener = control::bind(&cfg.control_path)?;
 
     let mut backends = Backends::Epoll(Vec::new());
     if cfg.backend == BackendKind::Uring {
@@ -380,6 +486,20 @@ pub fn serve(cfg: Config) -> Result<(), String> {
             v.push(Epoll::new().map_err(|e| format!("cannot create a reactor: {e}"))?);
         }
     }
+    // The budget is known once the rings say whether they hold their own tables.
+    let ring_slots = match &backends {
+        Backends::Epoll(_) => None,
+        Backends::Uring(v) => v.iter().map(|r| r.slots()).min().flatten(),
+    };
+    let fds = limits::fd_budget(&cfg, workers, limits::nofile_limit(), ring_slots);
+    cfg.max_connections = fds
+        .resolve(cfg.max_connections)
+        .map_err(StartError::config)?;
+    let live = Arc::new(Live::new(&cfg));
+    let control_listener = control::bind(&cfg.control_path).map_err(|e| StartError {
+        code: if e.starts_with("control_path") { 2 } else { 1 },
+        message: e,
+    })?;
     let inboxes: Vec<Arc<Inbox>> = match &backends {
         Backends::Epoll(v) => v.iter().map(|b| Arc::new(Inbox::new(b.waker()))).collect(),
         Backends::Uring(v) => v.iter().map(|b| Arc::new(Inbox::new(b.waker()))).collect(),
@@ -426,6 +546,7 @@ pub fn serve(cfg: Config) -> Result<(), String> {
     }
     let mut shared = Shared::new(cfg, live, hub, inboxes.clone(), node, cluster);
     shared.stop = Mutex::new(Some(stop_tx));
+    shared.fds = fds;
     let shared = Arc::new(shared);
 
     let handles = match backends {
@@ -453,6 +574,13 @@ pub fn serve(cfg: Config) -> Result<(), String> {
         admin: admin_addr,
         control: shared.cfg.control_path.clone(),
     };
+    info!(
+        "descriptors: RLIMIT_NOFILE {}, {} kept for the admin port, control socket, Redis and the disk store; max_connections {}{}",
+        fds.limit,
+        fds.reserved,
+        shared.cfg.max_connections,
+        if fds.direct { " (io_uring direct descriptors)" } else { "" }
+    );
     info!(
         "ready: pushedge {} subscriber={} admin={} control={} workers={} backend={} node={}",
         env!("CARGO_PKG_VERSION"),

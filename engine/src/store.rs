@@ -81,7 +81,8 @@ pub struct LoadedChannel {
     pub epoch: Epoch,
     /// Last seq.
     pub seq: u64,
-    /// The newest `history_size` messages, oldest first.
+    /// The newest `history_size` messages, oldest first, each packed with its sender
+    /// ([`crate::msg::pack`]).
     pub history: Vec<(u64, String)>,
 }
 
@@ -340,6 +341,8 @@ impl Db {
         });
         let db = Database::builder(path)
             .with_compaction_filter_factories(assign)
+            // Bounded so the descriptor budget can count the store's files.
+            .max_cached_files(Some(crate::limits::STORE_CACHED_FILES))
             .open()
             .map_err(|e| format!("cannot open the history store at {}: {e}", path.display()))?;
         let open = |name: &str| {
@@ -464,7 +467,7 @@ impl Db {
                         batch.insert(
                             &self.msgs,
                             msg_key(&msg.channel, msg.epoch, msg.seq),
-                            msg.content.as_bytes(),
+                            crate::msg::pack(&msg.sender, &msg.content).into_bytes(),
                         );
                         if let Some(r) = idem {
                             batch.insert(
@@ -760,6 +763,7 @@ impl Store {
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::hub::PubMeta;
     use crate::inbox::Inbox;
     use crate::msg::{Msg, MsgKind};
 
@@ -814,10 +818,10 @@ mod tests {
         assert_eq!(l.channels.len(), 2);
         let a = &l.channels[0];
         assert_eq!((a.epoch, a.seq), (e, 6));
-        assert_eq!(a.history, vec![(6, "m6".to_string())]);
+        assert_eq!(a.history, vec![(6, crate::msg::pack("", "m6"))]);
         let b = &l.channels[1];
         assert_eq!((b.epoch, b.seq), (e2, 1));
-        assert_eq!(b.history, vec![(1, "again".to_string())]);
+        assert_eq!(b.history, vec![(1, crate::msg::pack("", "again"))]);
     }
 
     #[test]
@@ -873,15 +877,11 @@ mod tests {
             Some((store.clone(), loaded)),
         ));
         store.start(hub.clone()).unwrap();
-        let a = hub
-            .publish("c", "one", None, None, Commit::ByWriter)
-            .unwrap();
+        let a = hub.publish("c", "one", &PubMeta::default()).unwrap();
         assert!(a.ticket > 0);
         store.wait(a.ticket, Duration::from_secs(5)).unwrap();
         assert_eq!(hub.info("c").unwrap().seq, 1);
-        let b = hub
-            .publish("c", "two", None, None, Commit::ByWriter)
-            .unwrap();
+        let b = hub.publish("c", "two", &PubMeta::default()).unwrap();
         store.wait(b.ticket, Duration::from_secs(5)).unwrap();
         let epoch = hub.info("c").unwrap().epoch;
         store.close();

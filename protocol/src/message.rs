@@ -39,6 +39,9 @@ pub enum Message<'a> {
         seq: u64,
         /// The stream's epoch (see [`crate::cursor`]).
         epoch: &'a str,
+        /// Who published it, when a client did (its token's `sub`, stamped by the
+        /// server); empty for backends.
+        from: &'a str,
         /// The published body.
         content: &'a str,
     },
@@ -95,6 +98,20 @@ pub enum Message<'a> {
     },
     /// The answer to a client `{"op":"ping"}`.
     Pong,
+    /// The connection's token expired at `expires` (Unix seconds): a WebSocket sends a
+    /// `refresh` op with a new one before `deadline`, a stream reconnects with one; then
+    /// the connection is closed.
+    Refresh {
+        /// When the token expired.
+        expires: u64,
+        /// When the connection closes without a new token.
+        deadline: u64,
+    },
+    /// The answer to a `refresh` op: the new token holds until `expires`.
+    Refreshed {
+        /// When the new token expires.
+        expires: u64,
+    },
     /// The answer to a publish: the message was sequenced as `seq` of `epoch`.
     Ok {
         /// The channel.
@@ -121,6 +138,8 @@ impl Message<'_> {
             Message::Close { .. } => "close",
             Message::Error { .. } => "error",
             Message::Pong => "pong",
+            Message::Refresh { .. } => "refresh",
+            Message::Refreshed { .. } => "refreshed",
             Message::Ok { .. } => "ok",
         }
     }
@@ -153,11 +172,15 @@ pub fn write_json(out: &mut Vec<u8>, msg: &Message<'_>, style: JsonStyle) {
             channel,
             seq,
             epoch,
+            from,
             content,
         } => {
             field_str(out, "channel", channel, style);
             field_num(out, "seq", seq);
             field_epoch(out, epoch);
+            if !from.is_empty() {
+                field_str(out, "from", from, style);
+            }
             field_str(out, "content", content, style);
         }
         Message::Noop {
@@ -214,6 +237,11 @@ pub fn write_json(out: &mut Vec<u8>, msg: &Message<'_>, style: JsonStyle) {
             field_str(out, "reason", reason, style);
         }
         Message::Pong => {}
+        Message::Refresh { expires, deadline } => {
+            field_num(out, "expires", expires);
+            field_num(out, "deadline", deadline);
+        }
+        Message::Refreshed { expires } => field_num(out, "expires", expires),
     }
     out.push(b'}');
 }
@@ -455,15 +483,27 @@ mod tests {
                 channel: "news",
                 seq: 12,
                 epoch: "k3x9ab2q",
+                from: "",
                 content: "hello"
             }),
             r#"{"type":"data","channel":"news","seq":12,"epoch":"k3x9ab2q","content":"hello"}"#
         );
         assert_eq!(
             json(&Message::Data {
+                channel: "chat",
+                seq: 3,
+                epoch: "e1",
+                from: "bob \"b\"",
+                content: "hi"
+            }),
+            r#"{"type":"data","channel":"chat","seq":3,"epoch":"e1","from":"bob \"b\"","content":"hi"}"#
+        );
+        assert_eq!(
+            json(&Message::Data {
                 channel: "news",
                 seq: 12,
                 epoch: "",
+                from: "",
                 content: "hello"
             }),
             r#"{"type":"data","channel":"news","seq":12,"content":"hello"}"#,
@@ -521,6 +561,17 @@ mod tests {
             r#"{"type":"error","code":400,"reason":"bad \"x\""}"#
         );
         assert_eq!(json(&Message::Pong), r#"{"type":"pong"}"#);
+        assert_eq!(
+            json(&Message::Refresh {
+                expires: 10,
+                deadline: 40
+            }),
+            r#"{"type":"refresh","expires":10,"deadline":40}"#
+        );
+        assert_eq!(
+            json(&Message::Refreshed { expires: 99 }),
+            r#"{"type":"refreshed","expires":99}"#
+        );
         assert_eq!(
             json(&Message::Ok {
                 channel: "c",
@@ -587,6 +638,7 @@ mod tests {
             channel: "news",
             seq: 1,
             epoch: "e1",
+            from: "",
             content: "a</script>b",
         };
         let plain = msg.to_json();

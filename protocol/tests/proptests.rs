@@ -380,6 +380,7 @@ impl OwnedMessage {
                 channel: c,
                 seq: *s,
                 epoch: e,
+                from: "",
                 content: t,
             },
             OwnedMessage::Noop(c, s, e) => Message::Noop {

@@ -147,7 +147,20 @@ pub fn workspace_dir() -> PathBuf {
 /// Runs the binary to completion (for `ctl`, `--version`, bad flags), bounded by `TIMEOUT`
 /// twice over.
 pub fn run_binary(args: &[&str]) -> Output {
-    let mut child = Command::new(binary())
+    run_binary_with_nofile(args, None)
+}
+
+/// Like [`run_binary`], with the open-file limit set to `nofile` (through `prlimit`).
+pub fn run_binary_with_nofile(args: &[&str], nofile: Option<u64>) -> Output {
+    let mut cmd = match nofile {
+        Some(n) => {
+            let mut c = Command::new("prlimit");
+            c.arg(format!("--nofile={n}:{n}")).arg("--").arg(binary());
+            c
+        }
+        None => Command::new(binary()),
+    };
+    let mut child = cmd
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -185,7 +198,12 @@ impl Server {
             .prefix("pushedge-test")
             .tempdir()
             .expect("cannot create a temp dir");
-        let control = dir.path().join("pushedge.sock");
+        // A `--control PATH` in `args` replaces the harness's own socket path.
+        let control = args
+            .iter()
+            .position(|a| *a == "--control")
+            .and_then(|i| args.get(i + 1))
+            .map_or_else(|| dir.path().join("pushedge.sock"), PathBuf::from);
         let mut cmd = match nofile {
             Some(n) => {
                 let mut c = Command::new("prlimit");
@@ -195,9 +213,10 @@ impl Server {
             None => Command::new(binary()),
         };
         cmd.arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-            .arg("--control")
-            .arg(&control);
+            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
+        if !args.contains(&"--control") {
+            cmd.arg("--control").arg(&control);
+        }
         if !args.iter().any(|a| a.starts_with("--workers")) {
             cmd.args(["--workers", "2"]);
         }
@@ -582,6 +601,21 @@ impl Conn {
     /// Connects.
     pub fn try_connect(addr: SocketAddr) -> io::Result<Conn> {
         let stream = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+        stream.set_nodelay(true)?;
+        stream.set_write_timeout(Some(TIMEOUT))?;
+        Ok(Conn {
+            stream,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Connects from the loopback address `source` (127.0.0.2, ...): another client
+    /// address for the per-address limits.
+    pub fn connect_from(addr: SocketAddr, source: std::net::IpAddr) -> io::Result<Conn> {
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        sock.bind(&SocketAddr::new(source, 0).into())?;
+        sock.connect_timeout(&addr.into(), TIMEOUT)?;
+        let stream: TcpStream = sock.into();
         stream.set_nodelay(true)?;
         stream.set_write_timeout(Some(TIMEOUT))?;
         Ok(Conn {
@@ -1142,10 +1176,15 @@ impl Ws {
     /// Skips messages and pings until a close frame or the end; `Some(code)` for a close
     /// frame with a code, panics when nothing ends the connection within `timeout`.
     pub fn recv_close(&mut self, timeout: Duration) -> Option<u16> {
+        self.recv_close_frame(timeout).map(|(code, _)| code)
+    }
+
+    /// Like [`Ws::recv_close`], with the close reason.
+    pub fn recv_close_frame(&mut self, timeout: Duration) -> Option<(u16, String)> {
         let deadline = Instant::now() + timeout;
         loop {
             match self.recv(deadline.saturating_duration_since(Instant::now())) {
-                WsEvent::Close(frame) => return frame.map(|(code, _)| code),
+                WsEvent::Close(frame) => return frame,
                 WsEvent::Ended(_) => return None,
                 WsEvent::Timeout => panic!("the connection was not closed within {timeout:?}"),
                 _ => continue,
@@ -1222,6 +1261,37 @@ impl RawWs {
             "GET {target} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: {version}\r\n\r\n"
         )
+    }
+
+    /// Sends a handshake with extra header fields; the connection on 101, else the
+    /// answer.
+    pub fn try_connect_with(
+        addr: SocketAddr,
+        target: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<RawWs, Response> {
+        let mut conn = Conn::connect(addr);
+        let mut req = RawWs::handshake_request(target, "13");
+        req.truncate(req.len() - 2);
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        conn.send(req.as_bytes()).expect("send handshake");
+        let head = conn.read_head(TIMEOUT).expect("handshake answer");
+        if head.status == 101 {
+            return Ok(RawWs { conn });
+        }
+        let len: usize = head
+            .header("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let body = conn.take_exact(len, TIMEOUT).expect("the refusal's body");
+        Err(Response {
+            status: head.status,
+            head,
+            body,
+        })
     }
 
     /// Connects and completes the handshake; panics unless the answer is 101 with the
@@ -1462,6 +1532,16 @@ pub fn token_for(channels: &[&str], exp: u64, secret: &[u8]) -> String {
 }
 
 // ------------------------------------------------------------------------------ misc
+
+/// Resident memory of a process, in KiB (`VmRSS`).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
 
 /// Percent-encodes everything but unreserved characters (for query values).
 pub fn urlencode(s: &str) -> String {

@@ -44,6 +44,8 @@ pub enum Job {
         to: ReplyTo,
         /// The channel.
         channel: Arc<str>,
+        /// The publishing client's `sub` (empty without one).
+        sender: Box<str>,
         /// The content.
         content: Box<str>,
     },
@@ -151,8 +153,11 @@ pub fn run(cluster: &Cluster, hub: &Hub, inboxes: &[Arc<Inbox>], rx: Receiver<Jo
             .iter()
             .map(|j| match j {
                 Job::Publish {
-                    channel, content, ..
-                } => cluster.publish_request(hub, channel, content, None),
+                    channel,
+                    sender,
+                    content,
+                    ..
+                } => cluster.publish_request(hub, channel, sender, content, None),
                 Job::Read { channel, since, .. } => cluster.read_request(channel, *since),
             })
             .collect();

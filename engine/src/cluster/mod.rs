@@ -227,9 +227,11 @@ impl Cluster {
         &self,
         hub: &Hub,
         channel: &str,
+        sender: &str,
         content: &str,
         key: Option<&str>,
     ) -> Vec<u8> {
+        let packed = crate::msg::pack(sender, content);
         let (known, floor) = hub.local_stream(channel).unwrap_or((Epoch::NONE, 0));
         let idem = self.key(channel, &format!("idem:{}", key.unwrap_or("")));
         let keys = [
@@ -249,7 +251,7 @@ impl Cluster {
         );
         let args: [&[u8]; 10] = [
             channel.as_bytes(),
-            content.as_bytes(),
+            packed.as_bytes(),
             floor.as_bytes(),
             hsize.as_bytes(),
             ttl.as_bytes(),
@@ -300,7 +302,7 @@ impl Cluster {
         if let Some(e) = self.refuse() {
             return Err(e);
         }
-        let req = self.publish_request(hub, channel, content, key);
+        let req = self.publish_request(hub, channel, "", content, key);
         let r = {
             let mut link = self.publisher.lock().unwrap_or_else(|p| p.into_inner());
             link.call(&self.target(), req)
@@ -562,7 +564,8 @@ impl Cluster {
                     return;
                 };
                 self.received.fetch_add(1, Ordering::Relaxed);
-                hub.deliver_remote(channel, epoch, seq, content.unwrap_or(""));
+                let (sender, content) = crate::msg::unpack(content.unwrap_or(""));
+                hub.deliver_remote(channel, epoch, seq, sender, content);
             }
             "C" => {
                 let _ = hub.close_channel(rest);
@@ -630,8 +633,8 @@ impl Cluster {
             if let Some((from, to)) = h.gap {
                 hub.deliver_gap(&name, h.epoch, from, to);
             }
-            for (s, content) in &h.messages {
-                hub.deliver_remote(&name, h.epoch, *s, content);
+            for (s, sender, content) in &h.messages {
+                hub.deliver_remote(&name, h.epoch, *s, sender, content);
             }
         }
         Ok(())

@@ -169,10 +169,11 @@ pub fn parse_history(raw: &[Vec<u8>], since: u64) -> Result<RemoteStream, String
     let since = if reset { 1 } else { since.max(1) };
     let mut messages = Vec::with_capacity(rest.len());
     for e in rest {
-        let (s, content) = text(e)?.split_once(' ').ok_or_else(bad)?;
+        let (s, packed) = text(e)?.split_once(' ').ok_or_else(bad)?;
         let s: u64 = s.parse().map_err(|_| bad())?;
         if s >= since {
-            messages.push((s, content.into()));
+            let (sender, content) = crate::msg::unpack(packed);
+            messages.push((s, sender.into(), content.into()));
         }
     }
     let oldest = messages.first().map_or(seq + 1, |m| m.0);
@@ -214,11 +215,28 @@ mod tests {
 
     #[test]
     fn parses_history() {
-        let h = parse_history(&raw(&["e1", "5", "0", "3 c", "4 with space", "5 "]), 3).unwrap();
+        let h = parse_history(
+            &raw(&[
+                "e1",
+                "5",
+                "0",
+                "3 0:c",
+                "4 3:bobwith space",
+                "5 0:",
+                "6 unpacked",
+            ]),
+            3,
+        )
+        .unwrap();
         assert_eq!((h.epoch, h.seq, h.reset), (e("e1"), 5, false));
         assert_eq!(
             h.messages,
-            vec![(3, "c".into()), (4, "with space".into()), (5, "".into())]
+            vec![
+                (3, "".into(), "c".into()),
+                (4, "bob".into(), "with space".into()),
+                (5, "".into(), "".into()),
+                (6, "".into(), "unpacked".into())
+            ]
         );
         assert_eq!(h.gap, None);
         let h = parse_history(&raw(&["e1", "5", "0", "4 x", "5 y"]), 2).unwrap();

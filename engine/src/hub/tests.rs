@@ -38,10 +38,15 @@ fn kinds(inbox: &Inbox) -> Vec<(MsgKind, u64)> {
     out
 }
 
+fn keyed(key: &str) -> PubMeta<'_> {
+    PubMeta {
+        key: Some(key),
+        ..PubMeta::default()
+    }
+}
+
 fn publish(h: &Hub, name: &str, content: &str) -> u64 {
-    h.publish(name, content, None, None, Commit::ByWriter)
-        .unwrap()
-        .seq
+    h.publish(name, content, &PubMeta::default()).unwrap().seq
 }
 
 fn sub(h: &Hub, worker: usize, name: &str, since: Since) -> (Subscribed, Vec<u64>) {
@@ -62,7 +67,7 @@ fn sequences_and_delivers_to_workers_with_subscribers() {
     let (s, replay) = sub(&h, 1, "news", Since::Now);
     assert_eq!(s.seq, 0);
     assert!(replay.is_empty());
-    assert!(s.epoch.is_some(), "a new channel starts a new stream");
+    assert!(s.epoch.is_none(), "an empty stream shows no epoch");
     assert_eq!(publish(&h, "news", "a"), 1);
     assert_eq!(publish(&h, "news", "b"), 2);
     assert_eq!(drain(&inboxes[0]), Vec::<u64>::new());
@@ -72,7 +77,7 @@ fn sequences_and_delivers_to_workers_with_subscribers() {
     assert!(drain(&inboxes[1]).is_empty());
     let info = h.info("news").unwrap();
     assert_eq!((info.seq, info.subscribers, info.buffered), (3, 0, 3));
-    assert_eq!(info.epoch, s.epoch);
+    assert!(info.epoch.is_some(), "the first message starts a stream");
 }
 
 #[test]
@@ -130,8 +135,9 @@ fn a_position_of_another_stream_or_beyond_the_end_resets() {
 #[test]
 fn a_closed_channel_starts_a_new_stream() {
     let (h, inboxes) = hub(1, &Config::default());
-    let (s, _) = sub(&h, 0, "x", Since::Now);
+    sub(&h, 0, "x", Since::Now);
     publish(&h, "x", "1");
+    let old = h.info("x").unwrap().epoch;
     h.close_channel("x").unwrap();
     assert_eq!(
         kinds(&inboxes[0]),
@@ -141,9 +147,9 @@ fn a_closed_channel_starts_a_new_stream() {
     assert_eq!(h.close_channel("x"), Err(HubError::NoChannel));
     assert_eq!(publish(&h, "x", "again"), 1, "a new stream starts at 1");
     let info = h.info("x").unwrap();
-    assert_ne!(info.epoch, s.epoch, "with a new epoch");
+    assert_ne!(info.epoch, old, "with a new epoch");
     // A cursor of the old stream is told.
-    let (s2, replay) = sub(&h, 0, "x", Since::Seq(2, s.epoch));
+    let (s2, replay) = sub(&h, 0, "x", Since::Seq(2, old));
     assert!(s2.reset);
     assert_eq!(replay, vec![1]);
 }
@@ -181,11 +187,11 @@ fn limits() {
     publish(&h, "a", "x");
     publish(&h, "b", "x");
     assert_eq!(
-        h.publish("c", "x", None, None, Commit::ByWriter),
+        h.publish("c", "x", &PubMeta::default()),
         Err(HubError::ChannelLimit)
     );
     assert_eq!(
-        h.publish("a", &"x".repeat(201), None, None, Commit::ByWriter),
+        h.publish("a", &"x".repeat(201), &PubMeta::default()),
         Err(HubError::TooBig)
     );
     assert_eq!(HubError::ChannelLimit.status(), 503);
@@ -196,25 +202,15 @@ fn limits() {
 fn idempotency_keys_answer_the_first_publish() {
     let (h, inboxes) = hub(1, &Config::default());
     sub(&h, 0, "k", Since::Now);
-    let a = h
-        .publish("k", "once", Some("req-1"), None, Commit::ByWriter)
-        .unwrap();
-    let b = h
-        .publish("k", "once", Some("req-1"), None, Commit::ByWriter)
-        .unwrap();
+    let a = h.publish("k", "once", &keyed("req-1")).unwrap();
+    let b = h.publish("k", "once", &keyed("req-1")).unwrap();
     assert!(!a.duplicate && b.duplicate);
     assert_eq!((a.seq, a.epoch), (b.seq, b.epoch));
-    let c = h
-        .publish("k", "other", Some("req-2"), None, Commit::ByWriter)
-        .unwrap();
+    let c = h.publish("k", "other", &keyed("req-2")).unwrap();
     assert_eq!(c.seq, 2);
     assert_eq!(drain(&inboxes[0]), vec![1, 2], "delivered once each");
     // Keys are per channel.
-    assert!(
-        !h.publish("k2", "x", Some("req-1"), None, Commit::ByWriter)
-            .unwrap()
-            .duplicate
-    );
+    assert!(!h.publish("k2", "x", &keyed("req-1")).unwrap().duplicate);
 }
 
 #[test]
@@ -225,21 +221,14 @@ fn idempotency_table_is_bounded() {
     };
     let (h, _) = hub(1, &cfg);
     for k in ["a", "b", "c"] {
-        h.publish("k", "x", Some(k), None, Commit::ByWriter)
-            .unwrap();
+        h.publish("k", "x", &keyed(k)).unwrap();
     }
     assert_eq!(h.idem_evicted.load(Ordering::Relaxed), 1);
     assert!(
-        !h.publish("k", "x", Some("a"), None, Commit::ByWriter)
-            .unwrap()
-            .duplicate,
+        !h.publish("k", "x", &keyed("a")).unwrap().duplicate,
         "the oldest key was forgotten"
     );
-    assert!(
-        h.publish("k", "x", Some("c"), None, Commit::ByWriter)
-            .unwrap()
-            .duplicate
-    );
+    assert!(h.publish("k", "x", &keyed("c")).unwrap().duplicate);
 }
 
 #[test]
@@ -250,7 +239,7 @@ fn draining_refuses_publishes_behind_the_drain_command() {
     assert!(h.begin_drain());
     assert!(!h.begin_drain(), "once");
     assert_eq!(
-        h.publish("d", "after", None, None, Commit::ByWriter),
+        h.publish("d", "after", &PubMeta::default()),
         Err(HubError::Draining)
     );
     let mut order = Vec::new();
@@ -278,8 +267,12 @@ fn sweep_reclaims_idle_empty_channels() {
     assert!(h.info("idle").is_none());
     assert!(h.info("busy").is_some());
     h.unsubscribe(0, s.key);
-    assert_eq!(h.sweep(Instant::now() + Duration::from_secs(3)), 1);
-    assert_eq!(h.channel_count(), 0);
+    assert_eq!(
+        h.channel_count(),
+        0,
+        "an empty channel is freed by its last unsubscribe"
+    );
+    assert_eq!(h.sweep(Instant::now() + Duration::from_secs(3)), 0);
 }
 
 #[test]
@@ -316,10 +309,10 @@ fn remote_messages_are_recorded_once_and_delivered() {
         .subscribe(0, "c", Since::Now, Authority::Replica, false, &mut r)
         .unwrap();
     assert!(s.epoch.is_none(), "a replica learns epochs from Redis");
-    h.deliver_remote("c", e, 5, "five");
-    h.deliver_remote("c", e, 5, "five again");
-    h.deliver_remote("c", e, 4, "late");
-    h.deliver_remote("c", e, 6, "six");
+    h.deliver_remote("c", e, 5, "", "five");
+    h.deliver_remote("c", e, 5, "", "five again");
+    h.deliver_remote("c", e, 4, "", "late");
+    h.deliver_remote("c", e, 6, "", "six");
     assert_eq!(drain(&inboxes[0]), vec![5, 6]);
     assert_eq!(h.local_stream("c"), Some((e, 6)));
     // The local history holds one run (5 and 6): an older position needs Redis.
@@ -375,7 +368,7 @@ fn remote_messages_are_recorded_once_and_delivered() {
         .unwrap();
     assert!(s.remote);
     // Remote messages for unknown channels create them.
-    h.deliver_remote("other", e, 3, "x");
+    h.deliver_remote("other", e, 3, "", "x");
     assert_eq!(h.local_stream("other"), Some((e, 3)));
 }
 
@@ -387,10 +380,10 @@ fn a_new_epoch_from_the_feed_resets_subscribers() {
     let mut r = Vec::new();
     h.subscribe(0, "c", Since::Now, Authority::Replica, false, &mut r)
         .unwrap();
-    h.deliver_remote("c", e1, 1, "a");
-    h.deliver_remote("c", e1, 2, "b");
+    h.deliver_remote("c", e1, 1, "", "a");
+    h.deliver_remote("c", e1, 2, "", "b");
     drain(&inboxes[0]);
-    h.deliver_remote("c", e2, 1, "new");
+    h.deliver_remote("c", e2, 1, "", "new");
     assert_eq!(
         kinds(&inboxes[0]),
         vec![(MsgKind::Reset, 0), (MsgKind::Data, 1)]
@@ -406,7 +399,7 @@ fn a_gap_reaches_subscribers_and_moves_the_seq() {
     let mut r = Vec::new();
     h.subscribe(0, "c", Since::Now, Authority::Replica, false, &mut r)
         .unwrap();
-    h.deliver_remote("c", e, 1, "a");
+    h.deliver_remote("c", e, 1, "", "a");
     drain(&inboxes[0]);
     h.deliver_gap("c", e, 2, 7);
     let Some(Cmd::Deliver(m)) = inboxes[0].pop() else {
@@ -427,12 +420,12 @@ fn a_gap_reaches_subscribers_and_moves_the_seq() {
 fn taken_seqs_raise_the_floor_until_the_feed_brings_them() {
     let (h, _) = replica(1);
     let e = Epoch::parse("e1").unwrap();
-    h.deliver_remote("c", e, 1, "a");
+    h.deliver_remote("c", e, 1, "", "a");
     h.note_taken("c", e, 3);
     assert_eq!(h.local_stream("c"), Some((e, 3)));
     assert_eq!(h.unapplied(), 1);
-    h.deliver_remote("c", e, 2, "b");
-    h.deliver_remote("c", e, 3, "c");
+    h.deliver_remote("c", e, 2, "", "b");
+    h.deliver_remote("c", e, 3, "", "c");
     assert_eq!(h.unapplied(), 0);
     assert_eq!(h.info("c").unwrap().seq, 3);
 }
@@ -442,7 +435,7 @@ fn catch_up_after_a_remote_read() {
     let (h, _) = replica(1);
     let e = Epoch::parse("e1").unwrap();
     for s in 1..=4 {
-        h.deliver_remote("c", e, s, "x");
+        h.deliver_remote("c", e, s, "", "x");
     }
     let key = h
         .subscribe(
@@ -474,8 +467,9 @@ fn catch_up_after_a_remote_read() {
 fn a_reused_slot_has_a_new_key() {
     let (h, _) = hub(1, &Config::default());
     let (a, _) = sub(&h, 0, "a", Since::Now);
+    // The last unsubscribe frees the empty channel's slot.
     h.unsubscribe(0, a.key);
-    h.close_channel("a").unwrap();
+    assert!(h.info("a").is_none());
     let (b, _) = sub(&h, 0, "b", Since::Now);
     assert_ne!(a.key, b.key);
     // A stale unsubscribe for the old key does not touch the new channel.

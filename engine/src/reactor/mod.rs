@@ -101,6 +101,17 @@ pub trait Backend {
     /// Stops accepting and closes the listener.
     fn stop_listening(&mut self);
 
+    /// The most connections this backend holds in a table of its own (io_uring direct
+    /// descriptors), with room kept for the refusals it must still accept; `None` when
+    /// its sockets are process descriptors (bounded by the descriptor budget alone).
+    fn slots(&self) -> Option<usize> {
+        None
+    }
+
+    /// Accepts nothing more until [`Backend::accept`] is called again (a backend that
+    /// accepts ahead of the worker stops doing so: the connection cap was reached).
+    fn pause_accept(&mut self) {}
+
     /// Submits what was queued and waits for events (at most `timeout`), appending them
     /// to `events`.
     fn wait(&mut self, timeout: Option<Duration>, events: &mut Vec<Event>) -> io::Result<()>;

@@ -294,6 +294,8 @@ pub struct Uring {
     ring: IoUring,
     bufs: BufRing,
     direct: bool,
+    /// Size of the direct descriptor table (0 without one).
+    table: usize,
     arm: Arm,
     listener: Option<std::net::TcpListener>,
     accept_armed: bool,
@@ -333,8 +335,8 @@ impl Uring {
             return Err(io::Error::other("io_uring without IORING_FEAT_NODROP"));
         }
         let mut direct = direct;
+        let table = nofile_limit().clamp(16, 1 << 20);
         if direct {
-            let table = nofile_limit().clamp(16, 1 << 20);
             if let Err(e) = ring.submitter().register_files_sparse(table) {
                 warn!("io_uring: no direct descriptor table ({e}); using plain descriptors");
                 direct = false;
@@ -352,6 +354,7 @@ impl Uring {
             ring,
             bufs,
             direct,
+            table: if direct { table as usize } else { 0 },
             arm,
             listener: None,
             accept_armed: false,
@@ -751,6 +754,12 @@ fn nofile_limit() -> u32 {
 }
 
 impl Backend for Uring {
+    fn slots(&self) -> Option<usize> {
+        // Refusals and sockets the multishot accept took ahead also sit in the table.
+        self.direct
+            .then(|| self.table.saturating_sub(2 * crate::limits::REJECT_BATCH))
+    }
+
     fn name(&self) -> &'static str {
         match (self.direct, self.arm) {
             (true, Arm::Poll) => "uring (direct descriptors, poll-armed)",
@@ -768,6 +777,17 @@ impl Backend for Uring {
         self.listener = Some(listener);
         self.arm_accept();
         Ok(())
+    }
+
+    fn pause_accept(&mut self) {
+        if self.accept_armed {
+            // The multishot accept would go on taking sockets (and descriptors); it is
+            // armed again by the next `accept`.
+            let entry = opcode::AsyncCancel2::new(CancelBuilder::user_data(K_ACCEPT << 56).all())
+                .build()
+                .user_data(K_MISC << 56);
+            self.push(entry);
+        }
     }
 
     fn stop_listening(&mut self) {

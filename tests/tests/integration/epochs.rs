@@ -297,6 +297,8 @@ fn client_publishes_with_the_disk_store_are_answered_after_the_commit() {
     for i in 1..=20u64 {
         ws.send_json(&json!({"op": "pub", "channel": "w", "content": format!("w{i}")}));
     }
+    // The first message starts the stream (an empty one shows no epoch).
+    assert!(wait_until(TIMEOUT, || s.channel_info("w")["seq"].as_u64() > Some(0)));
     let e = s.epoch("w");
     let mut oks = 0;
     let mut datas = 0;

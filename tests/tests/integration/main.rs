@@ -2,6 +2,7 @@
 //! on ephemeral loopback ports (see the harness in `tests/src/lib.rs`), so they all run in
 //! parallel in this one test binary.
 
+mod abuse;
 mod admin;
 mod auth;
 mod bad_input;

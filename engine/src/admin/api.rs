@@ -1,0 +1,370 @@
+//! The admin API's routes: publish, broadcast, close, clear, sign, info, channels,
+//! metrics, and the JSON views the control socket answers with too.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use protocol::http::{self, Method};
+use protocol::message::{self, Message};
+use protocol::query::Query;
+
+use super::Reply;
+use crate::auth;
+use crate::server::Shared;
+use crate::store::Commit;
+
+/// Default and largest `limit` of `/channels`.
+pub const DEFAULT_LISTING: usize = 1000;
+/// Longest `ttl` accepted by `/sign` (seconds).
+pub const MAX_TOKEN_TTL: u64 = 366 * 86_400;
+/// Longest `prefix` of `/channels`.
+const MAX_PREFIX: usize = 128;
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorized(shared: &Shared, req: &http::Request<'_, '_>) -> bool {
+    let token = &shared.cfg.admin_token;
+    if token.is_empty() {
+        return true;
+    }
+    let Some(value) = req.header("authorization") else {
+        return false;
+    };
+    let Some(given) = value
+        .strip_prefix(b"Bearer ")
+        .or_else(|| value.strip_prefix(b"bearer "))
+    else {
+        return false;
+    };
+    constant_time_eq(given, token.as_bytes())
+}
+
+/// Answers one request; the ticket is the disk-store commit the answer waits for (0 for
+/// none).
+pub(super) fn route(shared: &Shared, req: &http::Request<'_, '_>, body: &[u8]) -> (Reply, u64) {
+    if req.path() == "/pub" && authorized(shared, req) && req.method != Method::Head {
+        if let Ok(q) = Query::parse(req.query()) {
+            if matches!(req.method, Method::Get | Method::Post) {
+                return publish(shared, &q, body);
+            }
+        }
+    }
+    (route_other(shared, req, body), 0)
+}
+
+fn route_other(shared: &Shared, req: &http::Request<'_, '_>, body: &[u8]) -> Reply {
+    if !authorized(shared, req) {
+        let mut r = Reply::error(
+            401,
+            "admin token required (Authorization: Bearer <admin_token>)",
+        );
+        r.extra.push(("WWW-Authenticate", "Bearer".into()));
+        return r;
+    }
+    let q = match Query::parse(req.query()) {
+        Ok(q) => q,
+        Err(e) => return Reply::error(400, e.reason()),
+    };
+    let path = req.path();
+    let allowed: &[Method] = match path {
+        "/pub" => &[Method::Get, Method::Post],
+        "/broadcast" | "/close" | "/clear" => &[Method::Post],
+        "/sign" | "/info" | "/channels" | "/metrics" => &[Method::Get],
+        _ => return Reply::error(404, "no such endpoint"),
+    };
+    if !allowed.contains(&req.method) {
+        let mut r = Reply::error(405, "method not allowed");
+        let allow: Vec<&str> = allowed.iter().map(|m| m.as_str()).collect();
+        r.extra.push(("Allow", allow.join(", ")));
+        return r;
+    }
+    match path {
+        "/pub" => publish(shared, &q, body).0,
+        "/broadcast" => {
+            let content = match body_text(body, &q) {
+                Ok(c) => c,
+                Err(r) => return r,
+            };
+            match shared.broadcast(content) {
+                Ok(n) => Reply::json(200, serde_json::json!({"type": "ok", "channels": n})),
+                Err(e) => Reply::hub_error(e),
+            }
+        }
+        "/close" | "/clear" => {
+            let name = match channel(&q) {
+                Ok(n) => n,
+                Err(r) => return r,
+            };
+            let result = if path == "/close" {
+                shared.close_channel(&name)
+            } else {
+                shared.clear(&name)
+            };
+            match result {
+                Ok(()) => Reply::json(200, serde_json::json!({"type": "ok", "channel": name})),
+                Err(e) => Reply::hub_error(e),
+            }
+        }
+        "/sign" => sign(shared, &q),
+        "/info" => info(shared, &q),
+        "/channels" => {
+            let prefix = q.get("prefix").unwrap_or("");
+            if prefix.len() > MAX_PREFIX {
+                return Reply::error(400, "prefix too long");
+            }
+            let limit = match q.get("limit").map(str::parse::<usize>) {
+                None => DEFAULT_LISTING,
+                Some(Ok(n)) if n > 0 => n.min(crate::hub::MAX_LISTING),
+                Some(_) => return Reply::error(400, "limit must be a positive integer"),
+            };
+            let list: Vec<serde_json::Value> = shared
+                .hub
+                .channels(prefix, limit)
+                .into_iter()
+                .map(|c| channel_json(&c))
+                .collect();
+            Reply::json(
+                200,
+                serde_json::json!({"type": "channels", "channels": list}),
+            )
+        }
+        "/metrics" => {
+            let t = shared.hub.totals();
+            let text = shared.snapshot().prometheus(
+                t.channels,
+                t.subscriptions,
+                shared
+                    .hub
+                    .published
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            );
+            Reply {
+                status: 200,
+                content_type: "text/plain; version=0.0.4",
+                body: text.into_bytes(),
+                extra: Vec::new(),
+            }
+        }
+        _ => Reply::error(404, "no such endpoint"),
+    }
+}
+
+fn channel(q: &Query<'_>) -> Result<String, Reply> {
+    let name = q
+        .get_any(&["channel", "cname"])
+        .ok_or_else(|| Reply::error(400, "missing channel"))?;
+    message::validate_channel(name).map_err(|e| Reply::error(400, &e.to_string()))?;
+    Ok(name.to_string())
+}
+
+fn body_text<'a>(body: &'a [u8], q: &'a Query<'_>) -> Result<&'a str, Reply> {
+    if body.is_empty() {
+        if let Some(c) = q.get("content") {
+            return Ok(c);
+        }
+    }
+    std::str::from_utf8(body).map_err(|_| Reply::error(400, "content must be UTF-8"))
+}
+
+/// `key=`: 1-128 visible ASCII characters.
+fn idempotency_key<'a>(q: &'a Query<'_>) -> Result<Option<&'a str>, Reply> {
+    match q.get("key") {
+        None => Ok(None),
+        Some(k)
+            if !k.is_empty()
+                && k.len() <= crate::hub::MAX_IDEMPOTENCY_KEY
+                && k.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            Ok(Some(k))
+        }
+        Some(_) => Err(Reply::error(
+            400,
+            "key must be 1-128 visible ASCII characters",
+        )),
+    }
+}
+
+fn publish(shared: &Shared, q: &Query<'_>, body: &[u8]) -> (Reply, u64) {
+    let name = match channel(q) {
+        Ok(n) => n,
+        Err(r) => return (r, 0),
+    };
+    let content = match body_text(body, q) {
+        Ok(c) => c,
+        Err(r) => return (r, 0),
+    };
+    let key = match idempotency_key(q) {
+        Ok(k) => k,
+        Err(r) => return (r, 0),
+    };
+    match shared.publish(&name, content, key, Commit::ByCaller) {
+        Ok(a) => (
+            Reply::envelope(
+                200,
+                &Message::Ok {
+                    channel: &name,
+                    seq: a.seq,
+                    epoch: a.epoch.as_str(),
+                    duplicate: a.duplicate,
+                },
+            ),
+            a.ticket,
+        ),
+        Err(e) => (Reply::hub_error(e), 0),
+    }
+}
+
+/// Channel names or patterns from a comma list (`*` allowed).
+fn name_list<'a>(raw: &'a str, what: &str) -> Result<Vec<&'a str>, Reply> {
+    let mut names = Vec::new();
+    for name in raw.split(',') {
+        // Patterns are allowed in tokens: validate the name with `*` taken out.
+        let plain: String = name.chars().filter(|&c| c != '*').collect();
+        if name != "*" {
+            if let Err(e) = message::validate_channel(&plain) {
+                return Err(Reply::error(400, &format!("{what}: {e}")));
+            }
+        }
+        names.push(name);
+    }
+    Ok(names)
+}
+
+fn sign(shared: &Shared, q: &Query<'_>) -> Reply {
+    if shared.cfg.token_secret.is_empty() {
+        return Reply::error(400, "token_secret is not configured");
+    }
+    let Some(raw) = q.get_any(&["channel", "cname"]) else {
+        return Reply::error(400, "missing channel");
+    };
+    let names = match name_list(raw, "channel") {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let publish = match q.get("pub").filter(|p| !p.is_empty()) {
+        None => Vec::new(),
+        Some(p) => match name_list(p, "pub") {
+            Ok(n) => n,
+            Err(r) => return r,
+        },
+    };
+    let sub = q.get("sub").filter(|s| !s.is_empty());
+    if sub.is_some_and(|s| s.len() > auth::MAX_SUB_LEN) {
+        return Reply::error(400, "sub longer than 256 bytes");
+    }
+    let ttl = match q.get("ttl").map(str::parse::<u64>) {
+        None => shared.cfg.token_ttl_secs,
+        Some(Ok(n)) if n > 0 && n <= MAX_TOKEN_TTL => n,
+        Some(_) => {
+            return Reply::error(400, &format!("ttl must be 1..={MAX_TOKEN_TTL} seconds"));
+        }
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let expires = now + ttl;
+    let claim = auth::Claim {
+        channels: &names,
+        publish: &publish,
+        sub,
+    };
+    let token = auth::sign(&claim, expires, shared.cfg.token_secret.as_bytes());
+    Reply::json(
+        200,
+        serde_json::json!({"type": "sign", "channel": raw, "token": token, "expires": expires}),
+    )
+}
+
+fn channel_json(c: &crate::hub::ChannelInfo) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "channel": c.name,
+        "seq": c.seq,
+        "subscribers": c.subscribers,
+        "buffered": c.buffered,
+    });
+    if c.epoch.is_some() {
+        v["epoch"] = c.epoch.as_str().into();
+    }
+    v
+}
+
+/// Server totals as JSON (also used by the control socket's `stats`).
+pub fn totals_json(shared: &Shared) -> serde_json::Value {
+    let snap = shared.snapshot();
+    let t = shared.hub.totals();
+    let mut by_transport = serde_json::Map::new();
+    for tr in crate::metrics::Transport::ALL {
+        by_transport.insert(tr.as_str().into(), snap.conns[tr as usize].into());
+    }
+    serde_json::json!({
+        "type": "info",
+        "node": shared.node_id,
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_secs": shared.started.elapsed().as_secs(),
+        "workers": shared.inboxes.len(),
+        "connections": snap.connections(),
+        "by_transport": by_transport,
+        "channels": t.channels,
+        "subscriptions": t.subscriptions,
+        "buffered": t.buffered,
+        "published": shared.hub.published.load(std::sync::atomic::Ordering::Relaxed),
+        "delivered": snap.get(crate::metrics::Counter::Delivered),
+        "slow_consumer_closes": snap.get(crate::metrics::Counter::SlowConsumer),
+        "draining": shared.draining.load(std::sync::atomic::Ordering::Relaxed),
+        "cluster": shared.cluster.as_ref().map(|c| serde_json::json!({
+            "node": c.node_id,
+            "redis": if c.up.load(std::sync::atomic::Ordering::Relaxed) { "up" } else { "down" },
+            "received": c.received.load(std::sync::atomic::Ordering::Relaxed),
+            "errors": c.errors.load(std::sync::atomic::Ordering::Relaxed),
+        })),
+        "history_store": shared.hub.store().map(|s| serde_json::json!({
+            "batches": s.batches.load(std::sync::atomic::Ordering::Relaxed),
+            "committed": s.committed(),
+            "failed": s.failed(),
+        })),
+        "idempotency_evicted": shared.hub.idem_evicted.load(std::sync::atomic::Ordering::Relaxed),
+    })
+}
+
+/// One channel's figures as JSON (zeros for an unknown channel); cluster-wide in a
+/// cluster, with `"cluster"` saying whether Redis could be asked.
+pub fn channel_info_json(shared: &Shared, name: &str) -> serde_json::Value {
+    let (info, cluster) = shared.channel_info(name);
+    let mut v = serde_json::json!({
+        "type": "info",
+        "channel": info.name,
+        "seq": info.seq,
+        "subscribers": info.subscribers,
+        "buffered": info.buffered,
+    });
+    if info.epoch.is_some() {
+        v["epoch"] = info.epoch.as_str().into();
+    }
+    match cluster {
+        None => {}
+        Some(Ok(())) => {
+            v["cluster"] = "ok".into();
+            v["local_subscribers"] = shared.hub.info(name).map_or(0, |i| i.subscribers).into();
+        }
+        Some(Err(e)) => {
+            v["cluster"] = format!("unavailable: {e}").into();
+        }
+    }
+    v
+}
+
+fn info(shared: &Shared, q: &Query<'_>) -> Reply {
+    match q.get_any(&["channel", "cname"]) {
+        None => Reply::json(200, totals_json(shared)),
+        Some(name) => {
+            if let Err(e) = message::validate_channel(name) {
+                return Reply::error(400, &e.to_string());
+            }
+            Reply::json(200, channel_info_json(shared, name))
+        }
+    }
+}
