@@ -295,6 +295,9 @@ pub struct Ext {
     pub partial_since: Option<std::time::Instant>,
     /// After the token expired: when the connection closes without a `refresh`.
     pub token_deadline: Option<std::time::Instant>,
+    /// The earliest check (message timeout, token) waiting in the timer wheel: one
+    /// pending check per connection, however often its deadlines move.
+    pub check_at: Option<std::time::Instant>,
 }
 
 impl Ext {

@@ -377,9 +377,21 @@ impl<B: Backend> Worker<B> {
         self.schedule_check(slot, self.now + left);
     }
 
+    /// Makes sure a check runs by `at`: a check already due sooner does it (and
+    /// schedules what is left), so a connection has one entry in the wheel at a time.
     fn schedule_check(&mut self, slot: usize, at: Instant) {
         let token = token_of(slot, self.conns[slot].generation);
+        let ext = self.conns[slot].ext();
+        if ext.check_at.is_some_and(|t| t <= at) {
+            return;
+        }
+        ext.check_at = Some(at);
         self.wheel.insert(at, token | CHECK_TAG);
+    }
+
+    /// `at` has come (the wheel fires up to a tick early).
+    fn due(&self, at: Instant) -> bool {
+        self.now + crate::timer::TICK >= at
     }
 
     /// After WebSocket input: a message begun is timed, a finished one is not.
@@ -411,12 +423,23 @@ impl<B: Backend> Worker<B> {
 
     /// A check came due: an unfinished message, an expired token.
     pub(super) fn on_check(&mut self, slot: usize) {
-        let conn = &self.conns[slot];
-        let Some(ext) = conn.ext.as_ref() else {
+        let now = self.now;
+        let conn = &mut self.conns[slot];
+        let (ws, poll) = (conn.state.is_ws(), conn.state == State::Poll);
+        let Some(ext) = conn.ext.as_mut() else {
             return;
         };
-        if let Some(since) = ext.partial_since {
-            if conn.state.is_ws() && self.now >= since + self.message_timeout() {
+        match ext.check_at {
+            Some(t) if now + crate::timer::TICK >= t => ext.check_at = None,
+            // Superseded by a sooner check, which ran and scheduled what was left.
+            _ => return,
+        }
+        let partial = ext.partial_since;
+        let exp = ext.grant.as_ref().map(|g| g.exp);
+        let token_deadline = ext.token_deadline;
+        if let (Some(since), true) = (partial, ws) {
+            let at = since + self.message_timeout();
+            if self.due(at) {
                 self.stats.inc(Counter::MessageTimeout);
                 self.ws_fail(
                     slot,
@@ -425,20 +448,23 @@ impl<B: Backend> Worker<B> {
                 );
                 return;
             }
+            self.schedule_check(slot, at);
         }
-        let Some(exp) = ext.grant.as_ref().map(|g| g.exp) else {
-            return;
-        };
-        if conn.state == State::Poll {
-            return;
+        match exp {
+            Some(exp) if !poll => self.check_expiry(slot, exp, token_deadline),
+            _ => {}
         }
+    }
+
+    /// The token part of a check: notice at `exp`, close at the deadline.
+    fn check_expiry(&mut self, slot: usize, exp: u64, deadline: Option<Instant>) {
         if exp > unix_now() {
             // Early (the wheel's granularity, a clock step): look again at `exp`.
             let at = self.now + until_unix(exp);
             self.schedule_check(slot, at);
             return;
         }
-        match ext.token_deadline {
+        match deadline {
             None => {
                 let grace = crate::config::secs(self.shared.cfg.token_grace_secs);
                 let deadline = self.now + grace;
@@ -450,7 +476,7 @@ impl<B: Backend> Worker<B> {
                 };
                 self.send_envelope(slot, &notice);
             }
-            Some(d) if self.now >= d => {
+            Some(d) if self.due(d) => {
                 self.stats.inc(Counter::TokenExpired);
                 self.end(slot, CloseCode::POLICY, "token expired");
             }
