@@ -14,13 +14,9 @@ use serde::Deserialize;
 use sha2::Sha256;
 
 use crate::config::pattern_matches;
+use crate::limits::{MAX_SUB_LEN, MAX_TOKEN_LEN};
 
 type HmacSha256 = Hmac<Sha256>;
-
-/// Longest token accepted (bytes).
-pub const MAX_TOKEN_LEN: usize = 4096;
-/// Longest `sub` claim (it is stamped on every message the client publishes).
-pub const MAX_SUB_LEN: usize = 256;
 
 /// Why a token is refused (the subscriber gets 401, or close 1008 on WebSocket).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,6 +10,9 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::limits::{
+    MAX_ADMIN_CONNECTIONS, MAX_HISTORY_SIZE, MAX_MESSAGE_BYTES_LIMIT, MAX_SECS, MAX_WORKERS,
+};
 use crate::log::{self, Level};
 
 /// Which reactor drives the workers.
@@ -297,17 +300,6 @@ pub const LIVE_KEYS: &[&str] = &[
     "log_level",
     "accept_pause_ms",
 ];
-
-/// Largest value accepted for any `*_secs` key (one year).
-pub const MAX_SECS: f64 = 365.0 * 86_400.0;
-/// Largest `history_size`.
-pub const MAX_HISTORY_SIZE: usize = 1_000_000;
-/// Largest `max_message_bytes` (the conformance suite needs 16 MiB messages).
-pub const MAX_MESSAGE_BYTES_LIMIT: usize = 64 * 1024 * 1024;
-/// Most worker threads.
-pub const MAX_WORKERS: usize = 256;
-/// Largest `admin_max_connections`.
-pub const MAX_ADMIN_CONNECTIONS: usize = 65_536;
 
 impl Config {
     /// Reads a TOML file.

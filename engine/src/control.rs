@@ -14,21 +14,14 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::admin::{channel_info_json, totals_json};
 use crate::inbox::Cmd;
-use crate::server::{Shared, Stop};
+use crate::limits::{
+    CTL_DEFAULT_CONNS, MAX_CONNS_LISTING, MAX_CONTROL_CONNS, MAX_DRAIN_WAIT_SECS,
+    WORKER_REPLY_TIMEOUT,
+};
+use crate::shared::{Shared, Stop};
+use crate::views::{channel_info_json, channel_json, totals_json};
 use crate::{info, warn};
-
-/// Most control connections at once.
-pub const MAX_CONTROL_CONNS: usize = 32;
-/// Default and largest `conns` listing.
-pub const DEFAULT_CONNS: usize = 100;
-/// Largest `conns` limit.
-pub const MAX_CONNS_LISTING: usize = 100_000;
-/// How long `conns` and `kick` wait for a worker to answer.
-pub const WORKER_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
-/// Longest `drain` wait.
-pub const MAX_DRAIN_WAIT_SECS: u64 = 3600;
 
 /// The commands, with their help.
 pub const COMMANDS: &[(&str, &str)] = &[
@@ -186,9 +179,9 @@ pub fn handle(shared: &Shared, line: &str) -> Value {
         }
         "info" => match args.as_slice() {
             [] => totals_json(shared),
-            [name] => match protocol::message::validate_channel(name) {
-                Ok(()) => channel_info_json(shared, name),
-                Err(e) => error(400, &e.to_string()),
+            [name] => match channel_info_json(shared, name) {
+                Ok(v) => v,
+                Err(e) => error(e.status(), &e.reason()),
             },
             _ => error(400, "usage: info [channel]"),
         },
@@ -199,21 +192,15 @@ pub fn handle(shared: &Shared, line: &str) -> Value {
             }
             let list: Vec<Value> = shared
                 .hub
-                .channels(prefix, crate::admin::DEFAULT_LISTING)
-                .into_iter()
-                .map(|c| {
-                    let mut v = json!({"channel": c.name, "seq": c.seq, "subscribers": c.subscribers, "buffered": c.buffered});
-                    if c.epoch.is_some() {
-                        v["epoch"] = json!(c.epoch.as_str());
-                    }
-                    v
-                })
+                .channels(prefix, crate::limits::DEFAULT_LISTING)
+                .iter()
+                .map(channel_json)
                 .collect();
             json!({"type": "channels", "channels": list})
         }
         "conns" => {
             let limit = match args.as_slice() {
-                [] => DEFAULT_CONNS,
+                [] => CTL_DEFAULT_CONNS,
                 [n] => match n.parse::<usize>() {
                     Ok(n) if n > 0 => n.min(MAX_CONNS_LISTING),
                     _ => return error(400, "limit must be a positive integer"),
@@ -238,9 +225,6 @@ pub fn handle(shared: &Shared, line: &str) -> Value {
             let (name, content) = word(rest);
             if name.is_empty() {
                 return error(400, "usage: pub <channel> <content>");
-            }
-            if let Err(e) = protocol::message::validate_channel(name) {
-                return error(400, &e.to_string());
             }
             match shared.publish_wait(name, content, None) {
                 Ok(a) => {

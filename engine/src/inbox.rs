@@ -13,10 +13,6 @@ use std::sync::Arc;
 use crate::epoch::Epoch;
 use crate::msg::Msg;
 
-/// Most commands queued for one worker; a publish that would pass it is refused with 503
-/// rather than letting memory grow without bound.
-pub const MAX_INBOX: usize = 1 << 20;
-
 /// Something a worker can be woken with.
 pub trait Wake: Send + Sync {
     /// Wakes the worker's reactor.

@@ -34,6 +34,8 @@ pub mod metrics;
 pub mod msg;
 pub mod reactor;
 pub mod server;
+pub mod shared;
 pub mod store;
 pub mod timer;
+pub mod views;
 pub mod worker;

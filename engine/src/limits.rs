@@ -1,5 +1,12 @@
-//! The descriptor budget: how many subscriber connections fit in `RLIMIT_NOFILE` after
-//! everything else the process needs is kept aside.
+//! Every bound, budget and fixed timeout of the server, named once, each with its value
+//! and what it bounds. The bounds a deployment tunes are configuration keys instead
+//! (`config.rs`: each key with its default and doc); the README's "Limits and abuse"
+//! table lists both, with what a client gets when it hits one.
+//!
+//! # The descriptor budget
+//!
+//! How many subscriber connections fit in `RLIMIT_NOFILE` after everything else the
+//! process needs is kept aside.
 //!
 //! Subscriber sockets, admin connections, the control socket, Redis links and the disk
 //! store's files share one descriptor table. If subscribers could take all of it, the
@@ -7,12 +14,14 @@
 //! (the table full, "too many connections" never sent). So the server reads the limit at
 //! start, reserves what the rest needs, and `max_connections` defaults to what is left (a
 //! configured value above it is refused). Subscriber accepts reserve their slot before
-//! they accept ([`crate::server::Shared::reserve_conns`]), so the table never fills.
+//! they accept ([`crate::shared::Shared::reserve_conns`]), so the table never fills.
 //!
 //! With io_uring direct descriptors (`backend = "uring"`, `uring_direct = true`)
 //! subscriber sockets live in each ring's own table, capped at `RLIMIT_NOFILE` per worker:
 //! the budget is then `workers x that` (less room for refusals), each worker keeps to
 //! its own table, and the process table keeps its reserve.
+
+use std::time::Duration;
 
 use crate::config::{Config, HistoryStore};
 
@@ -36,6 +45,233 @@ pub const STORE_CACHED_FILES: usize = 128;
 pub const FD_STORE: u64 = STORE_CACHED_FILES as u64 + 32;
 /// The fewest subscriber connections a budget may leave (else the server does not start).
 pub const MIN_SUBSCRIBER_FDS: u64 = 16;
+
+// ------------------------------------------------------------ ports and accepting
+
+/// Listen backlog of the subscriber and admin sockets.
+pub const LISTEN_BACKLOG: i32 = 4096;
+
+/// Most connections accepted per turn.
+pub const ACCEPT_BATCH: usize = 512;
+
+/// Accept errors are logged at most once per this interval.
+pub const ACCEPT_WARN_INTERVAL: Duration = Duration::from_secs(10);
+
+// ------------------------------------------------------------ workers
+
+/// Size of the per-worker read buffer.
+pub const SCRATCH_BYTES: usize = 64 * 1024;
+
+/// Most bytes read from one connection per turn.
+pub const READ_BUDGET: usize = 256 * 1024;
+
+/// Most consecutive messages of one channel delivered together (one write per subscriber).
+pub const DELIVER_BATCH: usize = 64;
+
+/// Most inbox commands handled per turn.
+pub const INBOX_BATCH: usize = 1024;
+
+/// Most queued buffers offered to the backend at once.
+pub const WORKER_MAX_IOV: usize = 64;
+
+/// Upper bound on header fields (the configured `max_headers` is at most this).
+pub const HEADERS_CAP: usize = 256;
+
+/// Most commands queued for one worker; a publish that would pass it is refused with 503
+/// rather than letting memory grow without bound.
+pub const MAX_INBOX: usize = 1 << 20;
+
+// ------------------------------------------------------------ client operations
+
+/// Refusals past a rate limit after which a connection is closed.
+pub const REFUSALS_BEFORE_CLOSE: u32 = 100;
+
+/// How often idle rate-limit buckets are dropped.
+pub const LIMITER_SWEEP: Duration = Duration::from_secs(1);
+
+/// The soonest a token check is scheduled again.
+pub const MIN_CHECK_DELAY: Duration = Duration::from_millis(20);
+
+/// Longest token accepted (bytes).
+pub const MAX_TOKEN_LEN: usize = 4096;
+
+/// Longest `sub` claim (it is stamped on every message the client publishes).
+pub const MAX_SUB_LEN: usize = 256;
+
+// ------------------------------------------------------------ timers
+
+/// Length of one tick. Timers fire at most one tick late.
+pub const TICK: Duration = Duration::from_millis(10);
+
+/// Slots in the wheel (a power of two): one revolution is `SLOTS * TICK` (~41 s).
+pub const TIMER_SLOTS: usize = 4096;
+
+// ------------------------------------------------------------ channels
+
+/// Channels checked per [`Hub::sweep`] call (the sweep walks the table incrementally).
+pub const SWEEP_BATCH: usize = 4096;
+
+/// Most channels returned by one listing.
+pub const MAX_LISTING: usize = 100_000;
+
+/// Longest idempotency key.
+pub const MAX_IDEMPOTENCY_KEY: usize = 128;
+
+/// How often idle channels are swept.
+pub const SWEEP_EVERY: Duration = Duration::from_millis(250);
+
+// ------------------------------------------------------------ admin port
+
+/// Most bytes of output queued per admin connection before it stops reading.
+pub const MAX_ADMIN_OUTPUT: usize = 4 * 1024 * 1024;
+
+/// Most answers held for one connection before it stops being read.
+pub const MAX_HELD_ANSWERS: usize = 65_536;
+
+/// How often the admin thread looks for timed-out connections.
+pub const ADMIN_TIMEOUT_CHECK: Duration = Duration::from_millis(100);
+
+pub const ADMIN_READ_CHUNK: usize = 64 * 1024;
+
+/// Default and largest `limit` of `/channels`.
+pub const DEFAULT_LISTING: usize = 1000;
+
+/// Longest `prefix` of `/channels`.
+pub const MAX_PREFIX: usize = 128;
+
+// ------------------------------------------------------------ control socket
+
+/// Most control connections at once.
+pub const MAX_CONTROL_CONNS: usize = 32;
+
+/// Default and largest `conns` listing.
+pub const CTL_DEFAULT_CONNS: usize = 100;
+
+/// Largest `conns` limit.
+pub const MAX_CONNS_LISTING: usize = 100_000;
+
+/// How long `conns` and `kick` wait for a worker to answer.
+pub const WORKER_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Longest `drain` wait.
+pub const MAX_DRAIN_WAIT_SECS: u64 = 3600;
+
+// ------------------------------------------------------------ shutdown and the disk store
+
+/// How often the waiting main thread checks whether a drain has finished.
+pub const DRAIN_POLL: Duration = Duration::from_millis(20);
+
+/// Longest wait for a disk-store commit by a thread that answers after it.
+pub const STORE_WAIT: Duration = Duration::from_secs(10);
+
+/// How long a draining cluster node waits for its acknowledged publishes to come back
+/// through the feed before it closes its subscribers.
+pub const DRAIN_FEED_WAIT: Duration = Duration::from_secs(2);
+
+/// Attempts at writing one batch before the store is declared failed.
+pub const STORE_WRITE_ATTEMPTS: u32 = 5;
+
+/// Pause between those attempts.
+pub const STORE_RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// Most ops written in one batch (a larger queue is written in several).
+pub const STORE_MAX_BATCH_OPS: usize = 65_536;
+
+// ------------------------------------------------------------ memory
+
+/// Frees (connections closed, channels dropped) on a thread after which it gives
+/// memory back.
+pub const RELEASE_AFTER_FREES: u64 = 1024;
+
+/// How often a thread looks at its free count (mimalloc's own delay is 10-100 ms).
+pub const RELEASE_CHECK: Duration = Duration::from_secs(1);
+
+/// Tables with room for more than this many entries shrink when three quarters empty.
+pub const SHRINK_ABOVE: usize = 4096;
+
+// ------------------------------------------------------------ bounds on configuration values
+
+/// Largest value accepted for any `*_secs` key (one year).
+pub const MAX_SECS: f64 = 365.0 * 86_400.0;
+
+/// Largest `history_size`.
+pub const MAX_HISTORY_SIZE: usize = 1_000_000;
+
+/// Largest `max_message_bytes` (the conformance suite needs 16 MiB messages).
+pub const MAX_MESSAGE_BYTES_LIMIT: usize = 64 * 1024 * 1024;
+
+/// Most worker threads.
+pub const MAX_WORKERS: usize = 256;
+
+/// Largest `admin_max_connections`.
+pub const MAX_ADMIN_CONNECTIONS: usize = 65_536;
+
+// ------------------------------------------------------------ redis
+
+/// How often a node reports its subscriber counts.
+pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A node whose last report is older than this is considered gone.
+pub const NODE_TTL: u64 = 5;
+
+/// Most jobs waiting for the helper thread; past it a worker's request is answered 503.
+pub const MAX_HELPER_JOBS: usize = 65_536;
+
+/// The feed is pinged after this long without traffic, to notice a dead link.
+pub const FEED_IDLE_PING: Duration = Duration::from_secs(5);
+
+/// Channels re-seeded / filled in per Redis call after a reconnect.
+pub const RESEED_BATCH: usize = 500;
+
+/// How long connecting to Redis may take.
+pub const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Read and write timeout of the command connections.
+pub const REDIS_IO_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// First reconnect backoff after a failed connect.
+pub const REDIS_MIN_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Largest reconnect backoff.
+pub const REDIS_MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Most jobs sent in one pipeline.
+pub const HELPER_BATCH: usize = 512;
+
+/// How often reads waiting for Redis are tried again.
+pub const HELPER_RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+// ------------------------------------------------------------ reactor backends
+
+/// Readiness events fetched per wait.
+pub const EPOLL_EVENTS: usize = 1024;
+
+/// Most buffers in one `writev`.
+pub const EPOLL_MAX_IOV: usize = 64;
+
+/// Submission queue entries per worker ring.
+pub const URING_SQ_ENTRIES: u32 = 4096;
+
+/// Completion queue size as a multiple of the submission queue.
+pub const URING_CQ_FACTOR: u32 = 4;
+
+/// Provided buffers per worker.
+pub const URING_BUFFERS: u16 = 128;
+
+/// Size of each provided buffer.
+pub const URING_BUFFER_SIZE: usize = 4096;
+
+/// Most buffers gathered into one SENDMSG.
+pub const URING_MAX_SEND_IOV: usize = 64;
+
+/// How long a send may still run after its connection was closed (the peer then gets
+/// what was written before the close, as with epoll) before it is cancelled.
+pub const URING_CLOSE_SEND_GRACE: Duration = Duration::from_secs(2);
+
+/// How long shutdown waits for in-flight operations.
+pub const URING_SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
+
+// ------------------------------------------------------------ the descriptor budget
 
 /// How the descriptor table is shared out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,7 +309,7 @@ pub fn fd_budget(cfg: &Config, workers: usize, limit: u64, ring_slots: Option<us
         + FD_ADMIN
         + cfg.admin_max_connections as u64
         + FD_CONTROL
-        + crate::control::MAX_CONTROL_CONNS as u64;
+        + crate::limits::MAX_CONTROL_CONNS as u64;
     if !cfg.cluster.redis_url.is_empty() {
         reserved += FD_CLUSTER;
     }

@@ -6,15 +6,7 @@
 //! channels has left would keep that memory. So the threads that free in bulk call
 //! [`release_freed`] once they are done.
 
-use std::time::Duration;
-
-/// Frees (connections closed, channels dropped) on a thread after which it gives
-/// memory back.
-pub const RELEASE_AFTER_FREES: u64 = 1024;
-/// Tables with room for more than this many entries shrink when three quarters empty.
-pub const SHRINK_ABOVE: usize = 4096;
-/// How often a thread looks at its free count (mimalloc's own delay is 10-100 ms).
-pub const RELEASE_CHECK: Duration = Duration::from_secs(1);
+use crate::limits::SHRINK_ABOVE;
 
 /// Returns this thread's freed pages to the OS now, taking in the blocks other threads
 /// freed for it first (a no-op for other allocators). Measured on a flood of 50,000

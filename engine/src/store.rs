@@ -54,14 +54,8 @@ use crate::config::Live;
 use crate::epoch::Epoch;
 use crate::hub::{Hub, Op};
 use crate::inbox::Wake;
+use crate::limits::{STORE_MAX_BATCH_OPS, STORE_RETRY_PAUSE, STORE_WRITE_ATTEMPTS};
 use crate::{error, warn};
-
-/// Attempts at writing one batch before the store is declared failed.
-pub const WRITE_ATTEMPTS: u32 = 5;
-/// Pause between those attempts.
-pub const WRITE_RETRY_PAUSE: Duration = Duration::from_millis(100);
-/// Most ops written in one batch (a larger queue is written in several).
-pub const MAX_BATCH_OPS: usize = 65_536;
 
 /// What the store held at start.
 #[derive(Debug, Default)]
@@ -649,13 +643,13 @@ impl Store {
         }
     }
 
-    /// Takes what is queued (at most [`MAX_BATCH_OPS`]); `None` when nothing is.
+    /// Takes what is queued (at most [`STORE_MAX_BATCH_OPS`]); `None` when nothing is.
     fn take_batch(&self) -> Option<(Vec<Op>, u64)> {
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         if q.ops.is_empty() {
             return None;
         }
-        let n = q.ops.len().min(MAX_BATCH_OPS);
+        let n = q.ops.len().min(STORE_MAX_BATCH_OPS);
         let rest = q.ops.split_off(n);
         let ops = std::mem::replace(&mut q.ops, rest);
         let last = q.last_ticket - q.ops.len() as u64;
@@ -743,9 +737,9 @@ impl Store {
     fn write_with_retries(&self, db: &Db, ops: &[Op]) -> Result<(), String> {
         let history_size = self.live.history_size();
         let mut last = String::new();
-        for attempt in 0..WRITE_ATTEMPTS {
+        for attempt in 0..STORE_WRITE_ATTEMPTS {
             if attempt > 0 {
-                thread::sleep(WRITE_RETRY_PAUSE);
+                thread::sleep(STORE_RETRY_PAUSE);
             }
             match db.write(ops, history_size, self.durability) {
                 Ok(()) => return Ok(()),

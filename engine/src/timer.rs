@@ -1,6 +1,6 @@
 //! A hashed timing wheel: O(1) insert and cancel, one per worker.
 //!
-//! Time is cut into ticks of [`TICK`]; a deadline goes into slot `tick % SLOTS`, in a
+//! Time is cut into ticks of [`TICK`]; a deadline goes into slot `tick % TIMER_SLOTS`, in a
 //! doubly linked list threaded through a flat entry table (24 bytes per timer, no
 //! allocation per insert once the table has grown). [`TimerWheel::advance`] walks the
 //! slots between the last tick and now and fires the entries whose tick has come; entries
@@ -12,12 +12,8 @@
 //! Heartbeats are jittered with [`jitter`] so that a million connections accepted in the
 //! same second do not all ping in the same tick.
 
+use crate::limits::{TICK, TIMER_SLOTS};
 use std::time::{Duration, Instant};
-
-/// Length of one tick. Timers fire at most one tick late.
-pub const TICK: Duration = Duration::from_millis(10);
-/// Slots in the wheel (a power of two): one revolution is `SLOTS * TICK` (~41 s).
-pub const SLOTS: usize = 4096;
 
 const NIL: u32 = u32::MAX;
 
@@ -64,7 +60,7 @@ impl TimerWheel {
         TimerWheel {
             origin,
             current: 0,
-            slots: vec![NIL; SLOTS].into_boxed_slice(),
+            slots: vec![NIL; TIMER_SLOTS].into_boxed_slice(),
             entries: Vec::new(),
             free: NIL,
             len: 0,
@@ -83,7 +79,7 @@ impl TimerWheel {
 
     /// Bytes held by the wheel's tables (for memory accounting).
     pub fn memory(&self) -> usize {
-        self.entries.capacity() * std::mem::size_of::<Entry>() + SLOTS * 4
+        self.entries.capacity() * std::mem::size_of::<Entry>() + TIMER_SLOTS * 4
     }
 
     fn tick_of(&self, at: Instant) -> u64 {
@@ -112,7 +108,7 @@ impl TimerWheel {
             });
             (self.entries.len() - 1) as u32
         };
-        let slot = (tick as usize) & (SLOTS - 1);
+        let slot = (tick as usize) & (TIMER_SLOTS - 1);
         let head = self.slots[slot];
         self.entries[idx as usize] = Entry {
             tick,
@@ -149,7 +145,7 @@ impl TimerWheel {
         if e.prev != NIL {
             self.entries[e.prev as usize].next = e.next;
         } else {
-            let slot = (e.tick as usize) & (SLOTS - 1);
+            let slot = (e.tick as usize) & (TIMER_SLOTS - 1);
             debug_assert_eq!(self.slots[slot], idx, "list head must be this entry");
             self.slots[slot] = e.next;
         }
@@ -174,10 +170,10 @@ impl TimerWheel {
     pub fn advance(&mut self, now: Instant, fired: &mut Vec<(TimerId, u64)>) {
         let target = self.tick_of(now).saturating_sub(1).max(self.current);
         // Ticks strictly before `now` are due; walk at most one revolution of slots.
-        let steps = (target - self.current).min(SLOTS as u64);
+        let steps = (target - self.current).min(TIMER_SLOTS as u64);
         for step in 1..=steps {
             let tick = self.current + step;
-            let slot = (tick as usize) & (SLOTS - 1);
+            let slot = (tick as usize) & (TIMER_SLOTS - 1);
             let mut idx = self.slots[slot];
             while idx != NIL {
                 let e = self.entries[idx as usize];
@@ -296,7 +292,7 @@ mod tests {
     fn far_deadlines_wait_for_their_round() {
         let t0 = Instant::now();
         let mut w = TimerWheel::new(t0);
-        let rev = TICK * SLOTS as u32;
+        let rev = TICK * TIMER_SLOTS as u32;
         w.insert(t0 + rev + Duration::from_millis(30), 7);
         w.insert(t0 + rev * 3, 8);
         assert!(fire(&mut w, t0 + Duration::from_millis(100)).is_empty());

@@ -9,15 +9,13 @@ use protocol::query::Query;
 
 use super::Reply;
 use crate::auth;
-use crate::server::Shared;
+use crate::limits::{DEFAULT_LISTING, MAX_PREFIX};
+use crate::shared::Shared;
 use crate::store::Commit;
+use crate::views::{channel_info_json, channel_json, totals_json};
 
-/// Default and largest `limit` of `/channels`.
-pub const DEFAULT_LISTING: usize = 1000;
 /// Longest `ttl` accepted by `/sign` (seconds).
 pub const MAX_TOKEN_TTL: u64 = 366 * 86_400;
-/// Longest `prefix` of `/channels`.
-const MAX_PREFIX: usize = 128;
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -118,7 +116,7 @@ fn route_other(shared: &Shared, req: &http::Request<'_, '_>, body: &[u8]) -> Rep
             }
             let limit = match q.get("limit").map(str::parse::<usize>) {
                 None => DEFAULT_LISTING,
-                Some(Ok(n)) if n > 0 => n.min(crate::hub::MAX_LISTING),
+                Some(Ok(n)) if n > 0 => n.min(crate::limits::MAX_LISTING),
                 Some(_) => return Reply::error(400, "limit must be a positive integer"),
             };
             let list: Vec<serde_json::Value> = shared
@@ -157,7 +155,7 @@ fn channel(q: &Query<'_>) -> Result<String, Reply> {
     let name = q
         .get_any(&["channel", "cname"])
         .ok_or_else(|| Reply::error(400, "missing channel"))?;
-    message::validate_channel(name).map_err(|e| Reply::error(400, &e.to_string()))?;
+    // (The name is checked where it is used: `Shared`'s entry points.)
     Ok(name.to_string())
 }
 
@@ -176,7 +174,7 @@ fn idempotency_key<'a>(q: &'a Query<'_>) -> Result<Option<&'a str>, Reply> {
         None => Ok(None),
         Some(k)
             if !k.is_empty()
-                && k.len() <= crate::hub::MAX_IDEMPOTENCY_KEY
+                && k.len() <= crate::limits::MAX_IDEMPOTENCY_KEY
                 && k.bytes().all(|b| b.is_ascii_graphic()) =>
         {
             Ok(Some(k))
@@ -253,7 +251,7 @@ fn sign(shared: &Shared, q: &Query<'_>) -> Reply {
         },
     };
     let sub = q.get("sub").filter(|s| !s.is_empty());
-    if sub.is_some_and(|s| s.len() > auth::MAX_SUB_LEN) {
+    if sub.is_some_and(|s| s.len() > crate::limits::MAX_SUB_LEN) {
         return Reply::error(400, "sub longer than 256 bytes");
     }
     let ttl = match q.get("ttl").map(str::parse::<u64>) {
@@ -279,92 +277,12 @@ fn sign(shared: &Shared, q: &Query<'_>) -> Reply {
     )
 }
 
-fn channel_json(c: &crate::hub::ChannelInfo) -> serde_json::Value {
-    let mut v = serde_json::json!({
-        "channel": c.name,
-        "seq": c.seq,
-        "subscribers": c.subscribers,
-        "buffered": c.buffered,
-    });
-    if c.epoch.is_some() {
-        v["epoch"] = c.epoch.as_str().into();
-    }
-    v
-}
-
-/// Server totals as JSON (also used by the control socket's `stats`).
-pub fn totals_json(shared: &Shared) -> serde_json::Value {
-    let snap = shared.snapshot();
-    let t = shared.hub.totals();
-    let mut by_transport = serde_json::Map::new();
-    for tr in crate::metrics::Transport::ALL {
-        by_transport.insert(tr.as_str().into(), snap.conns[tr as usize].into());
-    }
-    serde_json::json!({
-        "type": "info",
-        "node": shared.node_id,
-        "version": env!("CARGO_PKG_VERSION"),
-        "uptime_secs": shared.started.elapsed().as_secs(),
-        "workers": shared.inboxes.len(),
-        "connections": snap.connections(),
-        "by_transport": by_transport,
-        "channels": t.channels,
-        "subscriptions": t.subscriptions,
-        "buffered": t.buffered,
-        "published": shared.hub.published.load(std::sync::atomic::Ordering::Relaxed),
-        "delivered": snap.get(crate::metrics::Counter::Delivered),
-        "slow_consumer_closes": snap.get(crate::metrics::Counter::SlowConsumer),
-        "draining": shared.draining.load(std::sync::atomic::Ordering::Relaxed),
-        "cluster": shared.cluster.as_ref().map(|c| serde_json::json!({
-            "node": c.node_id,
-            "redis": if c.up.load(std::sync::atomic::Ordering::Relaxed) { "up" } else { "down" },
-            "received": c.received.load(std::sync::atomic::Ordering::Relaxed),
-            "errors": c.errors.load(std::sync::atomic::Ordering::Relaxed),
-        })),
-        "history_store": shared.hub.store().map(|s| serde_json::json!({
-            "batches": s.batches.load(std::sync::atomic::Ordering::Relaxed),
-            "committed": s.committed(),
-            "failed": s.failed(),
-        })),
-        "idempotency_evicted": shared.hub.idem_evicted.load(std::sync::atomic::Ordering::Relaxed),
-    })
-}
-
-/// One channel's figures as JSON (zeros for an unknown channel); cluster-wide in a
-/// cluster, with `"cluster"` saying whether Redis could be asked.
-pub fn channel_info_json(shared: &Shared, name: &str) -> serde_json::Value {
-    let (info, cluster) = shared.channel_info(name);
-    let mut v = serde_json::json!({
-        "type": "info",
-        "channel": info.name,
-        "seq": info.seq,
-        "subscribers": info.subscribers,
-        "buffered": info.buffered,
-    });
-    if info.epoch.is_some() {
-        v["epoch"] = info.epoch.as_str().into();
-    }
-    match cluster {
-        None => {}
-        Some(Ok(())) => {
-            v["cluster"] = "ok".into();
-            v["local_subscribers"] = shared.hub.info(name).map_or(0, |i| i.subscribers).into();
-        }
-        Some(Err(e)) => {
-            v["cluster"] = format!("unavailable: {e}").into();
-        }
-    }
-    v
-}
-
 fn info(shared: &Shared, q: &Query<'_>) -> Reply {
     match q.get_any(&["channel", "cname"]) {
         None => Reply::json(200, totals_json(shared)),
-        Some(name) => {
-            if let Err(e) = message::validate_channel(name) {
-                return Reply::error(400, &e.to_string());
-            }
-            Reply::json(200, channel_info_json(shared, name))
-        }
+        Some(name) => match channel_info_json(shared, name) {
+            Ok(v) => Reply::json(200, v),
+            Err(e) => Reply::hub_error(e),
+        },
     }
 }

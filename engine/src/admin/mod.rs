@@ -23,8 +23,6 @@
 
 pub mod api;
 
-pub use api::{channel_info_json, totals_json, DEFAULT_LISTING};
-
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
@@ -32,31 +30,24 @@ use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use protocol::http::{self, BodyFraming, ChunkedDecoder, Parsed, EMPTY_HEADER};
 use protocol::message::Message;
 
 use crate::config::secs;
 use crate::hub::HubError;
+use crate::limits::{
+    ACCEPT_WARN_INTERVAL, ADMIN_READ_CHUNK, ADMIN_TIMEOUT_CHECK, MAX_ADMIN_OUTPUT,
+    MAX_HELD_ANSWERS, SWEEP_EVERY,
+};
 use crate::memory;
-use crate::server::Shared;
+use crate::shared::Shared;
 use crate::{debug, warn};
 
-/// Most bytes of output queued per admin connection before it stops reading.
-pub const MAX_ADMIN_OUTPUT: usize = 4 * 1024 * 1024;
-/// Most answers held for one connection before it stops being read.
-pub const MAX_HELD_ANSWERS: usize = 65_536;
-/// How often the admin thread looks for timed-out connections.
-pub const TIMEOUT_CHECK: Duration = Duration::from_millis(100);
 const LISTENER: Token = Token(usize::MAX);
 /// The disk store wakes the admin thread through this token after each commit.
 const STORE_WAKER: Token = Token(usize::MAX - 1);
-/// Accept errors are logged at most once per this interval.
-const ACCEPT_WARN_INTERVAL: Duration = Duration::from_secs(10);
-const READ_CHUNK: usize = 64 * 1024;
-/// How often idle channels are swept.
-const SWEEP_EVERY: Duration = Duration::from_millis(250);
 const BUSY: &str = "too many admin connections (admin_max_connections)";
 const BUSY_IP: &str = "too many admin connections from your address (admin_max_connections_per_ip)";
 
@@ -210,7 +201,7 @@ pub fn run(shared: Arc<Shared>, listener: std::net::TcpListener) {
         listener,
         conns: Slab::new(),
         per_ip: HashMap::new(),
-        buf: vec![0u8; READ_CHUNK],
+        buf: vec![0u8; ADMIN_READ_CHUNK],
         accept_warned: None,
     };
     admin.run();
@@ -224,7 +215,7 @@ impl Admin {
         let mut last_release = Instant::now();
         let mut accept_retry = false;
         loop {
-            if let Err(e) = self.poll.poll(&mut events, Some(TIMEOUT_CHECK)) {
+            if let Err(e) = self.poll.poll(&mut events, Some(ADMIN_TIMEOUT_CHECK)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     warn!("admin: poll failed: {e}");
                 }
@@ -256,7 +247,7 @@ impl Admin {
                 accept_retry = self.accept();
             }
             let now = Instant::now();
-            if now.duration_since(last_check) >= TIMEOUT_CHECK {
+            if now.duration_since(last_check) >= ADMIN_TIMEOUT_CHECK {
                 last_check = now;
                 self.expire(now);
             }
@@ -267,7 +258,7 @@ impl Admin {
                     debug!("reclaimed {n} idle channels");
                 }
             }
-            if now.duration_since(last_release) >= memory::RELEASE_CHECK {
+            if now.duration_since(last_release) >= crate::limits::RELEASE_CHECK {
                 // What this thread allocated (channels, messages) others freed.
                 last_release = now;
                 memory::release_freed();
@@ -330,7 +321,7 @@ impl Admin {
                     {
                         warn!(
                             "admin: accept failed: {e}; retrying every {} ms",
-                            TIMEOUT_CHECK.as_millis()
+                            ADMIN_TIMEOUT_CHECK.as_millis()
                         );
                         self.accept_warned = Some(Instant::now());
                     }
@@ -572,7 +563,7 @@ fn serve_one(shared: &Shared, buf: &[u8], chunked: &mut Option<Chunked>) -> Step
         max_headers: shared.cfg.max_headers,
         max_body_bytes: shared.live.max_message_bytes(),
     };
-    let mut headers = [EMPTY_HEADER; crate::worker::HEADERS_CAP];
+    let mut headers = [EMPTY_HEADER; crate::limits::HEADERS_CAP];
     let max_headers = limits.max_headers.min(headers.len());
     let fail =
         |e: http::HttpError| Step::Done(buf.len(), Reply::error(e.status(), e.reason()), false, 0);

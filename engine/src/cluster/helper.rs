@@ -8,23 +8,19 @@
 //! in order.
 //!
 //! While the feed is down a publish is refused at once (503: this node could not deliver
-//! it), and a read waits, retried every [`RETRY_PAUSE`], until Redis is back or its
+//! it), and a read waits, retried every [`HELPER_RETRY_PAUSE`], until Redis is back or its
 //! deadline (`cluster.history_wait_secs`) passes; then the subscriber gets an error.
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::{CallError, Cluster, Link};
 use crate::epoch::Epoch;
 use crate::hub::{Hub, HubError};
 use crate::inbox::{Cmd, Inbox, PubDone, RemoteReply};
-
-/// Most jobs sent in one pipeline.
-pub const HELPER_BATCH: usize = 512;
-/// How often reads waiting for Redis are tried again.
-pub const RETRY_PAUSE: Duration = Duration::from_millis(100);
+use crate::limits::{HELPER_BATCH, HELPER_RETRY_PAUSE};
 
 /// Where an answer goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,7 +108,7 @@ pub fn run(cluster: &Cluster, hub: &Hub, inboxes: &[Arc<Inbox>], rx: Receiver<Jo
                 Err(_) => return,
             }
         } else {
-            match rx.recv_timeout(RETRY_PAUSE) {
+            match rx.recv_timeout(HELPER_RETRY_PAUSE) {
                 Ok(j) => Some(j),
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => return,
@@ -167,7 +163,7 @@ pub fn run(cluster: &Cluster, hub: &Hub, inboxes: &[Arc<Inbox>], rx: Receiver<Jo
         }
         if !waiting.is_empty() && waiting.iter().all(|j| !j.is_publish()) {
             // Redis did not answer the reads: wait a little before trying again.
-            std::thread::sleep(RETRY_PAUSE);
+            std::thread::sleep(HELPER_RETRY_PAUSE);
         }
     }
 }

@@ -22,16 +22,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::Value;
 
+use crate::limits::{
+    REDIS_CONNECT_TIMEOUT, REDIS_IO_TIMEOUT, REDIS_MAX_BACKOFF, REDIS_MIN_BACKOFF,
+};
 use crate::timer::Rng;
 
-/// How long connecting to Redis may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
-/// Read and write timeout of the command connections.
-pub const IO_TIMEOUT: Duration = Duration::from_secs(1);
-/// First reconnect backoff after a failed connect.
-pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
-/// Largest reconnect backoff.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// A link unused for this long is checked with a `PING` before a request.
 pub const LINK_CHECK_AFTER: Duration = Duration::from_secs(1);
 
@@ -75,7 +70,7 @@ impl Default for Link {
             generation: 0,
             last_used: Instant::now(),
             retry_at: None,
-            backoff: MIN_BACKOFF,
+            backoff: REDIS_MIN_BACKOFF,
             rng: Rng::new(seed),
         }
     }
@@ -119,11 +114,11 @@ pub fn full_jitter(cap: Duration, rng: &mut Rng) -> Duration {
 /// Connects with the command timeouts.
 pub fn connect(client: &redis::Client) -> Result<redis::Connection, String> {
     let c = client
-        .get_connection_with_timeout(CONNECT_TIMEOUT)
+        .get_connection_with_timeout(REDIS_CONNECT_TIMEOUT)
         .map_err(|e| format!("redis unreachable: {e}"))?;
-    c.set_read_timeout(Some(IO_TIMEOUT))
+    c.set_read_timeout(Some(REDIS_IO_TIMEOUT))
         .map_err(|e| e.to_string())?;
-    c.set_write_timeout(Some(IO_TIMEOUT))
+    c.set_write_timeout(Some(REDIS_IO_TIMEOUT))
         .map_err(|e| e.to_string())?;
     Ok(c)
 }
@@ -174,12 +169,12 @@ impl Link {
                     self.generation = t.generation;
                     self.last_used = Instant::now();
                     self.retry_at = None;
-                    self.backoff = MIN_BACKOFF;
+                    self.backoff = REDIS_MIN_BACKOFF;
                 }
                 Err(e) => {
                     let wait = full_jitter(self.backoff, &mut self.rng);
                     self.retry_at = Some(Instant::now() + wait);
-                    self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                    self.backoff = (self.backoff * 2).min(REDIS_MAX_BACKOFF);
                     return Err(e);
                 }
             }

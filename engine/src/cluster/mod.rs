@@ -80,20 +80,13 @@ use crate::inbox::{Inbox, RemoteStream};
 use crate::timer::Rng;
 use crate::{info, warn};
 
+use crate::limits::{
+    FEED_IDLE_PING, MAX_HELPER_JOBS, NODE_TTL, REDIS_MAX_BACKOFF, REDIS_MIN_BACKOFF,
+    REPORT_INTERVAL, RESEED_BATCH,
+};
 pub use helper::Job;
-use link::{evalsha, full_jitter, MAX_BACKOFF, MIN_BACKOFF};
+use link::{evalsha, full_jitter};
 pub use link::{CallError, Link, Lua, Target};
-
-/// How often a node reports its subscriber counts.
-pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
-/// A node whose last report is older than this is considered gone.
-pub const NODE_TTL: u64 = 5;
-/// Most jobs waiting for the helper thread; past it a worker's request is answered 503.
-pub const MAX_HELPER_JOBS: usize = 65_536;
-/// The feed is pinged after this long without traffic, to notice a dead link.
-const FEED_IDLE_PING: Duration = Duration::from_secs(5);
-/// Channels re-seeded / filled in per Redis call after a reconnect.
-const BATCH: usize = 500;
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -480,7 +473,7 @@ impl Cluster {
     }
 
     fn run_feed(&self, hub: &Hub) {
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = REDIS_MIN_BACKOFF;
         let mut rng = Rng::new(unix_now() ^ 0x5EED);
         let mut warned = false;
         loop {
@@ -491,7 +484,7 @@ impl Cluster {
             self.errors.fetch_add(1, Ordering::Relaxed);
             if self.up.swap(false, Ordering::SeqCst) {
                 // The session had been up: a new outage starts at the shortest backoff.
-                backoff = MIN_BACKOFF;
+                backoff = REDIS_MIN_BACKOFF;
                 warn!("cluster: {e}; refusing publishes and reconnecting with backoff");
                 warned = true;
             } else if !warned {
@@ -499,7 +492,7 @@ impl Cluster {
                 warned = true;
             }
             thread::sleep(full_jitter(backoff, &mut rng));
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            backoff = (backoff * 2).min(REDIS_MAX_BACKOFF);
         }
     }
 
@@ -581,7 +574,7 @@ impl Cluster {
     /// not hand out a seq twice, and keeps each stream's epoch).
     fn reseed(&self, link: &mut Link, hub: &Hub) -> Result<(), String> {
         let streams = hub.local_streams();
-        for chunk in streams.chunks(BATCH) {
+        for chunk in streams.chunks(RESEED_BATCH) {
             let mut keys = Vec::with_capacity(chunk.len() * 3);
             let mut args: Vec<Vec<u8>> = Vec::with_capacity(chunk.len() * 2 + 1);
             for (name, epoch, seq) in chunk {

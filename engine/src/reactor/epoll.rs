@@ -16,13 +16,10 @@ use std::time::Duration;
 
 use super::{Backend, Event, InputRef, Part, Sock, Token};
 use crate::inbox::Wake;
+use crate::limits::{EPOLL_EVENTS, EPOLL_MAX_IOV};
 
 const LISTENER: MioToken = MioToken(usize::MAX);
 const WAKER: MioToken = MioToken(usize::MAX - 1);
-/// Readiness events fetched per wait.
-pub const EVENTS_CAPACITY: usize = 1024;
-/// Most buffers in one `writev`.
-pub const MAX_IOV: usize = 64;
 
 /// Retries a syscall on EINTR; `-1` becomes the OS error.
 macro_rules! syscall {
@@ -55,7 +52,7 @@ impl Epoll {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         Ok(Epoll {
             poll,
-            events: Events::with_capacity(EVENTS_CAPACITY),
+            events: Events::with_capacity(EPOLL_EVENTS),
             listener: None,
             waker,
         })
@@ -165,8 +162,8 @@ impl Backend for Epoll {
                 Err(e) => Err(e),
             };
         }
-        let mut iov = [IoSlice::new(&[]); MAX_IOV];
-        let n = parts.len().min(MAX_IOV);
+        let mut iov = [IoSlice::new(&[]); EPOLL_MAX_IOV];
+        let n = parts.len().min(EPOLL_MAX_IOV);
         for (slot, p) in iov.iter_mut().zip(parts) {
             *slot = IoSlice::new(p.bytes());
         }

@@ -24,7 +24,7 @@
 //!
 //!   RECV costs about 460 B more per idle socket than POLL_ADD and is no faster at
 //!   fan-out, so the default is `poll`.
-//! - **Input** lands in one of [`BUFFERS`] buffers of [`BUFFER_SIZE`] bytes (a provided
+//! - **Input** lands in one of [`URING_BUFFERS`] buffers of [`URING_BUFFER_SIZE`] bytes (a provided
 //!   buffer ring per worker); the worker copies it into its scratch buffer and the buffer
 //!   goes straight back to the ring. A RECV that finds the ring empty (ENOBUFS) is retried
 //!   on the next turn.
@@ -36,7 +36,7 @@
 //! - **Close**: cancel everything in flight on the socket, then CLOSE, linked. Completions
 //!   that arrive for a closed connection are recognised by the generation carried in
 //!   `user_data` and dropped (their buffers are recycled).
-//! - **Completion-queue overflow**: the completion queue is [`CQ_FACTOR`] times the
+//! - **Completion-queue overflow**: the completion queue is [`URING_CQ_FACTOR`] times the
 //!   submission queue; with IORING_FEAT_NODROP the kernel keeps overflowed completions and
 //!   hands them over on the next enter. A multishot operation that the kernel ends (no
 //!   IORING_CQE_F_MORE: overflow, error, buffers exhausted) is armed again.
@@ -57,25 +57,14 @@ use std::time::{Duration, Instant};
 
 use super::{Backend, Event, InputRef, Part, Sock, Token, TokenState};
 use crate::inbox::Wake;
+use crate::limits::{
+    URING_BUFFERS, URING_BUFFER_SIZE, URING_CLOSE_SEND_GRACE, URING_CQ_FACTOR, URING_MAX_SEND_IOV,
+    URING_SHUTDOWN_WAIT, URING_SQ_ENTRIES,
+};
 use crate::warn;
 
-/// Submission queue entries per worker ring.
-pub const SQ_ENTRIES: u32 = 4096;
-/// Completion queue size as a multiple of the submission queue.
-pub const CQ_FACTOR: u32 = 4;
-/// Provided buffers per worker.
-pub const BUFFERS: u16 = 128;
-/// Size of each provided buffer.
-pub const BUFFER_SIZE: usize = 4096;
 /// Buffer group id of the worker's provided-buffer ring.
 const BGID: u16 = 7;
-/// Most buffers gathered into one SENDMSG.
-pub const MAX_SEND_IOV: usize = 64;
-/// How long a send may still run after its connection was closed (the peer then gets
-/// what was written before the close, as with epoll) before it is cancelled.
-const CLOSE_SEND_GRACE: Duration = Duration::from_secs(2);
-/// How long shutdown waits for in-flight operations.
-const SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
 
 /// How idle sockets are armed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,7 +148,7 @@ struct BufRing {
 impl BufRing {
     fn new(uring: &IoUring) -> io::Result<BufRing> {
         let layout = std::alloc::Layout::from_size_align(
-            usize::from(BUFFERS) * std::mem::size_of::<BufRingEntry>(),
+            usize::from(URING_BUFFERS) * std::mem::size_of::<BufRingEntry>(),
             4096,
         )
         .map_err(|_| io::Error::other("bad buffer ring layout"))?;
@@ -169,22 +158,22 @@ impl BufRing {
             return Err(io::Error::from(io::ErrorKind::OutOfMemory));
         }
         // Touch the buffers now, so that the idle footprint is counted at start.
-        let mem = vec![0u8; usize::from(BUFFERS) * BUFFER_SIZE].into_boxed_slice();
+        let mem = vec![0u8; usize::from(URING_BUFFERS) * URING_BUFFER_SIZE].into_boxed_slice();
         let mut br = BufRing {
             ring,
             layout,
             mem,
             tail: 0,
         };
-        // SAFETY: `ring` is page-aligned, zeroed memory for BUFFERS entries that lives
+        // SAFETY: `ring` is page-aligned, zeroed memory for URING_BUFFERS entries that lives
         // until after the ring is destroyed (BufRing is dropped after the IoUring, see the
         // field order of `Uring`).
         unsafe {
             uring
                 .submitter()
-                .register_buf_ring_with_flags(ring as u64, BUFFERS, BGID, 0)?;
+                .register_buf_ring_with_flags(ring as u64, URING_BUFFERS, BGID, 0)?;
         }
-        for bid in 0..BUFFERS {
+        for bid in 0..URING_BUFFERS {
             br.push(bid);
         }
         br.publish();
@@ -192,12 +181,12 @@ impl BufRing {
     }
 
     fn push(&mut self, bid: u16) {
-        let idx = usize::from(self.tail & (BUFFERS - 1));
-        // SAFETY: idx < BUFFERS, inside the ring allocation; the kernel only reads
+        let idx = usize::from(self.tail & (URING_BUFFERS - 1));
+        // SAFETY: idx < URING_BUFFERS, inside the ring allocation; the kernel only reads
         // entries between its head and our published tail, and this one is past it.
         let entry = unsafe { &mut *self.ring.add(idx) };
-        entry.set_addr(self.mem[usize::from(bid) * BUFFER_SIZE..].as_ptr() as u64);
-        entry.set_len(BUFFER_SIZE as u32);
+        entry.set_addr(self.mem[usize::from(bid) * URING_BUFFER_SIZE..].as_ptr() as u64);
+        entry.set_len(URING_BUFFER_SIZE as u32);
         entry.set_bid(bid);
         self.tail = self.tail.wrapping_add(1);
     }
@@ -212,8 +201,8 @@ impl BufRing {
     }
 
     fn slice(&self, bid: u16, len: usize) -> &[u8] {
-        let start = usize::from(bid) * BUFFER_SIZE;
-        &self.mem[start..start + len.min(BUFFER_SIZE)]
+        let start = usize::from(bid) * URING_BUFFER_SIZE;
+        &self.mem[start..start + len.min(URING_BUFFER_SIZE)]
     }
 }
 
@@ -328,9 +317,9 @@ impl Uring {
     /// descriptors when the table cannot be registered).
     pub fn new(direct: bool, arm: Arm) -> io::Result<Uring> {
         let ring = IoUring::builder()
-            .setup_cqsize(SQ_ENTRIES * CQ_FACTOR)
+            .setup_cqsize(URING_SQ_ENTRIES * URING_CQ_FACTOR)
             .setup_coop_taskrun()
-            .build(SQ_ENTRIES)?;
+            .build(URING_SQ_ENTRIES)?;
         if !ring.params().is_feature_nodrop() {
             return Err(io::Error::other("io_uring without IORING_FEAT_NODROP"));
         }
@@ -367,7 +356,7 @@ impl Uring {
             sends: HashMap::default(),
             ops: Slab::new(),
             pool: Vec::new(),
-            cqes: Vec::with_capacity((SQ_ENTRIES * CQ_FACTOR) as usize),
+            cqes: Vec::with_capacity((URING_SQ_ENTRIES * URING_CQ_FACTOR) as usize),
             in_flight: 0,
             turn: 0,
             doomed: VecDeque::new(),
@@ -475,7 +464,7 @@ impl Uring {
         let entry = on_sock!(self, sock, |fd| opcode::Recv::new(
             fd,
             std::ptr::null_mut(),
-            BUFFER_SIZE as u32
+            URING_BUFFER_SIZE as u32
         )
         .buf_group(BGID)
         .build()
@@ -591,7 +580,7 @@ impl Uring {
         self.recycle_op(op);
         let next: Vec<Bytes> = match self.sends.get_mut(&token) {
             Some(q) if !q.bufs.is_empty() => {
-                let n = q.bufs.len().min(MAX_SEND_IOV);
+                let n = q.bufs.len().min(URING_MAX_SEND_IOV);
                 q.bufs.drain(..n).collect()
             }
             _ => Vec::new(),
@@ -639,7 +628,7 @@ impl Uring {
                 },
             ));
             match kind {
-                K_RECV if cqueue::sock_nonempty(flags) || res as usize == BUFFER_SIZE => {
+                K_RECV if cqueue::sock_nonempty(flags) || res as usize == URING_BUFFER_SIZE => {
                     self.submit_recv(sock, token);
                 }
                 K_RECV => {
@@ -902,14 +891,14 @@ impl Backend for Uring {
             bytes: total,
             started: self.turn,
         };
-        if parts.len() > MAX_SEND_IOV {
+        if parts.len() > URING_MAX_SEND_IOV {
             q.bufs
-                .extend(parts[MAX_SEND_IOV..].iter().map(|p| p.to_bytes(0)));
+                .extend(parts[URING_MAX_SEND_IOV..].iter().map(|p| p.to_bytes(0)));
         }
         self.sends.insert(token, q);
         let now: Vec<Bytes> = parts
             .iter()
-            .take(MAX_SEND_IOV)
+            .take(URING_MAX_SEND_IOV)
             .map(|p| p.to_bytes(0))
             .collect();
         self.start_send(sock, token, now.into_iter());
@@ -961,7 +950,7 @@ impl Backend for Uring {
         self.sends.remove(&token);
         if let Some((idx, _)) = self.ops.iter().find(|(_, op)| op.token == token) {
             self.doomed
-                .push_back((Instant::now() + CLOSE_SEND_GRACE, idx, token));
+                .push_back((Instant::now() + URING_CLOSE_SEND_GRACE, idx, token));
         }
         self.recv_armed.remove(&token);
         let generation = token_gen(token);
@@ -1053,7 +1042,7 @@ impl Backend for Uring {
             .build()
             .user_data(K_MISC << 56);
         self.push(entry);
-        let deadline = Instant::now() + SHUTDOWN_WAIT;
+        let deadline = Instant::now() + URING_SHUTDOWN_WAIT;
         let mut events = Vec::new();
         // Everything that completes from now on is stale.
         self.sends.clear();

@@ -31,37 +31,26 @@ use crate::auth::{self, Grant};
 use crate::cluster::helper::{answer_failed, Job, ReplyTo};
 use crate::conn::{flag, Conn, State, Sub};
 use crate::epoch::Epoch;
-use crate::hub::{Authority, CatchUp, ChanKey, HubError, Msg, MsgKind, Notify, Since, Subscribed};
+use crate::hub::{Authority, CatchUp, HubError, Since, Subscribed};
 use crate::inbox::{Cmd, ConnInfo, Inbox, PubDone, RemoteReply, RemoteStream};
 use crate::limits::REJECT_BATCH;
 use crate::memory;
 use crate::metrics::{Counter, Transport, WorkerStats};
 use crate::msg::error_response;
+use crate::msg::{ChanKey, Msg, MsgKind};
 use crate::reactor::{is_resource_error, Backend, Event as IoEvent, Part, Sock, Token};
-use crate::server::Shared;
+use crate::shared::Shared;
 use crate::timer::{jitter, Rng, TimerId, TimerWheel};
 
 mod ops;
+use crate::limits::{
+    ACCEPT_BATCH, ACCEPT_WARN_INTERVAL, DELIVER_BATCH, HEADERS_CAP, INBOX_BATCH, READ_BUDGET,
+    SCRATCH_BYTES, WORKER_MAX_IOV,
+};
 use crate::{debug, info, warn};
 
-/// Size of the per-worker read buffer.
-pub const SCRATCH_BYTES: usize = 64 * 1024;
-/// Most bytes read from one connection per turn.
-pub const READ_BUDGET: usize = 256 * 1024;
-/// Most connections accepted per turn.
-pub const ACCEPT_BATCH: usize = 512;
-/// Most consecutive messages of one channel delivered together (one write per subscriber).
-pub const DELIVER_BATCH: usize = 64;
-/// Most inbox commands handled per turn.
-pub const INBOX_BATCH: usize = 1024;
-/// Most queued buffers offered to the backend at once.
-pub const MAX_IOV: usize = 64;
-/// Upper bound on header fields (the configured `max_headers` is at most this).
-pub const HEADERS_CAP: usize = 256;
 /// Connection generations wrap at 24 bits.
 pub const GENERATION_MASK: u32 = 0xFF_FFFF;
-/// Accept errors are logged at most once per this interval.
-pub const ACCEPT_WARN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The answer when `max_connections` is reached.
 static FULL_RESPONSE: LazyLock<Vec<u8>> =
@@ -302,7 +291,7 @@ impl<B: Backend> Worker<B> {
             let left = until.saturating_duration_since(self.now);
             timeout = Some(timeout.map_or(left, |t| t.min(left)));
         }
-        if self.freed >= memory::RELEASE_AFTER_FREES {
+        if self.freed >= crate::limits::RELEASE_AFTER_FREES {
             // Memory to give back even if nothing else happens.
             let left = self.release_at.saturating_duration_since(self.now);
             timeout = Some(timeout.map_or(left, |t| t.min(left)));
@@ -1012,9 +1001,9 @@ impl<B: Backend> Worker<B> {
             let Some(ext) = conn.ext.as_mut().filter(|e| !e.wq.is_empty()) else {
                 break;
             };
-            let mut parts: [Part<'_>; MAX_IOV] = [Part::Copy(&[]); MAX_IOV];
+            let mut parts: [Part<'_>; WORKER_MAX_IOV] = [Part::Copy(&[]); WORKER_MAX_IOV];
             let mut n = 0;
-            for (i, b) in ext.wq.bufs.iter().take(MAX_IOV).enumerate() {
+            for (i, b) in ext.wq.bufs.iter().take(WORKER_MAX_IOV).enumerate() {
                 let start = if i == 0 { ext.wq.offset } else { 0 };
                 parts[i] = Part::Copy(&b[start..]);
                 n += 1;
@@ -1442,13 +1431,13 @@ impl<B: Backend> Worker<B> {
     }
 
     /// After a flood has left: shrinks the tables it grew and gives the freed memory back
-    /// to the OS (checked every [`memory::RELEASE_CHECK`]).
+    /// to the OS (checked every [`crate::limits::RELEASE_CHECK`]).
     fn release_memory(&mut self) {
         if self.now < self.release_at {
             return;
         }
-        self.release_at = self.now + memory::RELEASE_CHECK;
-        if self.freed < memory::RELEASE_AFTER_FREES {
+        self.release_at = self.now + crate::limits::RELEASE_CHECK;
+        if self.freed < crate::limits::RELEASE_AFTER_FREES {
             return;
         }
         self.freed = 0;

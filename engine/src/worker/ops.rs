@@ -28,16 +28,11 @@ use protocol::message::{self, Message};
 use protocol::ws::CloseCode;
 
 use super::*;
-use crate::hub::PubMeta;
+use crate::limits::{LIMITER_SWEEP, MIN_CHECK_DELAY, REFUSALS_BEFORE_CLOSE};
+use crate::shared::ClientPublish;
 
 /// Tag of a check entry in the timer wheel (tokens use the low 56 bits).
 pub const CHECK_TAG: u64 = 1 << 56;
-/// Refusals past a rate limit after which a connection is closed.
-pub const REFUSALS_BEFORE_CLOSE: u32 = 100;
-/// The soonest a token check is scheduled again.
-pub const MIN_CHECK_DELAY: Duration = Duration::from_millis(20);
-/// How often idle rate-limit buckets are dropped.
-pub const LIMITER_SWEEP: Duration = Duration::from_secs(1);
 
 /// A client operation on a WebSocket (`{"op":"sub",...}`).
 #[derive(serde::Deserialize)]
@@ -211,9 +206,6 @@ impl<B: Backend> Worker<B> {
         let Some(name) = op.channel.as_deref() else {
             return self.op_error(slot, 400, "pub needs a channel");
         };
-        if let Err(e) = message::validate_channel(name) {
-            return self.op_error(slot, 400, &e.to_string());
-        }
         let Some(content) = op.content.as_deref() else {
             return self.op_error(slot, 400, "pub needs a string content");
         };
@@ -285,48 +277,17 @@ impl<B: Backend> Worker<B> {
             .grant(slot)
             .and_then(|g| g.sub.clone())
             .unwrap_or_default();
-        let hub = &self.shared.hub;
-        if let Some(cluster) = &self.shared.cluster {
-            if hub.draining() {
-                return self.op_error(slot, 503, &HubError::Draining.reason());
-            }
-            if content.len() > self.live().max_message_bytes() {
-                return self.op_error(slot, 413, &HubError::TooBig.reason());
-            }
-            let job = Job::Publish {
-                to: ReplyTo {
-                    worker: self.id,
-                    token,
-                },
-                channel: Arc::from(name),
-                sender,
-                content: content.into(),
-            };
-            if let Err(job) = cluster.submit(job) {
-                answer_failed(
-                    std::slice::from_ref(&self.inbox),
-                    job,
-                    &HubError::Overloaded,
-                );
-            }
-            return;
-        }
-        let meta = PubMeta {
-            sender: &sender,
-            notify: hub.store().is_some().then_some(Notify {
-                worker: self.id,
-                token,
-            }),
-            ..PubMeta::default()
+        let to = ReplyTo {
+            worker: self.id,
+            token,
         };
-        match hub.publish(name, content, &meta) {
-            Ok(a) if a.ticket == 0 => self.on_pub_done(PubDone {
+        match self.shared.publish_client(name, content, sender, to) {
+            Ok(ClientPublish::Now(a)) => self.on_pub_done(PubDone {
                 token,
                 channel: Arc::from(name),
                 result: Ok((a.seq, a.epoch, a.duplicate)),
             }),
-            // Answered by the store once committed.
-            Ok(_) => {}
+            Ok(ClientPublish::Later) => {}
             Err(e) => self.op_error(slot, e.status(), &e.reason()),
         }
     }
@@ -391,7 +352,7 @@ impl<B: Backend> Worker<B> {
 
     /// `at` has come (the wheel fires up to a tick early).
     fn due(&self, at: Instant) -> bool {
-        self.now + crate::timer::TICK >= at
+        self.now + crate::limits::TICK >= at
     }
 
     /// After WebSocket input: a message begun is timed, a finished one is not.
@@ -430,7 +391,7 @@ impl<B: Backend> Worker<B> {
             return;
         };
         match ext.check_at {
-            Some(t) if now + crate::timer::TICK >= t => ext.check_at = None,
+            Some(t) if now + crate::limits::TICK >= t => ext.check_at = None,
             // Superseded by a sooner check, which ran and scheduled what was left.
             _ => return,
         }

@@ -113,7 +113,10 @@ fn unknown_path_gets_404_and_wrong_method_405() {
     // OPTIONS is a CORS preflight (see abuse::origins_are_checked_and_cors_is_answered).
     let r = raw(&s, b"OPTIONS /sse?channel=a HTTP/1.1\r\nHost: a\r\n\r\n");
     assert_eq!(r.status, 200);
-    assert_eq!(r.header("access-control-allow-methods"), Some("GET, OPTIONS"));
+    assert_eq!(
+        r.header("access-control-allow-methods"),
+        Some("GET, OPTIONS")
+    );
 }
 
 #[test]

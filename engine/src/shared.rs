@@ -1,0 +1,406 @@
+//! The state every thread shares ([`Shared`]) and the main thread's stop signal
+//! ([`Stop`]): configuration, the hub, the workers' inboxes and figures, the connection
+//! budget, and the entry points for publishing, closing and clearing channels that the
+//! admin port, the control socket and the workers all use. Channel names are validated
+//! here, once, for every publish, whichever front end it came from.
+//!
+//! Nothing here imports upward: the workers, the admin thread and the control thread
+//! import this module, never `server.rs`.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Instant;
+
+use crate::cluster::helper::{answer_failed, Job, ReplyTo};
+use crate::cluster::Cluster;
+use crate::config::{self, AuthMode, Config, Live};
+use crate::epoch::Epoch;
+use crate::hub::{Accepted, ChannelInfo, Hub, HubError, Notify, PubMeta};
+use crate::inbox::Inbox;
+use crate::info;
+use crate::limits::{FdBudget, DRAIN_FEED_WAIT, DRAIN_POLL, STORE_WAIT};
+use crate::metrics::{Snapshot, WorkerStats};
+use crate::store::Commit;
+
+/// Why the main thread should stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGTERM / SIGINT or `shutdown`: drain, then exit.
+    Graceful,
+    /// A second signal: exit now.
+    Immediate,
+}
+
+/// State shared by every thread.
+pub struct Shared {
+    /// The configuration the server started with (keys that cannot change live).
+    pub cfg: Config,
+    /// The current configuration (with live changes), for `config get`.
+    pub current: Mutex<Config>,
+    /// Live keys, read by the workers.
+    pub live: Arc<Live>,
+    /// The channel table.
+    pub hub: Arc<Hub>,
+    /// Per-worker figures.
+    pub stats: Vec<Arc<WorkerStats>>,
+    /// Per-worker inboxes.
+    pub inboxes: Vec<Arc<Inbox>>,
+    /// Open subscriber connections (all workers).
+    pub conns: AtomicUsize,
+    /// Set once a drain started.
+    pub draining: AtomicBool,
+    /// When the server started.
+    pub started: Instant,
+    /// Node id (shown in `/info`).
+    pub node_id: String,
+    /// The cluster, when `cluster.redis_url` is set.
+    pub cluster: Option<Arc<Cluster>>,
+    /// How the descriptor table is shared out (`max_connections` stays within it).
+    pub fds: FdBudget,
+    /// Subscriber connections per source address (with `max_connections_per_ip`).
+    pub per_ip: Mutex<HashMap<IpAddr, u32>>,
+    /// Where [`Shared::request_stop`] sends (set by `serve`).
+    pub(crate) stop: Mutex<Option<Sender<Stop>>>,
+}
+
+impl Shared {
+    /// The shared state of a server (without a stop channel; `serve` adds it).
+    pub fn new(
+        cfg: Config,
+        live: Arc<Live>,
+        hub: Arc<Hub>,
+        inboxes: Vec<Arc<Inbox>>,
+        node_id: String,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Shared {
+        Shared {
+            node_id,
+            cluster,
+            current: Mutex::new(cfg.clone()),
+            cfg,
+            live,
+            hub,
+            stats: inboxes
+                .iter()
+                .map(|_| Arc::new(WorkerStats::default()))
+                .collect(),
+            inboxes,
+            conns: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+            started: Instant::now(),
+            fds: FdBudget {
+                limit: 0,
+                reserved: 0,
+                connections: usize::MAX,
+                direct: false,
+            },
+            per_ip: Mutex::new(HashMap::new()),
+            stop: Mutex::new(None),
+        }
+    }
+
+    /// Takes up to `want` connection slots under `max_connections`; returns how many.
+    /// A worker reserves before it accepts, so the descriptor table never fills.
+    pub fn reserve_conns(&self, want: usize) -> usize {
+        let max = self.live.max_connections();
+        let mut cur = self.conns.load(Ordering::Relaxed);
+        loop {
+            let n = want.min(max.saturating_sub(cur));
+            if n == 0 {
+                return 0;
+            }
+            match self.conns.compare_exchange_weak(
+                cur,
+                cur + n,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return n,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Gives back slots (unused reservations, closed connections).
+    pub fn release_conns(&self, n: usize) {
+        if n > 0 {
+            self.conns.fetch_sub(n, Ordering::AcqRel);
+        }
+    }
+
+    /// Counts a connection from `ip` (`max_connections_per_ip`); false when that address
+    /// already has its share.
+    pub fn enter_ip(&self, ip: IpAddr) -> bool {
+        let max = self.cfg.max_connections_per_ip;
+        let mut t = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let n = t.entry(ip).or_insert(0);
+        if *n as usize >= max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// A connection from `ip` closed.
+    pub fn leave_ip(&self, ip: IpAddr) {
+        let mut t = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = t.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                t.remove(&ip);
+            }
+        }
+    }
+
+    /// True when subscribers need a token.
+    pub fn token_auth(&self) -> bool {
+        self.cfg.auth == AuthMode::Token
+    }
+
+    /// Publishes a message (admin port, control socket): through Redis in a cluster, into
+    /// the local hub otherwise. With the disk store the answer carries a ticket to wait
+    /// for before acknowledging ([`Shared::wait_ticket`]).
+    pub fn publish(
+        &self,
+        channel: &str,
+        content: &str,
+        key: Option<&str>,
+        commit: Commit,
+    ) -> Result<Accepted, HubError> {
+        check_channel(channel)?;
+        match &self.cluster {
+            Some(c) => {
+                if self.hub.draining() {
+                    return Err(HubError::Draining);
+                }
+                if content.len() > self.live.max_message_bytes() {
+                    return Err(HubError::TooBig);
+                }
+                c.publish(&self.hub, channel, content, key)
+            }
+            None => {
+                let meta = PubMeta {
+                    key,
+                    commit,
+                    ..PubMeta::default()
+                };
+                self.hub.publish(channel, content, &meta)
+            }
+        }
+    }
+
+    /// Waits (at most [`STORE_WAIT`]) until a disk-store ticket is committed.
+    pub fn wait_ticket(&self, ticket: u64) -> Result<(), HubError> {
+        match self.hub.store() {
+            Some(s) if ticket > 0 => s.wait(ticket, STORE_WAIT).map_err(HubError::Store),
+            _ => Ok(()),
+        }
+    }
+
+    /// Publishes and waits for the commit (threads that may block: the control socket).
+    pub fn publish_wait(
+        &self,
+        channel: &str,
+        content: &str,
+        key: Option<&str>,
+    ) -> Result<Accepted, HubError> {
+        let a = self.publish(channel, content, key, Commit::ByWriter)?;
+        self.wait_ticket(a.ticket)?;
+        Ok(Accepted { ticket: 0, ..a })
+    }
+
+    /// Publishes to every channel; returns how many.
+    pub fn broadcast(&self, content: &str) -> Result<usize, HubError> {
+        match &self.cluster {
+            Some(c) => {
+                let channels = c.all_channels(self.cfg.max_channels)?;
+                for name in &channels {
+                    self.publish(name, content, None, Commit::ByWriter)?;
+                }
+                Ok(channels.len())
+            }
+            None => {
+                let (n, ticket) = self.hub.broadcast(content)?;
+                self.wait_ticket(ticket)?;
+                Ok(n)
+            }
+        }
+    }
+
+    /// A WebSocket client's publish, its rights already checked by its worker: answered
+    /// now ([`ClientPublish::Now`]), or later through the worker's inbox (a
+    /// [`crate::inbox::Cmd::PubDone`] for `to`: after the commit with the disk store,
+    /// after the round trip to Redis in a cluster).
+    pub fn publish_client(
+        &self,
+        channel: &str,
+        content: &str,
+        sender: Box<str>,
+        to: ReplyTo,
+    ) -> Result<ClientPublish, HubError> {
+        check_channel(channel)?;
+        if let Some(cluster) = &self.cluster {
+            if self.hub.draining() {
+                return Err(HubError::Draining);
+            }
+            if content.len() > self.live.max_message_bytes() {
+                return Err(HubError::TooBig);
+            }
+            let job = Job::Publish {
+                to,
+                channel: Arc::from(channel),
+                sender,
+                content: content.into(),
+            };
+            if let Err(job) = cluster.submit(job) {
+                answer_failed(&self.inboxes, job, &HubError::Overloaded);
+            }
+            return Ok(ClientPublish::Later);
+        }
+        let meta = PubMeta {
+            sender: &sender,
+            notify: self.hub.store().is_some().then_some(Notify {
+                worker: to.worker,
+                token: to.token,
+            }),
+            ..PubMeta::default()
+        };
+        let a = self.hub.publish(channel, content, &meta)?;
+        Ok(if a.ticket == 0 {
+            ClientPublish::Now(a)
+        } else {
+            ClientPublish::Later
+        })
+    }
+
+    /// Closes a channel (on every node in a cluster).
+    pub fn close_channel(&self, channel: &str) -> Result<(), HubError> {
+        check_channel(channel)?;
+        match &self.cluster {
+            Some(c) => c.close(&self.hub, channel),
+            None => {
+                let t = self.hub.close_channel(channel)?;
+                self.wait_ticket(t)
+            }
+        }
+    }
+
+    /// Drops a channel's history (on every node in a cluster).
+    pub fn clear(&self, channel: &str) -> Result<(), HubError> {
+        check_channel(channel)?;
+        match &self.cluster {
+            Some(c) => c.clear(channel),
+            None => {
+                let t = self.hub.clear(channel)?;
+                self.wait_ticket(t)
+            }
+        }
+    }
+
+    /// A channel's figures: cluster-wide in a cluster (`None` for the cluster part when
+    /// Redis cannot be reached).
+    #[allow(clippy::type_complexity)]
+    pub fn channel_info(
+        &self,
+        channel: &str,
+    ) -> Result<(ChannelInfo, Option<Result<(), String>>), HubError> {
+        check_channel(channel)?;
+        let mut info = self.hub.info(channel).unwrap_or(ChannelInfo {
+            name: channel.to_string(),
+            epoch: Epoch::NONE,
+            seq: 0,
+            subscribers: 0,
+            buffered: 0,
+        });
+        let Some(c) = &self.cluster else {
+            return Ok((info, None));
+        };
+        let r = c
+            .channel_state(channel)
+            .and_then(|(epoch, seq, buffered)| Ok((epoch, seq, buffered, c.subscribers(channel)?)));
+        match r {
+            Ok((epoch, seq, buffered, subscribers)) => {
+                if epoch.is_some() {
+                    if epoch != info.epoch {
+                        info.seq = 0;
+                    }
+                    info.epoch = epoch;
+                    info.seq = info.seq.max(seq);
+                }
+                info.buffered = buffered as usize;
+                info.subscribers = subscribers;
+                Ok((info, Some(Ok(()))))
+            }
+            Err(e) => Ok((info, Some(Err(e.reason())))),
+        }
+    }
+
+    /// Sums the workers' figures.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot::collect(self.stats.iter().map(|s| &**s))
+    }
+
+    /// Starts a drain on every worker (idempotent): publishes are refused from now on,
+    /// and every worker drains behind the messages accepted before, so none of those is
+    /// lost to a subscriber closed ahead of it. In a cluster, the messages this node's
+    /// publishers had acknowledged are first waited for (bounded by [`DRAIN_FEED_WAIT`])
+    /// to come back through the feed.
+    pub fn drain(&self) {
+        if self.draining.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        info!("draining: no new connections or publishes, closing subscribers");
+        if self.cluster.is_some() {
+            self.hub.refuse_publishes();
+            let deadline = Instant::now() + DRAIN_FEED_WAIT;
+            while self.hub.unapplied() > 0 && Instant::now() < deadline {
+                thread::sleep(DRAIN_POLL);
+            }
+        }
+        self.hub.begin_drain();
+    }
+
+    /// Asks the main thread to stop.
+    pub fn request_stop(&self, how: Stop) {
+        if let Some(tx) = self.stop.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            let _ = tx.send(how);
+        }
+    }
+
+    /// Applies `config set KEY VALUE` for a live key.
+    pub fn set_config(&self, key: &str, value: &str) -> Result<serde_json::Value, String> {
+        if !config::LIVE_KEYS.contains(&key) {
+            return Err(format!(
+                "'{key}' cannot be changed while running (live keys: {})",
+                config::LIVE_KEYS.join(", ")
+            ));
+        }
+        let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = cur.clone();
+        next.set(key, value).map_err(|e| e.0)?;
+        if key == "max_connections" {
+            next.max_connections = self.fds.resolve(next.max_connections)?;
+        }
+        self.live.apply(&next);
+        *cur = next;
+        cur.get_json(Some(key)).map_err(|e| e.0)
+    }
+}
+
+/// How a client's publish is answered.
+#[derive(Debug)]
+pub enum ClientPublish {
+    /// Accepted: answer now.
+    Now(Accepted),
+    /// The answer comes through the worker's inbox.
+    Later,
+}
+
+/// The one check of a channel name, for every publish whatever its front end.
+fn check_channel(name: &str) -> Result<(), HubError> {
+    protocol::message::validate_channel(name).map_err(HubError::BadChannel)
+}
