@@ -2,9 +2,10 @@
 //!
 //! Every histogram holds microseconds from 1 us to one hour with three significant digits
 //! (HdrHistogram). A child process sends its histograms to the coordinator serialized with
-//! HdrHistogram's V2 format and base64-encoded, inside a JSON line; the coordinator adds
-//! them up. Adding histograms is exact, so merged percentiles are the percentiles of all
-//! samples of all processes (to the histogram's precision), not an average of percentiles.
+//! HdrHistogram's V2 format and base64-encoded, inside a JSON line (that string is the
+//! serde form of a [`Hist`]); the coordinator adds them up. Adding histograms is exact, so
+//! merged percentiles are the percentiles of all samples of all processes (to the
+//! histogram's precision), not an average of percentiles.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -136,6 +137,21 @@ impl Hist {
     }
 }
 
+/// On the wire a histogram is the string [`Hist::to_base64`] writes.
+impl Serialize for Hist {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_base64())
+    }
+}
+
+/// Reads the string [`Hist::to_base64`] wrote; a bad one is a [`HistError`].
+impl<'de> Deserialize<'de> for Hist {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Hist, D::Error> {
+        let s = String::deserialize(d)?;
+        Hist::from_base64(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,5 +227,17 @@ mod tests {
         assert_eq!(e.summary(), Summary::default());
         assert!(Hist::from_base64("not base64!").is_err());
         assert!(Hist::from_base64("AAAA").is_err());
+    }
+
+    #[test]
+    fn serde_carries_the_base64_form() {
+        let mut h = Hist::new();
+        h.record_us(250);
+        let json = serde_json::to_string(&h).unwrap();
+        assert_eq!(json, format!("\"{}\"", h.to_base64()));
+        let back: Hist = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.summary(), h.summary());
+        let bad = serde_json::from_str::<Hist>("\"AAAA\"").unwrap_err();
+        assert!(bad.to_string().starts_with("bad histogram"), "{bad}");
     }
 }

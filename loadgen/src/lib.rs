@@ -50,7 +50,8 @@
 //! `--sources` addresses (each socket is bound to one before it connects, with
 //! `IP_BIND_ADDRESS_NO_PORT`, so each source gives the whole ephemeral port range). The
 //! children are this binary re-executed as `loadgen child`; they report over a pipe as
-//! JSON lines ([`wire`]), histograms as base64 HdrHistogram V2 ([`hist`]). loadgen cannot
+//! JSON lines ([`wire`]), their final report being their [`counters::Counters`] (which
+//! the coordinator sums), histograms as base64 HdrHistogram V2 ([`hist`]). loadgen cannot
 //! raise system limits; it warns when the ephemeral port range is too small for the
 //! connections per source (`sysctl -w net.ipv4.ip_local_port_range="1024 65000"`), and
 //! already past half of it: `connect()` tries ports of one parity first, so beyond half
@@ -131,6 +132,7 @@ pub mod child;
 pub mod cli;
 pub mod client;
 pub mod coord;
+pub mod counters;
 pub mod hist;
 pub mod payload;
 pub mod publish;

@@ -1,14 +1,14 @@
-//! The report of a run: merging the children's reports, the JSON object (schema in the
-//! crate documentation) and the plain-text summary.
+//! The report of a run: its parts made from the children's merged [`Counters`], the JSON
+//! object (schema in the crate documentation) and the plain-text summary.
 
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::account::{PubAgg, Tally};
+use crate::counters::Counters;
 use crate::hist::{Hist, Summary};
 use crate::publish::PubResult;
-use crate::wire::{bump, ChildReport, Outage};
+use crate::wire::Outage;
 
 /// The schema name and version written in every report.
 pub const SCHEMA: &str = "loadgen/1";
@@ -145,88 +145,9 @@ pub struct OutageRow {
     pub peak_down: u64,
 }
 
-/// Everything the children sent, merged.
-#[derive(Debug, Default)]
-pub struct Merged {
-    pub attempts: u64,
-    pub established: u64,
-    pub reconnects: u64,
-    pub failed: BTreeMap<String, u64>,
-    pub dropped: BTreeMap<String, u64>,
-    pub open_at_end: u64,
-    pub churn_closed: u64,
-    pub first_attempt_ns: Option<u64>,
-    pub last_initial_ns: Option<u64>,
-    pub initial_established: u64,
-    pub connect: Hist,
-    pub latency: Hist,
-    pub received: u64,
-    pub foreign: u64,
-    pub gaps: u64,
-    pub seq_errors: u64,
-    pub tally: Tally,
-    pub tally_dropped: Tally,
-    pub complete: u64,
-    pub incomplete: u64,
-    pub publishes: Vec<PubAgg>,
-    pub first_arrival_ns: Option<u64>,
-    pub last_arrival_ns: Option<u64>,
-    pub outages: Vec<Outage>,
-}
-
-fn min_opt(a: Option<u64>, b: Option<u64>) -> Option<u64> {
-    match (a, b) {
-        (Some(x), Some(y)) => Some(x.min(y)),
-        (x, None) | (None, x) => x,
-    }
-}
-
-fn max_opt(a: Option<u64>, b: Option<u64>) -> Option<u64> {
-    match (a, b) {
-        (Some(x), Some(y)) => Some(x.max(y)),
-        (x, None) | (None, x) => x,
-    }
-}
-
-impl Merged {
-    /// Adds one child's final report.
-    pub fn add(&mut self, r: &ChildReport) -> Result<(), crate::hist::HistError> {
-        self.connect.merge(&Hist::from_base64(&r.connect_hist)?);
-        self.latency.merge(&Hist::from_base64(&r.latency_hist)?);
-        self.attempts += r.attempts;
-        self.established += r.established;
-        self.reconnects += r.reconnects;
-        for (k, v) in &r.failed {
-            bump(&mut self.failed, k, *v);
-        }
-        for (k, v) in &r.dropped {
-            bump(&mut self.dropped, k, *v);
-        }
-        self.open_at_end += r.open_at_end;
-        self.churn_closed += r.churn_closed;
-        self.first_attempt_ns = min_opt(self.first_attempt_ns, r.first_attempt_ns);
-        self.last_initial_ns = max_opt(self.last_initial_ns, r.last_initial_ns);
-        self.initial_established += r.initial_established;
-        self.received += r.received;
-        self.foreign += r.foreign;
-        self.gaps += r.gaps;
-        self.seq_errors += r.seq_errors;
-        self.tally.add(&r.tally);
-        self.tally_dropped.add(&r.tally_dropped);
-        self.complete += r.complete;
-        self.incomplete += r.incomplete;
-        if self.publishes.len() < r.publishes.len() {
-            self.publishes.resize(r.publishes.len(), PubAgg::default());
-        }
-        for (m, p) in self.publishes.iter_mut().zip(&r.publishes) {
-            m.merge(p);
-        }
-        self.first_arrival_ns = min_opt(self.first_arrival_ns, r.first_arrival_ns);
-        self.last_arrival_ns = max_opt(self.last_arrival_ns, r.last_arrival_ns);
-        self.outages.extend(r.outages_open.iter().copied());
-        Ok(())
-    }
-
+/// The parts of the report made from the children's [`Counters`], summed with
+/// [`Counters::add`].
+impl Counters {
     /// The connection part of the report.
     pub fn connect_report(&self) -> ConnectReport {
         let phase_s = match (self.first_attempt_ns, self.last_initial_ns) {
@@ -236,7 +157,7 @@ impl Merged {
         ConnectReport {
             attempts: self.attempts,
             established: self.established,
-            failed: self.failed.values().sum(),
+            failed: self.failed_total(),
             failed_by_reason: self.failed.clone(),
             rate_per_s: if phase_s > 0.0 {
                 round2(self.initial_established as f64 / phase_s)
@@ -244,14 +165,14 @@ impl Merged {
                 0.0
             },
             phase_s: round3(phase_s),
-            latency_us: self.connect.summary(),
+            latency_us: self.connect_hist.summary(),
         }
     }
 
     /// The drop part of the report.
     pub fn drop_report(&self) -> DropReport {
         DropReport {
-            dropped: self.dropped.values().sum(),
+            dropped: self.dropped_total(),
             by_reason: self.dropped.clone(),
             open_at_end: self.open_at_end,
         }
@@ -266,7 +187,7 @@ impl Merged {
         shape: FanoutShape,
     ) -> FanoutReport {
         let first_sent = results.iter().filter(|r| r.sent).map(|r| r.sent_ns).min();
-        let delivered = self.latency.count();
+        let delivered = self.latency_hist.count();
         let deliveries_per_s = match (first_sent, self.last_arrival_ns) {
             (Some(a), Some(b)) if b > a => round2(delivered as f64 / ((b - a) as f64 / 1e9)),
             _ => 0.0,
@@ -318,7 +239,7 @@ impl Merged {
             expected: self.tally.received + self.tally.lost,
             delivered,
             deliveries_per_s,
-            latency_us: self.latency.summary(),
+            latency_us: self.latency_hist.summary(),
             lost: self.tally.lost,
             duplicated: self.tally.duplicated + self.tally_dropped.duplicated,
             out_of_order: self.tally.out_of_order + self.tally_dropped.out_of_order,
@@ -618,6 +539,8 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::account::PubAgg;
+    use crate::counters::bump;
 
     #[test]
     fn outages_unite_across_processes() {
@@ -660,15 +583,9 @@ mod tests {
 
     #[test]
     fn merging_child_reports() {
-        let mut a_conn = Hist::new();
-        a_conn.record_us(100);
-        let mut b_conn = Hist::new();
-        b_conn.record_us(300);
-        let mut a = ChildReport {
+        let mut a = Counters {
             attempts: 10,
             established: 9,
-            connect_hist: a_conn.to_base64(),
-            latency_hist: Hist::new().to_base64(),
             first_attempt_ns: Some(1_000_000_000),
             last_initial_ns: Some(1_500_000_000),
             initial_established: 9,
@@ -678,14 +595,13 @@ mod tests {
                 receivers: 2,
                 ..PubAgg::default()
             }],
-            ..ChildReport::default()
+            ..Counters::default()
         };
+        a.connect_hist.record_us(100);
         bump(&mut a.failed, "refused", 1);
-        let mut b = ChildReport {
+        let mut b = Counters {
             attempts: 10,
             established: 10,
-            connect_hist: b_conn.to_base64(),
-            latency_hist: Hist::new().to_base64(),
             first_attempt_ns: Some(1_100_000_000),
             last_initial_ns: Some(2_000_000_000),
             initial_established: 10,
@@ -696,12 +612,16 @@ mod tests {
                 missing: 1,
                 ..PubAgg::default()
             }],
-            ..ChildReport::default()
+            ..Counters::default()
         };
+        b.connect_hist.record_us(300);
         bump(&mut b.dropped, "eof", 2);
-        let mut m = Merged::default();
-        m.add(&a).unwrap();
-        m.add(&b).unwrap();
+        let mut m = Counters::default();
+        for child in [&a, &b] {
+            // As the coordinator gets them: through the pipe, as JSON.
+            let line = serde_json::to_vec(child).unwrap();
+            m.add(&serde_json::from_slice(&line).unwrap());
+        }
         let c = m.connect_report();
         assert_eq!((c.attempts, c.established, c.failed), (20, 19, 1));
         assert_eq!(c.phase_s, 1.0);

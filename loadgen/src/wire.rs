@@ -1,16 +1,16 @@
 //! What the coordinator and its child processes say to each other, one JSON object per
 //! line: the coordinator writes a [`ChildConfig`] then [`Command`]s to the child's stdin;
-//! the child writes [`ChildMsg`]s to its stdout. Histograms travel as base64 of the
-//! HdrHistogram V2 serialization ([`crate::hist`]).
+//! the child writes [`ChildMsg`]s to its stdout, the last one its [`Counters`].
+//! Histograms travel as base64 of the HdrHistogram V2 serialization ([`crate::hist`]).
 
 use mio::unix::pipe;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::net::{IpAddr, SocketAddr};
 
-use crate::account::{Expected, PubAgg, Tally};
+use crate::account::Expected;
 use crate::client::{Format, Transport};
+use crate::counters::Counters;
 
 /// Longest line accepted on a pipe (a configuration or a final report).
 pub const MAX_LINE: usize = 256 << 20;
@@ -97,12 +97,12 @@ pub enum Command {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ChildMsg {
-    /// Counters, every `progress_ms`.
+    /// Running totals, every `progress_ms`.
     Progress(Progress),
     /// Storm: an interval during which some connections dropped by the server were down.
     Outage(Outage),
-    /// The final report; the child exits after it.
-    Final(Box<ChildReport>),
+    /// The final report: everything the child counted; it exits after it.
+    Final(Box<Counters>),
     /// The child cannot run.
     Fatal {
         /// Why.
@@ -110,7 +110,7 @@ pub enum ChildMsg {
     },
 }
 
-/// Running counters of one child.
+/// Running totals of one child (a snapshot of its [`Counters`] and connection states).
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct Progress {
     /// Connections open now (subscription established).
@@ -142,68 +142,6 @@ pub struct Outage {
     pub end_ns: Option<u64>,
     /// Most connections down at once.
     pub peak: u64,
-}
-
-/// Everything one child measured.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ChildReport {
-    /// Connect attempts.
-    pub attempts: u64,
-    /// Subscriptions established (reconnects included).
-    pub established: u64,
-    /// Established by a reconnect (storm).
-    pub reconnects: u64,
-    /// Failed attempts by reason.
-    pub failed: BTreeMap<String, u64>,
-    /// Drops by the server, by reason.
-    pub dropped: BTreeMap<String, u64>,
-    /// Open at the end.
-    pub open_at_end: u64,
-    /// Storm: connections closed on purpose.
-    pub churn_closed: u64,
-    /// Unix ns of the first attempt.
-    pub first_attempt_ns: Option<u64>,
-    /// Unix ns of the last first-attempt subscription established (for the connect rate).
-    pub last_initial_ns: Option<u64>,
-    /// Connections whose first attempt succeeded.
-    pub initial_established: u64,
-    /// Connect latency (start of connect to subscription established), base64 V2.
-    pub connect_hist: String,
-    /// Publish-to-delivery latency of first copies, base64 V2.
-    pub latency_hist: String,
-    /// Data messages received (all copies).
-    pub received: u64,
-    /// Messages that are not ours.
-    pub foreign: u64,
-    /// pushedge `gap` messages.
-    pub gaps: u64,
-    /// Messages whose seq does not follow the connection's earlier seqs.
-    pub seq_errors: u64,
-    /// Accounting of subscribers open at the end.
-    pub tally: Tally,
-    /// Accounting of subscribers dropped during the run.
-    pub tally_dropped: Tally,
-    /// Open subscribers that got every expected message.
-    pub complete: u64,
-    /// Open subscribers missing some.
-    pub incomplete: u64,
-    /// Per publish (`i * channels + channel`): first/last arrival and receivers.
-    pub publishes: Vec<PubAgg>,
-    /// Unix ns of the first and last data arrival.
-    pub first_arrival_ns: Option<u64>,
-    /// See `first_arrival_ns`.
-    pub last_arrival_ns: Option<u64>,
-    /// Outages still open at the end (storm).
-    pub outages_open: Vec<Outage>,
-}
-
-/// Adds `n` to `map[key]`.
-pub fn bump(map: &mut BTreeMap<String, u64>, key: &str, n: u64) {
-    if let Some(v) = map.get_mut(key) {
-        *v += n;
-    } else {
-        map.insert(key.to_string(), n);
-    }
 }
 
 /// Reads `\n`-terminated lines from a pipe, keeping what follows a line.
