@@ -7,7 +7,7 @@ BACKEND ?= epoll
 REDIS_PORT ?= 6379
 
 .PHONY: run run-cluster test build release lint fmt bench fuzz fuzz-build fuzz-deps deps-test deps-redis conformance
-.PHONY: bench-build bench-scale bench-fanout bench-peers bench-backends bench-cluster
+.PHONY: bench-build bench-scale bench-fanout bench-peers bench-backends bench-cluster bench-floor
 
 ## run: build (release) and start the server on embedded defaults (BACKEND=uring for io_uring)
 run: release
@@ -68,6 +68,9 @@ bench:
 ##   make bench-backends                         epoll vs io_uring (POLL_ADD, RECV, no direct fds)
 ##   make bench-cluster CONNS=N [NODES=K] [BACKEND=...] [SET=...] [BENCH_ARGS="--channels C ..."]
 ##                    redis-server + K nodes on one port: fan-out to N subscribers through Redis
+##   make bench-floor [PUSHEDGE_BIN=...] [BENCH_ARGS="--rounds 15 ..."]
+##                    fan-out to 15,000 against the machine's floor (a bare sender, same reader),
+##                    epoll then uring: bare p50, pushedge p50, ratio (bench/src/bin/floor)
 CONNS ?= 100000
 BACKEND ?= epoll
 TRANSPORT ?= ws
@@ -93,6 +96,15 @@ bench-backends: bench-build
 
 bench-cluster: bench-build
 	python3 bench/cluster.py --conns $(CONNS) $(if $(NODES),--nodes $(NODES)) --backend $(BACKEND) $(BENCH_SETS) $(BENCH_ARGS)
+
+bench-floor: bench-build
+	$(CARGO) build --release -p pushedge-bench --bin floor
+	@set -eo pipefail; sum=$$(mktemp); trap 'rm -f "$$sum"' EXIT; \
+	for b in epoll uring; do \
+	  ./target/release/floor --backend $$b --pushedge "$(or $(PUSHEDGE_BIN),target/release/pushedge)" \
+	    $(BENCH_ARGS) | tee -a "$$sum"; echo; \
+	done; \
+	grep -E '^(epoll|uring): bare p50' "$$sum"
 
 ## fuzz: run each fuzz target for FUZZ_SECS seconds (cargo-fuzz on the nightly toolchain)
 ## and print one summary line per target; fails if any target crashed.
