@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::limits::{
-    MAX_ADMIN_CONNECTIONS, MAX_HISTORY_SIZE, MAX_MESSAGE_BYTES_LIMIT, MAX_SECS, MAX_WORKERS,
+    HEADERS_CAP, HEAD_BYTES_RANGE, MAX_ACCEPT_PAUSE_MS, MAX_ADMIN_CONNECTIONS,
+    MAX_CHANNELS_PER_CONN, MAX_HISTORY_SIZE, MAX_LISTENERS, MAX_MESSAGE_BYTES_LIMIT, MAX_RATE,
+    MAX_SECS, MAX_WORKERS, MIN_HEADERS, MIN_MESSAGE_BYTES, MIN_SLOW_CONSUMER_BYTES,
 };
 use crate::log::{self, Level};
 
@@ -23,6 +25,26 @@ pub enum BackendKind {
     Epoll,
     /// io_uring.
     Uring,
+}
+
+/// What a subscriber listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerProtocol {
+    /// HTTP/1.1: every subscriber transport (WebSocket, SSE, long-poll, streams).
+    #[default]
+    Http,
+}
+
+/// One subscriber listener (`[[listener]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Address (`host:port`).
+    pub addr: String,
+    /// What it speaks (`"http"`).
+    #[serde(default)]
+    pub protocol: ListenerProtocol,
 }
 
 /// How the io_uring backend arms idle sockets.
@@ -90,8 +112,11 @@ impl Default for ClusterConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Subscriber port address.
+    /// Subscriber port address: the one listener when there is no `[[listener]]`.
     pub listen: String,
+    /// Subscriber listeners (`[[listener]]` entries: `addr`, `protocol = "http"`); when
+    /// there are none, one on `listen`.
+    pub listener: Vec<ListenerConfig>,
     /// Admin (publisher) port address.
     pub admin_listen: String,
     /// Control socket path (created with mode 0600).
@@ -215,6 +240,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: DEFAULT_LISTEN.into(),
+            listener: Vec::new(),
             admin_listen: DEFAULT_ADMIN_LISTEN.into(),
             control_path: DEFAULT_CONTROL_PATH.into(),
             workers: 0,
@@ -394,6 +420,31 @@ impl Config {
 
     /// Checks ranges and relations between keys.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_durations()?;
+        self.validate_sizes()?;
+        self.validate_clients()?;
+        self.validate_ports()?;
+        self.validate_cluster()?;
+        if self.history_store == HistoryStore::Disk {
+            if self.history_path.is_empty() {
+                return err("history_store = \"disk\" needs history_path (a directory)");
+            }
+            if !self.cluster.redis_url.is_empty() {
+                return err(
+                    "history_store = \"disk\" cannot be used with cluster.redis_url: in a cluster the history lives in Redis (run Redis with persistence)",
+                );
+            }
+        }
+        if Level::parse(&self.log_level).is_none() {
+            return err(format!(
+                "log_level must be error, warn, info, debug or trace, got '{}'",
+                self.log_level
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_durations(&self) -> Result<(), ConfigError> {
         for (name, v) in [
             ("heartbeat_secs", self.heartbeat_secs),
             ("pong_timeout_secs", self.pong_timeout_secs),
@@ -415,12 +466,55 @@ impl Config {
                 return err(format!("{name} must be > 0 and <= {MAX_SECS}, got {v}"));
             }
         }
+        if self.accept_pause_ms == 0 || self.accept_pause_ms > MAX_ACCEPT_PAUSE_MS {
+            return err(format!("accept_pause_ms must be 1..={MAX_ACCEPT_PAUSE_MS}"));
+        }
+        Ok(())
+    }
+
+    fn validate_sizes(&self) -> Result<(), ConfigError> {
         if self.workers > MAX_WORKERS {
             return err(format!("workers must be <= {MAX_WORKERS}"));
         }
         if self.history_size == 0 || self.history_size > MAX_HISTORY_SIZE {
             return err(format!("history_size must be 1..={MAX_HISTORY_SIZE}"));
         }
+        if self.max_channels == 0 {
+            return err("max_channels must be > 0");
+        }
+        if self.max_channels_per_conn == 0 || self.max_channels_per_conn > MAX_CHANNELS_PER_CONN {
+            return err(format!(
+                "max_channels_per_conn must be 1..={MAX_CHANNELS_PER_CONN}"
+            ));
+        }
+        if !(MIN_MESSAGE_BYTES..=MAX_MESSAGE_BYTES_LIMIT).contains(&self.max_message_bytes) {
+            return err(format!(
+                "max_message_bytes must be {MIN_MESSAGE_BYTES}..={MAX_MESSAGE_BYTES_LIMIT}"
+            ));
+        }
+        if self.slow_consumer_bytes < MIN_SLOW_CONSUMER_BYTES {
+            return err(format!(
+                "slow_consumer_bytes must be >= {MIN_SLOW_CONSUMER_BYTES}"
+            ));
+        }
+        if !HEAD_BYTES_RANGE.contains(&self.max_head_bytes) {
+            return err(format!(
+                "max_head_bytes must be {}..={}",
+                HEAD_BYTES_RANGE.start(),
+                HEAD_BYTES_RANGE.end()
+            ));
+        }
+        if !(MIN_HEADERS..=HEADERS_CAP).contains(&self.max_headers) {
+            return err(format!("max_headers must be {MIN_HEADERS}..={HEADERS_CAP}"));
+        }
+        if self.idempotency_max_keys == 0 {
+            return err("idempotency_max_keys must be > 0");
+        }
+        Ok(())
+    }
+
+    /// What clients may do: rates, origins, tokens, publishing.
+    fn validate_clients(&self) -> Result<(), ConfigError> {
         for (name, v) in [
             (
                 "max_channel_creates_per_conn",
@@ -428,12 +522,40 @@ impl Config {
             ),
             ("client_publish_rate", self.client_publish_rate),
         ] {
-            if !(v.is_finite() && v > 0.0 && v <= 1e6) {
-                return err(format!("{name} must be > 0 and <= 1000000, got {v}"));
+            if !(v.is_finite() && v > 0.0 && v <= MAX_RATE) {
+                return err(format!("{name} must be > 0 and <= {MAX_RATE}, got {v}"));
             }
         }
         if self.channel_creates_burst == 0 || self.client_publish_burst == 0 {
             return err("channel_creates_burst and client_publish_burst must be > 0");
+        }
+        for p in &self.allowed_origins {
+            if p.is_empty() || p.bytes().any(|b| b.is_ascii_whitespace() || b == b',') {
+                return err(format!("allowed_origins: bad pattern '{p}'"));
+            }
+        }
+        if self.auth == AuthMode::Token && self.token_secret.is_empty() {
+            return err("auth = \"token\" needs token_secret");
+        }
+        if protocol::message::validate_callback(&self.iframe_callback).is_err() {
+            return err("iframe_callback must be a JavaScript identifier path");
+        }
+        if self.client_publish.iter().any(String::is_empty) {
+            return err("client_publish patterns must not be empty");
+        }
+        Ok(())
+    }
+
+    /// Listeners and connection caps.
+    fn validate_ports(&self) -> Result<(), ConfigError> {
+        if self.listen.is_empty() || self.admin_listen.is_empty() {
+            return err("listen and admin_listen must be set");
+        }
+        if self.listener.len() > MAX_LISTENERS {
+            return err(format!("at most {MAX_LISTENERS} [[listener]] entries"));
+        }
+        if self.listener.iter().any(|l| l.addr.is_empty()) {
+            return err("every [[listener]] needs an addr");
         }
         if self.admin_max_connections == 0 || self.admin_max_connections_per_ip == 0 {
             return err("admin_max_connections and admin_max_connections_per_ip must be > 0");
@@ -443,11 +565,6 @@ impl Config {
                 "admin_max_connections must be <= {MAX_ADMIN_CONNECTIONS}"
             ));
         }
-        for p in &self.allowed_origins {
-            if p.is_empty() || p.bytes().any(|b| b.is_ascii_whitespace() || b == b',') {
-                return err(format!("allowed_origins: bad pattern '{p}'"));
-            }
-        }
         if self.max_connections_per_ip > 0
             && self.backend == BackendKind::Uring
             && self.uring_direct
@@ -456,83 +573,37 @@ impl Config {
                 "max_connections_per_ip needs the peer's address, which io_uring direct descriptors do not give cheaply: use backend = \"epoll\" or uring_direct = false",
             );
         }
-        if self.max_channels == 0 {
-            return err("max_channels must be > 0");
-        }
-        if self.max_channels_per_conn == 0 || self.max_channels_per_conn > 1024 {
-            return err("max_channels_per_conn must be 1..=1024");
-        }
-        if self.max_message_bytes < 125 || self.max_message_bytes > MAX_MESSAGE_BYTES_LIMIT {
-            return err(format!(
-                "max_message_bytes must be 125..={MAX_MESSAGE_BYTES_LIMIT}"
-            ));
-        }
-        if self.slow_consumer_bytes < 4096 {
-            return err("slow_consumer_bytes must be >= 4096");
-        }
-        if Level::parse(&self.log_level).is_none() {
-            return err(format!(
-                "log_level must be error, warn, info, debug or trace, got '{}'",
-                self.log_level
-            ));
-        }
-        if self.max_head_bytes < 256 || self.max_head_bytes > 1 << 20 {
-            return err("max_head_bytes must be 256..=1048576");
-        }
-        if self.max_headers < 8 || self.max_headers > 256 {
-            return err("max_headers must be 8..=256");
-        }
-        if self.accept_pause_ms == 0 || self.accept_pause_ms > 60_000 {
-            return err("accept_pause_ms must be 1..=60000");
-        }
-        if self.auth == AuthMode::Token && self.token_secret.is_empty() {
-            return err("auth = \"token\" needs token_secret");
-        }
-        if protocol::message::validate_callback(&self.iframe_callback).is_err() {
-            return err("iframe_callback must be a JavaScript identifier path");
-        }
-        for p in &self.client_publish {
-            if p.is_empty() {
-                return err("client_publish patterns must not be empty");
-            }
-        }
-        if self.cluster.prefix.is_empty()
-            || self
-                .cluster
-                .prefix
+        Ok(())
+    }
+
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let c = &self.cluster;
+        if c.prefix.is_empty()
+            || c.prefix
                 .bytes()
                 .any(|b| b.is_ascii_whitespace() || b == b'{' || b == b'}')
         {
             return err("cluster.prefix must be non-empty, without spaces or braces");
         }
-        if self.cluster.key_ttl_secs == 0 {
+        if c.key_ttl_secs == 0 {
             return err("cluster.key_ttl_secs must be > 0");
         }
-        if self
-            .cluster
-            .node_id
-            .bytes()
-            .any(|b| b.is_ascii_whitespace())
-        {
+        if c.node_id.bytes().any(|b| b.is_ascii_whitespace()) {
             return err("cluster.node_id must not contain spaces");
         }
-        if self.history_store == HistoryStore::Disk {
-            if self.history_path.is_empty() {
-                return err("history_store = \"disk\" needs history_path (a directory)");
-            }
-            if !self.cluster.redis_url.is_empty() {
-                return err(
-                    "history_store = \"disk\" cannot be used with cluster.redis_url: in a cluster the history lives in Redis (run Redis with persistence)",
-                );
-            }
-        }
-        if self.idempotency_max_keys == 0 {
-            return err("idempotency_max_keys must be > 0");
-        }
-        if self.listen.is_empty() || self.admin_listen.is_empty() {
-            return err("listen and admin_listen must be set");
-        }
         Ok(())
+    }
+
+    /// The subscriber listeners: the `[[listener]]` entries, or one on `listen`.
+    pub fn listeners(&self) -> Vec<ListenerConfig> {
+        if self.listener.is_empty() {
+            vec![ListenerConfig {
+                addr: self.listen.clone(),
+                protocol: ListenerProtocol::Http,
+            }]
+        } else {
+            self.listener.clone()
+        }
     }
 
     /// Number of workers to start.

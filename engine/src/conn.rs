@@ -4,29 +4,54 @@
 //!            accept
 //!              |
 //!              v
-//!   +-----> Http --(GET /ws, /echo: 101)--> Ws --------------------+
-//!   |          |--(GET /sse)--------------> Sse -------------------+
-//!   |          |--(GET /stream)-----------> Stream ----------------+
-//!   |          |--(GET /iframe)-----------> Iframe ----------------+--> Closing --> (closed)
-//!   |          |--(GET /poll, nothing yet)-> Poll --(answered)--+  |    (write side shut,
-//!   |          |--(error, Connection: close)--------------------|--+     reading to EOF)
-//!   +----------+--(answered, keep-alive)------------------------+
+//!   +-----> Http --upgrade (GET /ws, /echo: 101)--> Ws | Echo --------+
+//!   |          |--stream (GET /sse, /stream, /iframe)--> Sse | Stream | Iframe
+//!   |          |                                                      +--shut--> Closing
+//!   |          |--hold (GET /poll, nothing yet)--> Poll --answered--+ |  (write side shut,
+//!   |          |--shut (an error, Connection: close)------------------+   reading to EOF)
+//!   +----------+--answered (keep-alive)-----------------------------+
 //! ```
 //!
+//! The state is private to this module: it changes only through the transitions named
+//! by the event that causes them ([`Conn::upgrade`], [`Conn::stream`], [`Conn::hold`],
+//! [`Conn::answered`], [`Conn::shut`]), each of which refuses a move the diagram does not
+//! have ([`Illegal`]). Closing for good is not a state: the worker's connection table
+//! marks the record doomed and removes it once the handler that asked has returned, so no
+//! handler ever finds its record gone underneath it.
+//!
+//! # The timer
+//!
+//! Each connection has one timer ([`Conn::timer`]); what it means follows from the state:
+//!
+//! | state | the timer fires when | then |
+//! |---|---|---|
+//! | `Http`, first request | `handshake_timeout_secs` passed since accept | 408 if a head had begun, else closed |
+//! | `Http`, between requests | `idle_timeout_secs` of keep-alive idleness, or `handshake_timeout_secs` once the next head began | closed / 408 |
+//! | `Ws` | the heartbeat is due (`heartbeat_secs`, the first jittered) | ping; the timer becomes the pong timeout |
+//! | `Ws`, awaiting a pong | `pong_timeout_secs` passed | close 1008 "heartbeat timeout" |
+//! | `Echo` | never armed | |
+//! | `Sse`, `Stream`, `Iframe` | the heartbeat is due | `: ping` / `noop`, armed again |
+//! | `Poll` | `poll_timeout_secs` passed | answered with `noop` |
+//! | any, closing gracefully ([`flag::CLOSE_AFTER_FLUSH`]) | `close_timeout_secs` passed | closed |
+//! | `Closing` | `close_timeout_secs` passed | closed |
+//!
+//! Deadlines that are not the state's own (an unfinished WebSocket message, a token's
+//! expiry) are *checks*: separate timer entries validated when they fire.
+//!
 //! The record is kept small because a server holds hundreds of thousands of them: an idle
-//! WebSocket subscriber is a socket, a generation, a timer id, two bytes of state, an empty
-//! frame decoder, one inline subscription and an empty pointer to the rarely needed
-//! [`Ext`] (unparsed input, unsent output, callbacks, token grant), which exists only
-//! while it holds something. See `size_of::<Conn>()` in the tests.
+//! WebSocket subscriber is a socket, a generation, a timer id, four bytes of state (state,
+//! flags, WebSocket session, listener), an empty frame decoder, one inline subscription
+//! and an empty pointer to the rarely needed [`Ext`] (unparsed input, callbacks, token
+//! grant), which exists only while it holds something. See `size_of::<Conn>()` in the
+//! tests.
 
 use bytes::Bytes;
-use std::collections::VecDeque;
 
-use protocol::ws::Decoder;
+use protocol::ws::{Decoder, Session};
 
 use crate::auth::Grant;
 use crate::metrics::Transport;
-use crate::reactor::Sock;
+use crate::reactor::{ListenerId, Sock};
 use crate::timer::TimerId;
 
 /// Where a connection is in its life.
@@ -75,13 +100,35 @@ impl State {
     }
 }
 
+/// A move the state diagram does not have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Illegal {
+    /// The state the connection was in.
+    pub from: State,
+    /// The transition that was asked.
+    pub event: &'static str,
+}
+
+impl std::fmt::Display for Illegal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no '{}' from state {:?}", self.event, self.from)
+    }
+}
+
+/// A transition that happened: the transports counted before and after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Moved {
+    /// Counted under this before.
+    pub from: Transport,
+    /// And under this now.
+    pub to: Transport,
+}
+
 /// Bit flags of a connection.
 pub mod flag {
-    /// A ping was sent and its pong has not come.
-    pub const AWAIT_PONG: u8 = 1;
-    /// A WebSocket close frame was sent.
-    pub const CLOSE_SENT: u8 = 2;
-    /// Close (shut the write side) once the queue is written.
+    /// Doomed: closed by a handler, removed by the worker once the handler returns.
+    pub const DOOMED: u8 = 1;
+    /// Close (shut the write side) once the output is written.
     pub const CLOSE_AFTER_FLUSH: u8 = 4;
     /// The connection has served a request (a timeout now is an idle keep-alive one).
     pub const SERVED: u8 = 8;
@@ -89,8 +136,6 @@ pub mod flag {
     pub const KEEP_ALIVE: u8 = 16;
     /// The current long-poll answers as JSONP.
     pub const JSONP: u8 = 32;
-    /// The writable edge arrived while nothing was queued.
-    pub const WRITABLE: u8 = 64;
     /// The current request's answers carry `Access-Control-Allow-Origin: *` (a specific
     /// origin is in [`super::Ext::origin`]).
     pub const CORS_ANY: u8 = 128;
@@ -201,85 +246,14 @@ impl Subs {
     }
 }
 
-/// Unsent output: shared buffers plus the offset already written of the first.
-#[derive(Debug, Default)]
-pub struct WriteQueue {
-    /// Buffers in order.
-    pub bufs: VecDeque<Bytes>,
-    /// Bytes of `bufs[0]` already written.
-    pub offset: usize,
-    /// Bytes left to write in all buffers.
-    pub bytes: usize,
-}
-
-impl WriteQueue {
-    /// True when nothing is queued.
-    pub fn is_empty(&self) -> bool {
-        self.bytes == 0
-    }
-
-    /// Appends a buffer.
-    pub fn push(&mut self, b: Bytes) {
-        if b.is_empty() {
-            return;
-        }
-        self.bytes += b.len();
-        self.bufs.push_back(b);
-    }
-
-    /// Appends a buffer of which the first `written` bytes are already written (the
-    /// queue must be empty). Keeping the buffer whole lets a slow-consumer cut keep the
-    /// stream well-formed.
-    pub fn push_partial(&mut self, b: Bytes, written: usize) {
-        debug_assert!(
-            self.bufs.is_empty(),
-            "only the first buffer can be partly written"
-        );
-        debug_assert!(written < b.len());
-        self.bytes += b.len() - written;
-        self.offset = written;
-        self.bufs.push_back(b);
-    }
-
-    /// Marks `n` bytes as written.
-    pub fn advance(&mut self, mut n: usize) {
-        self.bytes -= n;
-        while n > 0 {
-            let front = self.bufs.front().expect("advance within the queued bytes");
-            let left = front.len() - self.offset;
-            if n >= left {
-                n -= left;
-                self.bufs.pop_front();
-                self.offset = 0;
-            } else {
-                self.offset += n;
-                n = 0;
-            }
-        }
-    }
-
-    /// Drops every buffer after the first, keeping a partially written one whole so the
-    /// stream stays well-formed.
-    pub fn truncate_to_partial(&mut self) {
-        if self.offset == 0 {
-            self.bufs.clear();
-        } else {
-            self.bufs.truncate(1);
-        }
-        self.bytes = self.bufs.front().map_or(0, |b| b.len() - self.offset);
-    }
-}
-
 /// What a connection needs only some of the time.
 #[derive(Debug, Default)]
 pub struct Ext {
     /// Received bytes not yet parsed (an incomplete head, or pipelined requests).
     pub rbuf: Vec<u8>,
-    /// Unsent output.
-    pub wq: WriteQueue,
     /// JSONP / iframe callback.
     pub callback: Option<Box<str>>,
-    /// The verified token of a WebSocket subscriber (with `auth = "token"`).
+    /// The verified token of a subscriber (with `auth = "token"`).
     pub grant: Option<Box<Grant>>,
     /// The seq a held long-poll asked for (for the `noop` on timeout).
     pub poll_seq: u64,
@@ -304,7 +278,6 @@ impl Ext {
     /// True when nothing in it is needed any more.
     pub fn is_empty(&self) -> bool {
         self.rbuf.is_empty()
-            && self.wq.is_empty()
             && self.callback.is_none()
             && self.grant.is_none()
             && self.poll_seq == 0
@@ -322,12 +295,16 @@ pub struct Conn {
     pub sock: Sock,
     /// Generation: the slot's reuse count, carried in reactor tokens and timer keys.
     pub generation: u32,
-    /// The connection's one timer (its meaning follows from the state).
+    /// The connection's one timer (its meaning follows from the state: see the module
+    /// doc).
     pub timer: TimerId,
-    /// State.
-    pub state: State,
+    state: State,
     /// [`flag`] bits.
     pub flags: u8,
+    /// The WebSocket session (close handshake, pong awaited).
+    pub session: Session,
+    /// The listener it came from.
+    pub listener: ListenerId,
     /// WebSocket frame decoder (empty between frames).
     pub ws: Decoder,
     /// Subscriptions.
@@ -338,16 +315,80 @@ pub struct Conn {
 
 impl Conn {
     /// A fresh connection waiting for its request head.
-    pub fn new(sock: Sock, generation: u32) -> Conn {
+    pub fn new(sock: Sock, generation: u32, listener: ListenerId) -> Conn {
         Conn {
             sock,
             generation,
             timer: TimerId::NONE,
             state: State::Http,
             flags: 0,
+            session: Session::new(),
+            listener,
             ws: Decoder::new(),
             subs: Subs::None,
             ext: None,
+        }
+    }
+
+    /// The state.
+    #[inline]
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    fn go(&mut self, to: State) -> Moved {
+        let from = self.state.transport();
+        self.state = to;
+        Moved {
+            from,
+            to: to.transport(),
+        }
+    }
+
+    fn refuse(&self, event: &'static str) -> Result<Moved, Illegal> {
+        Err(Illegal {
+            from: self.state,
+            event,
+        })
+    }
+
+    /// The 101 went out: a WebSocket (an echo session when `echo`).
+    pub fn upgrade(&mut self, echo: bool) -> Result<Moved, Illegal> {
+        match self.state {
+            State::Http => Ok(self.go(if echo { State::Echo } else { State::Ws })),
+            _ => self.refuse("upgrade"),
+        }
+    }
+
+    /// A streaming response began (`to` is `Sse`, `Stream` or `Iframe`).
+    pub fn stream(&mut self, to: State) -> Result<Moved, Illegal> {
+        match self.state {
+            State::Http if to.is_stream() => Ok(self.go(to)),
+            _ => self.refuse("stream"),
+        }
+    }
+
+    /// A long-poll found nothing yet and waits.
+    pub fn hold(&mut self) -> Result<Moved, Illegal> {
+        match self.state {
+            State::Http => Ok(self.go(State::Poll)),
+            _ => self.refuse("hold"),
+        }
+    }
+
+    /// A whole response went out: back to waiting for a request head.
+    pub fn answered(&mut self) -> Result<Moved, Illegal> {
+        match self.state {
+            State::Http | State::Poll => Ok(self.go(State::Http)),
+            _ => self.refuse("answered"),
+        }
+    }
+
+    /// The write side was shut: only the peer's EOF is waited for.
+    pub fn shut(&mut self) -> Result<Moved, Illegal> {
+        match self.state {
+            State::Closing => self.refuse("shut"),
+            _ => Ok(self.go(State::Closing)),
         }
     }
 
@@ -369,6 +410,18 @@ impl Conn {
         self.flags &= !f;
     }
 
+    /// Doomed: closed, waiting to be removed.
+    #[inline]
+    pub fn doomed(&self) -> bool {
+        self.has(flag::DOOMED)
+    }
+
+    /// Nothing more may be written: doomed, shut, or closing once its output is out.
+    #[inline]
+    pub fn write_closed(&self) -> bool {
+        self.has(flag::DOOMED | flag::CLOSE_AFTER_FLUSH) || self.state == State::Closing
+    }
+
     /// The extension, created on first use.
     pub fn ext(&mut self) -> &mut Ext {
         self.ext.get_or_insert_with(Box::default)
@@ -385,14 +438,9 @@ impl Conn {
         }
     }
 
-    /// Bytes queued for writing.
-    pub fn queued(&self) -> usize {
-        self.ext.as_ref().map_or(0, |e| e.wq.bytes)
-    }
-
-    /// True when output is queued.
-    pub fn has_queue(&self) -> bool {
-        self.queued() > 0
+    /// True when received input waits to be parsed.
+    pub fn has_saved_input(&self) -> bool {
+        self.ext.as_ref().is_some_and(|e| !e.rbuf.is_empty())
     }
 }
 
@@ -404,8 +452,34 @@ mod tests {
     fn the_record_is_small() {
         let size = std::mem::size_of::<Conn>();
         assert!(size <= 56, "Conn is {size} bytes");
-        // 4 (socket) + 4 (generation) + 4 (timer) + 2 (state, flags) + 8 (decoder)
-        // + 24 (subscriptions) + 8 (extension), with padding.
+        // 4 (socket) + 4 (generation) + 4 (timer) + 4 (state, flags, session, listener)
+        // + 8 (decoder) + 24 (subscriptions) + 8 (extension).
+    }
+
+    #[test]
+    fn transitions_follow_the_diagram_and_refuse_the_rest() {
+        let mut c = Conn::new(3, 1, 0);
+        assert_eq!(c.state(), State::Http);
+        assert!(c.stream(State::Ws).is_err(), "not a streaming state");
+        c.hold().unwrap();
+        assert_eq!(
+            c.upgrade(false),
+            Err(Illegal {
+                from: State::Poll,
+                event: "upgrade"
+            })
+        );
+        let m = c.answered().unwrap();
+        assert_eq!((m.from, m.to), (Transport::Poll, Transport::Http));
+        c.upgrade(false).unwrap();
+        assert!(c.answered().is_err(), "a WebSocket has no response");
+        c.shut().unwrap();
+        assert_eq!(c.state(), State::Closing);
+        assert!(c.shut().is_err());
+        assert!(c.write_closed());
+        let mut s = Conn::new(3, 2, 0);
+        s.stream(State::Iframe).unwrap();
+        assert!(s.hold().is_err());
     }
 
     #[test]
@@ -427,35 +501,5 @@ mod tests {
         assert_eq!(s.as_slice()[0].last_seq, 9);
         assert_eq!(s.take_all().len(), 1);
         assert!(s.is_empty());
-    }
-
-    #[test]
-    fn write_queue_accounting() {
-        let mut q = WriteQueue::default();
-        q.push(Bytes::from_static(b"hello"));
-        q.push(Bytes::from_static(b""));
-        q.push(Bytes::from_static(b"world"));
-        assert_eq!(q.bytes, 10);
-        q.advance(3);
-        assert_eq!((q.bytes, q.offset, q.bufs.len()), (7, 3, 2));
-        q.advance(4);
-        assert_eq!((q.bytes, q.offset, q.bufs.len()), (3, 2, 1));
-        q.push(Bytes::from_static(b"!!"));
-        q.truncate_to_partial();
-        assert_eq!((q.bytes, q.bufs.len()), (3, 1));
-        q.advance(3);
-        assert!(q.is_empty());
-        q.push(Bytes::from_static(b"x"));
-        q.truncate_to_partial();
-        assert!(q.is_empty());
-        q.push_partial(Bytes::from_static(b"abcdef"), 2);
-        q.push(Bytes::from_static(b"gh"));
-        assert_eq!((q.bytes, q.offset), (6, 2));
-        q.truncate_to_partial();
-        assert_eq!(
-            (q.bytes, q.bufs.len()),
-            (4, 1),
-            "the partly written buffer stays whole"
-        );
     }
 }

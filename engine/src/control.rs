@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::inbox::Cmd;
 use crate::limits::{
-    CTL_DEFAULT_CONNS, MAX_CONNS_LISTING, MAX_CONTROL_CONNS, MAX_DRAIN_WAIT_SECS,
+    CTL_DEFAULT_CONNS, DRAIN_POLL, MAX_CONNS_LISTING, MAX_CONTROL_CONNS, MAX_DRAIN_WAIT_SECS,
     WORKER_REPLY_TIMEOUT,
 };
 use crate::shared::{Shared, Stop};
@@ -185,30 +185,15 @@ pub fn handle(shared: &Shared, line: &str) -> Value {
             },
             _ => error(400, "usage: info [channel]"),
         },
-        "channels" => {
-            let prefix = args.first().copied().unwrap_or("");
-            if args.len() > 1 {
-                return error(400, "usage: channels [prefix]");
-            }
-            let list: Vec<Value> = shared
-                .hub
-                .channels(prefix, crate::limits::DEFAULT_LISTING)
-                .iter()
-                .map(channel_json)
-                .collect();
-            json!({"type": "channels", "channels": list})
-        }
-        "conns" => {
-            let limit = match args.as_slice() {
-                [] => CTL_DEFAULT_CONNS,
-                [n] => match n.parse::<usize>() {
-                    Ok(n) if n > 0 => n.min(MAX_CONNS_LISTING),
-                    _ => return error(400, "limit must be a positive integer"),
-                },
-                _ => return error(400, "usage: conns [limit]"),
-            };
-            conns(shared, limit)
-        }
+        "channels" => channels(shared, &args),
+        "conns" => match args.as_slice() {
+            [] => conns(shared, CTL_DEFAULT_CONNS),
+            [n] => match n.parse::<usize>() {
+                Ok(n) if n > 0 => conns(shared, n.min(MAX_CONNS_LISTING)),
+                _ => error(400, "limit must be a positive integer"),
+            },
+            _ => error(400, "usage: conns [limit]"),
+        },
         "config" => config(shared, rest),
         "kick" => match args.as_slice() {
             [id] => kick(shared, id),
@@ -221,36 +206,8 @@ pub fn handle(shared: &Shared, line: &str) -> Value {
             },
             _ => error(400, "usage: close <channel>"),
         },
-        "pub" => {
-            let (name, content) = word(rest);
-            if name.is_empty() {
-                return error(400, "usage: pub <channel> <content>");
-            }
-            match shared.publish_wait(name, content, None) {
-                Ok(a) => {
-                    json!({"type": "ok", "channel": name, "seq": a.seq, "epoch": a.epoch.as_str()})
-                }
-                Err(e) => error(e.status(), &e.reason()),
-            }
-        }
-        "drain" => {
-            let wait = match args.as_slice() {
-                [] => None,
-                [s] => match s.parse::<u64>() {
-                    Ok(n) if n <= MAX_DRAIN_WAIT_SECS => Some(Duration::from_secs(n)),
-                    _ => return error(400, "seconds must be an integer 0..=3600"),
-                },
-                _ => return error(400, "usage: drain [seconds]"),
-            };
-            shared.drain();
-            if let Some(wait) = wait {
-                let deadline = Instant::now() + wait;
-                while shared.conns.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
-                    thread::sleep(Duration::from_millis(20));
-                }
-            }
-            json!({"type": "ok", "draining": true, "connections": shared.conns.load(Ordering::Relaxed)})
-        }
+        "pub" => publish(shared, rest),
+        "drain" => drain(shared, &args),
         "shutdown" => {
             if !args.is_empty() {
                 return error(400, "usage: shutdown");
@@ -266,6 +223,55 @@ pub fn handle(shared: &Shared, line: &str) -> Value {
             ),
         ),
     }
+}
+
+fn channels(shared: &Shared, args: &[&str]) -> Value {
+    let prefix = args.first().copied().unwrap_or("");
+    if args.len() > 1 {
+        return error(400, "usage: channels [prefix]");
+    }
+    let list: Vec<Value> = shared
+        .hub
+        .channels(prefix, crate::limits::DEFAULT_LISTING)
+        .iter()
+        .map(channel_json)
+        .collect();
+    json!({"type": "channels", "channels": list})
+}
+
+fn publish(shared: &Shared, rest: &str) -> Value {
+    let (name, content) = word(rest);
+    if name.is_empty() {
+        return error(400, "usage: pub <channel> <content>");
+    }
+    match shared.publish_wait(name, content, None) {
+        Ok(a) => json!({"type": "ok", "channel": name, "seq": a.seq, "epoch": a.epoch.as_str()}),
+        Err(e) => error(e.status(), &e.reason()),
+    }
+}
+
+fn drain(shared: &Shared, args: &[&str]) -> Value {
+    let wait = match args {
+        [] => None,
+        [s] => match s.parse::<u64>() {
+            Ok(n) if n <= MAX_DRAIN_WAIT_SECS => Some(Duration::from_secs(n)),
+            _ => {
+                return error(
+                    400,
+                    &format!("seconds must be an integer 0..={MAX_DRAIN_WAIT_SECS}"),
+                )
+            }
+        },
+        _ => return error(400, "usage: drain [seconds]"),
+    };
+    shared.drain();
+    if let Some(wait) = wait {
+        let deadline = Instant::now() + wait;
+        while shared.conns.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+            thread::sleep(DRAIN_POLL);
+        }
+    }
+    json!({"type": "ok", "draining": true, "connections": shared.conns.load(Ordering::Relaxed)})
 }
 
 fn config(shared: &Shared, rest: &str) -> Value {
@@ -330,8 +336,7 @@ fn kick(shared: &Shared, id: &str) -> Value {
     };
     let (tx, rx) = mpsc::channel();
     shared.inboxes[w].push(Cmd::Kick {
-        slot,
-        generation,
+        token: crate::reactor::Token::new(slot as usize, generation),
         reply: tx,
     });
     match rx.recv_timeout(WORKER_REPLY_TIMEOUT) {

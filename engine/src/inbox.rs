@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use crate::epoch::Epoch;
 use crate::msg::Msg;
+use crate::reactor::Token;
 
 /// Something a worker can be woken with.
 pub trait Wake: Send + Sync {
@@ -46,7 +47,7 @@ pub struct ConnInfo {
 #[derive(Debug)]
 pub struct PubDone {
     /// The publishing connection.
-    pub token: u64,
+    pub token: Token,
     /// The channel.
     pub channel: Arc<str>,
     /// `(seq, epoch, duplicate)`, or `(status, reason)`.
@@ -74,7 +75,7 @@ pub struct RemoteStream {
 #[derive(Debug)]
 pub struct RemoteReply {
     /// The connection.
-    pub token: u64,
+    pub token: Token,
     /// The worker's request id.
     pub req: u64,
     /// The stream, or why it could not be read.
@@ -91,10 +92,8 @@ pub enum Cmd {
     Remote(RemoteReply),
     /// Close one connection; replies whether it existed.
     Kick {
-        /// Slot in the worker's slab.
-        slot: u32,
-        /// Generation of the connection.
-        generation: u32,
+        /// The connection.
+        token: Token,
         /// Reply channel.
         reply: Sender<bool>,
     },

@@ -37,5 +37,6 @@ pub mod server;
 pub mod shared;
 pub mod store;
 pub mod timer;
+pub mod transport;
 pub mod views;
 pub mod worker;

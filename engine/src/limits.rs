@@ -51,6 +51,9 @@ pub const MIN_SUBSCRIBER_FDS: u64 = 16;
 /// Listen backlog of the subscriber and admin sockets.
 pub const LISTEN_BACKLOG: i32 = 4096;
 
+/// Most `[[listener]]` entries.
+pub const MAX_LISTENERS: usize = 16;
+
 /// Most connections accepted per turn.
 pub const ACCEPT_BATCH: usize = 512;
 
@@ -186,6 +189,10 @@ pub const RELEASE_AFTER_FREES: u64 = 1024;
 /// How often a thread looks at its free count (mimalloc's own delay is 10-100 ms).
 pub const RELEASE_CHECK: Duration = Duration::from_secs(1);
 
+/// Checks in a row that give memory back once a thread has freed in bulk (what other
+/// threads still held for it comes back in the later ones).
+pub const RELEASE_ROUNDS: u8 = 3;
+
 /// Tables with room for more than this many entries shrink when three quarters empty.
 pub const SHRINK_ABOVE: usize = 4096;
 
@@ -205,6 +212,27 @@ pub const MAX_WORKERS: usize = 256;
 
 /// Largest `admin_max_connections`.
 pub const MAX_ADMIN_CONNECTIONS: usize = 65_536;
+
+/// Largest `max_channels_per_conn`.
+pub const MAX_CHANNELS_PER_CONN: usize = 1024;
+
+/// Smallest `max_message_bytes` (a WebSocket control frame's payload).
+pub const MIN_MESSAGE_BYTES: usize = 125;
+
+/// Smallest `slow_consumer_bytes`.
+pub const MIN_SLOW_CONSUMER_BYTES: usize = 4096;
+
+/// The range of `max_head_bytes`.
+pub const HEAD_BYTES_RANGE: std::ops::RangeInclusive<usize> = 256..=1 << 20;
+
+/// Fewest `max_headers` (the most is [`HEADERS_CAP`]).
+pub const MIN_HEADERS: usize = 8;
+
+/// Longest `accept_pause_ms`.
+pub const MAX_ACCEPT_PAUSE_MS: u64 = 60_000;
+
+/// Highest per-second rate of the rate-limit keys.
+pub const MAX_RATE: f64 = 1e6;
 
 // ------------------------------------------------------------ redis
 
@@ -304,12 +332,14 @@ pub fn nofile_limit() -> u64 {
 /// each worker's own table when subscriber sockets are io_uring direct descriptors
 /// ([`crate::reactor::Backend::slots`]).
 pub fn fd_budget(cfg: &Config, workers: usize, limit: u64, ring_slots: Option<usize>) -> FdBudget {
-    let mut reserved = FD_BASE
+    let mut reserved: u64 = FD_BASE
         + workers as u64 * FD_PER_WORKER
         + FD_ADMIN
         + cfg.admin_max_connections as u64
         + FD_CONTROL
-        + crate::limits::MAX_CONTROL_CONNS as u64;
+        + MAX_CONTROL_CONNS as u64;
+    // A worker holds one socket per listener beyond the first too.
+    reserved += workers as u64 * cfg.listeners().len().saturating_sub(1) as u64;
     if !cfg.cluster.redis_url.is_empty() {
         reserved += FD_CLUSTER;
     }

@@ -104,7 +104,11 @@ fn parse_serve(args: &[String]) -> Result<Config, String> {
     };
     for (flag, value) in flags {
         let r = match flag.as_str() {
-            "--listen" => cfg.set_unchecked("listen", &quote(&value)),
+            "--listen" => {
+                // The one listener from now on, whatever the file's `[[listener]]`s.
+                cfg.listener.clear();
+                cfg.set_unchecked("listen", &quote(&value))
+            }
             "--admin" => cfg.set_unchecked("admin_listen", &quote(&value)),
             "--control" => cfg.set_unchecked("control_path", &quote(&value)),
             "--workers" => {

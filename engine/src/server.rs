@@ -20,11 +20,11 @@ use crate::config::{self, AuthMode, Config, Live};
 use crate::config::{BackendKind, HistoryStore, UringArm};
 use crate::hub::{Hub, HubConfig};
 use crate::inbox::{Cmd, Inbox};
-use crate::limits::{self};
+use crate::limits::{self, FdBudget};
 use crate::limits::{DRAIN_POLL, LISTEN_BACKLOG};
 use crate::reactor::epoll::Epoll;
 use crate::reactor::uring::{self, Uring};
-use crate::reactor::Backend;
+use crate::reactor::{Backend, ListenerId};
 use crate::shared::{Shared, Stop};
 use crate::store::Store;
 use crate::worker::Worker;
@@ -53,15 +53,12 @@ impl StartError {
     }
 }
 
-/// Addresses actually bound.
-#[derive(Debug, Clone)]
-pub struct Bound {
-    /// Subscriber address.
-    pub listen: SocketAddr,
-    /// Admin address.
-    pub admin: SocketAddr,
-    /// Control socket path.
-    pub control: String,
+/// Everything bound before any thread starts (a bad address fails first).
+struct Bound {
+    /// Per listener: its address, and one socket per worker (SO_REUSEPORT).
+    listeners: Vec<(SocketAddr, Vec<StdTcpListener>)>,
+    /// The admin port.
+    admin: (SocketAddr, StdTcpListener),
 }
 
 fn resolve(addr: &str, what: &str) -> Result<SocketAddr, String> {
@@ -104,9 +101,8 @@ fn node_id(cfg: &Config) -> String {
     format!("{host}-{}-{:x}", std::process::id(), t & 0xFFFF_FFFF)
 }
 
-/// Runs the server until it is told to stop. Returns the process exit status.
-pub fn serve(mut cfg: Config) -> Result<(), StartError> {
-    let workers = cfg.worker_count();
+/// Runs the server until it is told to stop.
+pub fn serve(cfg: Config) -> Result<(), StartError> {
     if cfg.auth == AuthMode::None
         && !cfg.client_publish.is_empty()
         && cfg.allowed_origins.iter().any(|o| o == "*")
@@ -116,77 +112,118 @@ pub fn serve(mut cfg: Config) -> Result<(), StartError> {
             cfg.client_publish
         );
     }
-
-    // Bind everything first.
-    let listen_addr = resolve(&cfg.listen, "listen")?;
-    let mut listeners = Vec::with_capacity(workers);
-    let first =
-        bind_reuseport(listen_addr).map_err(|e| format!("cannot listen on {listen_addr}: {e}"))?;
-    let listen_addr = first
-        .local_addr()
-        .map_err(|e| format!("cannot read the bound address: {e}"))?;
-    listeners.push(first);
-    for _ in 1..workers {
-        listeners.push(
-            bind_reuseport(listen_addr)
-                .map_err(|e| format!("cannot listen on {listen_addr}: {e}"))?,
-        );
-    }
-    let admin_addr = resolve(&cfg.admin_listen, "admin")?;
-    let admin_listener = admin::bind(admin_addr)
-        .map_err(|e| format!("cannot listen on admin address {admin_addr}: {e}"))?;
-    let admin_addr = admin_listener
-        .local_addr()
-        .map_err(|e| format!("cannot read the admin address: {e}"))?;
-
-    let mut backends = Backends::Epoll(Vec::new());
+    let workers = cfg.worker_count();
+    let bound = bind_all(&cfg, workers)?;
     if cfg.backend == BackendKind::Uring {
-        let arm = match cfg.uring_arm {
-            UringArm::Poll => uring::Arm::Poll,
-            UringArm::Recv => uring::Arm::Recv,
-        };
-        let mut rings = Vec::with_capacity(workers);
-        for _ in 0..workers {
-            match Uring::new(cfg.uring_direct, arm) {
-                Ok(r) => rings.push(r),
-                Err(e) => {
-                    warn!("io_uring unavailable ({e}); running on epoll");
-                    rings.clear();
-                    break;
-                }
+        if let Some(rings) = rings(&cfg, workers) {
+            return run(cfg, rings, bound);
+        }
+    }
+    let epolls = (0..workers)
+        .map(|_| Epoll::new())
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(|e| format!("cannot create a reactor: {e}"))?;
+    run(cfg, epolls, bound)
+}
+
+/// One io_uring per worker; `None` (after a warning) when io_uring cannot be used.
+fn rings(cfg: &Config, workers: usize) -> Option<Vec<Uring>> {
+    let arm = match cfg.uring_arm {
+        UringArm::Poll => uring::Arm::Poll,
+        UringArm::Recv => uring::Arm::Recv,
+    };
+    let mut rings = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        match Uring::new(cfg.uring_direct, arm) {
+            Ok(r) => rings.push(r),
+            Err(e) => {
+                warn!("io_uring unavailable ({e}); running on epoll");
+                return None;
             }
         }
-        if !rings.is_empty() {
-            backends = Backends::Uring(rings);
-        }
     }
-    if let Backends::Epoll(v) = &mut backends {
-        for _ in 0..workers {
-            v.push(Epoll::new().map_err(|e| format!("cannot create a reactor: {e}"))?);
+    Some(rings)
+}
+
+fn bind_all(cfg: &Config, workers: usize) -> Result<Bound, String> {
+    let mut listeners = Vec::new();
+    for l in cfg.listeners() {
+        let addr = resolve(&l.addr, "listen")?;
+        let first = bind_reuseport(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        // Port 0: the other workers share the port the first one got.
+        let addr = first
+            .local_addr()
+            .map_err(|e| format!("cannot read the bound address: {e}"))?;
+        let mut socks = vec![first];
+        for _ in 1..workers {
+            socks.push(bind_reuseport(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?);
         }
+        listeners.push((addr, socks));
     }
+    let admin_addr = resolve(&cfg.admin_listen, "admin")?;
+    let admin = admin::bind(admin_addr)
+        .map_err(|e| format!("cannot listen on admin address {admin_addr}: {e}"))?;
+    let admin_addr = admin
+        .local_addr()
+        .map_err(|e| format!("cannot read the admin address: {e}"))?;
+    Ok(Bound {
+        listeners,
+        admin: (admin_addr, admin),
+    })
+}
+
+/// The rest of the start, the wait and the stop, on `backends` (one per worker).
+fn run<B: Backend + Send + 'static>(
+    mut cfg: Config,
+    backends: Vec<B>,
+    bound: Bound,
+) -> Result<(), StartError> {
+    let workers = backends.len();
     // The budget is known once the rings say whether they hold their own tables.
-    let ring_slots = match &backends {
-        Backends::Epoll(_) => None,
-        Backends::Uring(v) => v.iter().map(|r| r.slots()).min().flatten(),
-    };
+    let ring_slots = backends.iter().map(|b| b.slots()).min().flatten();
     let fds = limits::fd_budget(&cfg, workers, limits::nofile_limit(), ring_slots);
     cfg.max_connections = fds
         .resolve(cfg.max_connections)
         .map_err(StartError::config)?;
-    let live = Arc::new(Live::new(&cfg));
-    let control_listener = control::bind(&cfg.control_path).map_err(|e| StartError {
+    let control = control::bind(&cfg.control_path).map_err(|e| StartError {
         code: if e.starts_with("control_path") { 2 } else { 1 },
         message: e,
     })?;
-    let inboxes: Vec<Arc<Inbox>> = match &backends {
-        Backends::Epoll(v) => v.iter().map(|b| Arc::new(Inbox::new(b.waker()))).collect(),
-        Backends::Uring(v) => v.iter().map(|b| Arc::new(Inbox::new(b.waker()))).collect(),
-    };
-    let backend_name = match &backends {
-        Backends::Epoll(v) => v[0].name(),
-        Backends::Uring(v) => v[0].name(),
-    };
+    let inboxes: Vec<Arc<Inbox>> = backends
+        .iter()
+        .map(|b| Arc::new(Inbox::new(b.waker())))
+        .collect();
+    let backend = backends[0].name();
+    let (shared, stop_rx) = build_shared(cfg, fds, &inboxes)?;
+    let (addrs, socks): (Vec<SocketAddr>, Vec<_>) = bound.listeners.into_iter().unzip();
+    let handles = spawn_workers(&shared, backends, socks, &inboxes)?;
+    let (admin_addr, admin) = bound.admin;
+    spawn(&shared, "admin", move |s| admin::run(s, admin))?;
+    spawn(&shared, "control", move |s| control::run(s, control))?;
+    start_signal_thread(shared.clone())?;
+    log_ready(&shared, backend, &addrs, admin_addr);
+    wait_and_stop(&shared, stop_rx);
+    for inbox in &shared.inboxes {
+        inbox.push(Cmd::Shutdown);
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    if let Some(s) = shared.hub.store() {
+        s.close();
+    }
+    let _ = std::fs::remove_file(&shared.cfg.control_path);
+    info!("stopped");
+    Ok(())
+}
+
+/// The store, the hub, the cluster and the shared state around them.
+fn build_shared(
+    cfg: Config,
+    fds: FdBudget,
+    inboxes: &[Arc<Inbox>],
+) -> Result<(Arc<Shared>, Receiver<Stop>), StartError> {
+    let live = Arc::new(Live::new(&cfg));
     let store = match cfg.history_store {
         HistoryStore::Memory => None,
         HistoryStore::Disk => Some(Store::open(
@@ -198,14 +235,13 @@ pub fn serve(mut cfg: Config) -> Result<(), StartError> {
     let disk = store.as_ref().map(|(s, _)| s.clone());
     let replica = !cfg.cluster.redis_url.is_empty();
     let hub = Arc::new(Hub::new(
-        inboxes.clone(),
+        inboxes.to_vec(),
         HubConfig::from_config(&cfg, live.clone(), replica),
         store,
     ));
     if let Some(s) = &disk {
         s.start(hub.clone())?;
     }
-    let (stop_tx, stop_rx) = mpsc::channel();
     let node = node_id(&cfg);
     let cluster = if cfg.cluster.redis_url.is_empty() {
         None
@@ -217,42 +253,36 @@ pub fn serve(mut cfg: Config) -> Result<(), StartError> {
         )?))
     };
     if let Some(c) = &cluster {
-        c.start(hub.clone(), inboxes.clone())?;
+        c.start(hub.clone(), inboxes.to_vec())?;
         info!(
             "cluster: node {node} sharing channels through {}",
             cfg.cluster.redis_url
         );
     }
-    let mut shared = Shared::new(cfg, live, hub, inboxes.clone(), node, cluster);
+    let (stop_tx, stop_rx) = mpsc::channel();
+    let mut shared = Shared::new(cfg, live, hub, inboxes.to_vec(), node, cluster);
     shared.stop = Mutex::new(Some(stop_tx));
     shared.fds = fds;
-    let shared = Arc::new(shared);
+    Ok((Arc::new(shared), stop_rx))
+}
 
-    let handles = match backends {
-        Backends::Epoll(v) => spawn_workers(&shared, v, listeners, &inboxes)?,
-        Backends::Uring(v) => spawn_workers(&shared, v, listeners, &inboxes)?,
-    };
-    {
-        let shared = shared.clone();
-        thread::Builder::new()
-            .name("admin".into())
-            .spawn(move || admin::run(shared, admin_listener))
-            .map_err(|e| format!("cannot start admin thread: {e}"))?;
-    }
-    {
-        let shared = shared.clone();
-        thread::Builder::new()
-            .name("control".into())
-            .spawn(move || control::run(shared, control_listener))
-            .map_err(|e| format!("cannot start control thread: {e}"))?;
-    }
-    start_signal_thread(shared.clone())?;
+fn spawn(
+    shared: &Arc<Shared>,
+    name: &str,
+    f: impl FnOnce(Arc<Shared>) + Send + 'static,
+) -> Result<(), String> {
+    let shared = shared.clone();
+    thread::Builder::new()
+        .name(name.into())
+        .spawn(move || f(shared))
+        .map(drop)
+        .map_err(|e| format!("cannot start the {name} thread: {e}"))
+}
 
-    let bound = Bound {
-        listen: listen_addr,
-        admin: admin_addr,
-        control: shared.cfg.control_path.clone(),
-    };
+/// The descriptor budget, then the `ready` line tests and scripts wait for, with the
+/// addresses actually bound.
+fn log_ready(shared: &Shared, backend: &str, addrs: &[SocketAddr], admin: SocketAddr) {
+    let fds = &shared.fds;
     info!(
         "descriptors: RLIMIT_NOFILE {}, {} kept for the admin port, control socket, Redis and the disk store; max_connections {}{}",
         fds.limit,
@@ -260,50 +290,42 @@ pub fn serve(mut cfg: Config) -> Result<(), StartError> {
         shared.cfg.max_connections,
         if fds.direct { " (io_uring direct descriptors)" } else { "" }
     );
-    info!(
-        "ready: pushedge {} subscriber={} admin={} control={} workers={} backend={} node={}",
+    let mut line = format!(
+        "ready: pushedge {} subscriber={} admin={admin} control={} workers={} backend={} node={}",
         env!("CARGO_PKG_VERSION"),
-        bound.listen,
-        bound.admin,
-        bound.control,
-        workers,
-        backend_name.split(' ').next().unwrap_or(backend_name),
+        addrs[0],
+        shared.cfg.control_path,
+        shared.inboxes.len(),
+        backend.split(' ').next().unwrap_or(backend),
         shared.node_id
     );
-
-    wait_and_stop(&shared, stop_rx);
-    for inbox in &shared.inboxes {
-        inbox.push(Cmd::Shutdown);
+    if addrs.len() > 1 {
+        let all: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+        line.push_str(&format!(" listeners={}", all.join(",")));
     }
-    for h in handles {
-        let _ = h.join();
-    }
-    if let Some(s) = &disk {
-        s.close();
-    }
-    let _ = std::fs::remove_file(&bound.control);
-    info!("stopped");
-    Ok(())
-}
-
-/// The workers' reactors, all of one kind.
-enum Backends {
-    Epoll(Vec<Epoll>),
-    Uring(Vec<Uring>),
+    info!("{line}");
 }
 
 fn spawn_workers<B: Backend + Send + 'static>(
     shared: &Arc<Shared>,
     backends: Vec<B>,
-    listeners: Vec<StdTcpListener>,
+    listeners: Vec<Vec<StdTcpListener>>,
     inboxes: &[Arc<Inbox>],
 ) -> Result<Vec<thread::JoinHandle<()>>, String> {
     if let Some(b) = backends.first() {
         info!("reactor: {}", b.name());
     }
+    // Worker w gets socket w of every listener.
+    let mut per_worker: Vec<Vec<(ListenerId, StdTcpListener)>> =
+        (0..backends.len()).map(|_| Vec::new()).collect();
+    for (id, socks) in listeners.into_iter().enumerate() {
+        for (w, sock) in socks.into_iter().enumerate() {
+            per_worker[w].push((id as ListenerId, sock));
+        }
+    }
     let mut handles = Vec::with_capacity(backends.len());
-    for (id, (io, listener)) in backends.into_iter().zip(listeners).enumerate() {
-        let worker = Worker::new(id, shared.clone(), io, listener, inboxes[id].clone())
+    for (id, (io, listeners)) in backends.into_iter().zip(per_worker).enumerate() {
+        let worker = Worker::new(id, shared.clone(), io, listeners, inboxes[id].clone())
             .map_err(|e| format!("cannot start worker {id}: {e}"))?;
         let h = thread::Builder::new()
             .name(format!("worker-{id}"))

@@ -48,7 +48,9 @@ use std::time::{Duration, Instant};
 use fjall::compaction::filter::{
     CompactionFilter, CompactionFilterResult, Context, Factory, ItemAccessor, Verdict,
 };
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use fjall::{
+    Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch as WriteBatch, PersistMode,
+};
 
 use crate::config::Live;
 use crate::epoch::Epoch;
@@ -442,51 +444,7 @@ impl Db {
                 .read()
                 .unwrap_or_else(|p| p.into_inner());
             for op in ops {
-                match op {
-                    Op::Append { msg, idem, .. } => {
-                        let current = match touched.get(&msg.channel) {
-                            Some(m) => *m,
-                            None => streams.get(&*msg.channel).copied(),
-                        };
-                        let mut m = match current {
-                            Some(m) if m.epoch == msg.epoch => Meta { seq: msg.seq, ..m },
-                            _ => Meta {
-                                epoch: msg.epoch,
-                                seq: msg.seq,
-                                floor: 1,
-                            },
-                        };
-                        m.trim(history_size);
-                        touched.insert(msg.channel.clone(), Some(m));
-                        batch.insert(
-                            &self.msgs,
-                            msg_key(&msg.channel, msg.epoch, msg.seq),
-                            crate::msg::pack(&msg.sender, &msg.content).into_bytes(),
-                        );
-                        if let Some(r) = idem {
-                            batch.insert(
-                                &self.idem,
-                                idem_key(&msg.channel, &r.key),
-                                idem_value(r.expires, msg.seq, msg.epoch),
-                            );
-                        }
-                    }
-                    Op::Close { name, .. } | Op::Drop { name } => {
-                        touched.insert(name.clone(), None);
-                    }
-                    Op::Clear { name, .. } => {
-                        let current = match touched.get(name) {
-                            Some(m) => *m,
-                            None => streams.get(&**name).copied(),
-                        };
-                        if let Some(mut m) = current {
-                            m.floor = m.seq + 1;
-                            touched.insert(name.clone(), Some(m));
-                        }
-                    }
-                    Op::Forget { channel, key } => batch.remove(&self.idem, idem_key(channel, key)),
-                    Op::Drain => {}
-                }
+                self.stage(&mut batch, &mut touched, &streams, op, history_size);
             }
         }
         if batch.is_empty() && touched.is_empty() {
@@ -512,6 +470,60 @@ impl Db {
             }
         }
         batch.commit().map_err(err)
+    }
+
+    /// Puts one op into the batch; `touched` collects each channel's new stream record
+    /// (`None`: the stream is gone).
+    fn stage(
+        &self,
+        batch: &mut WriteBatch,
+        touched: &mut HashMap<Arc<str>, Option<Meta>>,
+        streams: &HashMap<Box<str>, Meta>,
+        op: &Op,
+        history_size: usize,
+    ) {
+        let current =
+            |touched: &HashMap<Arc<str>, Option<Meta>>, name: &Arc<str>| match touched.get(name) {
+                Some(m) => *m,
+                None => streams.get(&**name).copied(),
+            };
+        match op {
+            Op::Append { msg, idem, .. } => {
+                let mut m = match current(touched, &msg.channel) {
+                    Some(m) if m.epoch == msg.epoch => Meta { seq: msg.seq, ..m },
+                    _ => Meta {
+                        epoch: msg.epoch,
+                        seq: msg.seq,
+                        floor: 1,
+                    },
+                };
+                m.trim(history_size);
+                touched.insert(msg.channel.clone(), Some(m));
+                batch.insert(
+                    &self.msgs,
+                    msg_key(&msg.channel, msg.epoch, msg.seq),
+                    crate::msg::pack(&msg.sender, &msg.content).into_bytes(),
+                );
+                if let Some(r) = idem {
+                    batch.insert(
+                        &self.idem,
+                        idem_key(&msg.channel, &r.key),
+                        idem_value(r.expires, msg.seq, msg.epoch),
+                    );
+                }
+            }
+            Op::Close { name, .. } | Op::Drop { name } => {
+                touched.insert(name.clone(), None);
+            }
+            Op::Clear { name, .. } => {
+                if let Some(mut m) = current(touched, name) {
+                    m.floor = m.seq + 1;
+                    touched.insert(name.clone(), Some(m));
+                }
+            }
+            Op::Forget { channel, key } => batch.remove(&self.idem, idem_key(channel, key)),
+            Op::Drain => {}
+        }
     }
 }
 

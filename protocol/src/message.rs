@@ -388,6 +388,32 @@ pub fn write_jsonp(out: &mut Vec<u8>, callback: &str, msgs: &[Message<'_>]) {
     out.extend_from_slice(b");\n");
 }
 
+/// Appends a long-poll answer from items already written as JSON (plain style for JSON,
+/// script style for JSONP): `[a,b]\n`, or `callback([a,b]);\n` with a callback, which
+/// must pass [`validate_callback`].
+pub fn write_poll_answer<'a>(
+    out: &mut Vec<u8>,
+    callback: Option<&str>,
+    items: impl IntoIterator<Item = &'a [u8]>,
+) {
+    if let Some(cb) = callback {
+        out.extend_from_slice(cb.as_bytes());
+        out.push(b'(');
+    }
+    out.push(b'[');
+    for (i, item) in items.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(item);
+    }
+    out.push(b']');
+    if callback.is_some() {
+        out.extend_from_slice(b");");
+    }
+    out.push(b'\n');
+}
+
 /// Why a channel name is not acceptable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChannelError {
@@ -721,5 +747,17 @@ mod tests {
         ] {
             assert!(validate_callback(bad).is_err(), "{bad}");
         }
+    }
+    #[test]
+    fn poll_answers_wrap_their_items() {
+        let mut out = Vec::new();
+        write_poll_answer(&mut out, None, [&b"{\"a\":1}"[..], &b"{\"b\":2}"[..]]);
+        assert_eq!(out, b"[{\"a\":1},{\"b\":2}]\n");
+        out.clear();
+        write_poll_answer(&mut out, Some("cb"), [&b"{}"[..]]);
+        assert_eq!(out, b"cb([{}]);\n");
+        out.clear();
+        write_poll_answer(&mut out, None, std::iter::empty());
+        assert_eq!(out, b"[]\n");
     }
 }

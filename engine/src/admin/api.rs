@@ -82,72 +82,74 @@ fn route_other(shared: &Shared, req: &http::Request<'_, '_>, body: &[u8]) -> Rep
     }
     match path {
         "/pub" => publish(shared, &q, body).0,
-        "/broadcast" => {
-            let content = match body_text(body, &q) {
-                Ok(c) => c,
-                Err(r) => return r,
-            };
-            match shared.broadcast(content) {
+        "/broadcast" => match body_text(body, &q) {
+            Ok(content) => match shared.broadcast(content) {
                 Ok(n) => Reply::json(200, serde_json::json!({"type": "ok", "channels": n})),
                 Err(e) => Reply::hub_error(e),
-            }
-        }
-        "/close" | "/clear" => {
-            let name = match channel(&q) {
-                Ok(n) => n,
-                Err(r) => return r,
-            };
-            let result = if path == "/close" {
-                shared.close_channel(&name)
-            } else {
-                shared.clear(&name)
-            };
-            match result {
-                Ok(()) => Reply::json(200, serde_json::json!({"type": "ok", "channel": name})),
-                Err(e) => Reply::hub_error(e),
-            }
-        }
+            },
+            Err(r) => r,
+        },
+        "/close" | "/clear" => close_or_clear(shared, &q, path == "/close"),
         "/sign" => sign(shared, &q),
         "/info" => info(shared, &q),
-        "/channels" => {
-            let prefix = q.get("prefix").unwrap_or("");
-            if prefix.len() > MAX_PREFIX {
-                return Reply::error(400, "prefix too long");
-            }
-            let limit = match q.get("limit").map(str::parse::<usize>) {
-                None => DEFAULT_LISTING,
-                Some(Ok(n)) if n > 0 => n.min(crate::limits::MAX_LISTING),
-                Some(_) => return Reply::error(400, "limit must be a positive integer"),
-            };
-            let list: Vec<serde_json::Value> = shared
-                .hub
-                .channels(prefix, limit)
-                .into_iter()
-                .map(|c| channel_json(&c))
-                .collect();
-            Reply::json(
-                200,
-                serde_json::json!({"type": "channels", "channels": list}),
-            )
-        }
-        "/metrics" => {
-            let t = shared.hub.totals();
-            let text = shared.snapshot().prometheus(
-                t.channels,
-                t.subscriptions,
-                shared
-                    .hub
-                    .published
-                    .load(std::sync::atomic::Ordering::Relaxed),
-            );
-            Reply {
-                status: 200,
-                content_type: "text/plain; version=0.0.4",
-                body: text.into_bytes(),
-                extra: Vec::new(),
-            }
-        }
+        "/channels" => channels(shared, &q),
+        "/metrics" => metrics(shared),
         _ => Reply::error(404, "no such endpoint"),
+    }
+}
+
+fn close_or_clear(shared: &Shared, q: &Query<'_>, close: bool) -> Reply {
+    let name = match channel(q) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let result = if close {
+        shared.close_channel(&name)
+    } else {
+        shared.clear(&name)
+    };
+    match result {
+        Ok(()) => Reply::json(200, serde_json::json!({"type": "ok", "channel": name})),
+        Err(e) => Reply::hub_error(e),
+    }
+}
+
+fn channels(shared: &Shared, q: &Query<'_>) -> Reply {
+    let prefix = q.get("prefix").unwrap_or("");
+    if prefix.len() > MAX_PREFIX {
+        return Reply::error(400, "prefix too long");
+    }
+    let limit = match q.get("limit").map(str::parse::<usize>) {
+        None => DEFAULT_LISTING,
+        Some(Ok(n)) if n > 0 => n.min(crate::limits::MAX_LISTING),
+        Some(_) => return Reply::error(400, "limit must be a positive integer"),
+    };
+    let list: Vec<serde_json::Value> = shared
+        .hub
+        .channels(prefix, limit)
+        .iter()
+        .map(channel_json)
+        .collect();
+    Reply::json(
+        200,
+        serde_json::json!({"type": "channels", "channels": list}),
+    )
+}
+
+fn metrics(shared: &Shared) -> Reply {
+    let t = shared.hub.totals();
+    let published = shared
+        .hub
+        .published
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let text = shared
+        .snapshot()
+        .prometheus(t.channels, t.subscriptions, published);
+    Reply {
+        status: 200,
+        content_type: "text/plain; version=0.0.4",
+        body: text.into_bytes(),
+        extra: Vec::new(),
     }
 }
 

@@ -21,6 +21,7 @@ use crate::epoch::Epoch;
 use crate::hub::{Hub, HubError};
 use crate::inbox::{Cmd, Inbox, PubDone, RemoteReply};
 use crate::limits::{HELPER_BATCH, HELPER_RETRY_PAUSE};
+use crate::reactor::Token;
 
 /// Where an answer goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,7 +29,7 @@ pub struct ReplyTo {
     /// The worker.
     pub worker: usize,
     /// The connection's token.
-    pub token: u64,
+    pub token: Token,
 }
 
 /// Work for the helper.

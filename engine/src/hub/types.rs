@@ -131,7 +131,7 @@ pub struct Notify {
     /// The worker.
     pub worker: usize,
     /// The connection's token.
-    pub token: u64,
+    pub token: crate::reactor::Token,
 }
 
 /// How a publish is made.

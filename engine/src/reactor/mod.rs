@@ -1,19 +1,38 @@
 //! The reactor seam: what a worker needs from the operating system, behind one trait, so
-//! that the connection logic in `worker.rs` does not know which backend runs it.
+//! that the connection logic in `worker/` and `transport/` does not know which backend
+//! runs it.
 //!
 //! - [`epoll`]: readiness through mio (edge-triggered epoll); reads and writes are
-//!   `read(2)` / `writev(2)` on the worker's thread.
-//! - `uring`: io_uring (see that module for how idle sockets are armed and why).
+//!   `read(2)` / `send(2)` / `writev(2)` on the worker's thread.
+//! - [`uring`]: io_uring (see that module for how idle sockets are armed and why).
+//!
+//! Both backends follow one model:
+//!
+//! - **Listeners** have ids ([`ListenerId`]): a worker listens on several sockets (one per
+//!   `[[listener]]` entry), [`Event::Acceptable`] says which has connections waiting.
+//! - **Input**: [`Event::Readable`] says a connection has input; the worker then calls
+//!   [`Backend::recv`] until it answers `WouldBlock`. The backend hands over the bytes
+//!   (read from the socket by epoll, from a completed receive buffer by io_uring) and owns
+//!   the read budget: after [`crate::limits::READ_BUDGET`] bytes of one connection in one
+//!   turn it answers `WouldBlock` and reports the connection readable again on the next
+//!   turn, so one busy peer cannot starve the others. `Ok(0)` is the peer's EOF.
+//! - **Output**: [`Backend::send`] takes every byte offered. What the kernel does not
+//!   take at once stays with the backend, in order (epoll: a queue per connection, written
+//!   on the writable edge; io_uring: one send in flight per connection and a queue behind
+//!   it). [`Event::Writable`] says that queue is empty again; [`Backend::pending`] counts
+//!   it and [`Backend::backlog`] counts the part that is backed up because the peer does
+//!   not read (what `slow_consumer_bytes` bounds). [`Event::Failed`] reports a send that
+//!   failed.
+//! - **Waking**: each backend has its own waker type next to it ([`Backend::Waker`]), that
+//!   another thread uses to end [`Backend::wait`] early (the worker's inbox).
 //!
 //! A connection's socket is a plain `i32` handle that only the backend interprets (a file
 //! descriptor for epoll, possibly a direct-descriptor index for io_uring); the backend
-//! opens, reads, writes, shuts down and closes it. Sends are handed over with
-//! [`Backend::send`]: a backend may take fewer bytes than offered (epoll, when the socket
-//! buffer is full: the worker queues the rest and retries on [`Event::Writable`]) or all
-//! of them and finish asynchronously (io_uring: it reports [`Event::Writable`] when its own
-//! queue for the connection is empty again, and [`Backend::pending`] counts what it holds).
+//! opens, reads, writes, shuts down and closes it. Connections are named by a [`Token`].
 
 pub mod epoll;
+pub mod queue;
+pub mod token;
 pub mod uring;
 
 use bytes::Bytes;
@@ -24,40 +43,27 @@ use std::time::Duration;
 
 use crate::inbox::Wake;
 
-/// Identifies a connection in events: slot in the worker's slab and generation.
-pub type Token = u64;
+pub use token::Token;
 
 /// A socket handle, interpreted by the backend.
 pub type Sock = i32;
 
+/// Which listener (index of the `[[listener]]` entry).
+pub type ListenerId = u8;
+
 /// Something that happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
-    /// The listener may have connections to accept: call [`Backend::accept`].
-    Acceptable,
-    /// The connection may have input (or EOF, or an error): call [`Backend::read`] until
-    /// it reports `WouldBlock`.
+    /// A listener may have connections to accept: call [`Backend::accept`] with its id.
+    Acceptable(ListenerId),
+    /// The connection has input (or EOF): call [`Backend::recv`] until `WouldBlock`.
     Readable(Token),
-    /// Input arrived in a backend buffer: take it with [`Backend::take_input`].
-    Input(Token, InputRef),
-    /// The connection's peer closed (no more input).
-    Eof(Token),
-    /// The connection failed (reset, send error).
+    /// A send failed (reset, broken pipe): the connection is gone.
     Failed(Token),
-    /// The connection can take more output (epoll), or the backend's queue for it is empty
-    /// again (io_uring).
+    /// What the backend held for the connection is written.
     Writable(Token),
-    /// The inbox was signalled.
+    /// The worker's waker was used.
     Wake,
-}
-
-/// Where input delivered by a completion-based backend lies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InputRef {
-    /// Backend buffer id.
-    pub buf: u16,
-    /// Bytes of input.
-    pub len: u32,
 }
 
 /// A piece of output: copied if it has to be kept, or shared by reference.
@@ -78,7 +84,7 @@ impl Part<'_> {
         }
     }
 
-    /// An owned, shareable copy (a reference count for `Shared`).
+    /// An owned, shareable copy from `skip` on (a reference count for `Shared`).
     pub fn to_bytes(&self, skip: usize) -> Bytes {
         match self {
             Part::Copy(c) => Bytes::copy_from_slice(&c[skip..]),
@@ -89,49 +95,48 @@ impl Part<'_> {
 
 /// What a worker needs from its reactor.
 pub trait Backend {
+    /// What wakes [`Backend::wait`] from another thread.
+    type Waker: Wake + 'static;
+
     /// The backend's name, for logs and `/info`.
     fn name(&self) -> &'static str;
 
-    /// A handle that wakes [`Backend::wait`] from another thread.
-    fn waker(&self) -> Arc<dyn Wake>;
+    /// The waker of this backend.
+    fn waker(&self) -> Arc<Self::Waker>;
 
     /// Starts accepting on a bound, listening, non-blocking socket.
-    fn listen(&mut self, listener: std::net::TcpListener) -> io::Result<()>;
+    fn listen(&mut self, id: ListenerId, listener: std::net::TcpListener) -> io::Result<()>;
 
-    /// Stops accepting and closes the listener.
+    /// Stops accepting on every listener and closes them.
     fn stop_listening(&mut self);
 
     /// The most connections this backend holds in a table of its own (io_uring direct
     /// descriptors), with room kept for the refusals it must still accept; `None` when
     /// its sockets are process descriptors (bounded by the descriptor budget alone).
-    fn slots(&self) -> Option<usize> {
-        None
-    }
+    fn slots(&self) -> Option<usize>;
 
-    /// Accepts nothing more until [`Backend::accept`] is called again (a backend that
-    /// accepts ahead of the worker stops doing so: the connection cap was reached).
-    fn pause_accept(&mut self) {}
+    /// Accepts nothing more on `id` until [`Backend::accept`] is called for it again (a
+    /// backend that accepts ahead of the worker stops doing so: the cap was reached).
+    fn pause_accept(&mut self, id: ListenerId);
 
     /// Submits what was queued and waits for events (at most `timeout`), appending them
     /// to `events`.
     fn wait(&mut self, timeout: Option<Duration>, events: &mut Vec<Event>) -> io::Result<()>;
 
-    /// Accepts up to `max` connections into `out`. `Ok(true)` when more may be waiting.
-    fn accept(&mut self, out: &mut Vec<Sock>, max: usize) -> io::Result<bool>;
+    /// Accepts up to `max` connections of listener `id` into `out`. `Ok(true)` when more
+    /// may be waiting.
+    fn accept(&mut self, id: ListenerId, out: &mut Vec<Sock>, max: usize) -> io::Result<bool>;
 
     /// Starts watching a new connection for input.
     fn add(&mut self, sock: Sock, token: Token) -> io::Result<()>;
 
-    /// Reads into `buf` (readiness backends; a completion backend answers `WouldBlock`).
-    fn read(&mut self, sock: Sock, buf: &mut [u8]) -> io::Result<usize>;
+    /// The connection's next input, at most `buf.len()` bytes (see the module doc):
+    /// `Ok(0)` at EOF, `WouldBlock` when there is nothing more this turn.
+    fn recv(&mut self, sock: Sock, token: Token, buf: &mut [u8]) -> io::Result<usize>;
 
-    /// Copies input announced by [`Event::Input`] into `buf` and recycles the backend
-    /// buffer; returns the length.
-    fn take_input(&mut self, input: InputRef, buf: &mut [u8]) -> usize;
-
-    /// Hands output over. Returns how many bytes the backend took (the caller queues the
-    /// rest and offers it again on [`Event::Writable`]).
-    fn send(&mut self, sock: Sock, token: Token, parts: &[Part<'_>]) -> io::Result<usize>;
+    /// Hands output over; the backend writes all of it, in order, or reports
+    /// [`Event::Failed`]. An `Err` is a connection that cannot be written to at all.
+    fn send(&mut self, sock: Sock, token: Token, parts: &[Part<'_>]) -> io::Result<()>;
 
     /// Bytes the backend holds for a connection and has not written yet.
     fn pending(&self, token: Token) -> usize;
@@ -142,8 +147,8 @@ pub trait Backend {
     /// whole turn counts here.
     fn backlog(&self, token: Token) -> usize;
 
-    /// Drops what the backend holds for a connection beyond what is already being
-    /// written (a slow consumer's backlog).
+    /// Drops what the backend holds for a connection, except a buffer already partly
+    /// written (kept whole so the stream stays well-formed): a slow consumer's backlog.
     fn truncate(&mut self, token: Token);
 
     /// Shuts the write side of a connection (after its output is written).
@@ -155,14 +160,8 @@ pub trait Backend {
     /// Writes a short answer to a socket that will not be registered, then closes it.
     fn reject(&mut self, sock: Sock, answer: &'static [u8]);
 
-    /// Sets TCP_NODELAY where the backend can (best effort).
-    fn set_nodelay(&mut self, sock: Sock);
-
     /// The peer's address, when the backend can tell.
     fn peer_addr(&mut self, sock: Sock) -> Option<SocketAddr>;
-
-    /// Submits queued operations without waiting (the end of a fan-out batch).
-    fn flush(&mut self);
 
     /// Releases everything: cancels in-flight operations and waits (bounded) for them.
     fn shutdown(&mut self);
@@ -199,4 +198,68 @@ pub fn is_resource_error(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     )
+}
+
+/// The read budget both backends keep: bytes read from the connection being read in this
+/// turn; past [`crate::limits::READ_BUDGET`] its next read waits for the next turn.
+#[derive(Debug, Default)]
+pub struct ReadBudget {
+    current: Option<(Token, usize)>,
+    /// Connections over budget this turn: reported readable again at the next wait.
+    pub again: Vec<Token>,
+}
+
+impl ReadBudget {
+    /// True when `token` may read more now; otherwise it is queued for the next turn.
+    pub fn allow(&mut self, token: Token) -> bool {
+        match self.current {
+            Some((t, used)) if t == token && used >= crate::limits::READ_BUDGET => {
+                self.current = None;
+                self.again.push(token);
+                false
+            }
+            Some((t, _)) if t == token => true,
+            _ => {
+                self.current = Some((token, 0));
+                true
+            }
+        }
+    }
+
+    /// Counts `n` bytes read by `token`.
+    pub fn used(&mut self, token: Token, n: usize) {
+        if let Some((t, used)) = self.current.as_mut() {
+            if *t == token {
+                *used += n;
+            }
+        }
+    }
+
+    /// A new turn: every connection starts with a full budget; the ones held back are
+    /// reported readable.
+    pub fn new_turn(&mut self, events: &mut Vec<Event>) {
+        self.current = None;
+        events.extend(self.again.drain(..).map(Event::Readable));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_read_budget_holds_a_busy_connection_to_the_next_turn() {
+        let mut b = ReadBudget::default();
+        let (t, u) = (Token::new(1, 1), Token::new(2, 1));
+        assert!(b.allow(t));
+        b.used(t, crate::limits::READ_BUDGET);
+        assert!(b.allow(u), "another connection has its own budget");
+        assert!(b.allow(t), "a new current connection starts again");
+        b.used(t, crate::limits::READ_BUDGET);
+        assert!(!b.allow(t));
+        let mut events = Vec::new();
+        b.new_turn(&mut events);
+        assert_eq!(events, vec![Event::Readable(t)]);
+        assert!(b.allow(t));
+    }
 }

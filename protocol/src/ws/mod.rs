@@ -6,11 +6,14 @@
 //! - [`mask`]: masking and unmasking, a word at a time.
 //! - [`close`]: close codes and close-frame payloads.
 //! - [`utf8`]: incremental UTF-8 validation that fails on the first bad byte.
+//! - [`session`]: the server side of a session: pong replies, the heartbeat ping, the
+//!   close handshake.
 
 pub mod close;
 pub mod frame;
 pub mod handshake;
 pub mod mask;
+pub mod session;
 pub mod utf8;
 
 pub use close::{CloseCode, CloseFrame};
@@ -19,3 +22,4 @@ pub use frame::{
     Decoded, Decoder, DecoderConfig, Event, OpCode, Role, WsError,
 };
 pub use handshake::{accept_key, HandshakeError};
+pub use session::{Control, Session};

@@ -139,9 +139,15 @@ fn at_max_connections_a_newcomer_takes_the_place_of_a_slowloris() {
     let mut idle: Vec<Conn> = (0..max + 20)
         .filter_map(|_| Conn::try_connect(s.addr).ok())
         .collect();
-    assert!(wait_until(TIMEOUT, || s
-        .metric("pushedge_connections_evicted_total")
-        >= 20.0));
+    assert!(
+        wait_until(TIMEOUT, || s.metric("pushedge_connections_evicted_total")
+            >= 20.0),
+        "{} connected of {}, evicted {}, full {}",
+        idle.len(),
+        max + 20,
+        s.metric("pushedge_connections_evicted_total"),
+        s.metric("pushedge_connections_rejected_total{reason=\"max_connections\"}")
+    );
     // A newcomer is served, and so is an established subscriber.
     let r = s.get("/ping");
     assert_eq!(r.status, 200, "{}", r.text());

@@ -387,3 +387,54 @@ fn one_publish_reaches_every_worker_once_in_order() {
     assert_eq!(info["seq"], N);
     assert_eq!(info["subscribers"], n_subs);
 }
+
+#[test]
+fn two_http_listeners_serve_the_same_channels() {
+    let s = Server::start(&[
+        "--set",
+        r#"listener=[{addr="127.0.0.1:0",protocol="http"},{addr="127.0.0.1:0"}]"#,
+    ]);
+    let line = s
+        .log()
+        .lines()
+        .find(|l| l.contains(" ready: "))
+        .expect("the ready line")
+        .to_string();
+    let addrs: Vec<std::net::SocketAddr> = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("listeners="))
+        .unwrap_or_else(|| panic!("no listeners= in {line}"))
+        .split(',')
+        .map(|a| a.parse().unwrap())
+        .collect();
+    assert_eq!(addrs.len(), 2, "{line}");
+    assert_eq!(addrs[0], s.addr);
+    assert_ne!(addrs[0].port(), addrs[1].port());
+    let mut ws = Ws::connect(addrs[1], "/ws?channel=both");
+    let mut sse = SseStream::open(addrs[0], "/sse?channel=both", &[]);
+    assert_eq!(sse.head.status, 200);
+    s.wait_subscribers("both", 2);
+    let seq = s.publish("both", "to every listener");
+    assert_eq!(ws.recv_json()["seq"], seq);
+    assert_eq!(sse.expect_event().data["seq"], seq);
+    for a in &addrs {
+        let mut c = Conn::connect(*a);
+        c.send_request("GET", "/ping", &[], b"", true);
+        assert_eq!(c.read_response(TIMEOUT).unwrap().status, 200);
+    }
+}
+
+#[test]
+fn a_listener_with_an_unknown_protocol_is_refused() {
+    let out = run_binary(&[
+        "serve",
+        "--set",
+        r#"listener=[{addr="127.0.0.1:0",protocol="gopher"}]"#,
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("listener"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,86 @@
+//! Chunked NDJSON streaming (`/stream`), and the chunked response the iframe stream
+//! shares with it.
+//!
+//! - **start**: every channel subscribed, the chunked head out, then the replay.
+//! - **deliver**: one chunk per message (its encoding shared by every subscriber).
+//! - **timer**: a `noop` line every `heartbeat_secs`.
+//! - **end**: the last chunk.
+
+use protocol::http::{self, ResponseBody};
+use protocol::message::{self, JsonStyle, Message};
+use protocol::query::Query;
+
+use crate::conn::State;
+use crate::hub::Since;
+use crate::reactor::{Backend, Part};
+use crate::worker::http::{callback_param, reject, since_param, Reject};
+use crate::worker::Core;
+
+/// Answers the request and starts the stream.
+pub fn start<B: Backend>(
+    cx: &mut Core<B>,
+    slot: usize,
+    req: &http::Request<'_, '_>,
+    q: &Query<'_>,
+) -> Result<(), Reject> {
+    start_chunked(cx, slot, req, q, State::Stream)
+}
+
+/// Starts a chunked stream: NDJSON (`State::Stream`) or iframe (`State::Iframe`, with its
+/// callback and preamble).
+pub fn start_chunked<B: Backend>(
+    cx: &mut Core<B>,
+    slot: usize,
+    req: &http::Request<'_, '_>,
+    q: &Query<'_>,
+    state: State,
+) -> Result<(), Reject> {
+    if req.version == 0 {
+        return Err(reject(505, "streaming needs HTTP/1.1 (chunked encoding)"));
+    }
+    let iframe = state == State::Iframe;
+    let channels = cx.channels_param(q, true)?;
+    let since = since_param(q, "since")?;
+    let callback = if iframe { callback_param(q)? } else { None };
+    let grant = cx
+        .check_token(q, &channels)
+        .map_err(|e| reject(401, e.reason()))?;
+    let points = vec![since.unwrap_or(Since::Now); channels.len()];
+    let (pending, _) = cx
+        .subscribe_all(slot, &channels, &points, true, true)
+        .map_err(|e| reject(e.status(), e.reason()))?;
+    cx.keep_grant(slot, grant);
+    let content_type = if iframe {
+        "text/html; charset=utf-8"
+    } else {
+        "application/x-ndjson"
+    };
+    let mut headers: Vec<(&str, &str)> = vec![
+        ("Content-Type", content_type),
+        ("Cache-Control", "no-cache"),
+        ("X-Accel-Buffering", "no"),
+    ];
+    cx.add_cors(slot, &mut headers);
+    let mut out = Vec::with_capacity(1024);
+    http::write_response_head(&mut out, 200, &headers, ResponseBody::Chunked, true);
+    if iframe {
+        super::iframe::write_preamble(&mut out);
+    }
+    cx.send(slot, &[Part::Copy(&out)]);
+    if let Some(cb) = callback {
+        cx.conns[slot].ext().callback = Some(cb);
+    }
+    super::begin_stream(cx, slot, state, pending);
+    Ok(())
+}
+
+/// An envelope as a chunk.
+pub fn envelope<B: Backend>(cx: &mut Core<B>, slot: usize, msg: &Message<'_>) {
+    let mut json = Vec::with_capacity(96);
+    message::write_json(&mut json, msg, JsonStyle::Plain);
+    let mut out = std::mem::take(&mut cx.out);
+    out.clear();
+    message::write_ndjson_chunk(&mut out, &json);
+    cx.send(slot, &[Part::Copy(&out)]);
+    cx.out = out;
+}

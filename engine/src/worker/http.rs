@@ -1,0 +1,395 @@
+//! The subscriber port's HTTP side: parsing a request head, routing it to a transport,
+//! CORS and origins, the parameters every transport shares (channels, positions,
+//! callback, token), and the plain answers (errors, `/ping`, `/healthz`, preflights).
+
+use protocol::http::{self, Method, Parsed, ResponseBody, EMPTY_HEADER};
+use protocol::message::{self, Message};
+use protocol::query::Query;
+
+use super::Core;
+use crate::auth::{self, Grant};
+use crate::conn::{flag, State};
+use crate::epoch::Epoch;
+use crate::hub::Since;
+use crate::limits::HEADERS_CAP;
+use crate::metrics::Counter;
+use crate::reactor::{Backend, Part};
+use crate::transport::{self, Route};
+
+/// An error answered on the HTTP level: status and reason.
+pub type Reject = (u16, String);
+
+/// A [`Reject`].
+pub fn reject(status: u16, reason: impl Into<String>) -> Reject {
+    (status, reason.into())
+}
+
+/// The routes of the subscriber port.
+fn route_of(path: &str, echo: bool) -> Option<Route> {
+    Some(match path {
+        "/ws" => Route::Ws,
+        "/echo" if echo => Route::Echo,
+        "/sse" => Route::Sse,
+        "/poll" | "/sub" => Route::Poll,
+        "/stream" => Route::Stream,
+        "/iframe" => Route::Iframe,
+        "/ping" => Route::Ping,
+        "/healthz" => Route::Health,
+        _ => return None,
+    })
+}
+
+impl<B: Backend> Core<B> {
+    /// Parses and serves one request from `buf`; `None` when the head is incomplete.
+    pub(crate) fn on_request(&mut self, slot: usize, buf: &[u8]) -> Option<usize> {
+        let cfg = &self.shared.cfg;
+        let limits = http::Limits {
+            max_head_bytes: cfg.max_head_bytes,
+            max_headers: cfg.max_headers,
+            max_body_bytes: 0,
+        };
+        let mut headers = [EMPTY_HEADER; HEADERS_CAP];
+        let max_headers = cfg.max_headers.min(HEADERS_CAP);
+        let req = match http::parse_request(buf, &mut headers[..max_headers], &limits) {
+            Ok(Parsed::Partial) => return None,
+            Ok(Parsed::Complete(r)) => r,
+            Err(e) => {
+                self.respond_error(slot, e.status(), e.reason(), &[]);
+                return Some(buf.len());
+            }
+        };
+        match self.check_request(slot, &req, &limits) {
+            Ok(Some((route, query))) => {
+                self.serve(slot, &req, &query, route);
+                Some(req.head_len)
+            }
+            Ok(None) => Some(req.head_len),
+            Err((status, reason, allow)) => {
+                let extra: &[(&str, &str)] = match allow {
+                    Some(a) => &[("Allow", a)],
+                    None => &[],
+                };
+                self.respond_error(slot, status, &reason, extra);
+                Some(buf.len())
+            }
+        }
+    }
+
+    /// Everything about a request that is not its transport: the route, the origin, a
+    /// preflight (answered here: `Ok(None)`), the method, the body, the query.
+    #[allow(clippy::type_complexity)]
+    fn check_request<'q>(
+        &mut self,
+        slot: usize,
+        req: &'q http::Request<'_, '_>,
+        limits: &http::Limits,
+    ) -> Result<Option<(Route, Query<'q>)>, (u16, String, Option<&'static str>)> {
+        let Some(route) = route_of(req.path(), self.shared.cfg.ws_echo) else {
+            return Err((404, "no such endpoint".into(), None));
+        };
+        if !self.check_origin(slot, req) {
+            self.stats.inc(Counter::OriginRefused);
+            return Err((403, "origin not allowed (allowed_origins)".into(), None));
+        }
+        let keep_alive = req.keep_alive() && !self.draining;
+        let conn = &mut self.conns[slot];
+        conn.set(flag::SERVED);
+        if keep_alive {
+            conn.set(flag::KEEP_ALIVE);
+        } else {
+            conn.clear(flag::KEEP_ALIVE);
+        }
+        if req.method == Method::Options {
+            self.respond_preflight(slot, req);
+            return Ok(None);
+        }
+        let simple = matches!(route, Route::Ping | Route::Health);
+        if req.method != Method::Get && !(simple && req.method == Method::Head) {
+            let allow = if simple {
+                "GET, HEAD, OPTIONS"
+            } else {
+                "GET, OPTIONS"
+            };
+            return Err((405, "method not allowed".into(), Some(allow)));
+        }
+        match http::body_framing(req, limits) {
+            Ok(http::BodyFraming::None) => {}
+            Ok(_) | Err(http::HttpError::BodyTooLarge) => {
+                return Err((400, "subscriber requests carry no body".into(), None));
+            }
+            Err(e) => return Err((e.status(), e.reason().into(), None)),
+        }
+        let query = Query::parse(req.query()).map_err(|e| (400, e.reason().to_string(), None))?;
+        Ok(Some((route, query)))
+    }
+
+    fn serve(&mut self, slot: usize, req: &http::Request<'_, '_>, q: &Query<'_>, route: Route) {
+        let head_only = req.method == Method::Head;
+        let result = match route {
+            Route::Ping => {
+                let body = b"{\"type\":\"ping\"}\n";
+                self.respond_simple(slot, "application/json", body, head_only);
+                Ok(())
+            }
+            Route::Health => {
+                self.respond_simple(slot, "text/plain; charset=utf-8", b"ok\n", head_only);
+                Ok(())
+            }
+            _ => transport::start(self, slot, req, q, route),
+        };
+        if let Err((status, reason)) = result {
+            let extra: &[(&str, &str)] = if status == 401 {
+                &[("WWW-Authenticate", "Bearer")]
+            } else {
+                &[]
+            };
+            self.respond_error(slot, status, &reason, extra);
+        }
+    }
+
+    /// Checks the request's `Origin` against `allowed_origins` and keeps what its answers
+    /// say; false when the origin is not allowed. A request without `Origin` (not from a
+    /// browser) is allowed.
+    fn check_origin(&mut self, slot: usize, req: &http::Request<'_, '_>) -> bool {
+        let conn = &mut self.conns[slot];
+        conn.clear(flag::CORS_ANY);
+        if let Some(e) = conn.ext.as_mut() {
+            e.origin = None;
+        }
+        let patterns = &self.shared.cfg.allowed_origins;
+        let any = patterns.iter().any(|p| p == "*");
+        let Some(origin) = req.header_str("origin") else {
+            if any {
+                conn.set(flag::CORS_ANY);
+            }
+            return true;
+        };
+        if patterns
+            .iter()
+            .any(|p| p != "*" && crate::config::pattern_matches(p, origin))
+        {
+            conn.ext().origin = Some(origin.into());
+            return true;
+        }
+        if any {
+            conn.set(flag::CORS_ANY);
+            return true;
+        }
+        false
+    }
+
+    /// The CORS headers of the connection's current request.
+    pub(crate) fn add_cors<'a>(&'a self, slot: usize, headers: &mut Vec<(&'a str, &'a str)>) {
+        let conn = &self.conns[slot];
+        if let Some(origin) = conn.ext.as_ref().and_then(|e| e.origin.as_deref()) {
+            headers.push(("Access-Control-Allow-Origin", origin));
+            headers.push(("Access-Control-Allow-Credentials", "true"));
+            headers.push(("Vary", "Origin"));
+        } else if conn.has(flag::CORS_ANY) {
+            headers.push(("Access-Control-Allow-Origin", "*"));
+        }
+    }
+
+    /// Answers a CORS preflight (`OPTIONS`) for an allowed origin.
+    fn respond_preflight(&mut self, slot: usize, req: &http::Request<'_, '_>) {
+        // Echo the requested headers when they are a plain list of header names.
+        let asked = req
+            .header_str("access-control-request-headers")
+            .filter(|h| {
+                h.len() <= 256
+                    && h.bytes().all(|b| {
+                        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b',' | b' ')
+                    })
+            });
+        let keep_alive = self.conns[slot].has(flag::KEEP_ALIVE);
+        let mut headers: Vec<(&str, &str)> = vec![
+            ("Access-Control-Allow-Methods", "GET, OPTIONS"),
+            ("Access-Control-Max-Age", "600"),
+        ];
+        if let Some(h) = asked {
+            headers.push(("Access-Control-Allow-Headers", h));
+        }
+        self.add_cors(slot, &mut headers);
+        let mut out = Vec::with_capacity(384);
+        http::write_response_head(&mut out, 200, &headers, ResponseBody::Length(0), keep_alive);
+        self.send(slot, &[Part::Copy(&out)]);
+        self.after_response(slot);
+    }
+
+    /// Answers with an error envelope and closes (gracefully).
+    pub(crate) fn respond_error(
+        &mut self,
+        slot: usize,
+        status: u16,
+        reason: &str,
+        extra: &[(&str, &str)],
+    ) {
+        if let Some(c) = Counter::for_status(status) {
+            self.stats.inc(c);
+        }
+        let mut body = Message::Error {
+            code: status,
+            reason,
+        }
+        .to_json();
+        body.push(b'\n');
+        let mut headers: Vec<(&str, &str)> = vec![("Content-Type", "application/json")];
+        self.add_cors(slot, &mut headers);
+        headers.extend_from_slice(extra);
+        let mut out = Vec::with_capacity(256 + body.len());
+        http::write_response(&mut out, status, &headers, &body, false);
+        let conn = &mut self.conns[slot];
+        if conn.state() == State::Http {
+            // Nothing more will be read from this request stream.
+            if let Some(e) = conn.ext.as_mut() {
+                e.rbuf = Vec::new();
+            }
+        }
+        self.send(slot, &[Part::Copy(&out)]);
+        self.close_graceful(slot);
+    }
+
+    /// Answers a small request with a complete 200 response and goes back to waiting for
+    /// the next request (or closes, per keep-alive).
+    fn respond_simple(&mut self, slot: usize, content_type: &str, body: &[u8], head_only: bool) {
+        let keep_alive = self.conns[slot].has(flag::KEEP_ALIVE);
+        let mut headers: Vec<(&str, &str)> = vec![
+            ("Content-Type", content_type),
+            ("Cache-Control", "no-cache"),
+        ];
+        self.add_cors(slot, &mut headers);
+        let mut out = Vec::with_capacity(256 + body.len());
+        http::write_response_head(
+            &mut out,
+            200,
+            &headers,
+            ResponseBody::Length(body.len()),
+            keep_alive,
+        );
+        if !head_only {
+            out.extend_from_slice(body);
+        }
+        self.send(slot, &[Part::Copy(&out)]);
+        self.after_response(slot);
+    }
+
+    /// After a complete response: wait for the next request, or close.
+    pub(crate) fn after_response(&mut self, slot: usize) {
+        if self.conns[slot].doomed() {
+            return;
+        }
+        let moved = self.conns[slot].answered();
+        if !self.apply(slot, moved) {
+            return;
+        }
+        let conn = &mut self.conns[slot];
+        conn.clear(flag::JSONP);
+        if let Some(e) = conn.ext.as_mut() {
+            e.callback = None;
+            e.poll_seq = 0;
+            e.origin = None;
+        }
+        if conn.has(flag::KEEP_ALIVE) && !self.draining {
+            let pipelined = conn.has_saved_input();
+            let t = if pipelined {
+                self.live().handshake_timeout()
+            } else {
+                self.live().idle_timeout()
+            };
+            self.arm(slot, t);
+            if pipelined {
+                // Pipelined requests waited while this one was held: serve them next turn.
+                let token = self.conns.token(slot);
+                self.again.push(token);
+            }
+        } else {
+            self.close_graceful(slot);
+        }
+    }
+
+    /// Channel list from `channel` / `cname`: deduplicated, bounded (the names are
+    /// checked where they are subscribed).
+    pub(crate) fn channels_param(
+        &self,
+        q: &Query<'_>,
+        required: bool,
+    ) -> Result<Vec<String>, Reject> {
+        let Some(raw) = q.get_any(&["channel", "cname"]) else {
+            return if required {
+                Err(reject(400, "missing channel"))
+            } else {
+                Ok(Vec::new())
+            };
+        };
+        let max = self.shared.cfg.max_channels_per_conn;
+        let mut out: Vec<String> = Vec::new();
+        for name in raw.split(',') {
+            message::validate_channel(name).map_err(|e| reject(400, e.to_string()))?;
+            if !out.iter().any(|n| n == name) {
+                out.push(name.to_string());
+            }
+            if out.len() > max {
+                return Err(reject(400, format!("too many channels (max {max})")));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Verifies `token=` for the channels (auth = "token"); `None` when auth is off.
+    pub(crate) fn check_token(
+        &self,
+        q: &Query<'_>,
+        channels: &[String],
+    ) -> Result<Option<Grant>, auth::TokenError> {
+        if !self.shared.token_auth() {
+            return Ok(None);
+        }
+        let token = q.get("token").unwrap_or("");
+        let grant = auth::verify(token, self.shared.cfg.token_secret.as_bytes(), unix_now())?;
+        if channels.iter().any(|c| !grant.allows(c)) {
+            return Err(auth::TokenError::Channel);
+        }
+        Ok(Some(grant))
+    }
+
+    /// Keeps a verified token with its connection, whose rights end with it.
+    pub(crate) fn keep_grant(&mut self, slot: usize, grant: Option<Grant>) {
+        if let Some(g) = grant {
+            self.conns[slot].ext().grant = Some(Box::new(g));
+            self.watch_token(slot);
+        }
+    }
+}
+
+/// `since=` / `seq=`: a position, `N` or `N@EPOCH`.
+pub fn since_param(q: &Query<'_>, key: &str) -> Result<Option<Since>, Reject> {
+    let Some(v) = q.get(key) else {
+        return Ok(None);
+    };
+    let p = protocol::cursor::parse_position(v).map_err(|e| {
+        reject(
+            400,
+            format!("{key} must be a seq or seq@epoch (a non-negative integer, then 1-16 characters of 0-9 a-z): {e}"),
+        )
+    })?;
+    let epoch = p.epoch.and_then(Epoch::parse).unwrap_or(Epoch::NONE);
+    Ok(Some(Since::Seq(p.seq, epoch)))
+}
+
+/// `cb=` / `callback=`: a JSONP or iframe callback name.
+pub fn callback_param(q: &Query<'_>) -> Result<Option<Box<str>>, Reject> {
+    match q.get("cb").or_else(|| q.get("callback")) {
+        None | Some("") => Ok(None),
+        Some(cb) => {
+            message::validate_callback(cb).map_err(|e| reject(400, e.to_string()))?;
+            Ok(Some(cb.into()))
+        }
+    }
+}
+
+/// Seconds since 1970.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
