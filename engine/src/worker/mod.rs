@@ -104,6 +104,8 @@ pub struct Core<B: Backend> {
     pub freed: u64,
     /// Rounds of giving memory back still to do.
     releases: u8,
+    /// The connection table's capacity when memory was last given back.
+    sized: usize,
     release_at: Instant,
     /// Scratch: read buffer.
     scratch: Vec<u8>,
@@ -225,6 +227,11 @@ impl<B: Backend> Core<B> {
             // Blocks other threads still hold for this one come back in the next rounds.
             self.releases = crate::limits::RELEASE_ROUNDS;
         }
+        if self.conns.capacity() != self.sized {
+            // The table grew (or shrank): its old copy is free memory.
+            self.sized = self.conns.capacity();
+            self.releases = self.releases.max(1);
+        }
         if self.releases == 0 {
             return;
         }
@@ -302,6 +309,7 @@ impl<B: Backend> Worker<B> {
             peer_ips: HashMap::new(),
             freed: 0,
             releases: 0,
+            sized: 0,
             release_at: now,
             scratch: vec![0; SCRATCH_BYTES],
             out: Vec::with_capacity(4096),

@@ -94,12 +94,8 @@ impl Uring {
                 .extend(parts[URING_MAX_SEND_IOV..].iter().map(|p| p.to_bytes(0)));
         }
         self.sends.insert(token, q);
-        let now: Vec<Bytes> = parts
-            .iter()
-            .take(URING_MAX_SEND_IOV)
-            .map(|p| p.to_bytes(0))
-            .collect();
-        self.start_send(sock, token, now.into_iter());
+        let now = parts.iter().take(URING_MAX_SEND_IOV).map(|p| p.to_bytes(0));
+        self.start_send(sock, token, now);
     }
 
     /// Drops what waits behind the send in flight (a slow consumer's backlog).
