@@ -115,6 +115,7 @@ fn wire(c: &mut Criterion) {
         seq: 1_234_567,
         epoch: "k3x9ab2q",
         from: "",
+        event: "",
         content: "{\"user\":\"ann\",\"text\":\"Grüße — see <b>this</b> & that\",\"ts\":1718000000}",
     };
     let mut g = c.benchmark_group("wire");

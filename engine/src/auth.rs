@@ -33,7 +33,7 @@ pub enum TokenError {
     Expired,
     /// The token does not grant this channel.
     Channel,
-    /// The `sub` claim is longer than [`MAX_SUB_LEN`].
+    /// The `sub` claim is longer than [`MAX_SUB_LEN`], or holds control characters.
     SubTooLong,
 }
 
@@ -47,7 +47,9 @@ impl TokenError {
             TokenError::Signature => "bad token signature",
             TokenError::Expired => "token expired or without exp",
             TokenError::Channel => "token does not grant this channel",
-            TokenError::SubTooLong => "token sub claim longer than 256 bytes",
+            TokenError::SubTooLong => {
+                "token sub claim longer than 256 bytes or with control characters"
+            }
         }
     }
 }
@@ -160,7 +162,13 @@ pub fn verify(token: &str, secret: &[u8], now: u64) -> Result<Grant, TokenError>
     if let Some(one) = claims.channel {
         patterns.push(one.into_boxed_str());
     }
-    if claims.sub.as_ref().is_some_and(|s| s.len() > MAX_SUB_LEN) {
+    // A control character would be taken for the separator of a message's sender and
+    // event (`msg::META_SEP`).
+    if claims
+        .sub
+        .as_ref()
+        .is_some_and(|s| s.len() > MAX_SUB_LEN || s.chars().any(char::is_control))
+    {
         return Err(TokenError::SubTooLong);
     }
     Ok(Grant {

@@ -13,7 +13,8 @@ use std::time::Duration;
 use crate::limits::{
     HEADERS_CAP, HEAD_BYTES_RANGE, MAX_ACCEPT_PAUSE_MS, MAX_ADMIN_CONNECTIONS,
     MAX_CHANNELS_PER_CONN, MAX_HISTORY_SIZE, MAX_LISTENERS, MAX_MESSAGE_BYTES_LIMIT, MAX_RATE,
-    MAX_SECS, MAX_WORKERS, MIN_HEADERS, MIN_MESSAGE_BYTES, MIN_SLOW_CONSUMER_BYTES,
+    MAX_SECS, MAX_SOCKETIO_PATH, MAX_WORKERS, MIN_HEADERS, MIN_MESSAGE_BYTES,
+    MIN_SLOW_CONSUMER_BYTES, SOCKETIO_PAYLOAD_RANGE,
 };
 use crate::log::{self, Level};
 
@@ -197,6 +198,34 @@ pub struct Config {
     pub client_publish: Vec<String>,
     /// Serve `/echo`, a plain WebSocket echo (for the conformance suite).
     pub ws_echo: bool,
+    /// Serve Socket.IO (Engine.IO v4) at `socketio_path`.
+    pub socketio: bool,
+    /// Where Socket.IO is served (`/socket.io/`; with or without the last `/`).
+    pub socketio_path: String,
+    /// Engine.IO `pingInterval`: the server pings each session this often.
+    pub socketio_ping_interval_secs: f64,
+    /// Engine.IO `pingTimeout`: a session that does not answer a ping within this is
+    /// closed.
+    pub socketio_ping_timeout_secs: f64,
+    /// Engine.IO `maxPayload`: the largest polling request body and WebSocket message a
+    /// client may send (bytes).
+    pub socketio_max_payload: usize,
+    /// Namespaces a client may connect to (patterns with `*`: `"/"`, `"/chat*"`, `"*"`).
+    pub socketio_namespaces: Vec<String>,
+    /// Channel prefix of the main namespace `/` (namespace `/x` has `x.`).
+    pub socketio_main_prefix: String,
+    /// The room every socket of a namespace is in (channel `<prefix><room>`).
+    pub socketio_broadcast_room: String,
+    /// Each socket is also in the room named by its socket id.
+    pub socketio_own_room: bool,
+    /// Clients may join and leave rooms with `emit("subscribe"|"unsubscribe", rooms)`.
+    pub socketio_client_subscribe: bool,
+    /// Connection state recovery: how long a disconnected socket's rooms and positions
+    /// are kept for it to resume (0 = off; then events carry no offset).
+    pub socketio_recovery_secs: f64,
+    /// Conformance switch: behave as the official Socket.IO / Engine.IO protocol test
+    /// suites' test server (short pings, `/custom`, `message-back`, ...).
+    pub socketio_test: bool,
     /// `error`, `warn`, `info`, `debug` or `trace` (live).
     pub log_level: String,
     /// After accept fails with EMFILE/ENFILE, accepting pauses this long (live).
@@ -277,6 +306,18 @@ impl Default for Config {
             channel_ttl_secs: 300.0,
             client_publish: Vec::new(),
             ws_echo: false,
+            socketio: true,
+            socketio_path: "/socket.io/".into(),
+            socketio_ping_interval_secs: 25.0,
+            socketio_ping_timeout_secs: 20.0,
+            socketio_max_payload: 1_000_000,
+            socketio_namespaces: vec!["*".into()],
+            socketio_main_prefix: String::new(),
+            socketio_broadcast_room: "all".into(),
+            socketio_own_room: true,
+            socketio_client_subscribe: true,
+            socketio_recovery_secs: 0.0,
+            socketio_test: false,
             log_level: "info".into(),
             accept_pause_ms: 100,
             sse_retry_ms: 2000,
@@ -425,6 +466,7 @@ impl Config {
         self.validate_clients()?;
         self.validate_ports()?;
         self.validate_cluster()?;
+        self.validate_socketio()?;
         if self.history_store == HistoryStore::Disk {
             if self.history_path.is_empty() {
                 return err("history_store = \"disk\" needs history_path (a directory)");
@@ -542,6 +584,66 @@ impl Config {
         }
         if self.client_publish.iter().any(String::is_empty) {
             return err("client_publish patterns must not be empty");
+        }
+        Ok(())
+    }
+
+    /// The Socket.IO keys.
+    fn validate_socketio(&self) -> Result<(), ConfigError> {
+        let p = &self.socketio_path;
+        if !p.starts_with('/')
+            || p.len() < 2
+            || p.len() > MAX_SOCKETIO_PATH
+            || !p
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'%')
+        {
+            return err(format!(
+                "socketio_path must start with '/', be 2..={MAX_SOCKETIO_PATH} printable bytes without '?' or '%', got '{p}'"
+            ));
+        }
+        for (name, v) in [
+            (
+                "socketio_ping_interval_secs",
+                self.socketio_ping_interval_secs,
+            ),
+            (
+                "socketio_ping_timeout_secs",
+                self.socketio_ping_timeout_secs,
+            ),
+        ] {
+            if !(v.is_finite() && v > 0.0 && v <= MAX_SECS) {
+                return err(format!("{name} must be > 0 and <= {MAX_SECS}, got {v}"));
+            }
+        }
+        let r = self.socketio_recovery_secs;
+        if !(r.is_finite() && (0.0..=MAX_SECS).contains(&r)) {
+            return err(format!(
+                "socketio_recovery_secs must be 0 (off) to {MAX_SECS}, got {r}"
+            ));
+        }
+        if !SOCKETIO_PAYLOAD_RANGE.contains(&self.socketio_max_payload) {
+            return err(format!(
+                "socketio_max_payload must be {}..={}",
+                SOCKETIO_PAYLOAD_RANGE.start(),
+                SOCKETIO_PAYLOAD_RANGE.end()
+            ));
+        }
+        let prefix = &self.socketio_main_prefix;
+        if !prefix.is_empty() && protocol::message::validate_channel(prefix).is_err() {
+            return err(format!(
+                "socketio_main_prefix must be empty or made of channel-name bytes, got '{prefix}'"
+            ));
+        }
+        if protocol::message::validate_channel(&self.socketio_broadcast_room).is_err() {
+            return err("socketio_broadcast_room must be a valid channel name");
+        }
+        if self
+            .socketio_namespaces
+            .iter()
+            .any(|n| n.is_empty() || n.bytes().any(|b| b.is_ascii_whitespace()))
+        {
+            return err("socketio_namespaces patterns must not be empty or hold spaces");
         }
         Ok(())
     }

@@ -10,6 +10,14 @@
 //!   |          |--hold (GET /poll, nothing yet)--> Poll --answered--+ |  (write side shut,
 //!   |          |--shut (an error, Connection: close)------------------+   reading to EOF)
 //!   +----------+--answered (keep-alive)-----------------------------+
+//!   |          |
+//!   |          |--upgrade_sio (GET /socket.io/ websocket, no sid: 101)--> SioWs --shut--> Closing
+//!   |          |--upgrade_sio (with the sid of a polling session: 101)--> SioProbe
+//!   |          |                                   SioProbe --take_session (`5`)--> SioWs
+//!   |          |--hold_sio (a polling request waiting for its session)--> SioHeld
+//!   +----------+--answered----------------------------------------------- SioHeld
+//!
+//!   (no socket)  Conn::session() --> SioPoll   a polling session between its requests
 //! ```
 //!
 //! The state is private to this module: it changes only through the transitions named
@@ -32,6 +40,11 @@
 //! | `Echo` | never armed | |
 //! | `Sse`, `Stream`, `Iframe` | the heartbeat is due | `: ping` / `noop`, armed again |
 //! | `Poll` | `poll_timeout_secs` passed | answered with `noop` |
+//! | `SioWs` | the Engine.IO ping is due (`socketio_ping_interval_secs`) | ping `2`; the timer becomes the pong timeout |
+//! | `SioWs`, `SioPoll` awaiting a pong | `socketio_ping_timeout_secs` passed | the session is closed |
+//! | `SioPoll` | the ping is due | ping `2` queued (it answers the held GET) |
+//! | `SioProbe` | `handshake_timeout_secs` passed without the upgrade | closed |
+//! | `SioHeld` | `ping interval + timeout` (a forwarded request: plus [`crate::limits::SOCKETIO_FORWARD_WAIT`]) | answered `6` noop / 504 |
 //! | any, closing gracefully ([`flag::CLOSE_AFTER_FLUSH`]) | `close_timeout_secs` passed | closed |
 //! | `Closing` | `close_timeout_secs` passed | closed |
 //!
@@ -74,13 +87,25 @@ pub enum State {
     Poll,
     /// Write side shut down; reading (and discarding) until the peer closes.
     Closing,
+    /// A WebSocket carrying an Engine.IO session (Socket.IO).
+    SioWs,
+    /// A WebSocket upgrading an Engine.IO polling session (`2probe` .. `5`).
+    SioProbe,
+    /// An Engine.IO long-polling session between its requests: a record without a
+    /// socket, in the table so that it has a token, a timer and subscriptions.
+    SioPoll,
+    /// A polling request of an Engine.IO session waiting for its answer (a held GET, or
+    /// a request forwarded to the worker that holds its session).
+    SioHeld,
 }
 
 impl State {
     /// The transport this state is counted under.
     pub fn transport(self) -> Transport {
         match self {
-            State::Http | State::Closing => Transport::Http,
+            State::Http | State::Closing | State::SioHeld => Transport::Http,
+            State::SioWs | State::SioPoll => Transport::Socketio,
+            State::SioProbe => Transport::Ws,
             State::Ws | State::Echo => Transport::Ws,
             State::Sse => Transport::Sse,
             State::Stream => Transport::Stream,
@@ -91,7 +116,15 @@ impl State {
 
     /// True for the WebSocket states.
     pub fn is_ws(self) -> bool {
-        matches!(self, State::Ws | State::Echo)
+        matches!(
+            self,
+            State::Ws | State::Echo | State::SioWs | State::SioProbe
+        )
+    }
+
+    /// True for the states that hold an Engine.IO session.
+    pub fn is_sio_session(self) -> bool {
+        matches!(self, State::SioWs | State::SioPoll)
     }
 
     /// True for the streaming HTTP responses (SSE, NDJSON, iframe).
@@ -128,6 +161,9 @@ pub struct Moved {
 pub mod flag {
     /// Doomed: closed by a handler, removed by the worker once the handler returns.
     pub const DOOMED: u8 = 1;
+    /// A request body is being received (a Socket.IO POST): the unparsed input may hold
+    /// up to `socketio_max_payload` more than a head.
+    pub const BODY: u8 = 2;
     /// Close (shut the write side) once the output is written.
     pub const CLOSE_AFTER_FLUSH: u8 = 4;
     /// The connection has served a request (a timeout now is an idle keep-alive one).
@@ -360,6 +396,38 @@ impl Conn {
         }
     }
 
+    /// A polling session's record (it has no socket: `sock` is [`Sock`]'s `NONE`).
+    pub fn session(sock: Sock, generation: u32, listener: ListenerId) -> Conn {
+        let mut c = Conn::new(sock, generation, listener);
+        c.state = State::SioPoll;
+        c
+    }
+
+    /// The 101 of a Socket.IO WebSocket went out: a new session (`probe` false), or a
+    /// probe of a polling session's upgrade.
+    pub fn upgrade_sio(&mut self, probe: bool) -> Result<Moved, Illegal> {
+        match self.state {
+            State::Http => Ok(self.go(if probe { State::SioProbe } else { State::SioWs })),
+            _ => self.refuse("upgrade_sio"),
+        }
+    }
+
+    /// The upgrade finished (`5`): the probe takes the polling session over.
+    pub fn take_session(&mut self) -> Result<Moved, Illegal> {
+        match self.state {
+            State::SioProbe => Ok(self.go(State::SioWs)),
+            _ => self.refuse("take_session"),
+        }
+    }
+
+    /// A polling request waits for its session's answer.
+    pub fn hold_sio(&mut self) -> Result<Moved, Illegal> {
+        match self.state {
+            State::Http => Ok(self.go(State::SioHeld)),
+            _ => self.refuse("hold_sio"),
+        }
+    }
+
     /// A streaming response began (`to` is `Sse`, `Stream` or `Iframe`).
     pub fn stream(&mut self, to: State) -> Result<Moved, Illegal> {
         match self.state {
@@ -379,7 +447,7 @@ impl Conn {
     /// A whole response went out: back to waiting for a request head.
     pub fn answered(&mut self) -> Result<Moved, Illegal> {
         match self.state {
-            State::Http | State::Poll => Ok(self.go(State::Http)),
+            State::Http | State::Poll | State::SioHeld => Ok(self.go(State::Http)),
             _ => self.refuse("answered"),
         }
     }
@@ -480,6 +548,16 @@ mod tests {
         let mut s = Conn::new(3, 2, 0);
         s.stream(State::Iframe).unwrap();
         assert!(s.hold().is_err());
+        let mut p = Conn::new(4, 1, 0);
+        p.upgrade_sio(true).unwrap();
+        assert!(p.hold_sio().is_err());
+        let m = p.take_session().unwrap();
+        assert_eq!((m.from, m.to), (Transport::Ws, Transport::Socketio));
+        assert!(p.take_session().is_err());
+        let mut h = Conn::new(5, 1, 0);
+        h.hold_sio().unwrap();
+        h.answered().unwrap();
+        assert_eq!(Conn::session(0, 1, 0).state(), State::SioPoll);
     }
 
     #[test]

@@ -90,6 +90,8 @@ pub enum Cmd {
     PubDone(PubDone),
     /// A Redis read's outcome.
     Remote(RemoteReply),
+    /// Socket.IO: a request for a session of this worker, an answer, a moved session.
+    Sio(Box<crate::transport::socketio::SioCmd>),
     /// Close one connection; replies whether it existed.
     Kick {
         /// The connection.

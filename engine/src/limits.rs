@@ -101,6 +101,49 @@ pub const MAX_TOKEN_LEN: usize = 4096;
 /// Longest `sub` claim (it is stamped on every message the client publishes).
 pub const MAX_SUB_LEN: usize = 256;
 
+// ------------------------------------------------------------ Socket.IO
+
+/// Longest `socketio_path`.
+pub const MAX_SOCKETIO_PATH: usize = 64;
+
+/// `socketio_max_payload` bounds (bytes of one POST body or WebSocket message).
+pub const SOCKETIO_PAYLOAD_RANGE: std::ops::RangeInclusive<usize> = 64..=16 * 1024 * 1024;
+
+/// Most Engine.IO packets in one polling request body.
+pub const SOCKETIO_MAX_PACKETS: usize = 1024;
+
+/// Most namespaces one Engine.IO session may have connected at once.
+pub const SOCKETIO_MAX_NAMESPACES: usize = 8;
+
+/// Longest event name (bytes) of an admin `event=` or a client emit.
+pub const SOCKETIO_MAX_EVENT: usize = 128;
+
+/// Bytes of packets a polling session may have waiting for its next GET; past it the
+/// session is closed as a slow consumer. The larger of this and `slow_consumer_bytes`.
+pub const SOCKETIO_MIN_QUEUE: usize = 64 * 1024;
+
+/// A forwarded polling request (to the worker that holds its session) not answered
+/// within `pingInterval` plus this is answered 504.
+pub const SOCKETIO_FORWARD_WAIT: Duration = Duration::from_secs(10);
+
+/// Most connection-state-recovery records a process keeps (the oldest go first).
+pub const SOCKETIO_MAX_RECOVERY: usize = 100_000;
+
+/// A session that has not connected a namespace within this is closed (socket.io's
+/// `connectTimeout`).
+pub const SOCKETIO_CONNECT_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// Conformance mode (`socketio_test`): the connect timeout.
+pub const SOCKETIO_TEST_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Most bytes a probing WebSocket keeps of what its client sends after `5` while its
+/// session is on its way from another worker.
+pub const SOCKETIO_MAX_EARLY: usize = 1 << 20;
+
+/// Conformance mode (`socketio_test`): the test suites' ping interval and timeout.
+pub const SOCKETIO_TEST_PING: (Duration, Duration) =
+    (Duration::from_millis(300), Duration::from_millis(200));
+
 // ------------------------------------------------------------ timers
 
 /// Length of one tick. Timers fire at most one tick late.

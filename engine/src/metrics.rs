@@ -20,10 +20,12 @@ pub enum Transport {
     Stream = 4,
     /// Iframe streaming.
     Iframe = 5,
+    /// Socket.IO sessions (over WebSocket, or long-polling between requests).
+    Socketio = 6,
 }
 
 /// Number of transports.
-pub const TRANSPORTS: usize = 6;
+pub const TRANSPORTS: usize = 7;
 
 impl Transport {
     /// All transports, in gauge order.
@@ -34,6 +36,7 @@ impl Transport {
         Transport::Poll,
         Transport::Stream,
         Transport::Iframe,
+        Transport::Socketio,
     ];
 
     /// The label value.
@@ -45,6 +48,7 @@ impl Transport {
             Transport::Poll => "poll",
             Transport::Stream => "stream",
             Transport::Iframe => "iframe",
+            Transport::Socketio => "socketio",
         }
     }
 }
@@ -103,6 +107,11 @@ counters! {
     Ws1009 => "pushedge_protocol_errors_total", "kind=\"ws_1009\"", "Requests and frames refused, by kind.";
     ClientPublished => "pushedge_client_publishes_total", "", "Messages published by WebSocket clients.";
     Kicked => "pushedge_kicked_total", "", "Connections closed by the kick command.";
+    SioSessions => "pushedge_socketio_sessions_total", "", "Socket.IO (Engine.IO) sessions opened.";
+    SioForwarded => "pushedge_socketio_forwarded_total", "", "Socket.IO polling requests forwarded to the worker that holds their session.";
+    SioMoved => "pushedge_socketio_moved_total", "", "Socket.IO sessions moved to another worker (a WebSocket upgrade that landed there).";
+    SioRecovered => "pushedge_socketio_recovered_total", "", "Socket.IO sockets that resumed with connection state recovery.";
+    SioErrors => "pushedge_socketio_errors_total", "", "Socket.IO sessions closed for a protocol error (bad packet, overlapping polls, payload too large).";
 }
 
 impl Counter {
@@ -136,10 +145,19 @@ impl Counter {
 
 /// One worker's figures.
 #[repr(align(128))]
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct WorkerStats {
     conns: [AtomicI64; TRANSPORTS],
     counters: [AtomicU64; COUNTERS],
+}
+
+impl Default for WorkerStats {
+    fn default() -> Self {
+        WorkerStats {
+            conns: std::array::from_fn(|_| AtomicI64::new(0)),
+            counters: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
 }
 
 impl WorkerStats {
@@ -173,12 +191,21 @@ impl WorkerStats {
 }
 
 /// Sums over workers.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
     /// Connections by transport.
     pub conns: [i64; TRANSPORTS],
     /// Counters.
     pub counters: [u64; COUNTERS],
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Snapshot {
+            conns: [0; TRANSPORTS],
+            counters: [0; COUNTERS],
+        }
+    }
 }
 
 impl Snapshot {

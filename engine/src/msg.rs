@@ -46,8 +46,10 @@ pub struct Msg {
     pub from: u64,
     /// Data or close.
     pub kind: MsgKind,
-    /// Who published it (a client's token `sub`, the envelope's `from`); empty for
-    /// backends.
+    /// Who published it (a client's token `sub`, the envelope's `from`; empty for
+    /// backends) and, after [`META_SEP`], the event it was published as (see [`meta`]).
+    /// One string, so that every path that stores or carries a sender (history, the
+    /// disk store, Redis) carries the event with it.
     pub sender: Box<str>,
     /// The published body.
     pub content: Box<str>,
@@ -57,6 +59,56 @@ pub struct Msg {
     sse_with_id: OnceLock<Bytes>,
     sse_data: OnceLock<Bytes>,
     ndjson: OnceLock<Bytes>,
+    socketio: OnceLock<crate::transport::socketio::Encoded>,
+}
+
+/// Separates a message's sender from its event in [`Msg::sender`] (a control character
+/// no sender carries: `sub` claims with one are refused).
+pub const META_SEP: char = '\x1f';
+
+/// What a message's content is, for the clients that receive it as event arguments
+/// (Socket.IO).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    /// Text: one string argument.
+    Text,
+    /// A JSON value: one argument, that value.
+    Json,
+    /// A JSON array: its elements are the arguments.
+    Args,
+}
+
+impl Body {
+    fn tag(self) -> char {
+        match self {
+            Body::Text => 't',
+            Body::Json => 'j',
+            Body::Args => 'a',
+        }
+    }
+
+    fn of_tag(c: char) -> Option<Body> {
+        Some(match c {
+            't' => Body::Text,
+            'j' => Body::Json,
+            'a' => Body::Args,
+            _ => return None,
+        })
+    }
+}
+
+/// A message's sender, event and body kind as one string (what [`Msg::sender`] holds):
+/// the sender alone for a plain text message without an event.
+pub fn meta(sender: &str, event: &str, body: Body) -> Box<str> {
+    if event.is_empty() && body == Body::Text {
+        return sender.into();
+    }
+    let mut s = String::with_capacity(sender.len() + event.len() + 2);
+    s.push_str(sender);
+    s.push(META_SEP);
+    s.push(body.tag());
+    s.push_str(event);
+    s.into()
 }
 
 impl Msg {
@@ -84,7 +136,31 @@ impl Msg {
             sse_with_id: OnceLock::new(),
             sse_data: OnceLock::new(),
             ndjson: OnceLock::new(),
+            socketio: OnceLock::new(),
         }
+    }
+
+    /// Who published it (a client's `sub`; empty for backends).
+    pub fn from(&self) -> &str {
+        self.sender.split(META_SEP).next().unwrap_or("")
+    }
+
+    /// The event it was published as (empty: none) and what its content is.
+    pub fn event(&self) -> (&str, Body) {
+        match self.sender.split_once(META_SEP) {
+            Some((_, rest)) => {
+                let mut chars = rest.chars();
+                let body = chars.next().and_then(Body::of_tag).unwrap_or(Body::Text);
+                (chars.as_str(), body)
+            }
+            None => ("", Body::Text),
+        }
+    }
+
+    /// The Socket.IO packets of this message for the first namespace that asked (see
+    /// [`crate::transport::socketio::Encoded`]).
+    pub fn socketio_cache(&self) -> &OnceLock<crate::transport::socketio::Encoded> {
+        &self.socketio
     }
 
     /// The message, published by `sender` (a client's `sub`).
@@ -107,7 +183,8 @@ impl Msg {
                 channel: &self.channel,
                 seq: self.seq,
                 epoch: self.epoch.as_str(),
-                from: &self.sender,
+                from: self.from(),
+                event: self.event().0,
                 content: &self.content,
             },
             MsgKind::Close => Message::Close {
@@ -261,6 +338,31 @@ mod tests {
             &m.json()[..],
             br#"{"type":"data","channel":"c","seq":1,"epoch":"e1","from":"bob","content":"hi"}"#
         );
+    }
+
+    #[test]
+    fn events_ride_with_the_sender() {
+        let e = Epoch::parse("e1").unwrap();
+        let m = Msg::new(1, Arc::from("c"), e, 1, MsgKind::Data, "[1,2]".into()).with_sender(meta(
+            "bob",
+            "chat",
+            Body::Args,
+        ));
+        assert_eq!(m.from(), "bob");
+        assert_eq!(m.event(), ("chat", Body::Args));
+        assert_eq!(
+            &m.json()[..],
+            br#"{"type":"data","channel":"c","seq":1,"epoch":"e1","from":"bob","event":"chat","content":"[1,2]"}"#
+        );
+        let plain = Msg::new(1, Arc::from("c"), e, 2, MsgKind::Data, "x".into()).with_sender(meta(
+            "",
+            "",
+            Body::Text,
+        ));
+        assert_eq!((plain.from(), plain.event()), ("", ("", Body::Text)));
+        assert_eq!(&*meta("", "", Body::Json), "\x1fj");
+        let packed = pack(&meta("", "news", Body::Json), "{}");
+        assert_eq!(unpack(&packed), ("\x1fjnews", "{}"));
     }
 
     #[test]

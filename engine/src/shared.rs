@@ -63,6 +63,8 @@ pub struct Shared {
     pub fds: FdBudget,
     /// Subscriber connections per source address (with `max_connections_per_ip`).
     pub per_ip: Mutex<HashMap<IpAddr, u32>>,
+    /// Socket.IO sockets kept for connection state recovery.
+    pub sio_recovery: crate::transport::socketio::Recoveries,
     /// Where [`Shared::request_stop`] sends (set by `serve`).
     pub(crate) stop: Mutex<Option<Sender<Stop>>>,
 }
@@ -99,6 +101,7 @@ impl Shared {
                 direct: false,
             },
             per_ip: Mutex::new(HashMap::new()),
+            sio_recovery: Default::default(),
             stop: Mutex::new(None),
         }
     }
@@ -168,6 +171,7 @@ impl Shared {
         &self,
         channel: &str,
         content: &str,
+        sender: &str,
         key: Option<&str>,
         commit: Commit,
     ) -> Result<Accepted, HubError> {
@@ -180,11 +184,12 @@ impl Shared {
                 if content.len() > self.live.max_message_bytes() {
                     return Err(HubError::TooBig);
                 }
-                c.publish(&self.hub, channel, content, key)
+                c.publish(&self.hub, channel, sender, content, key)
             }
             None => {
                 let meta = PubMeta {
                     key,
+                    sender,
                     commit,
                     ..PubMeta::default()
                 };
@@ -208,7 +213,7 @@ impl Shared {
         content: &str,
         key: Option<&str>,
     ) -> Result<Accepted, HubError> {
-        let a = self.publish(channel, content, key, Commit::ByWriter)?;
+        let a = self.publish(channel, content, "", key, Commit::ByWriter)?;
         self.wait_ticket(a.ticket)?;
         Ok(Accepted { ticket: 0, ..a })
     }
@@ -219,7 +224,7 @@ impl Shared {
             Some(c) => {
                 let channels = c.all_channels(self.cfg.max_channels)?;
                 for name in &channels {
-                    self.publish(name, content, None, Commit::ByWriter)?;
+                    self.publish(name, content, "", None, Commit::ByWriter)?;
                 }
                 Ok(channels.len())
             }

@@ -42,6 +42,9 @@ pub enum Message<'a> {
         /// Who published it, when a client did (its token's `sub`, stamped by the
         /// server); empty for backends.
         from: &'a str,
+        /// The event name a Socket.IO client or an admin `event=` gave it; empty for
+        /// none.
+        event: &'a str,
         /// The published body.
         content: &'a str,
     },
@@ -173,6 +176,7 @@ pub fn write_json(out: &mut Vec<u8>, msg: &Message<'_>, style: JsonStyle) {
             seq,
             epoch,
             from,
+            event,
             content,
         } => {
             field_str(out, "channel", channel, style);
@@ -180,6 +184,9 @@ pub fn write_json(out: &mut Vec<u8>, msg: &Message<'_>, style: JsonStyle) {
             field_epoch(out, epoch);
             if !from.is_empty() {
                 field_str(out, "from", from, style);
+            }
+            if !event.is_empty() {
+                field_str(out, "event", event, style);
             }
             field_str(out, "content", content, style);
         }
@@ -510,6 +517,7 @@ mod tests {
                 seq: 12,
                 epoch: "k3x9ab2q",
                 from: "",
+                event: "",
                 content: "hello"
             }),
             r#"{"type":"data","channel":"news","seq":12,"epoch":"k3x9ab2q","content":"hello"}"#
@@ -520,6 +528,7 @@ mod tests {
                 seq: 3,
                 epoch: "e1",
                 from: "bob \"b\"",
+                event: "",
                 content: "hi"
             }),
             r#"{"type":"data","channel":"chat","seq":3,"epoch":"e1","from":"bob \"b\"","content":"hi"}"#
@@ -530,6 +539,7 @@ mod tests {
                 seq: 12,
                 epoch: "",
                 from: "",
+                event: "",
                 content: "hello"
             }),
             r#"{"type":"data","channel":"news","seq":12,"content":"hello"}"#,
@@ -665,6 +675,7 @@ mod tests {
             seq: 1,
             epoch: "e1",
             from: "",
+            event: "",
             content: "a</script>b",
         };
         let plain = msg.to_json();

@@ -381,6 +381,7 @@ impl OwnedMessage {
                 seq: *s,
                 epoch: e,
                 from: "",
+                event: "",
                 content: t,
             },
             OwnedMessage::Noop(c, s, e) => Message::Noop {

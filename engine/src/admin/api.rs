@@ -10,6 +10,7 @@ use protocol::query::Query;
 use super::Reply;
 use crate::auth;
 use crate::limits::{DEFAULT_LISTING, MAX_PREFIX};
+use crate::msg::Body;
 use crate::shared::Shared;
 use crate::store::Commit;
 use crate::views::{channel_info_json, channel_json, totals_json};
@@ -47,7 +48,7 @@ pub(super) fn route(shared: &Shared, req: &http::Request<'_, '_>, body: &[u8]) -
     if req.path() == "/pub" && authorized(shared, req) && req.method != Method::Head {
         if let Ok(q) = Query::parse(req.query()) {
             if matches!(req.method, Method::Get | Method::Post) {
-                return publish(shared, &q, body);
+                return publish(shared, req, &q, body);
             }
         }
     }
@@ -81,7 +82,7 @@ fn route_other(shared: &Shared, req: &http::Request<'_, '_>, body: &[u8]) -> Rep
         return r;
     }
     match path {
-        "/pub" => publish(shared, &q, body).0,
+        "/pub" => publish(shared, req, &q, body).0,
         "/broadcast" => match body_text(body, &q) {
             Ok(content) => match shared.broadcast(content) {
                 Ok(n) => Reply::json(200, serde_json::json!({"type": "ok", "channels": n})),
@@ -188,7 +189,43 @@ fn idempotency_key<'a>(q: &'a Query<'_>) -> Result<Option<&'a str>, Reply> {
     }
 }
 
-fn publish(shared: &Shared, q: &Query<'_>, body: &[u8]) -> (Reply, u64) {
+/// `event=` (Socket.IO clients get the message as this event) and what the body is: JSON
+/// with `Content-Type: application/json` (checked), else text.
+fn event_meta(
+    req: &http::Request<'_, '_>,
+    q: &Query<'_>,
+    content: &str,
+) -> Result<Box<str>, Reply> {
+    let event = q.get("event").unwrap_or("");
+    if event.len() > crate::limits::SOCKETIO_MAX_EVENT || event.chars().any(char::is_control) {
+        return Err(Reply::error(
+            400,
+            &format!(
+                "event must be at most {} bytes without control characters",
+                crate::limits::SOCKETIO_MAX_EVENT
+            ),
+        ));
+    }
+    let json = req
+        .header_str("content-type")
+        .and_then(|t| t.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+    if json && serde_json::from_str::<serde::de::IgnoredAny>(content).is_err() {
+        return Err(Reply::error(
+            400,
+            "content is not valid JSON (Content-Type: application/json)",
+        ));
+    }
+    let body = if json { Body::Json } else { Body::Text };
+    Ok(crate::msg::meta("", event, body))
+}
+
+fn publish(
+    shared: &Shared,
+    req: &http::Request<'_, '_>,
+    q: &Query<'_>,
+    body: &[u8],
+) -> (Reply, u64) {
     let name = match channel(q) {
         Ok(n) => n,
         Err(r) => return (r, 0),
@@ -201,7 +238,11 @@ fn publish(shared: &Shared, q: &Query<'_>, body: &[u8]) -> (Reply, u64) {
         Ok(k) => k,
         Err(r) => return (r, 0),
     };
-    match shared.publish(&name, content, key, Commit::ByCaller) {
+    let meta = match event_meta(req, q, content) {
+        Ok(m) => m,
+        Err(r) => return (r, 0),
+    };
+    match shared.publish(&name, content, &meta, key, Commit::ByCaller) {
         Ok(a) => (
             Reply::envelope(
                 200,

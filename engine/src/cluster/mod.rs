@@ -289,13 +289,14 @@ impl Cluster {
         &self,
         hub: &Hub,
         channel: &str,
+        sender: &str,
         content: &str,
         key: Option<&str>,
     ) -> Result<Accepted, HubError> {
         if let Some(e) = self.refuse() {
             return Err(e);
         }
-        let req = self.publish_request(hub, channel, "", content, key);
+        let req = self.publish_request(hub, channel, sender, content, key);
         let r = {
             let mut link = self.publisher.lock().unwrap_or_else(|p| p.into_inner());
             link.call(&self.target(), req)

@@ -635,6 +635,13 @@ impl Hub {
                 self.inboxes[w].push(Cmd::Deliver(msg.clone()));
             }
         }
+        // A Socket.IO socket's own room is not subscribed to: the worker its id names
+        // gets the message.
+        if let Some(w) = crate::transport::socketio::own_room_worker(&ch.name, self.inboxes.len()) {
+            if ch.per_worker[w] == 0 {
+                self.inboxes[w].push(Cmd::Deliver(msg.clone()));
+            }
+        }
     }
 
     /// Records message `msg` in the channel's history and hands it to the workers with

@@ -48,6 +48,10 @@ pub use token::Token;
 /// A socket handle, interpreted by the backend.
 pub type Sock = i32;
 
+/// The handle of a record without a socket (a Socket.IO polling session): never given
+/// to the backend.
+pub const NO_SOCK: Sock = -1;
+
 /// Which listener (index of the `[[listener]]` entry).
 pub type ListenerId = u8;
 

@@ -9,6 +9,7 @@
 //! | NDJSON stream | [`ndjson`] | `GET /stream` | ignored | a chunk per message | `noop` | last chunk |
 //! | iframe stream | [`iframe`] | `GET /iframe` | ignored | a `<script>` chunk per message | `noop` | last chunk |
 //! | long-poll | [`poll`] | `GET /poll` | kept for after the answer | the answer (JSON / JSONP array) | `noop` answer | a `noop` answer |
+//! | Socket.IO | [`socketio`] | `GET`/`POST /socket.io/` | Engine.IO packets (WebSocket or POST) | an event per message | Engine.IO ping, pong timeout | close packet |
 //!
 //! Every verb is dispatched statically here from the connection's state (no table of
 //! function pointers in the connection record), so a new transport is a new file and a
@@ -17,6 +18,7 @@
 pub mod iframe;
 pub mod ndjson;
 pub mod poll;
+pub mod socketio;
 pub mod sse;
 pub mod ws;
 pub mod ws_ops;
@@ -54,6 +56,9 @@ pub enum Route {
     Ping,
     /// `/healthz`.
     Health,
+    /// `/socket.io/` (Engine.IO; started by the worker's HTTP side, which reads its
+    /// POST bodies).
+    SocketIo,
 }
 
 /// Starts the transport of a request (its head is parsed and checked).
@@ -71,6 +76,7 @@ pub fn start<B: Backend>(
         Route::Stream => ndjson::start(cx, slot, req, q),
         Route::Iframe => iframe::start(cx, slot, req, q),
         Route::Poll => poll::start(cx, slot, q),
+        Route::SocketIo => socketio::start(cx, slot, req, q, None),
         Route::Ping | Route::Health => Ok(()),
     }
 }
@@ -79,9 +85,10 @@ pub fn start<B: Backend>(
 /// were used.
 pub fn input<B: Backend>(cx: &mut Core<B>, slot: usize, input: &mut [u8]) -> usize {
     match cx.conns[slot].state() {
-        State::Ws | State::Echo => ws::input(cx, slot, input),
+        State::Ws | State::Echo | State::SioWs | State::SioProbe => ws::input(cx, slot, input),
         // A held poll's pipelined requests wait for the answer.
-        State::Poll => 0,
+        State::Poll | State::SioHeld => 0,
+        State::SioPoll => input.len(),
         State::Http => unreachable!("requests are parsed by the worker"),
         State::Sse | State::Stream | State::Iframe | State::Closing => input.len(),
     }
@@ -111,7 +118,8 @@ pub fn deliver<B: Backend>(
         State::Stream => cx.send(slot, &[Part::Shared(msg.ndjson_chunk())]),
         State::Iframe => iframe::deliver(cx, slot, msg, iframe_cache),
         State::Poll => return poll::deliver(cx, slot, msg),
-        State::Http | State::Echo | State::Closing => return,
+        State::SioWs | State::SioPoll => socketio::deliver(cx, slot, msg),
+        State::Http | State::Echo | State::Closing | State::SioProbe | State::SioHeld => return,
     }
     if msg.kind == MsgKind::Close {
         cx.unsubscribe(slot, local);
@@ -212,7 +220,8 @@ pub fn envelope<B: Backend>(cx: &mut Core<B>, slot: usize, msg: &Message<'_>) {
             let item = poll::item(cx, slot, msg);
             poll::answer(cx, slot, &[item]);
         }
-        State::Http | State::Closing => {}
+        State::SioWs | State::SioPoll => socketio::envelope(cx, slot, msg),
+        State::Http | State::Closing | State::SioProbe | State::SioHeld => {}
     }
 }
 
@@ -233,6 +242,9 @@ pub fn timer<B: Backend>(cx: &mut Core<B>, slot: usize) {
             cx.rearm(slot, heartbeat);
         }
         State::Poll => poll::answer_noop(cx, slot),
+        State::SioWs | State::SioPoll | State::SioProbe | State::SioHeld => {
+            socketio::timer(cx, slot)
+        }
         State::Http | State::Closing => unreachable!("handled by the worker"),
     }
 }
@@ -260,20 +272,36 @@ pub fn end<B: Backend>(cx: &mut Core<B>, slot: usize, code: CloseCode, reason: &
             cx.conns[slot].clear(crate::conn::flag::KEEP_ALIVE);
             poll::answer_noop(cx, slot);
         }
+        State::SioWs | State::SioPoll | State::SioProbe | State::SioHeld => socketio::end(cx, slot),
         State::Closing => {}
+    }
+}
+
+/// The record is being removed: the transport lets go of what it keeps beside it.
+pub fn closed<B: Backend>(cx: &mut Core<B>, slot: usize) {
+    if matches!(
+        cx.conns[slot].state(),
+        State::SioWs | State::SioPoll | State::SioProbe | State::SioHeld
+    ) {
+        socketio::closed(cx, slot);
     }
 }
 
 /// What a slow consumer's cut ends its stream with, behind what is kept.
 pub fn cut_tail<B: Backend>(cx: &mut Core<B>, slot: usize, out: &mut Vec<u8>) {
     match cx.conns[slot].state() {
-        State::Ws | State::Echo => {
+        State::Ws | State::Echo | State::SioWs | State::SioProbe => {
             cx.conns[slot]
                 .session
                 .close(CloseCode::POLICY, "slow consumer", out);
         }
         State::Stream | State::Iframe => out.extend_from_slice(http::LAST_CHUNK),
-        State::Http | State::Sse | State::Poll | State::Closing => {}
+        State::Http
+        | State::Sse
+        | State::Poll
+        | State::Closing
+        | State::SioPoll
+        | State::SioHeld => {}
     }
 }
 

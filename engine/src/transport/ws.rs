@@ -98,9 +98,17 @@ pub fn input<B: Backend>(cx: &mut Core<B>, slot: usize, input: &mut [u8]) -> usi
         // After our close frame nothing more is read (only the peer's EOF matters).
         return input.len();
     }
+    let sio = matches!(
+        cx.conns[slot].state(),
+        crate::conn::State::SioWs | crate::conn::State::SioProbe
+    );
     let cfg = DecoderConfig {
         role: Role::Server,
-        max_message: cx.live().max_message_bytes(),
+        max_message: if sio {
+            cx.shared.cfg.socketio_max_payload
+        } else {
+            cx.live().max_message_bytes()
+        },
     };
     match cx.conns[slot].ws.decode(input, &cfg) {
         Ok(Decoded { consumed, event }) => {
@@ -127,6 +135,9 @@ fn on_event<B: Backend>(cx: &mut Core<B>, slot: usize, ev: Event<'_>) {
         }
         Control::Ponged { awaited: false } => {}
         Control::Closed => {
+            if cx.conns[slot].state() == crate::conn::State::SioWs {
+                super::socketio::on_ws_closed(cx, slot);
+            }
             cx.send(slot, &[Part::Copy(&reply)]);
             cx.close_graceful(slot);
         }
@@ -140,7 +151,14 @@ fn on_event<B: Backend>(cx: &mut Core<B>, slot: usize, ev: Event<'_>) {
 }
 
 fn on_message<B: Backend>(cx: &mut Core<B>, slot: usize, kind: DataKind, data: &[u8]) {
-    if cx.conns[slot].state() == crate::conn::State::Echo {
+    let state = cx.conns[slot].state();
+    if matches!(
+        state,
+        crate::conn::State::SioWs | crate::conn::State::SioProbe
+    ) {
+        return super::socketio::on_ws_message(cx, slot, kind, data);
+    }
+    if state == crate::conn::State::Echo {
         let op = match kind {
             DataKind::Text => OpCode::Text,
             DataKind::Binary => OpCode::Binary,

@@ -226,6 +226,9 @@ pub fn on_pub_done<B: Backend>(cx: &mut Core<B>, done: PubDone) {
         return;
     }
     let slot = done.token.slot();
+    if cx.conns[slot].state().is_sio_session() {
+        return super::socketio::on_pub_done(cx, done);
+    }
     if cx.conns[slot].state() != State::Ws {
         return;
     }

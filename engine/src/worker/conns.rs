@@ -36,6 +36,15 @@ impl Conns {
         Token::new(slot, self.generation)
     }
 
+    /// Takes a record without a socket (a polling session); returns its token.
+    pub fn insert_session(&mut self, sock: Sock, listener: ListenerId) -> Token {
+        self.generation = Token::next_generation(self.generation);
+        let slot = self
+            .slab
+            .insert(Conn::session(sock, self.generation, listener));
+        Token::new(slot, self.generation)
+    }
+
     /// The connection a token names, if it is still that one.
     pub fn get(&self, token: Token) -> Option<&Conn> {
         self.slab

@@ -21,6 +21,12 @@ impl<B: Backend> Core<B> {
         let [first, ..] = msgs else {
             return;
         };
+        if transport::socketio::is_own_room(&first.channel) {
+            // A socket's own room has no subscription: its id names the socket.
+            for m in msgs {
+                transport::socketio::deliver_direct(self, m);
+            }
+        }
         let Some(local) = self.index.local(first.key) else {
             return;
         };

@@ -25,7 +25,11 @@ pub fn reject(status: u16, reason: impl Into<String>) -> Reject {
 }
 
 /// The routes of the subscriber port.
-fn route_of(path: &str, echo: bool) -> Option<Route> {
+fn route_of(cfg: &crate::config::Config, path: &str) -> Option<Route> {
+    if transport::socketio::is_path(cfg, path) {
+        return Some(Route::SocketIo);
+    }
+    let echo = cfg.ws_echo;
     Some(match path {
         "/ws" => Route::Ws,
         "/echo" if echo => Route::Echo,
@@ -59,6 +63,7 @@ impl<B: Backend> Core<B> {
             }
         };
         match self.check_request(slot, &req, &limits) {
+            Ok(Some((Route::SocketIo, query))) => self.serve_socketio(slot, &req, &query, buf),
             Ok(Some((route, query))) => {
                 self.serve(slot, &req, &query, route);
                 Some(req.head_len)
@@ -84,7 +89,7 @@ impl<B: Backend> Core<B> {
         req: &'q http::Request<'_, '_>,
         limits: &http::Limits,
     ) -> Result<Option<(Route, Query<'q>)>, (u16, String, Option<&'static str>)> {
-        let Some(route) = route_of(req.path(), self.shared.cfg.ws_echo) else {
+        let Some(route) = route_of(&self.shared.cfg, req.path()) else {
             return Err((404, "no such endpoint".into(), None));
         };
         if !self.check_origin(slot, req) {
@@ -100,8 +105,15 @@ impl<B: Backend> Core<B> {
             conn.clear(flag::KEEP_ALIVE);
         }
         if req.method == Method::Options {
-            self.respond_preflight(slot, req);
+            self.respond_preflight(slot, req, route == Route::SocketIo);
             return Ok(None);
+        }
+        if route == Route::SocketIo {
+            // Engine.IO answers a bad method itself (400); the body is read by
+            // `serve_socketio`.
+            let query =
+                Query::parse(req.query()).map_err(|e| (400, e.reason().to_string(), None))?;
+            return Ok(Some((route, query)));
         }
         let simple = matches!(route, Route::Ping | Route::Health);
         if req.method != Method::Get && !(simple && req.method == Method::Head) {
@@ -121,6 +133,59 @@ impl<B: Backend> Core<B> {
         }
         let query = Query::parse(req.query()).map_err(|e| (400, e.reason().to_string(), None))?;
         Ok(Some((route, query)))
+    }
+
+    /// A Socket.IO request: its body (a POST's, up to `socketio_max_payload`, with
+    /// `Content-Length`) is waited for, then the transport takes it. Returns the bytes
+    /// used, `None` until the body is complete.
+    fn serve_socketio(
+        &mut self,
+        slot: usize,
+        req: &http::Request<'_, '_>,
+        q: &Query<'_>,
+        buf: &[u8],
+    ) -> Option<usize> {
+        let cfg = &self.shared.cfg;
+        let limits = http::Limits {
+            max_head_bytes: cfg.max_head_bytes,
+            max_headers: cfg.max_headers,
+            max_body_bytes: cfg.socketio_max_payload,
+        };
+        let (body, used) = match http::body_framing(req, &limits) {
+            Ok(http::BodyFraming::None) => {
+                let body = (req.method == Method::Post).then_some(&[][..]);
+                (body, req.head_len)
+            }
+            Ok(http::BodyFraming::Length(n)) => {
+                let end = req.head_len + n as usize;
+                if buf.len() < end {
+                    self.conns[slot].set(flag::BODY);
+                    return None;
+                }
+                (Some(&buf[req.head_len..end]), end)
+            }
+            Ok(http::BodyFraming::Chunked) => {
+                self.conns[slot].clear(flag::BODY);
+                let reason = "Socket.IO request bodies need Content-Length";
+                self.respond_error(slot, 411, reason, &[]);
+                return Some(buf.len());
+            }
+            Err(http::HttpError::BodyTooLarge) => {
+                self.conns[slot].clear(flag::BODY);
+                transport::socketio::too_large(self, slot, q);
+                return Some(buf.len());
+            }
+            Err(e) => {
+                self.conns[slot].clear(flag::BODY);
+                self.respond_error(slot, e.status(), e.reason(), &[]);
+                return Some(buf.len());
+            }
+        };
+        self.conns[slot].clear(flag::BODY);
+        if let Err((status, reason)) = transport::socketio::start(self, slot, req, q, body) {
+            self.respond_error(slot, status, &reason, &[]);
+        }
+        Some(used)
     }
 
     fn serve(&mut self, slot: usize, req: &http::Request<'_, '_>, q: &Query<'_>, route: Route) {
@@ -191,7 +256,7 @@ impl<B: Backend> Core<B> {
     }
 
     /// Answers a CORS preflight (`OPTIONS`) for an allowed origin.
-    fn respond_preflight(&mut self, slot: usize, req: &http::Request<'_, '_>) {
+    fn respond_preflight(&mut self, slot: usize, req: &http::Request<'_, '_>, post: bool) {
         // Echo the requested headers when they are a plain list of header names.
         let asked = req
             .header_str("access-control-request-headers")
@@ -203,7 +268,14 @@ impl<B: Backend> Core<B> {
             });
         let keep_alive = self.conns[slot].has(flag::KEEP_ALIVE);
         let mut headers: Vec<(&str, &str)> = vec![
-            ("Access-Control-Allow-Methods", "GET, OPTIONS"),
+            (
+                "Access-Control-Allow-Methods",
+                if post {
+                    "GET, POST, OPTIONS"
+                } else {
+                    "GET, OPTIONS"
+                },
+            ),
             ("Access-Control-Max-Age", "600"),
         ];
         if let Some(h) = asked {

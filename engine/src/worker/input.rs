@@ -63,8 +63,13 @@ impl<B: Backend> Core<B> {
     /// Keeps input not parsed yet. `fresh`: it begins a new request head (the previous
     /// input was all taken), whose clock starts now.
     fn keep_unparsed(&mut self, slot: usize, rest: &[u8], fresh: bool) {
-        let limit = self.shared.cfg.max_head_bytes;
+        let cfg = &self.shared.cfg;
         let conn = &mut self.conns[slot];
+        let limit = if conn.has(flag::BODY) {
+            cfg.max_head_bytes + cfg.socketio_max_payload
+        } else {
+            cfg.max_head_bytes
+        };
         if conn.doomed() {
             return;
         }

@@ -115,6 +115,8 @@ pub struct Core<B: Backend> {
     pub replay: Vec<Arc<Msg>>,
     /// Scratch: a fan-out's targets.
     targets: Vec<u32>,
+    /// The Socket.IO part of the records (sessions, held requests, upgrades).
+    pub sio: transport::socketio::Table,
 }
 
 impl<B: Backend> Core<B> {
@@ -178,6 +180,7 @@ impl<B: Backend> Core<B> {
     pub fn finish_closes(&mut self) {
         while self.conns.any_doomed() {
             for slot in self.conns.take_doomed() {
+                transport::closed(self, slot);
                 self.unsubscribe_all(slot);
                 let token = self.conns.token(slot);
                 let conn = self.conns.remove(slot);
@@ -190,7 +193,9 @@ impl<B: Backend> Core<B> {
                     self.shared.leave_ip(ip);
                 }
                 self.limiters.remove(slot);
-                self.io.close(conn.sock, token);
+                if conn.sock != crate::reactor::NO_SOCK {
+                    self.io.close(conn.sock, token);
+                }
             }
         }
     }
@@ -237,6 +242,7 @@ impl<B: Backend> Core<B> {
         }
         self.releases -= 1;
         self.index.shrink();
+        self.sio.shrink();
         if memory::sparse(self.conns.len(), self.conns.capacity()) {
             self.conns.shrink_to_fit();
         }
@@ -315,6 +321,7 @@ impl<B: Backend> Worker<B> {
             out: Vec::with_capacity(4096),
             replay: Vec::new(),
             targets: Vec::new(),
+            sio: transport::socketio::Table::default(),
         };
         Ok(Worker {
             core,
@@ -345,7 +352,9 @@ impl<B: Backend> Worker<B> {
             let token = cx.conns.token(slot);
             let c = cx.conns.remove(slot);
             cx.stats.conn_delta(c.state().transport(), -1);
-            cx.io.close(c.sock, token);
+            if c.sock != crate::reactor::NO_SOCK {
+                cx.io.close(c.sock, token);
+            }
         }
         cx.shared.conns.fetch_sub(open, Ordering::Relaxed);
         cx.io.shutdown();
@@ -517,6 +526,7 @@ impl<B: Backend> Worker<B> {
             Cmd::Shutdown => self.running = false,
             Cmd::PubDone(done) => transport::ws_ops::on_pub_done(cx, done),
             Cmd::Remote(reply) => cx.on_remote(reply),
+            Cmd::Sio(c) => transport::socketio::on_cmd(cx, *c),
         }
     }
 
@@ -527,9 +537,9 @@ impl<B: Backend> Worker<B> {
         for slot in slots {
             let token = cx.conns.token(slot);
             let sock = cx.conns[slot].sock;
-            let peer = cx
-                .io
-                .peer_addr(sock)
+            let peer = (sock != crate::reactor::NO_SOCK)
+                .then(|| cx.io.peer_addr(sock))
+                .flatten()
                 .map_or_else(|| "-".into(), |a| a.to_string());
             let c = &cx.conns[slot];
             out.push(ConnInfo {
@@ -573,12 +583,15 @@ impl<B: Backend> Worker<B> {
         cx.wheel.advance(cx.now, &mut fired);
         for (id, key) in fired.drain(..) {
             let token = Token::from_raw(key);
-            let check = Token::tag_of(key) == checks::CHECK_TAG;
+            let tag = Token::tag_of(key);
+            let check = tag == checks::CHECK_TAG;
             if !cx.conns.alive(token) {
                 continue;
             }
             let slot = token.slot();
-            if check {
+            if tag == transport::socketio::LATER_TAG {
+                transport::socketio::on_later(cx, slot);
+            } else if check {
                 cx.on_check(slot);
             } else if cx.conns[slot].timer == id {
                 cx.conns[slot].timer = TimerId::NONE;
