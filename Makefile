@@ -7,6 +7,7 @@ BACKEND ?= epoll
 REDIS_PORT ?= 6379
 
 .PHONY: run run-cluster test build release lint fmt bench fuzz fuzz-build fuzz-deps deps-test deps-redis conformance
+.PHONY: test-socketio deps-socketio
 .PHONY: bench-build bench-scale bench-fanout bench-peers bench-backends bench-cluster bench-floor
 
 ## run: build (release) and start the server on embedded defaults (BACKEND=uring for io_uring)
@@ -33,15 +34,52 @@ test: deps-test
 	PUSHEDGE_BACKEND=uring $(CARGO) test -p pushedge-tests
 	bash tests/autobahn/run.sh quick target/debug/pushedge
 	PUSHEDGE_BACKEND=uring bash tests/autobahn/run.sh quick target/debug/pushedge
+	$(MAKE) test-socketio && PUSHEDGE_BACKEND=uring $(MAKE) test-socketio SOCKETIO_PYTHON=
 
-## deps-test: what the tests need beyond cargo (redis-server for the cluster tests)
-deps-test: deps-redis
+## deps-test: what the tests need beyond cargo (redis-server for the cluster tests;
+## node packages, python-socketio and chromium for the Socket.IO tests)
+deps-test: deps-redis deps-socketio
 
 deps-redis:
 	@command -v redis-server >/dev/null || { \
 	  echo "installing redis-server"; \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; \
 	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; fi; }
+
+## test-socketio: the Socket.IO end-to-end tests with real third-party clients (tests/socketio):
+## socket.io-client 4.x on node, the socket.io.min.js bundle in headless Chromium, raw
+## HTTP/WebSocket bad input (node --test, one file at a time), then python-socketio.
+##   [PUSHEDGE_BACKEND=uring] make test-socketio [PUSHEDGE_BIN=...] [SOCKETIO_FILES="acks.test.mjs ..."]
+##   SOCKETIO_PYTHON= skips the python-socketio part
+SOCKETIO_FILES ?= *.test.mjs
+SOCKETIO_PYTHON ?= yes
+SOCKETIO_BIN = $(abspath $(or $(PUSHEDGE_BIN),target/debug/pushedge))
+PYTHON ?= python3
+test-socketio: deps-socketio
+	@if [ -z "$(PUSHEDGE_BIN)" ]; then $(CARGO) build -p pushedge; fi
+	cd tests/socketio && PUSHEDGE_BIN=$(SOCKETIO_BIN) node --test --test-concurrency=1 --test-timeout=60000 $(SOCKETIO_FILES)
+	@if [ -n "$(SOCKETIO_PYTHON)" ]; then \
+	  echo "PUSHEDGE_BIN=$(SOCKETIO_BIN) $(PYTHON) tests/socketio/test_python.py"; \
+	  PUSHEDGE_BIN=$(SOCKETIO_BIN) $(PYTHON) tests/socketio/test_python.py; \
+	fi
+
+## deps-socketio: what tests/socketio needs, each installed only when missing: the node
+## packages of tests/socketio/package-lock.json (npm ci), python-socketio[client],
+## websocket-client and requests (pip), and Debian's chromium (apt-get, with sudo when not root)
+deps-socketio:
+	@command -v node >/dev/null && command -v npm >/dev/null || { \
+	  echo "deps-socketio: node (>= 20) and npm are needed and not installed"; exit 1; }
+	@if [ ! -f tests/socketio/node_modules/.package-lock.json ] || \
+	    [ tests/socketio/package-lock.json -nt tests/socketio/node_modules/.package-lock.json ]; then \
+	  echo "installing the node packages of tests/socketio (socket.io-client, engine.io-client, ws, playwright-core): npm ci"; \
+	  cd tests/socketio && npm ci --no-audit --no-fund; fi
+	@$(PYTHON) -c "import socketio, websocket, requests" 2>/dev/null || { \
+	  echo "installing python-socketio[client], websocket-client and requests (pip)"; \
+	  $(PYTHON) -m pip install --quiet "python-socketio[client]" websocket-client requests; }
+	@[ -x /usr/bin/chromium ] || { \
+	  echo "installing chromium (apt-get) for the headless browser test"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; fi; }
 
 ## conformance: the whole Autobahn|Testsuite (groups 1-13) against a release build
 conformance: release
@@ -61,9 +99,11 @@ bench:
 
 ## bench-*: side-by-side benchmarks (bench/*.py; python3, root for sysctl). Each prints a
 ## table and writes JSON under target/bench/; every process it starts is stopped at the end.
-##   make bench-scale CONNS=100000 [BACKEND=epoll|uring] [TRANSPORT=ws|sse|stream|poll]
+##   make bench-scale CONNS=100000 [BACKEND=epoll|uring] [TRANSPORT=ws|sse|stream|poll|socketio]
 ##                    [SET="uring_arm=recv ..."] [BENCH_ARGS="--workers 8 --per-proc 15000"]
 ##   make bench-fanout [BACKEND=...] [SET=...]   fan-out latency, CPU per delivery, publishes/s
+##                    [TRANSPORT=socketio]        ... over ws and socketio, interleaved, with
+##                    [TRANSPORTS=ws,socketio]    the ratios socketio/ws (BENCH_ARGS="--rounds 3")
 ##   make bench-peers                            pushedge vs nchan (installs nginx + nchan with apt)
 ##   make bench-backends                         epoll vs io_uring (POLL_ADD, RECV, no direct fds)
 ##   make bench-cluster CONNS=N [NODES=K] [BACKEND=...] [SET=...] [BENCH_ARGS="--channels C ..."]
@@ -78,6 +118,10 @@ SET ?=
 NODES ?=
 BENCH_ARGS ?=
 BENCH_SETS = $(foreach s,$(SET),--set $(s))
+# bench-fanout: TRANSPORTS as given, else ws alone, or ws then TRANSPORT (compared to ws).
+TRANSPORTS ?=
+comma := ,
+FANOUT_TRANSPORTS = $(or $(TRANSPORTS),$(if $(filter ws,$(TRANSPORT)),ws,ws$(comma)$(TRANSPORT)))
 
 bench-build:
 	$(CARGO) build --release -p pushedge -p loadgen
@@ -86,7 +130,7 @@ bench-scale: bench-build
 	python3 bench/scale.py --conns $(CONNS) --backend $(BACKEND) --transport $(TRANSPORT) $(BENCH_SETS) $(BENCH_ARGS)
 
 bench-fanout: bench-build
-	python3 bench/fanout.py --backend $(BACKEND) $(BENCH_SETS) $(BENCH_ARGS)
+	python3 bench/fanout.py --backend $(BACKEND) --transports $(FANOUT_TRANSPORTS) $(BENCH_SETS) $(BENCH_ARGS)
 
 bench-peers: bench-build
 	python3 bench/peers.py --backend $(BACKEND) $(BENCH_SETS) $(BENCH_ARGS)
@@ -111,7 +155,7 @@ bench-floor: bench-build
 ## Corpora grow in fuzz/corpus/<t> (seeded from fuzz/seeds/<t>), crashes land in
 ## fuzz/artifacts/<t>, full logs in fuzz/target/logs/<t>.log. One target: FUZZ_TARGETS=query
 FUZZ_CARGO ?= cargo +nightly
-FUZZ_TARGETS ?= http_head ws_decoder sse_cursor query
+FUZZ_TARGETS ?= http_head ws_decoder sse_cursor query socketio
 FUZZ_FLAGS ?= -rss_limit_mb=2048 -max_len=8192 -timeout=10
 fuzz: fuzz-build
 	@fail=0; \

@@ -15,6 +15,11 @@
 //! - [`sse`]: Server-Sent Events encoding.
 //! - [`message`]: the JSON message envelope and its wire forms (WebSocket frame, SSE event,
 //!   NDJSON chunk, iframe script chunk, JSONP).
+//! - [`engineio`]: Engine.IO v4 — packet types, WebSocket text packets, polling payloads
+//!   (`0x1e`-separated, `b` + base64 for binary), the open packet and the HTTP error body.
+//! - [`socketio`]: Socket.IO v5 — packets (`<type>[<n>-][<nsp>,][<id>][<json>]`) with their
+//!   shape checks, event data, and binary attachments between placeholders and inline
+//!   `{"$binary":"..."}` objects.
 //!
 //! Short input is never an error: parsers answer "partial" and consume nothing they cannot
 //! use. Every limit is checked before anything is allocated for it.
@@ -23,8 +28,10 @@
 #![warn(missing_docs)]
 
 pub mod cursor;
+pub mod engineio;
 pub mod http;
 pub mod message;
 pub mod query;
+pub mod socketio;
 pub mod sse;
 pub mod ws;

@@ -81,8 +81,8 @@ use crate::hub::Since;
 use crate::inbox::{Cmd, PubDone};
 use crate::limits::{
     SOCKETIO_CONNECT_TIMEOUT, SOCKETIO_FORWARD_WAIT, SOCKETIO_MAX_EARLY, SOCKETIO_MAX_EVENT,
-    SOCKETIO_TEST_CONNECT_TIMEOUT, SOCKETIO_MAX_NAMESPACES, SOCKETIO_MAX_PACKETS,
-    SOCKETIO_MAX_RECOVERY, SOCKETIO_MIN_QUEUE, SOCKETIO_TEST_PING,
+    SOCKETIO_MAX_NAMESPACES, SOCKETIO_MAX_PACKETS, SOCKETIO_MAX_RECOVERY, SOCKETIO_MIN_QUEUE,
+    SOCKETIO_TEST_CONNECT_TIMEOUT, SOCKETIO_TEST_PING,
 };
 use crate::metrics::Counter;
 use crate::msg::{meta, Body, Msg, MsgKind};
@@ -197,33 +197,41 @@ struct Partial {
     got: Vec<Vec<u8>>,
 }
 
-/// An Engine.IO session.
+/// An Engine.IO session. What only some sessions need (polling, binary packets,
+/// publishes waiting for their outcome) is in [`Rare`], so that an idle WebSocket
+/// session is its id, its namespaces and its clocks.
 #[derive(Debug)]
 pub struct Session {
     sid: Box<str>,
     nsps: Vec<Nsp>,
-    /// Polling: packets waiting for the next GET, joined as a payload.
-    queue: Vec<u8>,
-    /// Polling: the GET waiting for packets.
-    get: Option<Waiter>,
+    /// Without a pong, the session is dead at this time (checked by its timer, and by
+    /// each polling request, which the timer's granularity could let in first).
+    deadline: Instant,
+    /// When it opened (a session that connects no namespace in time is closed).
+    born: Instant,
     /// A ping went out and its pong has not come.
     awaiting_pong: bool,
     /// A probe began (`2probe`): polling requests are answered at once, with a noop.
     upgrading: bool,
-    /// Without a pong, the session is dead at this time (checked by its timer, and by
-    /// each polling request, which the timer's granularity could let in first).
-    deadline: Instant,
+    /// Plain Engine.IO echo (the conformance switch's `/engine.io/`): no Socket.IO.
+    echo: bool,
+    /// A namespace was connected once (the connect timeout is over).
+    connected: bool,
+    rare: Option<Box<Rare>>,
+}
+
+/// The parts of a session that most sessions do without.
+#[derive(Debug, Default)]
+struct Rare {
+    /// Polling: packets waiting for the next GET, joined as a payload.
+    queue: Vec<u8>,
+    /// Polling: the GET waiting for packets.
+    get: Option<Waiter>,
     /// The handshake's `token=` (a CONNECT without `auth.token` uses it).
     query_token: Option<Box<str>>,
     partial: Option<Box<Partial>>,
     /// Client publishes waiting for their outcome: channel, namespace, ack id.
     acks: VecDeque<(Arc<str>, Box<str>, Option<u64>)>,
-    /// When it opened (a session that connects no namespace in time is closed).
-    born: Instant,
-    /// Plain Engine.IO echo (the conformance switch's `/engine.io/`): no Socket.IO.
-    echo: bool,
-    /// A namespace was connected once (the connect timeout is over).
-    connected: bool,
     /// Conformance switch: `auth` events sent a moment after their CONNECT answer
     /// (namespace, auth), as the test suites read them one write at a time.
     later: Vec<(Box<str>, String)>,
@@ -232,21 +240,30 @@ pub struct Session {
 impl Session {
     fn new(sid: Box<str>, query_token: Option<Box<str>>, born: Instant) -> Session {
         Session {
-            born,
-            echo: false,
-            connected: false,
-            later: Vec::new(),
             sid,
             nsps: Vec::new(),
-            queue: Vec::new(),
-            get: None,
+            deadline: born,
+            born,
             awaiting_pong: false,
             upgrading: false,
-            deadline: born,
-            query_token,
-            partial: None,
-            acks: VecDeque::new(),
+            echo: false,
+            connected: false,
+            rare: query_token.map(|t| {
+                Box::new(Rare {
+                    query_token: Some(t),
+                    ..Rare::default()
+                })
+            }),
         }
+    }
+
+    /// The rare parts, made on first use.
+    fn r(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
+    fn rare_ref(&self) -> Option<&Rare> {
+        self.rare.as_deref()
     }
 
     /// The namespace a channel is delivered to: the longest matching prefix.
@@ -868,8 +885,8 @@ fn on_forwarded<B: Backend>(cx: &mut Core<B>, from: Waiter, sid: &str, req: Forw
         Forwarded::Release => release_get(cx, s),
         Forwarded::Cancel => {
             if let Some(session) = cx.sio.session_mut(s) {
-                if session.get == Some(from) {
-                    session.get = None;
+                if session.r().get == Some(from) {
+                    session.r().get = None;
                 }
             }
         }
@@ -917,7 +934,7 @@ fn poll_get<B: Backend>(cx: &mut Core<B>, s: usize, from: Waiter) {
     let Some(session) = cx.sio.session_mut(s) else {
         return;
     };
-    if session.get.is_some() {
+    if session.r().get.is_some() {
         // Overlapping GETs: the protocol's answer is an error and the end of the session.
         cx.stats.inc(Counter::SioErrors);
         answer_error(cx, from, ErrorCode::BadRequest);
@@ -925,16 +942,16 @@ fn poll_get<B: Backend>(cx: &mut Core<B>, s: usize, from: Waiter) {
         return;
     }
     if session.upgrading {
-        let mut body = std::mem::take(&mut session.queue);
+        let mut body = std::mem::take(&mut session.r().queue);
         eio::push_separator(&mut body);
         eio::write_text(&mut body, PacketType::Noop, b"");
         return answer(cx, from, 200, false, &body);
     }
-    if session.queue.is_empty() {
-        session.get = Some(from);
+    if session.r().queue.is_empty() {
+        session.r().get = Some(from);
         return;
     }
-    let body = std::mem::take(&mut session.queue);
+    let body = std::mem::take(&mut session.r().queue);
     answer(cx, from, 200, false, &body);
 }
 
@@ -944,13 +961,13 @@ fn flush<B: Backend>(cx: &mut Core<B>, s: usize) {
     let Some(session) = cx.sio.session_mut(s) else {
         return;
     };
-    if session.queue.is_empty() {
+    if session.r().queue.is_empty() {
         return;
     }
-    if let Some(to) = session.get.take() {
-        let body = std::mem::take(&mut session.queue);
+    if let Some(to) = session.r().get.take() {
+        let body = std::mem::take(&mut session.r().queue);
         answer(cx, to, 200, false, &body);
-    } else if session.queue.len() > limit {
+    } else if session.r().queue.len() > limit {
         cx.stats.inc(Counter::SlowConsumer);
         close_session(cx, s, true);
     }
@@ -961,8 +978,8 @@ fn flush<B: Backend>(cx: &mut Core<B>, s: usize) {
 fn release_get<B: Backend>(cx: &mut Core<B>, s: usize) {
     if let Some(session) = cx.sio.session_mut(s) {
         session.upgrading = true;
-        if let Some(to) = session.get.take() {
-            let mut body = std::mem::take(&mut session.queue);
+        if let Some(to) = session.r().get.take() {
+            let mut body = std::mem::take(&mut session.r().queue);
             eio::push_separator(&mut body);
             eio::write_text(&mut body, PacketType::Noop, b"");
             answer(cx, to, 200, false, &body);
@@ -1086,13 +1103,14 @@ fn take_session<B: Backend>(cx: &mut Core<B>, s: usize) -> Option<Box<Snapshot>>
     let grant = cx.conns[s].ext.as_mut().and_then(|e| e.grant.take());
     cx.unsubscribe_all(s);
     cx.close(s);
+    let rare = session.rare.map(|r| *r).unwrap_or_default();
     Some(Box::new(Snapshot {
         sid: session.sid,
         nsps: session.nsps,
         channels,
-        queue: session.queue,
+        queue: rare.queue,
         grant,
-        query_token: session.query_token,
+        query_token: rare.query_token,
         born: session.born,
         echo: session.echo,
     }))
@@ -1204,8 +1222,8 @@ fn send_binary<B: Backend>(cx: &mut Core<B>, s: usize, data: &[u8]) {
         State::SioWs => send_frame(cx, s, OpCode::Binary, data),
         State::SioPoll => {
             if let Some(session) = cx.sio.session_mut(s) {
-                eio::push_separator(&mut session.queue);
-                eio::write_binary_b64(&mut session.queue, data);
+                eio::push_separator(&mut session.r().queue);
+                eio::write_binary_b64(&mut session.r().queue, data);
                 flush(cx, s);
             }
         }
@@ -1230,7 +1248,9 @@ fn on_packet<B: Backend>(cx: &mut Core<B>, s: usize, p: Packet<'_>) {
             }
         }
         Packet::Text(PacketType::Message, data) => on_sio_text(cx, s, data),
-        Packet::Text(PacketType::Close, _) => close_session_with(cx, s, false, PacketType::Noop),
+        // A client closing its Engine.IO session may come back for its state (as socket.io
+        // recovers "transport close"); only a DISCONNECT is for good.
+        Packet::Text(PacketType::Close, _) => close_session_with(cx, s, true, PacketType::Noop),
         Packet::Text(PacketType::Ping, data) => {
             // Not sent by v4 clients outside a probe; answered all the same.
             send_text(cx, s, PacketType::Pong, data.as_bytes());
@@ -1243,7 +1263,12 @@ fn on_packet<B: Backend>(cx: &mut Core<B>, s: usize, p: Packet<'_>) {
 }
 
 fn on_sio_text<B: Backend>(cx: &mut Core<B>, s: usize, text: &str) {
-    if cx.sio.session(s).is_some_and(|x| x.partial.is_some()) {
+    if cx
+        .sio
+        .session(s)
+        .and_then(Session::rare_ref)
+        .is_some_and(|r| r.partial.is_some())
+    {
         return protocol_error(cx, s, "a text packet while attachments were expected");
     }
     let p = match sio::decode(text) {
@@ -1260,7 +1285,7 @@ fn on_sio_text<B: Backend>(cx: &mut Core<B>, s: usize, text: &str) {
             got: Vec::new(),
         };
         if let Some(session) = cx.sio.session_mut(s) {
-            session.partial = Some(Box::new(partial));
+            session.r().partial = Some(Box::new(partial));
         }
         return;
     }
@@ -1271,14 +1296,14 @@ fn on_attachment<B: Backend>(cx: &mut Core<B>, s: usize, data: Vec<u8>) {
     let Some(session) = cx.sio.session_mut(s) else {
         return;
     };
-    let Some(partial) = session.partial.as_mut() else {
+    let Some(partial) = session.r().partial.as_mut() else {
         return protocol_error(cx, s, "a binary packet without its event");
     };
     partial.got.push(data);
     if partial.got.len() < partial.need {
         return;
     }
-    let p = session.partial.take().expect("checked");
+    let p = session.r().partial.take().expect("checked");
     let atts: Vec<&[u8]> = p.got.iter().map(Vec::as_slice).collect();
     match sio::inline_attachments(&p.data, &atts) {
         Ok(data) => on_sio_packet(cx, s, p.kind, &p.nsp, p.id, Some(data)),
@@ -1373,8 +1398,8 @@ fn send_text<B: Backend>(cx: &mut Core<B>, s: usize, t: PacketType, data: &[u8])
         }
         State::SioPoll => {
             if let Some(session) = cx.sio.session_mut(s) {
-                eio::push_separator(&mut session.queue);
-                eio::write_text(&mut session.queue, t, data);
+                eio::push_separator(&mut session.r().queue);
+                eio::write_text(&mut session.r().queue, t, data);
                 flush(cx, s);
             }
         }
@@ -1387,8 +1412,8 @@ fn send_encoded<B: Backend>(cx: &mut Core<B>, s: usize, enc: &Encoded) {
         State::SioWs => cx.send(s, &[Part::Shared(&enc.ws)]),
         State::SioPoll => {
             if let Some(session) = cx.sio.session_mut(s) {
-                eio::push_separator(&mut session.queue);
-                session.queue.extend_from_slice(&enc.poll);
+                eio::push_separator(&mut session.r().queue);
+                session.r().queue.extend_from_slice(&enc.poll);
                 flush(cx, s);
             }
         }
@@ -1449,7 +1474,7 @@ fn connect<B: Backend>(cx: &mut Core<B>, s: usize, nsp: &str, data: Option<&str>
         let token = auth
             .token
             .as_deref()
-            .or(session.query_token.as_deref())
+            .or(session.rare_ref().and_then(|r| r.query_token.as_deref()))
             .unwrap_or("");
         match auth::verify(token, cx.shared.cfg.token_secret.as_bytes(), unix_now()) {
             Ok(g) => Some(g),
@@ -1552,7 +1577,7 @@ fn connect<B: Backend>(cx: &mut Core<B>, s: usize, nsp: &str, data: Option<&str>
     if cx.shared.cfg.socketio_test {
         let auth_json = data.unwrap_or("{}").to_string();
         if let Some(session) = cx.sio.session_mut(s) {
-            session.later.push((nsp.into(), auth_json));
+            session.r().later.push((nsp.into(), auth_json));
         }
         let token = cx.conns.token(s);
         let at = cx.now + crate::limits::TICK * 2;
@@ -1920,7 +1945,11 @@ fn client_publish<B: Backend>(
         );
     }
     let now = cx.now;
-    let waiting = cx.sio.session(s).map_or(0, |x| x.acks.len());
+    let waiting = cx
+        .sio
+        .session(s)
+        .and_then(Session::rare_ref)
+        .map_or(0, |r| r.acks.len());
     if waiting >= MAX_PENDING_ACKS || !cx.limiters.take(s, Limit::Publishes, now) {
         cx.stats.inc(Counter::PublishLimited);
         return reply(
@@ -1954,6 +1983,7 @@ fn client_publish<B: Backend>(
         Ok(ClientPublish::Later) => {
             if let Some(session) = cx.sio.session_mut(s) {
                 session
+                    .r()
                     .acks
                     .push_back((Arc::from(channel.as_str()), nsp.into(), id));
             }
@@ -1968,10 +1998,15 @@ pub fn on_pub_done<B: Backend>(cx: &mut Core<B>, done: PubDone) {
     let Some(session) = cx.sio.session_mut(s) else {
         return;
     };
-    let Some(i) = session.acks.iter().position(|(c, _, _)| *c == done.channel) else {
+    let Some(i) = session
+        .r()
+        .acks
+        .iter()
+        .position(|(c, _, _)| *c == done.channel)
+    else {
         return;
     };
-    let (_, nsp, id) = session.acks.remove(i).expect("found");
+    let (_, nsp, id) = session.r().acks.remove(i).expect("found");
     match done.result {
         Ok((seq, epoch, _)) => {
             cx.stats.inc(Counter::ClientPublished);
@@ -2098,7 +2133,7 @@ pub fn deliver<B: Backend>(cx: &mut Core<B>, s: usize, msg: &Arc<Msg>) {
 
 /// A message for a socket's own room (no subscription: the socket id names the worker).
 pub fn deliver_direct<B: Backend>(cx: &mut Core<B>, msg: &Arc<Msg>) {
-    if msg.kind != MsgKind::Data {
+    if msg.kind != MsgKind::Data || !cx.shared.cfg.socketio_own_room {
         return;
     }
     let id = &msg.channel[msg.channel.len() - SID_LEN..];
@@ -2119,6 +2154,14 @@ pub fn deliver_direct<B: Backend>(cx: &mut Core<B>, msg: &Arc<Msg>) {
     let Some(nsp) = nsp else {
         return;
     };
+    if cx
+        .index
+        .by_name(cx.conns[s].subs.as_slice(), &msg.channel)
+        .is_some()
+    {
+        // Subscribed to it as well (a recovered socket): delivered through that.
+        return;
+    }
     let enc = encode_msg(msg, &nsp, recovery_on(cx));
     send_encoded(cx, s, &enc);
     cx.stats.inc(Counter::Delivered);
@@ -2194,7 +2237,7 @@ pub fn timer<B: Backend>(cx: &mut Core<B>, slot: usize) {
 /// The packets a session sends a moment later (see [`Session::later`]).
 pub fn on_later<B: Backend>(cx: &mut Core<B>, s: usize) {
     let later = match cx.sio.session_mut(s) {
-        Some(session) => std::mem::take(&mut session.later),
+        Some(session) => std::mem::take(&mut session.r().later),
         None => return,
     };
     for (nsp, auth) in later {
@@ -2220,11 +2263,19 @@ fn keep_for_recovery<B: Backend>(cx: &mut Core<B>, s: usize) {
         let Some(pid) = n.pid.clone() else {
             continue;
         };
-        let mine: Vec<(Arc<str>, u64, Epoch)> = channels
+        let mut mine: Vec<(Arc<str>, u64, Epoch)> = channels
             .iter()
             .filter(|(c, _, _)| session.nsp_of(c).is_some_and(|x| x.name == n.name))
             .cloned()
             .collect();
+        // Its own room has no subscription (unless recovered before): where its stream
+        // is now is what the socket has seen. A recovered socket subscribes to it, as its
+        // id names a record that is gone.
+        let own: Arc<str> = Arc::from(format!("{}{}", n.prefix, n.sid));
+        if cx.shared.cfg.socketio_own_room && !mine.iter().any(|(c, _, _)| *c == own) {
+            let (epoch, seq) = cx.shared.hub.local_stream(&own).unwrap_or((Epoch::NONE, 0));
+            mine.push((own, seq, epoch));
+        }
         records.push((
             pid,
             Record {
@@ -2257,8 +2308,8 @@ fn close_session_with<B: Backend>(cx: &mut Core<B>, s: usize, lost: bool, last: 
         return cx.close(s);
     };
     if let Entry::Session(mut session) = *entry {
-        if let Some(to) = session.get.take() {
-            let mut body = std::mem::take(&mut session.queue);
+        if let Some(to) = session.r().get.take() {
+            let mut body = std::mem::take(&mut session.r().queue);
             eio::push_separator(&mut body);
             eio::write_text(&mut body, last, b"");
             answer(cx, to, 200, false, &body);
@@ -2308,10 +2359,97 @@ pub fn closed<B: Backend>(cx: &mut Core<B>, slot: usize) {
         Some(Entry::Probe { .. }) => {}
     }
     if let Some(Entry::Session(mut session)) = cx.sio.take(slot).map(|b| *b) {
-        if let Some(to) = session.get.take() {
+        if let Some(to) = session.r().get.take() {
             let mut body = Vec::new();
             eio::write_text(&mut body, PacketType::Close, b"");
             answer(cx, to, 200, false, &body);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_name_their_worker_slot_and_generation() {
+        let t = Token::new(77, 5);
+        let mut raw = [0u8; SID_BYTES];
+        raw[0] = 1;
+        raw[1..5].copy_from_slice(&77u32.to_le_bytes());
+        raw[5..9].copy_from_slice(&5u32.to_le_bytes());
+        raw[9] = node_tag("node-a");
+        use base64::Engine as _;
+        let id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+        assert_eq!(id.len(), SID_LEN);
+        let p = parse_id(&id).unwrap();
+        assert_eq!((p.worker, p.token, p.node), (1, t, node_tag("node-a")));
+        assert_eq!(own_room_worker(&format!("chat1.{id}"), 2), Some(1));
+        assert_eq!(own_room_worker(&id, 2), Some(1));
+        assert_eq!(
+            own_room_worker(&format!("chat1{id}"), 2),
+            None,
+            "not after a dot"
+        );
+        assert_eq!(own_room_worker(&id, 1), None, "no such worker");
+        assert_eq!(own_room_worker("lobby", 2), None);
+        assert!(parse_id("short").is_none());
+    }
+
+    #[test]
+    fn offsets_and_namespaces() {
+        assert_eq!(
+            parse_offset("12@k3x9ab2q/chat1.lobby"),
+            Some(("chat1.lobby".into(), 12, Epoch::parse("k3x9ab2q").unwrap()))
+        );
+        assert_eq!(parse_offset("12/c"), Some(("c".into(), 12, Epoch::NONE)));
+        assert_eq!(parse_offset("x/c"), None);
+        let cfg = crate::config::Config::default();
+        assert_eq!(prefix_of(&cfg, "/").as_deref(), Some(""));
+        assert_eq!(prefix_of(&cfg, "/chat1").as_deref(), Some("chat1."));
+        assert_eq!(prefix_of(&cfg, "/a/b"), None);
+        assert_eq!(prefix_of(&cfg, "/a b"), None);
+        assert!(is_path(&cfg, "/socket.io/") && is_path(&cfg, "/socket.io"));
+        assert!(!is_path(&cfg, "/socket.iox") && !is_path(&cfg, "/engine.io/"));
+    }
+
+    #[test]
+    fn a_message_is_an_event_with_its_arguments() {
+        let e = Epoch::parse("e1").unwrap();
+        let m = |content: &str, ev: &str, body: Body| {
+            Msg::new(
+                1,
+                Arc::from("chat1.lobby"),
+                e,
+                3,
+                MsgKind::Data,
+                content.into(),
+            )
+            .with_sender(meta("", ev, body))
+        };
+        let enc = encode_msg(&m("hi \"you\"", "", Body::Text), "/chat1", false);
+        assert_eq!(&enc.poll[..], br#"42/chat1,["message","hi \"you\""]"#);
+        let enc = encode_msg(&m(r#"{"a":1}"#, "news", Body::Json), "/", true);
+        assert_eq!(&enc.poll[..], br#"42["news",{"a":1},"3@e1/chat1.lobby"]"#);
+        let enc = encode_msg(&m(r#"[1,"2"]"#, "chat", Body::Args), "/", false);
+        assert_eq!(&enc.poll[..], br#"42["chat",1,"2"]"#);
+        let enc = encode_msg(&m(r#"{"$binary":"AQID"}"#, "", Body::Json), "/", false);
+        assert_eq!(
+            &enc.poll[..],
+            b"451-[\"message\",{\"_placeholder\":true,\"num\":0}]\x1ebAQID"
+        );
+        // Over WebSocket: the text frame, then the attachment as a binary frame.
+        assert_eq!(enc.ws[0], 0x81);
+        assert_eq!(*enc.ws.last().unwrap(), 3);
+    }
+
+    #[test]
+    fn session_state_stays_small() {
+        let session = std::mem::size_of::<Session>();
+        let entry = std::mem::size_of::<Entry>();
+        assert!(
+            session <= 200 && entry <= 200,
+            "session {session} B, entry {entry} B"
+        );
     }
 }
