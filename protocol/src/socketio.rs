@@ -49,6 +49,16 @@ use crate::engineio::push_base64;
 use crate::http::push_decimal;
 use crate::message::{write_json_string, JsonStyle};
 
+/// Event names a Socket.IO client keeps for itself: a server does not emit them.
+pub const RESERVED_EVENTS: &[&str] = &[
+    "connect",
+    "connect_error",
+    "disconnect",
+    "disconnecting",
+    "newListener",
+    "removeListener",
+];
+
 /// Most binary attachments a packet may announce; more is [`SioError::BadAttachments`].
 pub const MAX_ATTACHMENTS: u32 = 64;
 /// The largest ack id (the largest integer a JavaScript number holds exactly).

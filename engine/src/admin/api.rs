@@ -206,6 +206,12 @@ fn event_meta(
             ),
         ));
     }
+    if protocol::socketio::RESERVED_EVENTS.contains(&event) {
+        return Err(Reply::error(
+            400,
+            &format!("'{event}' is a reserved Socket.IO event name"),
+        ));
+    }
     let json = req
         .header_str("content-type")
         .and_then(|t| t.split(';').next())

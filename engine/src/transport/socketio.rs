@@ -373,6 +373,9 @@ pub enum Forwarded {
     /// A probe for the session began: answered (an `Install` without a session) only
     /// when there is no such polling session.
     Check,
+    /// A request broke the protocol (a body over `socketio_max_payload`): the session
+    /// is closed.
+    Close,
 }
 
 /// Socket.IO commands between workers.
@@ -709,18 +712,12 @@ fn cancel<B: Backend>(cx: &mut Core<B>, slot: usize) {
 
 /// A POST body over `socketio_max_payload`: 413, and the session is closed.
 pub fn too_large<B: Backend>(cx: &mut Core<B>, slot: usize, q: &Query<'_>) {
-    if let Some(parts) = q.get("sid").and_then(parse_id) {
-        if parts.worker == cx.id && cx.conns.alive(parts.token) {
-            let s = parts.token.slot();
-            if cx
-                .sio
-                .session(s)
-                .is_some_and(|x| Some(&*x.sid) == q.get("sid"))
-            {
-                cx.stats.inc(Counter::SioErrors);
-                close_session(cx, s, false);
-            }
-        }
+    if let Some(sid) = q.get("sid").filter(|s| !s.is_empty()) {
+        let me = Waiter {
+            worker: cx.id,
+            token: cx.conns.token(slot),
+        };
+        forward_to_owner(cx, me, sid, Forwarded::Close);
     }
     respond(
         cx,
@@ -767,12 +764,28 @@ fn open_polling<B: Backend>(
     if cx.draining {
         return Err(reject(503, "server shutting down"));
     }
+    // A polling session takes a connection's place: it counts against max_connections
+    // and, from its client's address, against max_connections_per_ip.
+    let ip = cx.peer_ips.get(&slot).copied();
+    if ip.is_some_and(|ip| !cx.shared.enter_ip(ip)) {
+        cx.stats.inc(Counter::RejectedPerIp);
+        return Err(reject(
+            503,
+            "too many connections from this address (max_connections_per_ip)",
+        ));
+    }
     if cx.shared.reserve_conns(1) == 0 {
+        if let Some(ip) = ip {
+            cx.shared.leave_ip(ip);
+        }
         cx.stats.inc(Counter::RejectedFull);
         return Err(reject(503, "too many connections (max_connections)"));
     }
     let listener = cx.conns[slot].listener;
     let token = cx.conns.insert_session(NO_SOCK, listener);
+    if let Some(ip) = ip {
+        cx.peer_ips.insert(token.slot(), ip);
+    }
     cx.stats.conn_delta(crate::metrics::Transport::Socketio, 1);
     let s = token.slot();
     let session = new_session(cx, s, q, echo);
@@ -797,8 +810,18 @@ fn open_ws<B: Backend>(
             return Ok(());
         }
     };
-    // A probe for a sid that is not (or no longer) a polling session is accepted and
-    // then closed, as WebSocket clients expect of a session that went away.
+    // A sid that cannot be one of this node's is refused; one that names a record that
+    // is not (or no longer) a polling session is accepted and then closed, as WebSocket
+    // clients expect of a session that went away (or moved on to another WebSocket).
+    let foreign = sid.is_some_and(|sid| {
+        parse_id(sid).is_none_or(|p| {
+            p.node != node_tag(&cx.shared.node_id) || p.worker >= cx.shared.inboxes.len()
+        })
+    });
+    if foreign {
+        eio_error(cx, slot, ErrorCode::UnknownSid);
+        return Ok(());
+    }
     if sid.is_none() && cx.draining {
         return Err(reject(503, "server shutting down"));
     }
@@ -854,7 +877,7 @@ fn on_forwarded<B: Backend>(cx: &mut Core<B>, from: Waiter, sid: &str, req: Forw
     let Some(s) = found else {
         match req {
             Forwarded::Take | Forwarded::Check => install_remote(cx, from, None),
-            Forwarded::Release | Forwarded::Cancel => {}
+            Forwarded::Release | Forwarded::Cancel | Forwarded::Close => {}
             Forwarded::Get | Forwarded::Post(_) => answer_error(cx, from, ErrorCode::UnknownSid),
         }
         return;
@@ -882,6 +905,10 @@ fn on_forwarded<B: Backend>(cx: &mut Core<B>, from: Waiter, sid: &str, req: Forw
         Forwarded::Get | Forwarded::Post(_) => answer_error(cx, from, ErrorCode::BadRequest),
         Forwarded::Check if !polling => install_remote(cx, from, None),
         Forwarded::Check => {}
+        Forwarded::Close => {
+            cx.stats.inc(Counter::SioErrors);
+            close_session(cx, s, false);
+        }
         Forwarded::Release => release_get(cx, s),
         Forwarded::Cancel => {
             if let Some(session) = cx.sio.session_mut(s) {
@@ -1099,7 +1126,8 @@ fn take_session<B: Backend>(cx: &mut Core<B>, s: usize) -> Option<Box<Snapshot>>
     let Some(Entry::Session(session)) = cx.sio.take(s).map(|b| *b) else {
         return None;
     };
-    let channels = cursors(cx, s);
+    let mut channels = cursors(cx, s);
+    channels.extend(own_rooms(cx, s, &session.nsps));
     let grant = cx.conns[s].ext.as_mut().and_then(|e| e.grant.take());
     cx.unsubscribe_all(s);
     cx.close(s);
@@ -1114,6 +1142,28 @@ fn take_session<B: Backend>(cx: &mut Core<B>, s: usize) -> Option<Box<Snapshot>>
         born: session.born,
         echo: session.echo,
     }))
+}
+
+/// The own rooms of a session's sockets that it is not subscribed to, each with where
+/// its stream is now (what the socket has seen): a session that moves (an upgrade, a
+/// recovery) subscribes to them, as its sockets' ids name a record that is gone.
+fn own_rooms<B: Backend>(cx: &Core<B>, s: usize, nsps: &[Nsp]) -> Vec<(Arc<str>, u64, Epoch)> {
+    if !cx.shared.cfg.socketio_own_room {
+        return Vec::new();
+    }
+    let subs = cx.conns[s].subs.as_slice();
+    nsps.iter()
+        .map(|n| format!("{}{}", n.prefix, n.sid))
+        .filter(|name| cx.index.by_name(subs, name).is_none())
+        .map(|name| {
+            let (epoch, seq) = cx
+                .shared
+                .hub
+                .local_stream(&name)
+                .unwrap_or((Epoch::NONE, 0));
+            (Arc::from(name), seq, epoch)
+        })
+        .collect()
 }
 
 /// Each subscription's channel and the last seq delivered.
@@ -2128,7 +2178,6 @@ pub fn deliver<B: Backend>(cx: &mut Core<B>, s: usize, msg: &Arc<Msg>) {
         let enc = encode_msg(msg, &nsp, offset);
         send_encoded(cx, s, &enc);
     }
-    cx.stats.inc(Counter::Delivered);
 }
 
 /// A message for a socket's own room (no subscription: the socket id names the worker).
@@ -2268,14 +2317,8 @@ fn keep_for_recovery<B: Backend>(cx: &mut Core<B>, s: usize) {
             .filter(|(c, _, _)| session.nsp_of(c).is_some_and(|x| x.name == n.name))
             .cloned()
             .collect();
-        // Its own room has no subscription (unless recovered before): where its stream
-        // is now is what the socket has seen. A recovered socket subscribes to it, as its
-        // id names a record that is gone.
-        let own: Arc<str> = Arc::from(format!("{}{}", n.prefix, n.sid));
-        if cx.shared.cfg.socketio_own_room && !mine.iter().any(|(c, _, _)| *c == own) {
-            let (epoch, seq) = cx.shared.hub.local_stream(&own).unwrap_or((Epoch::NONE, 0));
-            mine.push((own, seq, epoch));
-        }
+        // Its own room, which has no subscription unless it moved before.
+        mine.extend(own_rooms(cx, s, std::slice::from_ref(n)));
         records.push((
             pid,
             Record {
