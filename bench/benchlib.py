@@ -374,6 +374,39 @@ def server_errors(servers):
     return out[:10]
 
 
+# ---------------------------------------------------------------- transports
+
+# Subscriber transports of pushedge as loadgen speaks them.
+TRANSPORTS = ("ws", "sse", "stream", "poll", "socketio")
+
+
+def sub_url(transport, port, channel="{c}"):
+    """The loadgen `--url` of pushedge's subscriber port for `transport`. Socket.IO
+    (Engine.IO v4 over WebSocket) names no channel in the URL: loadgen connects the main
+    namespace and puts the channel, as a room, in the CONNECT auth
+    (`40{"channels":["ch0"]}`; main prefix "": room `ch0` = channel `ch0`)."""
+    if transport == "ws":
+        return f"ws://127.0.0.1:{port}/ws?channel={channel}"
+    if transport == "socketio":
+        return f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket"
+    return f"http://127.0.0.1:{port}/{transport}?channel={channel}"
+
+
+def transport_sets(transports, sets=(), quiet=False):
+    """`--set` values a pushedge run needs for `transports`, before the user's `sets` (so
+    that theirs win): Socket.IO is switched on, and with `quiet` its Engine.IO pings are
+    pushed out of the run (`socketio_ping_interval_secs=600`, like `heartbeat_secs=600`
+    for the other transports) so that none is counted in a measured window."""
+    given = {s.split("=", 1)[0].strip() for s in sets}
+    out = []
+    if "socketio" in transports:
+        if "socketio" not in given:
+            out.append("socketio=true")
+        if quiet and "socketio_ping_interval_secs" not in given:
+            out.append("socketio_ping_interval_secs=600")
+    return out + list(sets)
+
+
 # ---------------------------------------------------------------- loadgen
 
 class LoadgenRun:

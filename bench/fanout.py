@@ -2,7 +2,8 @@
 """bench-fanout: fan-out latency, CPU per delivery and publish rate of one pushedge process.
 
     python3 bench/fanout.py [--backend epoll|uring] [--set KEY=VALUE ...] [--subs 15000]
-                            [--publishes 100] [--rate 4]
+                            [--publishes 100] [--rate 4] [--transports ws[,socketio,...]]
+                            [--rounds R]
 
 1. One channel, 15,000 WebSocket subscribers, 100 publishes paced at 4/s (each one is
    measured alone): publish-to-arrival latency p50/p99/max over every delivery, and the
@@ -19,10 +20,22 @@
 
 The subscribers and publisher are loadgen on the same two cores: every figure includes
 the client's share of the CPU and loopback's receive-side softirq work. Prints tables and
-writes target/bench/fanout-<backend>.json.
+writes target/bench/fanout-<backend>[-sets][-transports].json.
+
+`--transports ws,socketio` runs every scenario over each transport against the same
+server, interleaved: for each scenario, round after round, the transports in turn (the
+order reversed every other round, ABBA, so that the machine's drift weighs on both
+alike); `--rounds` (default 3 with several transports, else 1). Socket.IO subscribers are
+Socket.IO v4 over WebSocket on the main namespace, the channel as their room (the server
+runs with `socketio=true` and `socketio_ping_interval_secs=600`, as `heartbeat_secs=600`
+keeps WebSocket pings out of the window). A last table gives, per scenario, the median
+over the rounds of each figure and its ratio to the first transport (e.g. socketio / ws):
+latency p50 and p99, last arrival p50 and p99, server CPU per million deliveries, and
+publishes per second.
 """
 
 import argparse
+import statistics
 import sys
 import time
 
@@ -146,6 +159,91 @@ def pubrate_row(name, r):
 PUBRATE_HEADER = ["publishers", "publishes/s", "ok", "subscriber received", "note"]
 
 
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def ratio(x, base):
+    return None if x is None or not base else round(x / base, 3)
+
+
+def fanout_figures_of(r):
+    """The figures compared across transports, from one fanout() result (None: missing)."""
+    if "delivered" not in r:
+        return {}
+    return {
+        "latency_p50_us": r["latency_us"]["p50"],
+        "latency_p99_us": r["latency_us"]["p99"],
+        "last_arrival_p50_us": r["last_arrival_us"]["p50"],
+        "last_arrival_p99_us": r["last_arrival_us"]["p99"],
+        "server_cpu_s_per_m_deliveries": r.get("server_cpu_s_per_m_deliveries"),
+        "lost": r["lost"],
+    }
+
+
+def compare(runs, transports, keys):
+    """Per scenario: each transport's medians over its rounds, and their ratios to the
+    first transport's."""
+    out = {}
+    base_t = transports[0]
+    for key in keys:
+        med = {}
+        for t in transports:
+            rounds = runs[t][key]
+            if key.startswith("pubrate"):
+                med[t] = {"publishes_per_s": median([r.get("publishes_per_s") for r in rounds]),
+                          "lost": sum(r.get("lost") or 0 for r in rounds)}
+            else:
+                figs = [fanout_figures_of(r) for r in rounds]
+                names = ("latency_p50_us", "latency_p99_us", "last_arrival_p50_us",
+                         "last_arrival_p99_us", "server_cpu_s_per_m_deliveries")
+                med[t] = {n: median([f.get(n) for f in figs]) for n in names}
+                med[t]["lost"] = sum(f.get("lost") or 0 for f in figs)
+            med[t]["rounds"] = len(rounds)
+        ratios = {t: {n: ratio(v, med[base_t].get(n)) for n, v in med[t].items()
+                      if n not in ("lost", "rounds")}
+                  for t in transports[1:]}
+        out[key] = {"median": med, f"ratio_to_{base_t}": ratios}
+    return out
+
+
+def fig(v, r=None, unit="ms"):
+    """A median with its ratio to the baseline's: `us` in ms, `/s` a rate, `s` seconds."""
+    if v is None:
+        return "-"
+    text = B.ms(v) if unit == "ms" else (f"{v:,.0f}/s" if unit == "/s" else f"{v:.2f}")
+    return text + (f" (x{r:.2f})" if r is not None else "")
+
+
+def compare_rows(cmp, transports, labels):
+    base_t = transports[0]
+    rows = []
+    for key, label in labels.items():
+        c = cmp[key]
+        for t in transports:
+            m = c["median"][t]
+            r = c[f"ratio_to_{base_t}"].get(t, {})
+            if key.startswith("pubrate"):
+                rows.append([label, t, fig(m["publishes_per_s"], r.get("publishes_per_s"), "/s"),
+                             "", "", "", "", f"lost {m['lost']}, {m['rounds']} round(s)"])
+                continue
+            rows.append([
+                label, t,
+                fig(m["latency_p50_us"], r.get("latency_p50_us")),
+                fig(m["latency_p99_us"], r.get("latency_p99_us")),
+                fig(m["last_arrival_p50_us"], r.get("last_arrival_p50_us")),
+                fig(m["last_arrival_p99_us"], r.get("last_arrival_p99_us")),
+                fig(m["server_cpu_s_per_m_deliveries"], r.get("server_cpu_s_per_m_deliveries"), "s"),
+                f"lost {m['lost']}, {m['rounds']} round(s)",
+            ])
+    return rows
+
+
+COMPARE_HEADER = ["scenario", "transport", "latency p50", "latency p99", "last arrival p50",
+                  "last arrival p99", "server CPU s / M deliveries", "note"]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--backend", choices=["epoll", "uring"], default="epoll")
@@ -157,43 +255,97 @@ def main():
     ap.add_argument("--pub-messages", type=int, default=300000)
     ap.add_argument("--port", type=int, default=8100)
     ap.add_argument("--admin", type=int, default=18000)
+    ap.add_argument("--transports", default="ws",
+                    help="comma-separated subscriber transports, run interleaved and compared "
+                         f"to the first ({', '.join(B.TRANSPORTS)}); e.g. ws,socketio")
+    ap.add_argument("--rounds", type=int, default=0,
+                    help="rounds of every scenario per transport (default: 3 with several "
+                         "transports, else 1)")
     a = ap.parse_args()
+    transports = [t.strip() for t in a.transports.split(",") if t.strip()]
+    bad = [t for t in transports if t not in B.TRANSPORTS]
+    if bad or not transports or len(set(transports)) != len(transports):
+        ap.error(f"--transports: a list of distinct names among {', '.join(B.TRANSPORTS)}")
+    rounds = a.rounds or (3 if len(transports) > 1 else 1)
+    if not 1 <= rounds <= 20:
+        ap.error("--rounds must be 1..20")
     B.check_binaries()
     B.prepare_system(a.subs)
     # No heartbeats during the run: 15,000 pings and pongs would be counted as the CPU
     # of the deliveries.
-    sets = ["heartbeat_secs=600"] + a.set
+    sets = B.transport_sets(transports, ["heartbeat_secs=600"] + a.set, quiet=True)
     srv = B.start_pushedge(1, port=a.port, admin_base=a.admin, backend=a.backend,
                            workers=a.workers or None, sets=sets, tag="fanout")[0]
-    url = f"ws://127.0.0.1:{a.port}/ws?channel={{c}}"
     pub = f"http://{srv.admin}/pub?channel={{c}}"
-    out = {"backend": a.backend, "sets": a.set, "machine": B.machine()}
+    keys = ("one_channel", "many_channels", "pubrate_8x1", "pubrate_1x128")
+    scenario = {
+        "one_channel": lambda url: fanout(url, pub, a.subs, 1, a.publishes, a.rate, [srv.pid]),
+        "many_channels": lambda url: fanout(url, pub, a.subs, 100, 5, 25.0, [srv.pid]),
+        "pubrate_8x1": lambda url: pubrate(url, pub, [srv.pid], a.pub_messages, 8, 1),
+        "pubrate_1x128": lambda url: pubrate(url, pub, [srv.pid], a.pub_messages, 1, 128),
+    }
+    out = {"backend": a.backend, "sets": a.set, "server_sets": sets, "transports": transports,
+           "rounds": rounds, "machine": B.machine()}
+    runs = {t: {k: [] for k in keys} for t in transports}
     try:
-        out["one_channel"] = fanout(url, pub, a.subs, 1, a.publishes, a.rate, [srv.pid])
-        out["many_channels"] = fanout(url, pub, a.subs, 100, 5, 25.0, [srv.pid])
-        out["pubrate_8x1"] = pubrate(url, pub, [srv.pid], a.pub_messages, 8, 1)
-        out["pubrate_1x128"] = pubrate(url, pub, [srv.pid], a.pub_messages, 1, 128)
+        for key in keys:
+            for rnd in range(rounds):
+                order = transports if rnd % 2 == 0 else transports[::-1]
+                for t in order:
+                    B.log(f"{key} over {t}, round {rnd + 1}/{rounds}")
+                    r = scenario[key](B.sub_url(t, a.port))
+                    r["transport"] = t
+                    r["round"] = rnd + 1
+                    runs[t][key].append(r)
         out["server_log_warnings"] = B.server_errors([srv])
     finally:
         B.stop(srv.proc, grace=15)
-    name = "fanout-" + a.backend + "".join("-" + s.replace("=", "_") for s in a.set) + ".json"
+    out["runs"] = runs
+    if len(transports) == 1 and rounds == 1:
+        # The layout of the single-transport runs before --transports.
+        for k in keys:
+            out[k] = runs[transports[0]][k][0]
+    if len(transports) > 1:
+        out["compare"] = compare(runs, transports, keys)
+    name = ("fanout-" + a.backend + "".join("-" + s.replace("=", "_") for s in a.set)
+            + ("" if transports == ["ws"] else "-" + "_".join(transports)) + ".json")
     B.write_json(name, out)
     label = a.backend + (" " + " ".join(a.set) if a.set else "")
-    print(B.table(f"bench-fanout ({label}): one pushedge process, WebSocket subscribers",
-                  FANOUT_HEADER, [
-                      fanout_row(f"1 channel x {a.subs}, {a.publishes} publishes at {a.rate:g}/s",
-                                 out["one_channel"]),
-                      fanout_row(f"100 channels x {a.subs // 100}, 5 each at 25/s",
-                                 out["many_channels"]),
-                  ]))
+    several = len(transports) > 1 or rounds > 1
+
+    def tag(t, rnd):
+        return f" [{t}{f' r{rnd}' if rounds > 1 else ''}]" if several else ""
+
+    what = ", ".join({"ws": "WebSocket", "socketio": "Socket.IO"}.get(t, t) for t in transports)
+    rows = []
+    for key, label_of in (
+            ("one_channel", f"1 channel x {a.subs}, {a.publishes} publishes at {a.rate:g}/s"),
+            ("many_channels", f"100 channels x {a.subs // 100}, 5 each at 25/s")):
+        for rnd in range(rounds):
+            for t in transports:
+                rows.append(fanout_row(label_of + tag(t, rnd + 1), runs[t][key][rnd]))
+    print(B.table(f"bench-fanout ({label}): one pushedge process, {what} subscribers",
+                  FANOUT_HEADER, rows))
     print()
+    rows = []
+    for key, label_of in (("pubrate_8x1", "8 connections x 1 in flight"),
+                          ("pubrate_1x128", "1 connection x 128 pipelined")):
+        for rnd in range(rounds):
+            for t in transports:
+                rows.append(pubrate_row(label_of + tag(t, rnd + 1), runs[t][key][rnd]))
     print(B.table(f"publish rate to a channel with one subscriber ({a.pub_messages} publishes)",
-                  PUBRATE_HEADER, [
-                      pubrate_row("8 connections x 1 in flight", out["pubrate_8x1"]),
-                      pubrate_row("1 connection x 128 pipelined", out["pubrate_1x128"]),
-                  ]))
-    bad = any(out[k].get("aborted") for k in ("one_channel", "many_channels", "pubrate_8x1", "pubrate_1x128"))
-    return 1 if bad else 0
+                  PUBRATE_HEADER, rows))
+    if len(transports) > 1:
+        print()
+        labels = {"one_channel": f"1 channel x {a.subs}",
+                  "many_channels": f"100 channels x {a.subs // 100}",
+                  "pubrate_8x1": "publishes/s, 8 x 1",
+                  "pubrate_1x128": "publishes/s, 1 x 128"}
+        print(B.table(f"{' vs '.join(transports[1:])} against {transports[0]}: medians over "
+                      f"{rounds} round(s), (x ratio to {transports[0]})",
+                      COMPARE_HEADER, compare_rows(out["compare"], transports, labels), left=2))
+    aborted = any(r.get("aborted") for t in transports for k in keys for r in runs[t][k])
+    return 1 if aborted else 0
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """bench-scale: hold N idle subscriber connections on one box and measure what they cost.
 
-    python3 bench/scale.py --conns 100000 [--backend epoll|uring] [--transport ws]
+    python3 bench/scale.py --conns 100000 [--backend epoll|uring]
+                           [--transport ws|sse|stream|poll|socketio]
                            [--workers W] [--per-proc K] [--set KEY=VALUE ...] [--hold S]
 
 Starts enough `pushedge` processes on ONE subscriber port (SO_REUSEPORT; each with its own
@@ -14,6 +15,11 @@ admin port and control socket) to stay under the 20,000 open files a process may
 - uring with direct descriptors (the default for uring): accepted sockets live in each
   worker ring's table (capped at 20,000 per ring) and take no process descriptor, so a
   process holds up to workers x ~20,000; processes = ceil(N / (W x K)), W = 8 workers.
+
+With `--transport socketio` the servers run with `socketio=true` and loadgen holds N
+Socket.IO v4 connections over WebSocket (`/socket.io/?EIO=4&transport=websocket`, each
+connected to the main namespace with the channel as its room); a connection counts as held
+once its namespace CONNECT is answered.
 
 Then `loadgen hold` opens N connections from enough source addresses (127.0.0.2..) and,
 once every connection has been tried, the script measures: connections held, failures by
@@ -45,9 +51,7 @@ def plan_processes(conns, backend, direct, workers, per_proc):
 
 
 def url_for(transport, port, channel="{c}"):
-    if transport == "ws":
-        return f"ws://127.0.0.1:{port}/ws?channel={channel}"
-    return f"http://127.0.0.1:{port}/{transport}?channel={channel}"
+    return B.sub_url(transport, port, channel)
 
 
 def spread(counts):
@@ -66,7 +70,7 @@ def spread(counts):
 def run_scale(conns, backend="epoll", transport="ws", workers=None, per_proc=15000,
               sets=(), hold_s=5.0, port=8100, admin_base=18000, channels=1, tag=None,
               connect_rate=0.0):
-    sets = list(sets)
+    sets = B.transport_sets([transport], sets)
     direct = backend == "uring" and "uring_direct=false" not in [s.replace(" ", "") for s in sets]
     nproc, workers = plan_processes(conns, backend, direct, workers, per_proc)
     B.prepare_system(conns)
@@ -171,7 +175,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--conns", type=int, default=100000)
     ap.add_argument("--backend", choices=["epoll", "uring"], default="epoll")
-    ap.add_argument("--transport", choices=["ws", "sse", "stream", "poll"], default="ws")
+    ap.add_argument("--transport", choices=list(B.TRANSPORTS), default="ws")
     ap.add_argument("--workers", type=int, default=0, help="per process (default: cores; uring direct: 8)")
     ap.add_argument("--per-proc", type=int, default=15000,
                     help="target connections per process (uring direct: per worker ring)")

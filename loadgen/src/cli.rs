@@ -4,7 +4,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::io::Write as _;
 use std::time::Duration;
 
-use crate::client::{Format, Transport};
+use crate::client::{check_namespace, Format, Transport};
 use crate::coord::{self, Plan, HARD_CAP};
 use crate::publish::{MAX_PIPELINE, MAX_PUBLISHERS};
 use crate::sys;
@@ -52,6 +52,7 @@ enum TransportArg {
     Sse,
     Stream,
     Poll,
+    Socketio,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,9 +78,12 @@ struct Common {
     /// Source addresses to bind, e.g. 127.0.0.2-127.0.0.40 (each gives ~64k ports).
     #[arg(long)]
     sources: Option<String>,
-    /// Transport (default: from the URL: ws://, /sse, /stream, /poll).
+    /// Transport (default: from the URL: ws://, /sse, /stream, /poll, /socket.io/).
     #[arg(long, value_enum)]
     transport: Option<TransportArg>,
+    /// Socket.IO: the namespace to connect to; the channels are its rooms.
+    #[arg(long)]
+    namespace: Option<String>,
     /// Message format: pushedge's JSON envelope, or raw bodies (nchan).
     #[arg(long, value_enum, default_value_t = FormatArg::Pushedge)]
     format: FormatArg,
@@ -224,15 +228,21 @@ fn rate(name: &str, v: f64) -> Result<f64, String> {
     Ok(v)
 }
 
-/// Infers the transport from the URL when not given.
+/// Infers the transport from the URL when not given. Socket.IO takes a ws:// or an
+/// http:// URL (it connects over WebSocket either way); a path ending in `/socket.io/`
+/// (or `/socket.io`) means Socket.IO.
 fn transport_of(t: &Target, arg: Option<TransportArg>) -> Result<Transport, String> {
     let from_arg = arg.map(|a| match a {
         TransportArg::Ws => Transport::Ws,
         TransportArg::Sse => Transport::Sse,
         TransportArg::Stream => Transport::Stream,
         TransportArg::Poll => Transport::Poll,
+        TransportArg::Socketio => Transport::Socketio,
     });
+    let socketio_path = t.path().trim_end_matches('/').ends_with("/socket.io");
     match (t.scheme, from_arg) {
+        (_, Some(Transport::Socketio)) => Ok(Transport::Socketio),
+        (_, None) if socketio_path => Ok(Transport::Socketio),
         (Scheme::Ws, None | Some(Transport::Ws)) => Ok(Transport::Ws),
         (Scheme::Ws, Some(_)) => Err("a ws:// URL needs --transport ws".into()),
         (Scheme::Http, Some(Transport::Ws)) => Err("--transport ws needs a ws:// URL".into()),
@@ -245,7 +255,7 @@ fn transport_of(t: &Target, arg: Option<TransportArg>) -> Result<Transport, Stri
                 "stream" => Ok(Transport::Stream),
                 "poll" => Ok(Transport::Poll),
                 _ => Err(format!(
-                    "cannot tell the transport from the path {path:?}; use --transport sse|stream|poll"
+                    "cannot tell the transport from the path {path:?}; use --transport sse|stream|poll|socketio"
                 )),
             }
         }
@@ -270,6 +280,14 @@ fn plan(cmd: Cmd) -> Result<(Plan, bool), String> {
             "long-poll is pushedge's protocol: --format raw is not supported with it".into(),
         );
     }
+    let namespace = match (&common.namespace, transport) {
+        (None, _) => "/".to_string(),
+        (Some(n), Transport::Socketio) => {
+            check_namespace(n).map_err(|e| format!("--namespace: {e}"))?;
+            n.clone()
+        }
+        (Some(_), _) => return Err("--namespace is for --transport socketio".into()),
+    };
     if common.conns == 0 || common.conns > MAX_CONNS {
         return Err(format!("--conns must be 1..={MAX_CONNS}"));
     }
@@ -315,6 +333,7 @@ fn plan(cmd: Cmd) -> Result<(Plan, bool), String> {
         publish: None,
         transport,
         format,
+        namespace,
         conns: common.conns,
         channels: Vec::new(),
         procs,
@@ -477,6 +496,56 @@ mod tests {
         assert!(t("ws://127.0.0.1/sub?id={c}", &["--transport", "sse"]).is_err());
         assert!(t("http://127.0.0.1/poll", &["--format", "raw"]).is_err());
         assert!(t("http://192.168.1.1/sse", &[]).is_err());
+        assert_eq!(
+            t(
+                "ws://127.0.0.1:8100/socket.io/?EIO=4&transport=websocket",
+                &[]
+            ),
+            Ok(Transport::Socketio)
+        );
+        assert_eq!(
+            t("http://127.0.0.1:8100/socket.io", &[]),
+            Ok(Transport::Socketio)
+        );
+        assert_eq!(
+            t("ws://127.0.0.1:8100/sio/", &["--transport", "socketio"]),
+            Ok(Transport::Socketio)
+        );
+        assert_eq!(
+            t("ws://127.0.0.1:8100/socket.io/", &["--namespace", "/chat1"]),
+            Ok(Transport::Socketio)
+        );
+        assert!(t("ws://127.0.0.1:8100/socket.io/", &["--namespace", "chat1"]).is_err());
+        assert!(t("ws://127.0.0.1:8100/ws", &["--namespace", "/chat1"]).is_err());
+    }
+
+    #[test]
+    fn socketio_plan() {
+        let p = parse(&[
+            "fanout",
+            "--url",
+            "ws://127.0.0.1:8100/socket.io/",
+            "--publish",
+            "http://127.0.0.1:8000/pub?channel=chat1.{c}",
+            "--conns",
+            "4",
+            "--channels",
+            "2",
+            "--namespace",
+            "/chat1",
+        ])
+        .unwrap();
+        assert_eq!(p.transport, Transport::Socketio);
+        assert_eq!(p.namespace, "/chat1");
+        assert_eq!(p.channels, vec!["ch0", "ch1"]);
+        assert_eq!(
+            p.target.socketio_target_for("ch1"),
+            "/socket.io/?EIO=4&transport=websocket"
+        );
+        assert_eq!(
+            p.publish.as_ref().unwrap().1.target_for("ch1"),
+            "/pub?channel=chat1.ch1"
+        );
     }
 
     #[test]

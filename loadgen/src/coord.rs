@@ -23,7 +23,7 @@ use std::net::IpAddr;
 use std::process::{Child as Process, ChildStdin, Command as ProcessCommand, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::client::{Format, Transport};
+use crate::client::{connect_packet, Format, Transport};
 use crate::counters::Counters;
 use crate::publish::{PublishPlan, Publisher};
 use crate::report::{round3, FanoutShape, Report, SCHEMA};
@@ -51,6 +51,8 @@ pub struct Plan {
     pub publish: Option<(String, Target)>,
     pub transport: Transport,
     pub format: Format,
+    /// Socket.IO: the namespace connected to (`/`: the main one).
+    pub namespace: String,
     pub conns: u64,
     pub channels: Vec<String>,
     pub procs: u32,
@@ -316,6 +318,7 @@ pub fn run(plan: &Plan) -> Result<Report, String> {
         url: plan.url.clone(),
         publish_url: plan.publish.as_ref().map(|(u, _)| u.clone()),
         transport: plan.transport.name(),
+        namespace: (plan.transport == Transport::Socketio).then(|| plan.namespace.clone()),
         format: match plan.format {
             Format::Pushedge => "pushedge",
             Format::Raw => "raw",
@@ -354,8 +357,19 @@ fn spawn_children(plan: &Plan, poll: &Poll) -> Result<Vec<ChildProc>, String> {
             targets: plan
                 .channels
                 .iter()
-                .map(|c| plan.target.target_for(c))
+                .map(|c| match plan.transport {
+                    Transport::Socketio => plan.target.socketio_target_for(c),
+                    _ => plan.target.target_for(c),
+                })
                 .collect(),
+            connects: match plan.transport {
+                Transport::Socketio => plan
+                    .channels
+                    .iter()
+                    .map(|c| connect_packet(&plan.namespace, c))
+                    .collect(),
+                _ => Vec::new(),
+            },
             first,
             count,
             sources: plan.sources.clone(),

@@ -5,8 +5,8 @@
 //!
 //! ```text
 //! loadgen hold   --url URL --conns N [--rate R] [--procs P] [--sources A-B] [--duration S]
-//!                [--channels C] [--transport ws|sse|stream|poll] [--format pushedge|raw]
-//!                [--timeout S] [--max-pending K] [--json]
+//!                [--channels C] [--transport ws|sse|stream|poll|socketio] [--namespace NSP]
+//!                [--format pushedge|raw] [--timeout S] [--max-pending K] [--json]
 //! loadgen fanout --url URL --publish URL --conns N [--channels C] [--messages M] [--rate R]
 //!                [--publishers K] [--pipeline D] [--max-rows N]
 //!                [--size BYTES] [--connect-rate R] [--drain S] [--settle-ms MS] [...]
@@ -37,10 +37,23 @@
 //! by the channel name (`ch0`, `ch1`, ...); a URL without it gets `channel=NAME` appended,
 //! and a URL naming a channel itself (`channel=`, `cname=`, `id=`) fixes the only channel.
 //! The transport comes from the URL (`ws://`, or an http path ending in `/sse`, `/stream`,
-//! `/poll`) or `--transport`. nchan: `--url 'ws://127.0.0.1:8080/sub?id={c}'`
+//! `/poll`; a path ending in `/socket.io/` is Socket.IO) or `--transport`. nchan: `--url 'ws://127.0.0.1:8080/sub?id={c}'`
 //! (or `http://...` with `--transport sse`), `--publish 'http://127.0.0.1:8080/pub?id={c}'`,
 //! `--format raw`: messages are the published bodies, loss and order are counted with the
 //! `i` field of the content instead of `seq`, and only the publish reply's status matters.
+//!
+//! Socket.IO (`--transport socketio`, Socket.IO v4 over WebSocket, Engine.IO v4):
+//! `--url 'ws://127.0.0.1:8100/socket.io/'` (`http://` works too; `EIO=4&transport=websocket`
+//! is added to the query when missing, nothing else: `{c}` is still replaced, and a
+//! `token=` stays). Each connection sends, once Engine.IO is open, the CONNECT of
+//! `--namespace` (default `/`, the main one) with its channel as the one room of its auth:
+//! `40{"channels":["ch0"]}`, `40/chat1,{"channels":["ch0"]}`; it is established when the
+//! CONNECT is answered (a CONNECT_ERROR fails it: `connect_error_N`, N its `data.code`).
+//! Engine.IO pings are answered. Messages are the `message` events of the namespace, the
+//! content their first argument (the published text); there is no seq (with pushedge's
+//! connection state recovery, the recovery offset `SEQ@...` gives it). The publish URL
+//! names pushedge's channel: room `R` of `/` is channel `R` (main prefix ""), of `/chat1`
+//! channel `chat1.R` (`--publish 'http://127.0.0.1:8000/pub?channel=chat1.{c}'`).
 //!
 //! Message content: `{"t":<unix ns at send>,"i":<message index>,"p":"xxx"}` padded to
 //! `--size` bytes ([`payload`]).
@@ -80,7 +93,8 @@
 //! | `schema` | string | `"loadgen/1"` |
 //! | `mode` | string | `hold`, `fanout`, `storm` |
 //! | `url`, `publish_url` | string, string or null | as given |
-//! | `transport`, `format` | string | `ws`/`sse`/`stream`/`poll`; `pushedge`/`raw` |
+//! | `transport`, `format` | string | `ws`/`sse`/`stream`/`poll`/`socketio`; `pushedge`/`raw` |
+//! | `namespace` | string | Socket.IO only: the namespace (absent for the other transports) |
 //! | `conns`, `channels`, `procs`, `sources` | int | the run's shape (`sources` 0: kernel's choice) |
 //! | `interrupted` | bool | stopped by SIGINT/SIGTERM: the figures are partial |
 //! | `capped` | bool | stopped by the one-hour hard cap |
@@ -88,12 +102,12 @@
 //! | `hold_s` | float | from "all connections tried" to the stop |
 //! | `warnings` | array of strings | preflight and run warnings |
 //! | `connect.attempts` | int | connect attempts (reconnects included) |
-//! | `connect.established` | int | subscriptions established (101, 200 head, first poll answer) |
-//! | `connect.failed` / `connect.failed_by_reason` | int / {reason: int} | failed attempts; reasons: `refused`, `timeout`, `reset`, `fd_limit`, `no_ports`, `unreachable`, `no_memory`, `closed` (EOF in the handshake), `status_NNN`, `bad_response`, `too_big`, `io_error`, ... |
+//! | `connect.established` | int | subscriptions established (101, 200 head, first poll answer, Socket.IO CONNECT answer) |
+//! | `connect.failed` / `connect.failed_by_reason` | int / {reason: int} | failed attempts; reasons: `refused`, `timeout`, `reset`, `fd_limit`, `no_ports`, `unreachable`, `no_memory`, `closed` (EOF in the handshake), `status_NNN`, `bad_response`, `too_big`, `io_error`, `connect_error` / `connect_error_NNN` (Socket.IO CONNECT_ERROR, with its `data.code`), ... |
 //! | `connect.rate_per_s` | float | first attempts established / (last such - first attempt) |
 //! | `connect.phase_s` | float | that interval |
 //! | `connect.latency_us` | Summary | connect start to subscription established |
-//! | `drops.dropped` / `drops.by_reason` | int / {reason: int} | established connections the server ended: `eof`, `reset`, `ws_close_NNNN`, `channel_closed`, `error_NNN`, `ended`, `protocol_error`, ... |
+//! | `drops.dropped` / `drops.by_reason` | int / {reason: int} | established connections the server ended: `eof`, `reset`, `ws_close_NNNN`, `channel_closed`, `error_NNN`, `ended`, `protocol_error`, `sio_disconnect` (Socket.IO DISCONNECT), `eio_close` (Engine.IO CLOSE), ... |
 //! | `drops.open_at_end` | int | open when the run stopped |
 //! | `fanout` | object or null | fanout only: |
 //! | `fanout.messages`, `.size`, `.publish_rate` | int, int, float | as given |

@@ -21,6 +21,9 @@ pub struct Report {
     pub url: String,
     pub publish_url: Option<String>,
     pub transport: &'static str,
+    /// Socket.IO: the namespace (`None` for the other transports).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     pub format: &'static str,
     pub conns: u64,
     pub channels: u32,
@@ -373,11 +376,14 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "loadgen {}: {} x {} ({}, {} format) over {} channel(s), {} process(es), {} source(s){}",
+            "loadgen {}: {} x {} ({}{}, {} format) over {} channel(s), {} process(es), {} source(s){}",
             self.mode,
             self.conns,
             self.url,
             self.transport,
+            self.namespace
+                .as_deref()
+                .map_or(String::new(), |n| format!(" namespace {n}")),
             self.format,
             self.channels,
             self.procs,

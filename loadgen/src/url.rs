@@ -156,6 +156,31 @@ impl Target {
         }
     }
 
+    /// The request target of a Socket.IO connection for channel `name`: the path and
+    /// query with `{c}` replaced by `name`, and `EIO=4` and `transport=websocket` added
+    /// when the query has no `EIO` or `transport` of its own. Nothing else is appended:
+    /// the channel is a room, named in the CONNECT packet.
+    pub fn socketio_target_for(&self, name: &str) -> String {
+        let mut t = self.path_and_query.replace(CHANNEL_PLACEHOLDER, name);
+        let (_, q) = query::split_target(&t);
+        let q = q.and_then(|q| Query::parse(q).ok());
+        let has = |k: &str| q.as_ref().is_some_and(|q| q.get(k).is_some());
+        let missing: Vec<&str> = [("EIO", "EIO=4"), ("transport", "transport=websocket")]
+            .into_iter()
+            .filter(|(k, _)| !has(k))
+            .map(|(_, kv)| kv)
+            .collect();
+        for kv in missing {
+            if !t.contains('?') {
+                t.push('?');
+            } else if !t.ends_with(['?', '&']) {
+                t.push('&');
+            }
+            t.push_str(kv);
+        }
+        t
+    }
+
     /// The path, without the query.
     pub fn path(&self) -> &str {
         query::split_target(&self.path_and_query).0
@@ -316,6 +341,28 @@ mod tests {
         assert_eq!(t.target_for("ignored"), "/ws?channel=news");
         let t = Target::parse("http://127.0.0.1/sub?id=a%3Ab").unwrap();
         assert_eq!(t.channel_spec(), ChannelSpec::Fixed("a:b".into()));
+    }
+
+    #[test]
+    fn socketio_targets() {
+        let t = Target::parse("ws://127.0.0.1:8100/socket.io/").unwrap();
+        assert_eq!(
+            t.socketio_target_for("ch0"),
+            "/socket.io/?EIO=4&transport=websocket"
+        );
+        let t = Target::parse("http://127.0.0.1:8100/socket.io/?token=abc&").unwrap();
+        assert_eq!(
+            t.socketio_target_for("ch0"),
+            "/socket.io/?token=abc&EIO=4&transport=websocket"
+        );
+        let t = Target::parse("ws://127.0.0.1:8100/socket.io/?EIO=4&transport=websocket&r={c}")
+            .unwrap();
+        assert_eq!(
+            t.socketio_target_for("ch3"),
+            "/socket.io/?EIO=4&transport=websocket&r=ch3"
+        );
+        let t = Target::parse("ws://127.0.0.1:8100/sio?EIO=3").unwrap();
+        assert_eq!(t.socketio_target_for("a"), "/sio?EIO=3&transport=websocket");
     }
 
     #[test]

@@ -55,6 +55,9 @@ pub struct ChildConfig {
     pub host: String,
     /// Request target per channel.
     pub targets: Vec<String>,
+    /// Socket.IO: the CONNECT packet per channel (empty for the other transports).
+    #[serde(default)]
+    pub connects: Vec<String>,
     /// The child's connections are `first .. first + count` of the run; connection `j`
     /// subscribes to channel `j % channels` from source `j % sources`.
     pub first: u64,
@@ -78,6 +81,13 @@ pub struct ChildConfig {
     pub backoff_cap_ms: u64,
     /// Interval of progress lines, milliseconds.
     pub progress_ms: u64,
+}
+
+impl ChildConfig {
+    /// The Socket.IO CONNECT packet of `channel` (empty for the other transports).
+    pub fn connect_of(&self, channel: usize) -> &str {
+        self.connects.get(channel).map_or("", String::as_str)
+    }
 }
 
 /// A command from the coordinator.

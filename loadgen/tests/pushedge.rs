@@ -64,6 +64,11 @@ fn field(line: &str, key: &str) -> String {
 
 impl Server {
     fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    /// A server with `--set` values.
+    fn start_with(sets: &[&str]) -> Server {
         let dir = std::env::temp_dir().join(format!(
             "loadgen-test-{}-{}",
             std::process::id(),
@@ -78,6 +83,7 @@ impl Server {
             .arg("--control")
             .arg(dir.join("pushedge.sock"))
             .args(["--workers", "2"])
+            .args(sets.iter().flat_map(|s| ["--set", s]))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -242,6 +248,85 @@ fn websocket_fanout_delivers_everything_once_in_order() {
     assert_eq!(r["transport"], "ws");
     assert_eq!(r["procs"], 2);
     assert_clean_fanout(&r, 50, 2, 20);
+}
+
+#[test]
+fn socketio_fanout_main_namespace_and_a_namespace() {
+    // Recovery on: every event carries its offset, so seqs are checked too.
+    let server = Server::start_with(&[
+        "socketio=true",
+        "socketio_recovery_secs=120",
+        r#"socketio_namespaces=["/","/chat1"]"#,
+    ]);
+    let url = format!("ws://{}/socket.io/", server.sub);
+    // Main namespace: room chN is channel chN.
+    let r = fanout(&server, &url, 40, 2, 20, 2);
+    assert_eq!(r["transport"], "socketio");
+    assert_eq!(r["namespace"], "/");
+    assert_clean_fanout(&r, 40, 2, 20);
+    // /chat1: room chN is channel chat1.chN.
+    let r = json_run(args(&[
+        "fanout",
+        "--url",
+        &format!("http://{}/socket.io", server.sub),
+        "--transport",
+        "socketio",
+        "--namespace",
+        "/chat1",
+        "--publish",
+        &format!("http://{}/pub?channel=chat1.{{c}}", server.admin),
+        "--conns",
+        "30",
+        "--channels",
+        "3",
+        "--messages",
+        "10",
+        "--rate",
+        "0",
+        "--drain",
+        "10",
+        "--json",
+    ]));
+    assert_eq!(r["namespace"], "/chat1");
+    assert_clean_fanout(&r, 30, 3, 10);
+    // A namespace the server does not serve: CONNECT_ERROR.
+    let r = json_run(args(&[
+        "hold",
+        "--url",
+        &url,
+        "--namespace",
+        "/nope",
+        "--conns",
+        "5",
+        "--duration",
+        "0",
+        "--json",
+    ]));
+    assert_eq!(r["connect"]["established"], 0, "{r}");
+    assert_eq!(r["connect"]["failed_by_reason"]["connect_error"], 5, "{r}");
+}
+
+#[test]
+fn socketio_pings_are_answered() {
+    // A ping every 0.3 s, 0.2 s to answer it: 2 s of holding is about 6 pings each.
+    let server = Server::start_with(&[
+        "socketio=true",
+        "socketio_ping_interval_secs=0.3",
+        "socketio_ping_timeout_secs=0.2",
+    ]);
+    let r = json_run(args(&[
+        "hold",
+        "--url",
+        &format!("ws://{}/socket.io/?EIO=4&transport=websocket", server.sub),
+        "--conns",
+        "50",
+        "--duration",
+        "2",
+        "--json",
+    ]));
+    assert_eq!(r["connect"]["established"], 50, "{r}");
+    assert_eq!(r["drops"]["dropped"], 0, "{r}");
+    assert_eq!(r["drops"]["open_at_end"], 50, "{r}");
 }
 
 #[test]

@@ -66,6 +66,7 @@ impl Child {
             Request {
                 host: &self.cfg.host,
                 target: &self.cfg.targets[channel],
+                connect: self.cfg.connect_of(channel),
             },
             fastrand::u128(..).to_ne_bytes()[..16]
                 .try_into()

@@ -104,7 +104,10 @@ impl Child {
                 }
             }
             Close::Churn => {
-                if self.cfg.transport == client::Transport::Ws {
+                if matches!(
+                    self.cfg.transport,
+                    client::Transport::Ws | client::Transport::Socketio
+                ) {
                     // Say goodbye properly; the socket is closed right after.
                     let mut bye = Vec::new();
                     protocol::ws::encode_close(

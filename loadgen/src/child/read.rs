@@ -51,6 +51,7 @@ impl Child {
                 Request {
                     host: &self.cfg.host,
                     target: &self.cfg.targets[channel],
+                    connect: self.cfg.connect_of(channel),
                 },
                 &mut conn.wbuf,
                 &mut |ev| match ev {

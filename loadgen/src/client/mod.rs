@@ -14,19 +14,27 @@
 //! - Long-poll: `GET ...` without `seq` answers `[{"type":"next_seq",...}]`; then
 //!   `GET ...&seq=N` on the same keep-alive connection, again and again, each answer a
 //!   JSON array; `N` advances past every message received.
+//! - Socket.IO v4 over WebSocket (Engine.IO v4): the WebSocket handshake, then the
+//!   Engine.IO OPEN packet is answered with the Socket.IO CONNECT of
+//!   [`Request::connect`] (the rooms in its auth); the CONNECT answer makes the
+//!   subscription; Engine.IO pings are answered; `message` events are the data.
 //!
 //! With [`Format::Pushedge`] each message is the JSON envelope
 //! (`{"type":"data","channel":C,"seq":N,"content":S}`) and the content is `S`; with
 //! [`Format::Raw`] (nchan) the message itself is the content and there is no seq.
+//! Socket.IO has no envelope whatever the format: the content is the event's first
+//! argument (a JSON string), the seq comes from the recovery offset when there is one.
 //!
 //! The parts: `ws` (WebSocket handshake and frames), `stream` (the 200 head and body
-//! of SSE and stream), `poll` (the long-poll request/answer cycle), `http` (HTTP/1.1
-//! heads, chunked bodies and lines, shared by the HTTP transports), `envelope` (the
-//! message format: pushedge envelope or raw).
+//! of SSE and stream), `poll` (the long-poll request/answer cycle), `socketio` (Engine.IO
+//! and Socket.IO packets over the WebSocket of `ws`), `http` (HTTP/1.1 heads, chunked
+//! bodies and lines, shared by the HTTP transports), `envelope` (the message format:
+//! pushedge envelope or raw).
 
 mod envelope;
 mod http;
 mod poll;
+mod socketio;
 mod stream;
 #[cfg(test)]
 mod tests;
@@ -39,6 +47,8 @@ use serde::Deserialize;
 
 use http::write_get;
 use poll::{PollBody, PollPhase};
+use socketio::Sio;
+pub use socketio::{check_namespace, connect_packet, MAX_NAMESPACE};
 
 /// Largest response head accepted.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -57,6 +67,8 @@ pub enum Transport {
     Stream,
     /// Long-poll (pushedge `/poll`).
     Poll,
+    /// Socket.IO v4 over WebSocket (Engine.IO v4, `transport=websocket`).
+    Socketio,
 }
 
 impl Transport {
@@ -67,6 +79,7 @@ impl Transport {
             Transport::Sse => "sse",
             Transport::Stream => "stream",
             Transport::Poll => "poll",
+            Transport::Socketio => "socketio",
         }
     }
 }
@@ -123,6 +136,12 @@ pub enum Failure {
     Ended,
     /// A message or head larger than the limits.
     TooBig,
+    /// Socket.IO CONNECT_ERROR, with the `data.code` it carried (0: none).
+    ConnectError(u16),
+    /// Socket.IO DISCONNECT of the namespace by the server.
+    SioDisconnect,
+    /// Engine.IO CLOSE.
+    EioClose,
 }
 
 impl Failure {
@@ -137,17 +156,25 @@ impl Failure {
             Failure::ServerError(c) => format!("error_{c}"),
             Failure::Ended => "ended".into(),
             Failure::TooBig => "too_big".into(),
+            Failure::ConnectError(0) => "connect_error".into(),
+            Failure::ConnectError(c) => format!("connect_error_{c}"),
+            Failure::SioDisconnect => "sio_disconnect".into(),
+            Failure::EioClose => "eio_close".into(),
         }
     }
 }
 
-/// The request a client sends: `Host` and target (path and query).
+/// The request a client sends: `Host` and target (path and query), and for Socket.IO
+/// the CONNECT packet.
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {
     /// The `Host` header.
     pub host: &'a str,
     /// Path and query.
     pub target: &'a str,
+    /// Socket.IO: the CONNECT packet sent once Engine.IO is open ([`connect_packet`]);
+    /// empty for the other transports.
+    pub connect: &'a str,
 }
 
 /// One subscriber connection's protocol state. See the module documentation.
@@ -165,6 +192,10 @@ enum State {
     WsHead { key: [u8; 24] },
     /// Frames.
     Ws(Decoder),
+    /// Socket.IO: waiting for the 101.
+    SioHead { key: [u8; 24] },
+    /// Socket.IO: Engine.IO packets in WebSocket frames.
+    Sio(Sio),
     /// Waiting for the 200 of SSE or stream.
     HttpHead { sse: bool },
     /// SSE events; `data` collects the lines of the event in progress.
@@ -210,6 +241,9 @@ impl Client {
                     phase: PollPhase::Head,
                 }
             }
+            Transport::Socketio => State::SioHead {
+                key: write_client_request(out, req.host, req.target, nonce),
+            },
         };
         Client {
             format,
@@ -223,7 +257,10 @@ impl Client {
         match &self.state {
             State::Ws(_) | State::Sse { .. } | State::Stream { .. } => true,
             State::Poll { seq, .. } => seq.is_some(),
-            State::WsHead { .. } | State::HttpHead { .. } | State::Done => false,
+            State::Sio(s) => s.is_connected(),
+            State::WsHead { .. } | State::SioHead { .. } | State::HttpHead { .. } | State::Done => {
+                false
+            }
         }
     }
 
@@ -232,6 +269,7 @@ impl Client {
         self.buf.len()
             + match &self.state {
                 State::Ws(d) => d.buffered(),
+                State::Sio(s) => s.buffered(),
                 State::Sse { data, .. } => data.len(),
                 State::Poll {
                     phase:
@@ -274,9 +312,15 @@ impl Client {
             State::WsHead { key } => {
                 let key = *key;
                 self.buf.extend_from_slice(input);
-                self.ws_head(key, req, out, sink)
+                self.ws_head(key, State::Ws(Decoder::new()), req, out, sink)
             }
             State::Ws(decoder) => ws::frames(decoder, self.format, input, out, sink),
+            State::SioHead { key } => {
+                let key = *key;
+                self.buf.extend_from_slice(input);
+                self.ws_head(key, State::Sio(Sio::new()), req, out, sink)
+            }
+            State::Sio(sio) => sio.frames(input, req, out, sink),
             State::HttpHead { sse } => {
                 let sse = *sse;
                 self.buf.extend_from_slice(input);
@@ -305,8 +349,9 @@ impl Client {
         }
     }
 
-    /// The response head (`head_len` bytes of `buf`) made the subscription: switches to
-    /// `state` and feeds what followed the head.
+    /// The response head (`head_len` bytes of `buf`) was accepted: switches to `state`
+    /// (the subscription is up, except for Socket.IO, whose namespace CONNECT follows) and
+    /// feeds what followed the head.
     fn after_head(
         &mut self,
         state: State,
@@ -316,7 +361,9 @@ impl Client {
         sink: &mut dyn FnMut(Event<'_>),
     ) -> Result<(), Failure> {
         self.state = state;
-        sink(Event::Established);
+        if self.is_established() {
+            sink(Event::Established);
+        }
         let mut rest = std::mem::take(&mut self.buf).split_off(head_len);
         self.feed_inner(&mut rest, req, out, sink)
     }

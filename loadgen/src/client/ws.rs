@@ -1,22 +1,24 @@
 //! WebSocket: the handshake response (101 with the right `Sec-WebSocket-Accept`), then
 //! frames decoded in the client role; pings are answered with masked pongs and a close
-//! frame is echoed before the subscription ends.
+//! frame is echoed before the subscription ends. The messages are the format's
+//! ([`frames`]) or Socket.IO's (`socketio`, through [`messages`]).
 
 use protocol::http::Parsed;
 use protocol::ws::handshake::{check_server_response, ClientHandshakeError};
 use protocol::ws::{
-    encode_close, encode_masked_frame, CloseCode, Decoder, DecoderConfig, Event as WsEvent, OpCode,
-    Role,
+    encode_close, encode_masked_frame, CloseCode, DataKind, Decoder, DecoderConfig,
+    Event as WsEvent, OpCode, Role,
 };
 
 use super::envelope::deliver;
 use super::{Client, Event, Failure, Format, Request, State, MAX_MESSAGE_BYTES};
 
 impl Client {
-    /// The handshake response so far is in `buf`; on the 101, frames follow.
+    /// The handshake response so far is in `buf`; on the 101, frames follow in `next`.
     pub(super) fn ws_head(
         &mut self,
         key: [u8; 24],
+        next: State,
         req: Request<'_>,
         out: &mut Vec<u8>,
         sink: &mut dyn FnMut(Event<'_>),
@@ -32,17 +34,31 @@ impl Client {
                 return Err(Failure::BadResponse("wrong Sec-WebSocket-Accept"))
             }
         };
-        self.after_head(State::Ws(Decoder::new()), head_len, req, out, sink)
+        self.after_head(next, head_len, req, out, sink)
     }
 }
 
-/// Decodes frames from `input`, answering pings and close frames.
+/// Decodes frames from `input`, answering pings and close frames; each message is one of
+/// the format's.
 pub(super) fn frames(
     decoder: &mut Decoder,
     format: Format,
     input: &mut [u8],
     out: &mut Vec<u8>,
     sink: &mut dyn FnMut(Event<'_>),
+) -> Result<(), Failure> {
+    messages(decoder, input, out, |_, data, _| {
+        deliver(format, data, sink)
+    })
+}
+
+/// Decodes frames from `input`, answering pings and close frames; each whole message goes
+/// to `on_message` with the output buffer (for replies).
+pub(super) fn messages(
+    decoder: &mut Decoder,
+    input: &mut [u8],
+    out: &mut Vec<u8>,
+    mut on_message: impl FnMut(DataKind, &[u8], &mut Vec<u8>) -> Result<(), Failure>,
 ) -> Result<(), Failure> {
     let cfg = DecoderConfig {
         role: Role::Client,
@@ -56,7 +72,7 @@ pub(super) fn frames(
         pos += d.consumed;
         match d.event {
             None => {}
-            Some(WsEvent::Message { data, .. }) => deliver(format, &data, sink)?,
+            Some(WsEvent::Message { kind, data }) => on_message(kind, &data, out)?,
             Some(WsEvent::Ping(p)) => {
                 encode_masked_frame(out, true, OpCode::Pong, &p, mask());
             }
@@ -77,6 +93,6 @@ pub(super) fn frames(
 }
 
 /// A random masking key (client frames are masked).
-fn mask() -> [u8; 4] {
+pub(super) fn mask() -> [u8; 4] {
     fastrand::u32(..).to_ne_bytes()
 }
