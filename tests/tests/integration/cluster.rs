@@ -556,6 +556,12 @@ fn redis_outage_and_restart_lose_nothing_and_duplicate_nothing() {
     }
     // Mid-stream: whatever the feeds have not delivered yet is in Redis's history.
     redis.stop();
+    // Once a node knows (its feed saw the end), it refuses: 503, nothing sent. (A
+    // publish racing with the stop, on a link that has not seen it yet, may get 504
+    // instead: its outcome is unknown to the node, which says so.)
+    for n in [&a, &b] {
+        n.wait_redis("down", TIMEOUT);
+    }
     for n in [&a, &b] {
         for attempt in 0..2 {
             let r = n.admin_post("/pub?channel=o", format!("lost {attempt}").as_bytes());
