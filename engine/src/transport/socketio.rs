@@ -1737,35 +1737,44 @@ fn json_str(s: &str) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
-/// Answers a client's request: its ack when it asked for one, else an `error` event
-/// for a refusal.
-#[allow(clippy::too_many_arguments)]
-fn reply<B: Backend>(
-    cx: &mut Core<B>,
+/// A client's request to answer: its socket, namespace, ack id and event. The answer
+/// is the ack when the client asked for one; a refusal without an ack is an `error`
+/// event `{event, code, error}`.
+#[derive(Clone, Copy)]
+struct Ask<'a> {
     s: usize,
-    nsp: &str,
+    nsp: &'a str,
     id: Option<u64>,
-    event: &str,
-    ok: bool,
-    code: u16,
-    text: &str,
-    extra: &[(&str, String)],
-) {
-    if let Some(id) = id {
-        let mut fields: Vec<(&str, String)> = extra.to_vec();
-        if !ok {
-            fields.push(("code", code.to_string()));
-            fields.push(("error", json_str(text)));
+    event: &'a str,
+}
+
+impl<'a> Ask<'a> {
+    fn new(s: usize, nsp: &'a str, id: Option<u64>, event: &'a str) -> Ask<'a> {
+        Ask { s, nsp, id, event }
+    }
+
+    /// Done: `{"ok":true, ...extra}`.
+    fn ok<B: Backend>(self, cx: &mut Core<B>, extra: &[(&str, String)]) {
+        if let Some(id) = self.id {
+            let a = ack_json(true, extra);
+            emit(cx, self.s, self.nsp, Some(id), true, "", &[&a]);
         }
-        let a = ack_json(ok, &fields);
-        emit(cx, s, nsp, Some(id), true, "", &[&a]);
-    } else if !ok {
-        let e = format!(
-            "{{\"event\":{},\"code\":{code},\"error\":{}}}",
-            json_str(event),
-            json_str(text)
-        );
-        emit(cx, s, nsp, None, false, "error", &[&e]);
+    }
+
+    /// Refused: `{"ok":false,"code":N,"error":"..."}`.
+    fn refuse<B: Backend>(self, cx: &mut Core<B>, code: u16, text: &str) {
+        if let Some(id) = self.id {
+            let fields = [("code", code.to_string()), ("error", json_str(text))];
+            let a = ack_json(false, &fields);
+            emit(cx, self.s, self.nsp, Some(id), true, "", &[&a]);
+        } else {
+            let e = format!(
+                "{{\"event\":{},\"code\":{code},\"error\":{}}}",
+                json_str(self.event),
+                json_str(text)
+            );
+            emit(cx, self.s, self.nsp, None, false, "error", &[&e]);
+        }
     }
 }
 
@@ -1777,6 +1786,7 @@ fn on_event<B: Backend>(
     name: &str,
     args: &[String],
 ) {
+    let ask = Ask::new(s, nsp, id, name);
     if cx.shared.cfg.socketio_test {
         let raw: Vec<&str> = args.iter().map(String::as_str).collect();
         match name {
@@ -1791,7 +1801,7 @@ fn on_event<B: Backend>(
         }
     }
     if name.len() > SOCKETIO_MAX_EVENT || name.chars().any(char::is_control) {
-        return reply(cx, s, nsp, id, name, false, 400, "bad event name", &[]);
+        return ask.refuse(cx, 400, "bad event name");
     }
     match name {
         "subscribe" | "unsubscribe" => rooms_op(cx, s, nsp, id, name, args),
@@ -1806,21 +1816,11 @@ fn on_event<B: Backend>(
             }
             let to: Option<To> = args.first().and_then(|a| serde_json::from_str(a).ok());
             let Some(to) = to else {
-                return reply(
-                    cx,
-                    s,
-                    nsp,
-                    id,
-                    name,
-                    false,
-                    400,
-                    "publish needs {room, event, data}",
-                    &[],
-                );
+                return ask.refuse(cx, 400, "publish needs {room, event, data}");
             };
             let event = to.event.unwrap_or_else(|| "message".into());
             if event.len() > SOCKETIO_MAX_EVENT || event.chars().any(char::is_control) {
-                return reply(cx, s, nsp, id, name, false, 400, "bad event name", &[]);
+                return ask.refuse(cx, 400, "bad event name");
             }
             let data = to
                 .data
@@ -1847,17 +1847,12 @@ fn rooms_op<B: Backend>(
     op: &str,
     args: &[String],
 ) {
+    let ask = Ask::new(s, nsp, id, op);
     if !cx.shared.cfg.socketio_client_subscribe {
-        return reply(
+        return ask.refuse(
             cx,
-            s,
-            nsp,
-            id,
-            op,
-            false,
             403,
             "clients may not join rooms (socketio_client_subscribe)",
-            &[],
         );
     }
     let rooms: Vec<String> = match args
@@ -1870,17 +1865,7 @@ fn rooms_op<B: Backend>(
             .filter_map(|x| x.as_str().map(str::to_string))
             .collect(),
         _ => {
-            return reply(
-                cx,
-                s,
-                nsp,
-                id,
-                op,
-                false,
-                400,
-                "rooms must be a name or a list of names",
-                &[],
-            );
+            return ask.refuse(cx, 400, "rooms must be a name or a list of names");
         }
     };
     let Some(prefix) = cx
@@ -1895,7 +1880,7 @@ fn rooms_op<B: Backend>(
     for r in &rooms {
         let name = format!("{prefix}{r}");
         if let Err(e) = message::validate_channel(&name) {
-            return reply(cx, s, nsp, id, op, false, 400, &e.to_string(), &[]);
+            return ask.refuse(cx, 400, &e.to_string());
         }
         names.push(name);
     }
@@ -1913,7 +1898,7 @@ fn rooms_op<B: Backend>(
                 cx.unsubscribe(s, local);
             }
         }
-        return reply(cx, s, nsp, id, op, true, 0, "", &[("rooms", listed)]);
+        return ask.ok(cx, &[("rooms", listed)]);
     }
     if cx.shared.token_auth() {
         let expired = grant(cx, s).is_some_and(|g| g.exp <= unix_now());
@@ -1921,43 +1906,33 @@ fn rooms_op<B: Backend>(
             .iter()
             .find(|n| !grant(cx, s).is_some_and(|g| g.allows(n)));
         if expired {
-            return reply(cx, s, nsp, id, op, false, 401, "token expired", &[]);
+            return ask.refuse(cx, 401, "token expired");
         }
         if let Some(n) = denied {
             let why = format!("the token does not grant {n}");
-            return reply(cx, s, nsp, id, op, false, 403, &why, &[]);
+            return ask.refuse(cx, 403, &why);
         }
     }
     names.retain(|n| cx.index.by_name(cx.conns[s].subs.as_slice(), n).is_none());
     let max = cx.shared.cfg.max_channels_per_conn;
     if cx.conns[s].subs.len() + names.len() > max {
         let why = format!("too many rooms (max_channels_per_conn {max})");
-        return reply(cx, s, nsp, id, op, false, 400, &why, &[]);
+        return ask.refuse(cx, 400, &why);
     }
     let now = cx.now;
     for _ in &names {
         if !cx.limiters.take(s, Limit::Creates, now) {
             cx.stats.inc(Counter::CreateLimited);
-            return reply(
-                cx,
-                s,
-                nsp,
-                id,
-                op,
-                false,
-                429,
-                "joining rooms too fast",
-                &[],
-            );
+            return ask.refuse(cx, 429, "joining rooms too fast");
         }
     }
     let points = vec![Since::Now; names.len()];
     match cx.subscribe_all(s, &names, &points, true, false) {
         Ok((pending, _)) => {
-            reply(cx, s, nsp, id, op, true, 0, "", &[("rooms", listed)]);
+            ask.ok(cx, &[("rooms", listed)]);
             cx.replay_all(s, pending);
         }
-        Err(e) => reply(cx, s, nsp, id, op, false, e.status(), &e.reason(), &[]),
+        Err(e) => ask.refuse(cx, e.status(), &e.reason()),
     }
 }
 
@@ -1976,6 +1951,7 @@ fn client_publish<B: Backend>(
     body: Body,
     content: &str,
 ) {
+    let ask = Ask::new(s, nsp, id, event);
     let Some(prefix) = cx
         .sio
         .session(s)
@@ -1986,7 +1962,7 @@ fn client_publish<B: Backend>(
     };
     let channel = format!("{prefix}{room}");
     if let Err(e) = message::validate_channel(&channel) {
-        return reply(cx, s, nsp, id, event, false, 400, &e.to_string(), &[]);
+        return ask.refuse(cx, 400, &e.to_string());
     }
     let allowed = cx
         .shared
@@ -1995,40 +1971,24 @@ fn client_publish<B: Backend>(
         .iter()
         .any(|p| pattern_matches(p, &channel));
     if !allowed {
-        return reply(
+        return ask.refuse(
             cx,
-            s,
-            nsp,
-            id,
-            event,
-            false,
             403,
             "clients may not publish to this channel (client_publish)",
-            &[],
         );
     }
     if cx.shared.token_auth() {
         let g = grant(cx, s);
         if g.is_some_and(|g| g.exp <= unix_now()) {
-            return reply(cx, s, nsp, id, event, false, 401, "token expired", &[]);
+            return ask.refuse(cx, 401, "token expired");
         }
         if !g.is_some_and(|g| g.may_publish(&channel)) {
             let why = "the token does not grant publishing to this channel (its pub claim)";
-            return reply(cx, s, nsp, id, event, false, 403, why, &[]);
+            return ask.refuse(cx, 403, why);
         }
     }
     if content.len() > cx.live().max_message_bytes() {
-        return reply(
-            cx,
-            s,
-            nsp,
-            id,
-            event,
-            false,
-            413,
-            "message too large (max_message_bytes)",
-            &[],
-        );
+        return ask.refuse(cx, 413, "message too large (max_message_bytes)");
     }
     let now = cx.now;
     let waiting = cx
@@ -2038,17 +1998,7 @@ fn client_publish<B: Backend>(
         .map_or(0, |r| r.acks.len());
     if waiting >= MAX_PENDING_ACKS || !cx.limiters.take(s, Limit::Publishes, now) {
         cx.stats.inc(Counter::PublishLimited);
-        return reply(
-            cx,
-            s,
-            nsp,
-            id,
-            event,
-            false,
-            429,
-            "publishing too fast (client_publish_rate)",
-            &[],
-        );
+        return ask.refuse(cx, 429, "publishing too fast (client_publish_rate)");
     }
     let sub = grant(cx, s).and_then(|g| g.sub.clone()).unwrap_or_default();
     let sender = meta(&sub, event, body);
@@ -2064,7 +2014,7 @@ fn client_publish<B: Backend>(
                 ("seq", a.seq.to_string()),
                 ("epoch", json_str(a.epoch.as_str())),
             ];
-            reply(cx, s, nsp, id, event, true, 0, "", &fields);
+            ask.ok(cx, &fields);
         }
         Ok(ClientPublish::Later) => {
             if let Some(session) = cx.sio.session_mut(s) {
@@ -2074,7 +2024,7 @@ fn client_publish<B: Backend>(
                     .push_back((Arc::from(channel.as_str()), nsp.into(), id));
             }
         }
-        Err(e) => reply(cx, s, nsp, id, event, false, e.status(), &e.reason(), &[]),
+        Err(e) => ask.refuse(cx, e.status(), &e.reason()),
     }
 }
 
@@ -2100,9 +2050,9 @@ pub fn on_pub_done<B: Backend>(cx: &mut Core<B>, done: PubDone) {
                 ("seq", seq.to_string()),
                 ("epoch", json_str(epoch.as_str())),
             ];
-            reply(cx, s, &nsp, id, "", true, 0, "", &fields);
+            Ask::new(s, &nsp, id, "").ok(cx, &fields);
         }
-        Err((status, reason)) => reply(cx, s, &nsp, id, "", false, status, &reason, &[]),
+        Err((status, reason)) => Ask::new(s, &nsp, id, "").refuse(cx, status, &reason),
     }
 }
 

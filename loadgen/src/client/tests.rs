@@ -23,24 +23,7 @@ fn feed_all(
     step: usize,
     out: &mut Vec<u8>,
 ) -> (Vec<String>, Result<(), Failure>) {
-    let mut events = Vec::new();
-    for piece in input.chunks(step.max(1)) {
-        let mut piece = piece.to_vec();
-        let r = c.feed(&mut piece, REQ, out, &mut |e| {
-            events.push(match e {
-                Event::Established => "up".to_string(),
-                Event::Data { seq, content } => {
-                    format!("{seq:?}:{}", String::from_utf8_lossy(content))
-                }
-                Event::Gap { from, to } => format!("gap {from}-{to}"),
-                Event::Foreign => "foreign".to_string(),
-            })
-        });
-        if r.is_err() {
-            return (events, r);
-        }
-    }
-    (events, Ok(()))
+    feed_req(c, REQ, input, step, out)
 }
 
 fn data_json(seq: u64, content: &str) -> String {
