@@ -1868,12 +1868,7 @@ fn rooms_op<B: Backend>(
             return ask.refuse(cx, 400, "rooms must be a name or a list of names");
         }
     };
-    let Some(prefix) = cx
-        .sio
-        .session(s)
-        .and_then(|x| x.nsp(nsp))
-        .map(|n| n.prefix.clone())
-    else {
+    let Some(prefix) = nsp_prefix(cx, s, nsp) else {
         return;
     };
     let mut names = Vec::with_capacity(rooms.len());
@@ -1936,6 +1931,14 @@ fn rooms_op<B: Backend>(
     }
 }
 
+/// The channel prefix of namespace `nsp` of session `s`, when it is connected.
+fn nsp_prefix<B: Backend>(cx: &Core<B>, s: usize, nsp: &str) -> Option<Box<str>> {
+    cx.sio
+        .session(s)
+        .and_then(|x| x.nsp(nsp))
+        .map(|n| n.prefix.clone())
+}
+
 fn grant<B: Backend>(cx: &Core<B>, s: usize) -> Option<&Grant> {
     cx.conns[s].ext.as_ref()?.grant.as_deref()
 }
@@ -1952,12 +1955,7 @@ fn client_publish<B: Backend>(
     content: &str,
 ) {
     let ask = Ask::new(s, nsp, id, event);
-    let Some(prefix) = cx
-        .sio
-        .session(s)
-        .and_then(|x| x.nsp(nsp))
-        .map(|n| n.prefix.clone())
-    else {
+    let Some(prefix) = nsp_prefix(cx, s, nsp) else {
         return;
     };
     let channel = format!("{prefix}{room}");
