@@ -7,12 +7,19 @@ BACKEND ?= epoll
 REDIS_PORT ?= 6379
 
 .PHONY: run run-cluster test build release lint fmt bench fuzz fuzz-build fuzz-deps deps-test deps-redis conformance
-.PHONY: test-socketio deps-socketio
+.PHONY: test-socketio deps-socketio test-web
 .PHONY: bench-build bench-scale bench-fanout bench-peers bench-backends bench-cluster bench-floor
 
 ## run: build (release) and start the server on embedded defaults (BACKEND=uring for io_uring)
 run: release
 	./target/release/pushedge serve --backend $(BACKEND) $(ARGS)
+
+## demo: build (release) and start the server with the demo chat at http://127.0.0.1:8100/demo
+## (clients publish to, and list who is on, the chat.* rooms; no auth: a local demo, not a production setup)
+.PHONY: demo
+demo: release
+	@echo "demo chat: http://127.0.0.1:8100/demo"
+	./target/release/pushedge serve --set demo=true --set 'client_publish=["chat.*"]' --set 'presence=["chat.*"]' --set presence_public=true $(ARGS)
 
 ## run-cluster: a local redis-server and two nodes sharing the subscriber port 8100
 ## (admin ports 8000 and 8001, control sockets pushedge-1.sock and pushedge-2.sock)
@@ -35,6 +42,7 @@ test: deps-test
 	bash tests/autobahn/run.sh quick target/debug/pushedge
 	PUSHEDGE_BACKEND=uring bash tests/autobahn/run.sh quick target/debug/pushedge
 	$(MAKE) test-socketio && PUSHEDGE_BACKEND=uring $(MAKE) test-socketio SOCKETIO_PYTHON=
+	$(MAKE) test-web
 
 ## deps-test: what the tests need beyond cargo (redis-server for the cluster tests;
 ## node packages, python-socketio and chromium for the Socket.IO tests)
@@ -62,6 +70,15 @@ test-socketio: deps-socketio
 	  echo "PUSHEDGE_BIN=$(SOCKETIO_BIN) $(PYTHON) tests/socketio/test_python.py"; \
 	  PUSHEDGE_BIN=$(SOCKETIO_BIN) $(PYTHON) tests/socketio/test_python.py; \
 	fi
+
+## test-web: the browser-facing end-to-end tests (tests/web/*.test.mjs: the admin dashboard,
+## /events and /metrics, ...), node --test one file at a time, headless Chromium; they reuse
+## the harness and node packages of tests/socketio. The dashboard test writes docs/dashboard.png.
+##   [PUSHEDGE_BACKEND=uring] make test-web [PUSHEDGE_BIN=...] [WEB_FILES="dashboard.test.mjs ..."]
+WEB_FILES ?= *.test.mjs
+test-web: deps-socketio
+	@if [ -z "$(PUSHEDGE_BIN)" ]; then $(CARGO) build -p pushedge; fi
+	cd tests/web && PUSHEDGE_BIN=$(SOCKETIO_BIN) node --test --test-concurrency=1 --test-timeout=120000 $(WEB_FILES)
 
 ## deps-socketio: what tests/socketio needs, each installed only when missing: the node
 ## packages of tests/socketio/package-lock.json (npm ci), python-socketio[client],

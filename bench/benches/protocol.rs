@@ -117,6 +117,7 @@ fn wire(c: &mut Criterion) {
         from: "",
         event: "",
         content: "{\"user\":\"ann\",\"text\":\"Grüße — see <b>this</b> & that\",\"ts\":1718000000}",
+        json: false,
     };
     let mut g = c.benchmark_group("wire");
     let mut out = Vec::with_capacity(1024);

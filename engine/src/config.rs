@@ -198,6 +198,24 @@ pub struct Config {
     pub client_publish: Vec<String>,
     /// Serve `/echo`, a plain WebSocket echo (for the conformance suite).
     pub ws_echo: bool,
+    /// Channel patterns whose subscribers are told who joins and leaves (`join` / `leave`
+    /// envelopes) and whose members are listed by `presence`.
+    pub presence: Vec<String>,
+    /// `GET /presence` and the `presence` WebSocket op on the subscriber port (the admin
+    /// port always answers `/presence`).
+    pub presence_public: bool,
+    /// A connection whose token has `sub = U` is also subscribed to `user:U`.
+    pub user_channels: bool,
+    /// Serve the demo chat at `/demo` on the subscriber port.
+    pub demo: bool,
+    /// Serve the browser client library at `/pushedge.js` and `/pushedge.mjs`.
+    pub client_library: bool,
+    /// Token algorithms accepted (`HS256`, `RS256`, `ES256`).
+    pub token_algorithms: Vec<String>,
+    /// PEM file with the public key for `RS256` / `ES256` tokens.
+    pub token_public_key: String,
+    /// JWKS file with the public keys for `RS256` / `ES256` tokens (by `kid`).
+    pub token_jwks: String,
     /// Serve Socket.IO (Engine.IO v4) at `socketio_path`.
     pub socketio: bool,
     /// Where Socket.IO is served (`/socket.io/`; with or without the last `/`).
@@ -306,6 +324,14 @@ impl Default for Config {
             channel_ttl_secs: 300.0,
             client_publish: Vec::new(),
             ws_echo: false,
+            presence: Vec::new(),
+            presence_public: false,
+            user_channels: false,
+            demo: false,
+            client_library: true,
+            token_algorithms: vec!["HS256".into()],
+            token_public_key: String::new(),
+            token_jwks: String::new(),
             socketio: true,
             socketio_path: "/socket.io/".into(),
             socketio_ping_interval_secs: 25.0,
@@ -576,9 +602,7 @@ impl Config {
                 return err(format!("allowed_origins: bad pattern '{p}'"));
             }
         }
-        if self.auth == AuthMode::Token && self.token_secret.is_empty() {
-            return err("auth = \"token\" needs token_secret");
-        }
+        self.validate_tokens()?;
         if protocol::message::validate_callback(&self.iframe_callback).is_err() {
             return err("iframe_callback must be a JavaScript identifier path");
         }
@@ -586,6 +610,34 @@ impl Config {
             return err("client_publish patterns must not be empty");
         }
         Ok(())
+    }
+
+    /// `token_algorithms`, `token_secret`, `token_public_key` and `token_jwks` (the key
+    /// files themselves are read at start, by `auth::Verifier::new`).
+    fn validate_tokens(&self) -> Result<(), ConfigError> {
+        crate::auth::check_algorithms(&self.token_algorithms)?;
+        if self.auth != AuthMode::Token {
+            return Ok(());
+        }
+        let has = |a: &str| self.token_algorithms.iter().any(|n| n == a);
+        if self.token_algorithms.is_empty() {
+            return err("auth = \"token\" needs at least one of token_algorithms");
+        }
+        if has("HS256") && self.token_secret.is_empty() {
+            return err("auth = \"token\" needs token_secret (token_algorithms has HS256)");
+        }
+        let public = has("RS256") || has("ES256");
+        match (self.token_public_key.is_empty(), self.token_jwks.is_empty()) {
+            (false, false) => err("set token_public_key or token_jwks, not both"),
+            (true, true) if public => err(
+                "token_algorithms has RS256 or ES256: set token_public_key (PEM) or token_jwks (JWKS)",
+            ),
+            (true, true) => Ok(()),
+            _ if !public => err(
+                "token_public_key / token_jwks are set but token_algorithms has neither RS256 nor ES256",
+            ),
+            _ => Ok(()),
+        }
     }
 
     /// The Socket.IO keys.

@@ -308,6 +308,9 @@ pub struct Ext {
     /// The earliest check (message timeout, token) waiting in the timer wheel: one
     /// pending check per connection, however often its deadlines move.
     pub check_at: Option<std::time::Instant>,
+    /// WebSocket `pub` ops waiting for their outcome (disk store, cluster): channel and
+    /// the op's `id`, answered in order per channel.
+    pub pub_ids: std::collections::VecDeque<(std::sync::Arc<str>, Option<Box<str>>)>,
 }
 
 impl Ext {
@@ -321,6 +324,7 @@ impl Ext {
             && self.origin.is_none()
             && self.partial_since.is_none()
             && self.token_deadline.is_none()
+            && self.pub_ids.is_empty()
     }
 }
 

@@ -90,6 +90,8 @@ pub enum Cmd {
     PubDone(PubDone),
     /// A Redis read's outcome.
     Remote(RemoteReply),
+    /// Someone joined or left a channel whose presence is tracked.
+    Presence(Arc<crate::worker::presence::PresenceEvent>),
     /// Socket.IO: a request for a session of this worker, an answer, a moved session.
     Sio(Box<crate::transport::socketio::SioCmd>),
     /// Close one connection; replies whether it existed.

@@ -95,6 +95,16 @@ pub const LIMITER_SWEEP: Duration = Duration::from_secs(1);
 /// The soonest a token check is scheduled again.
 pub const MIN_CHECK_DELAY: Duration = Duration::from_millis(20);
 
+/// WebSocket `pub` ops one connection may have waiting for their outcome (their ids are
+/// kept to answer them); past it the oldest id is forgotten (its answer has no `id`).
+pub const MAX_PENDING_PUBS: usize = 1024;
+
+/// Longest `info` claim of a token (bytes of JSON), shown by presence.
+pub const MAX_INFO_LEN: usize = 1024;
+
+/// Most members listed by one presence answer (the count is always whole).
+pub const MAX_PRESENCE_LIST: usize = 1000;
+
 /// Longest token accepted (bytes).
 pub const MAX_TOKEN_LEN: usize = 4096;
 

@@ -1,8 +1,12 @@
-//! Counters and gauges, one cache-line-aligned set per worker (written only by that
-//! worker, with relaxed atomics) and summed when `/metrics`, `/info` or `stats` ask.
+//! Counters, gauges and the fan-out latency histogram, one cache-line-aligned set per
+//! worker (written only by that worker, with relaxed atomics) and summed when `/metrics`,
+//! `/info`, `/events` or `stats` ask; and the process's own figures (memory, descriptors,
+//! CPU) read from `/proc/self` when asked.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// Transports, for the per-transport connection gauge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,12 +147,44 @@ impl Counter {
     }
 }
 
+/// Upper bounds (seconds) of the fan-out latency histogram's buckets (`+Inf` follows).
+pub const FANOUT_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// The same bounds in nanoseconds (what a recording compares with).
+const FANOUT_BOUNDS_NS: [u64; 16] = [
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+];
+
+/// Buckets of the fan-out histogram, `+Inf` included (each counts its own range, not
+/// cumulatively: the exposition sums them).
+pub const FANOUT_SLOTS: usize = FANOUT_BUCKETS.len() + 1;
+
 /// One worker's figures.
 #[repr(align(128))]
 #[derive(Debug)]
 pub struct WorkerStats {
     conns: [AtomicI64; TRANSPORTS],
     counters: [AtomicU64; COUNTERS],
+    fanout: [AtomicU64; FANOUT_SLOTS],
+    fanout_ns: AtomicU64,
 }
 
 impl Default for WorkerStats {
@@ -156,6 +192,8 @@ impl Default for WorkerStats {
         WorkerStats {
             conns: std::array::from_fn(|_| AtomicI64::new(0)),
             counters: std::array::from_fn(|_| AtomicU64::new(0)),
+            fanout: std::array::from_fn(|_| AtomicU64::new(0)),
+            fanout_ns: AtomicU64::new(0),
         }
     }
 }
@@ -179,6 +217,27 @@ impl WorkerStats {
         self.conns[t as usize].fetch_add(delta, Ordering::Relaxed);
     }
 
+    /// Records the end of this worker's fan-out of messages sequenced at `sequenced`
+    /// (one clock read for the batch, one bucket increment per message).
+    #[inline]
+    pub fn fanout_done(&self, sequenced: impl IntoIterator<Item = Instant>) {
+        let now = Instant::now();
+        let mut total: u64 = 0;
+        for at in sequenced {
+            let ns =
+                u64::try_from(now.saturating_duration_since(at).as_nanos()).unwrap_or(u64::MAX);
+            let slot = FANOUT_BOUNDS_NS
+                .iter()
+                .position(|&b| ns <= b)
+                .unwrap_or(FANOUT_BOUNDS_NS.len());
+            self.fanout[slot].fetch_add(1, Ordering::Relaxed);
+            total = total.saturating_add(ns);
+        }
+        if total > 0 {
+            self.fanout_ns.fetch_add(total, Ordering::Relaxed);
+        }
+    }
+
     /// A counter's value.
     pub fn get(&self, c: Counter) -> u64 {
         self.counters[c as usize].load(Ordering::Relaxed)
@@ -197,6 +256,56 @@ pub struct Snapshot {
     pub conns: [i64; TRANSPORTS],
     /// Counters.
     pub counters: [u64; COUNTERS],
+    /// The fan-out latency histogram (per bucket, not cumulative).
+    pub fanout: Histogram,
+}
+
+/// Fan-outs (one per message and worker) by latency bucket, and their total time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Histogram {
+    /// Per bucket of [`FANOUT_BUCKETS`], then `+Inf` (not cumulative).
+    pub buckets: [u64; FANOUT_SLOTS],
+    /// Sum of the latencies, nanoseconds.
+    pub sum_ns: u64,
+}
+
+impl Histogram {
+    /// Observations.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+
+    /// What was observed since `earlier` (a previous reading of the same counters).
+    pub fn since(&self, earlier: &Histogram) -> Histogram {
+        Histogram {
+            buckets: std::array::from_fn(|i| self.buckets[i].saturating_sub(earlier.buckets[i])),
+            sum_ns: self.sum_ns.saturating_sub(earlier.sum_ns),
+        }
+    }
+
+    /// The `q` quantile (0..=1) in seconds, interpolated linearly inside its bucket as
+    /// Prometheus' `histogram_quantile` does (the `+Inf` bucket answers the largest
+    /// bound); `None` without observations.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let count = self.count();
+        if count == 0 {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * count as f64;
+        let mut below = 0u64;
+        for (i, &n) in self.buckets.iter().enumerate() {
+            if n > 0 && (below + n) as f64 >= rank {
+                let Some(&upper) = FANOUT_BUCKETS.get(i) else {
+                    return Some(FANOUT_BUCKETS[FANOUT_BUCKETS.len() - 1]);
+                };
+                let lower = if i == 0 { 0.0 } else { FANOUT_BUCKETS[i - 1] };
+                let within = ((rank - below as f64) / n as f64).clamp(0.0, 1.0);
+                return Some(lower + (upper - lower) * within);
+            }
+            below += n;
+        }
+        Some(FANOUT_BUCKETS[FANOUT_BUCKETS.len() - 1])
+    }
 }
 
 impl Default for Snapshot {
@@ -204,6 +313,7 @@ impl Default for Snapshot {
         Snapshot {
             conns: [0; TRANSPORTS],
             counters: [0; COUNTERS],
+            fanout: Histogram::default(),
         }
     }
 }
@@ -219,6 +329,10 @@ impl Snapshot {
             for c in Counter::ALL {
                 s.counters[c as usize] += w.get(c);
             }
+            for (i, b) in w.fanout.iter().enumerate() {
+                s.fanout.buckets[i] += b.load(Ordering::Relaxed);
+            }
+            s.fanout.sum_ns += w.fanout_ns.load(Ordering::Relaxed);
         }
         s
     }
@@ -273,8 +387,160 @@ impl Snapshot {
                 let _ = writeln!(out, "{name}{{{label}}} {}", self.get(c));
             }
         }
+        let name = "pushedge_fanout_latency_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Time from a message being sequenced to the end of one worker's fan-out of it (one observation per message and worker with subscribers of its channel).\n# TYPE {name} histogram"
+        );
+        let mut cumulative = 0u64;
+        for (i, n) in self.fanout.buckets.iter().enumerate() {
+            cumulative += n;
+            match FANOUT_BUCKETS.get(i) {
+                Some(le) => {
+                    let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+                }
+                None => {
+                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "{name}_sum {}\n{name}_count {cumulative}",
+            self.fanout.sum_ns as f64 / 1e9
+        );
         out
     }
+}
+
+/// The process's own figures, from `/proc/self` (a figure that cannot be read is `None`).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Process {
+    /// Resident memory, bytes.
+    pub rss_bytes: Option<u64>,
+    /// Open descriptors (io_uring direct descriptors are not in the table: not counted).
+    pub open_fds: Option<u64>,
+    /// `RLIMIT_NOFILE` (soft).
+    pub max_fds: u64,
+    /// User and system CPU time, seconds.
+    pub cpu_seconds: Option<f64>,
+    /// When the process started, Unix seconds.
+    pub start_time: Option<f64>,
+}
+
+fn sysconf(name: libc::c_int) -> Option<u64> {
+    // SAFETY: sysconf takes an integer and returns one; no memory is involved.
+    let v = unsafe { libc::sysconf(name) };
+    u64::try_from(v).ok().filter(|&v| v > 0)
+}
+
+/// The fields of `/proc/self/stat` after the command (which may hold spaces and
+/// parentheses): the first is field 3 (`state`).
+fn stat_fields(stat: &str) -> Vec<&str> {
+    stat.rfind(')')
+        .map_or(Vec::new(), |i| stat[i + 1..].split_whitespace().collect())
+}
+
+/// `btime` of `/proc/stat`: boot time, Unix seconds.
+fn boot_time() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    stat.lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+impl Process {
+    /// Reads them now (a few small reads of `/proc`; the descriptor count lists
+    /// `/proc/self/fd`).
+    pub fn read() -> Process {
+        let ticks = sysconf(libc::_SC_CLK_TCK).unwrap_or(100) as f64;
+        let page = sysconf(libc::_SC_PAGESIZE).unwrap_or(4096);
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let f = stat_fields(&stat);
+        let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
+        // utime, stime: fields 14, 15; starttime: 22; rss (pages): 24.
+        let cpu_seconds = match (num(11), num(12)) {
+            (Some(u), Some(s)) => Some((u + s) as f64 / ticks),
+            _ => None,
+        };
+        static START: OnceLock<Option<f64>> = OnceLock::new();
+        let start_time = *START.get_or_init(|| {
+            let since_boot = num(19)? as f64 / ticks;
+            Some(boot_time()? as f64 + since_boot)
+        });
+        let open_fds = std::fs::read_dir("/proc/self/fd")
+            .ok()
+            .map(|d| (d.count() as u64).saturating_sub(1)); // the listing's own descriptor
+        Process {
+            rss_bytes: num(21).map(|p| p * page),
+            open_fds,
+            max_fds: crate::limits::nofile_limit(),
+            cpu_seconds,
+            start_time,
+        }
+    }
+
+    /// The standard process collector's families (`process_*`), those that could be read.
+    pub fn prometheus(&self, out: &mut String) {
+        let mut family = |name: &str, kind: &str, help: &str, v: Option<String>| {
+            if let Some(v) = v {
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+                );
+            }
+        };
+        family(
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            self.rss_bytes.map(|v| v.to_string()),
+        );
+        family(
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+            self.open_fds.map(|v| v.to_string()),
+        );
+        family(
+            "process_max_fds",
+            "gauge",
+            "Maximum number of open file descriptors.",
+            Some(self.max_fds.to_string()),
+        );
+        family(
+            "process_cpu_seconds_total",
+            "counter",
+            "Total user and system CPU time spent in seconds.",
+            self.cpu_seconds.map(|v| format!("{v:.2}")),
+        );
+        family(
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since unix epoch in seconds.",
+            self.start_time.map(|v| format!("{v:.2}")),
+        );
+    }
+}
+
+/// `pushedge_build_info` and `pushedge_uptime_seconds`.
+pub fn prometheus_server(out: &mut String, uptime_secs: f64) {
+    let _ = writeln!(
+        out,
+        "# HELP pushedge_build_info The running pushedge's version (always 1).\n# TYPE pushedge_build_info gauge\npushedge_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    let _ = writeln!(
+        out,
+        "# HELP pushedge_uptime_seconds Seconds since the server started.\n# TYPE pushedge_uptime_seconds gauge\npushedge_uptime_seconds {uptime_secs:.3}"
+    );
+}
+
+/// Now, Unix seconds.
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 #[cfg(test)]
@@ -307,5 +573,67 @@ mod tests {
                 .count(),
             1
         );
+    }
+
+    #[test]
+    fn fanout_histogram_buckets_and_quantiles() {
+        let w = WorkerStats::default();
+        let now = Instant::now();
+        // Sequenced "in the future": a zero latency, the first bucket.
+        w.fanout_done([now + std::time::Duration::from_secs(1)]);
+        let s = Snapshot::collect([&w]);
+        assert_eq!(s.fanout.count(), 1);
+        assert_eq!(s.fanout.buckets[0], 1);
+        w.fanout_done(std::iter::repeat_n(now, 3));
+        let s = Snapshot::collect([&w]);
+        assert_eq!(s.fanout.count(), 4);
+        assert!(s.fanout.sum_ns > 0);
+        let text = s.prometheus(0, 0, 0);
+        assert!(text.contains("# TYPE pushedge_fanout_latency_seconds histogram\n"));
+        assert!(text.contains("pushedge_fanout_latency_seconds_bucket{le=\"0.0001\"} "));
+        assert!(text.contains("pushedge_fanout_latency_seconds_bucket{le=\"10\"} 4\n"));
+        assert!(text.contains("pushedge_fanout_latency_seconds_bucket{le=\"+Inf\"} 4\n"));
+        assert!(text.contains("pushedge_fanout_latency_seconds_count 4\n"));
+        let mut h = Histogram::default();
+        assert_eq!(h.quantile(0.5), None);
+        h.buckets[3] = 10; // (0.0005, 0.001]
+        let p50 = h.quantile(0.5).unwrap();
+        assert!((p50 - 0.00075).abs() < 1e-9, "{p50}");
+        h.buckets[FANOUT_SLOTS - 1] = 1000;
+        assert_eq!(h.quantile(0.99), Some(10.0));
+        let earlier = Histogram {
+            buckets: std::array::from_fn(|i| u64::from(i == 3)),
+            sum_ns: 0,
+        };
+        assert_eq!(h.since(&earlier).buckets[3], 9);
+    }
+
+    #[test]
+    fn process_figures_from_proc() {
+        let p = Process::read();
+        assert!(p.rss_bytes.unwrap() > 1 << 20);
+        assert!(p.open_fds.unwrap() >= 3);
+        assert!(p.max_fds >= p.open_fds.unwrap());
+        assert!(p.cpu_seconds.unwrap() >= 0.0);
+        let start = p.start_time.unwrap();
+        let now = unix_now();
+        assert!(
+            start <= now + 1.0 && start > now - 86_400.0,
+            "{start} vs {now}"
+        );
+        let mut text = String::new();
+        p.prometheus(&mut text);
+        prometheus_server(&mut text, 1.5);
+        for family in [
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_max_fds",
+            "process_cpu_seconds_total",
+            "process_start_time_seconds",
+        ] {
+            assert!(text.contains(&format!("\n{family} ")), "{family} in {text}");
+        }
+        assert!(text.contains("pushedge_build_info{version=\""));
+        assert!(text.contains("pushedge_uptime_seconds 1.500\n"));
     }
 }

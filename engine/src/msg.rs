@@ -6,6 +6,7 @@
 
 use bytes::Bytes;
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use protocol::message::{self, JsonStyle, Message};
 
@@ -53,6 +54,8 @@ pub struct Msg {
     pub sender: Box<str>,
     /// The published body.
     pub content: Box<str>,
+    /// When the message was made (sequenced): the start of the fan-out latency.
+    pub sequenced: Instant,
     json: OnceLock<Bytes>,
     script: OnceLock<Bytes>,
     ws: OnceLock<Bytes>,
@@ -130,6 +133,7 @@ impl Msg {
             kind,
             sender: Box::default(),
             content,
+            sequenced: Instant::now(),
             json: OnceLock::new(),
             script: OnceLock::new(),
             ws: OnceLock::new(),
@@ -186,6 +190,7 @@ impl Msg {
                 from: self.from(),
                 event: self.event().0,
                 content: &self.content,
+                json: self.event().1 != Body::Text,
             },
             MsgKind::Close => Message::Close {
                 channel: &self.channel,
@@ -352,7 +357,7 @@ mod tests {
         assert_eq!(m.event(), ("chat", Body::Args));
         assert_eq!(
             &m.json()[..],
-            br#"{"type":"data","channel":"c","seq":1,"epoch":"e1","from":"bob","event":"chat","content":"[1,2]"}"#
+            br#"{"type":"data","channel":"c","seq":1,"epoch":"e1","from":"bob","event":"chat","content":[1,2]}"#
         );
         let plain = Msg::new(1, Arc::from("c"), e, 2, MsgKind::Data, "x".into()).with_sender(meta(
             "",

@@ -223,6 +223,7 @@ fn build_shared(
     fds: FdBudget,
     inboxes: &[Arc<Inbox>],
 ) -> Result<(Arc<Shared>, Receiver<Stop>), StartError> {
+    let verifier = crate::auth::Verifier::new(&cfg).map_err(|e| StartError::config(e.0))?;
     let live = Arc::new(Live::new(&cfg));
     let store = match cfg.history_store {
         HistoryStore::Memory => None,
@@ -263,6 +264,7 @@ fn build_shared(
     let mut shared = Shared::new(cfg, live, hub, inboxes.to_vec(), node, cluster);
     shared.stop = Mutex::new(Some(stop_tx));
     shared.fds = fds;
+    shared.verifier = verifier;
     Ok((Arc::new(shared), stop_rx))
 }
 

@@ -63,8 +63,12 @@ pub struct Shared {
     pub fds: FdBudget,
     /// Subscriber connections per source address (with `max_connections_per_ip`).
     pub per_ip: Mutex<HashMap<IpAddr, u32>>,
+    /// Who is subscribed to the channels `presence` names.
+    pub presence: crate::worker::presence::Presence,
     /// Socket.IO sockets kept for connection state recovery.
     pub sio_recovery: crate::transport::socketio::Recoveries,
+    /// Verifies subscriber tokens (`token_secret`, `token_public_key`, `token_jwks`).
+    pub verifier: crate::auth::Verifier,
     /// Where [`Shared::request_stop`] sends (set by `serve`).
     pub(crate) stop: Mutex<Option<Sender<Stop>>>,
 }
@@ -83,6 +87,10 @@ impl Shared {
             node_id,
             cluster,
             current: Mutex::new(cfg.clone()),
+            // `serve` builds it first, so that a key file it cannot read stops the start;
+            // here such a file leaves a verifier that accepts no token.
+            verifier: crate::auth::Verifier::new(&cfg)
+                .unwrap_or_else(|_| crate::auth::Verifier::refusing()),
             cfg,
             live,
             hub,
@@ -102,6 +110,7 @@ impl Shared {
             },
             per_ip: Mutex::new(HashMap::new()),
             sio_recovery: Default::default(),
+            presence: Default::default(),
             stop: Mutex::new(None),
         }
     }

@@ -47,6 +47,9 @@ pub enum Message<'a> {
         event: &'a str,
         /// The published body.
         content: &'a str,
+        /// `content` is a JSON value (published as JSON), written as it is; else it is
+        /// text, written as a JSON string.
+        json: bool,
     },
     /// A heartbeat (stream, iframe, long-poll timeout). `seq` is where to resume.
     Noop {
@@ -110,6 +113,17 @@ pub enum Message<'a> {
         /// When the connection closes without a new token.
         deadline: u64,
     },
+    /// Someone joined (`joined`) or left a channel whose presence is tracked.
+    Presence {
+        /// Joined, or left.
+        joined: bool,
+        /// The channel.
+        channel: &'a str,
+        /// Who: the token's `sub`, or `anon:<connection>`.
+        sub: &'a str,
+        /// The token's `info` claim, a JSON value written as it is ("" for none).
+        info: &'a str,
+    },
     /// The answer to a `refresh` op: the new token holds until `expires`.
     Refreshed {
         /// When the new token expires.
@@ -144,6 +158,8 @@ impl Message<'_> {
             Message::Refresh { .. } => "refresh",
             Message::Refreshed { .. } => "refreshed",
             Message::Ok { .. } => "ok",
+            Message::Presence { joined: true, .. } => "join",
+            Message::Presence { joined: false, .. } => "leave",
         }
     }
 
@@ -178,6 +194,7 @@ pub fn write_json(out: &mut Vec<u8>, msg: &Message<'_>, style: JsonStyle) {
             from,
             event,
             content,
+            json,
         } => {
             field_str(out, "channel", channel, style);
             field_num(out, "seq", seq);
@@ -188,7 +205,11 @@ pub fn write_json(out: &mut Vec<u8>, msg: &Message<'_>, style: JsonStyle) {
             if !event.is_empty() {
                 field_str(out, "event", event, style);
             }
-            field_str(out, "content", content, style);
+            if json {
+                field_raw(out, "content", content, style);
+            } else {
+                field_str(out, "content", content, style);
+            }
         }
         Message::Noop {
             channel,
@@ -249,8 +270,50 @@ pub fn write_json(out: &mut Vec<u8>, msg: &Message<'_>, style: JsonStyle) {
             field_num(out, "deadline", deadline);
         }
         Message::Refreshed { expires } => field_num(out, "expires", expires),
+        Message::Presence {
+            channel, sub, info, ..
+        } => {
+            field_str(out, "channel", channel, style);
+            out.extend_from_slice(b",\"member\":{\"sub\":");
+            write_json_string(out, sub, style);
+            if !info.is_empty() {
+                field_raw(out, "info", info, style);
+            }
+            out.push(b'}');
+        }
     }
     out.push(b'}');
+}
+
+/// A field whose value is JSON text, written as it is (the caller checked it is JSON).
+fn field_raw(out: &mut Vec<u8>, name: &str, value: &str, style: JsonStyle) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
+    write_raw_json(out, value, style);
+}
+
+/// JSON text written as it is. In a `<script>` context `<`, `>`, `&`, U+2028 and U+2029
+/// become `\u` escapes: in valid JSON they can only stand inside strings, where the
+/// escape means the same character, so the value is unchanged and cannot end (or
+/// confuse) the script element.
+pub fn write_raw_json(out: &mut Vec<u8>, value: &str, style: JsonStyle) {
+    if style == JsonStyle::Plain {
+        return out.extend_from_slice(value.as_bytes());
+    }
+    for c in value.chars() {
+        match c {
+            '<' => out.extend_from_slice(b"\\u003c"),
+            '>' => out.extend_from_slice(b"\\u003e"),
+            '&' => out.extend_from_slice(b"\\u0026"),
+            '\u{2028}' => out.extend_from_slice(b"\\u2028"),
+            '\u{2029}' => out.extend_from_slice(b"\\u2029"),
+            c => {
+                let mut buf = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            }
+        }
+    }
 }
 
 fn field_str(out: &mut Vec<u8>, name: &str, value: &str, style: JsonStyle) {
@@ -518,7 +581,8 @@ mod tests {
                 epoch: "k3x9ab2q",
                 from: "",
                 event: "",
-                content: "hello"
+                content: "hello",
+                json: false,
             }),
             r#"{"type":"data","channel":"news","seq":12,"epoch":"k3x9ab2q","content":"hello"}"#
         );
@@ -529,7 +593,8 @@ mod tests {
                 epoch: "e1",
                 from: "bob \"b\"",
                 event: "",
-                content: "hi"
+                content: "hi",
+                json: false,
             }),
             r#"{"type":"data","channel":"chat","seq":3,"epoch":"e1","from":"bob \"b\"","content":"hi"}"#
         );
@@ -540,7 +605,8 @@ mod tests {
                 epoch: "",
                 from: "",
                 event: "",
-                content: "hello"
+                content: "hello",
+                json: false,
             }),
             r#"{"type":"data","channel":"news","seq":12,"content":"hello"}"#,
             "an unknown epoch is left out"
@@ -677,6 +743,7 @@ mod tests {
             from: "",
             event: "",
             content: "a</script>b",
+            json: false,
         };
         let plain = msg.to_json();
         let mut script = Vec::new();

@@ -383,6 +383,7 @@ impl OwnedMessage {
                 from: "",
                 event: "",
                 content: t,
+                json: false,
             },
             OwnedMessage::Noop(c, s, e) => Message::Noop {
                 channel: c.as_deref(),

@@ -64,4 +64,8 @@ JSON
 echo "autobahn: $profile profile against ws://$addr/echo (${PUSHEDGE_BACKEND:-default} backend)"
 (cd "$work" && timeout 1800 "$venv/bin/wstest" -m fuzzingclient -s "$work/spec-$profile.json" >"$work/wstest-$profile.log" 2>&1) || {
   echo "autobahn: wstest failed" >&2; tail -20 "$work/wstest-$profile.log" >&2; exit 1; }
+if ! grep -q '"pushedge"' "$reports/index.json" 2>/dev/null; then
+  echo "autobahn: wstest ran no case against pushedge; its log and the server's:" >&2
+  tail -30 "$work/wstest-$profile.log" >&2; tail -20 "$log" >&2; exit 1
+fi
 python3 "$here/tally.py" "$reports/index.json"

@@ -68,6 +68,18 @@ impl Ws {
         self.send_text(&v.to_string());
     }
 
+    /// Sends an op (`sub`, `unsub`, `pub`) and reads its `ok` (which, for a `sub`, comes
+    /// before what it replays); panics on anything else. Returns the `ok`.
+    pub fn op_ok(&mut self, v: &Value) -> Value {
+        self.send_json(v);
+        let ok = self.recv_json();
+        assert_eq!(ok["type"], "ok", "answer to {v}: {ok}");
+        assert_eq!(ok["op"], v["op"], "answer to {v}: {ok}");
+        assert_eq!(ok["channel"], v["channel"], "answer to {v}: {ok}");
+        assert_eq!(ok.get("id"), v.get("id"), "answer to {v}: {ok}");
+        ok
+    }
+
     /// The next event (including pings), waiting at most `timeout`.
     pub fn recv(&mut self, timeout: Duration) -> WsEvent {
         use tungstenite::{Error, Message};

@@ -1,5 +1,5 @@
 //! The admin API's routes: publish, broadcast, close, clear, sign, info, channels,
-//! metrics, and the JSON views the control socket answers with too.
+//! metrics, dashboard, events, and the JSON views the control socket answers with too.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -7,7 +7,7 @@ use protocol::http::{self, Method};
 use protocol::message::{self, Message};
 use protocol::query::Query;
 
-use super::Reply;
+use super::{events, Reply};
 use crate::auth;
 use crate::limits::{DEFAULT_LISTING, MAX_PREFIX};
 use crate::msg::Body;
@@ -25,21 +25,29 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// `Authorization: Bearer <admin_token>`; for `/dashboard` and `/events` alone (a browser
+/// page and its `EventSource`, which cannot send headers) `?token=<admin_token>` too.
 fn authorized(shared: &Shared, req: &http::Request<'_, '_>) -> bool {
     let token = &shared.cfg.admin_token;
     if token.is_empty() {
         return true;
     }
-    let Some(value) = req.header("authorization") else {
-        return false;
-    };
-    let Some(given) = value
-        .strip_prefix(b"Bearer ")
-        .or_else(|| value.strip_prefix(b"bearer "))
-    else {
-        return false;
-    };
-    constant_time_eq(given, token.as_bytes())
+    let bearer = req.header("authorization").and_then(|value| {
+        value
+            .strip_prefix(b"Bearer ")
+            .or_else(|| value.strip_prefix(b"bearer "))
+    });
+    if let Some(given) = bearer {
+        return constant_time_eq(given, token.as_bytes());
+    }
+    if matches!(req.path(), "/dashboard" | "/events") {
+        if let Ok(q) = Query::parse(req.query()) {
+            if let Some(given) = q.get("token") {
+                return constant_time_eq(given.as_bytes(), token.as_bytes());
+            }
+        }
+    }
+    false
 }
 
 /// Answers one request; the ticket is the disk-store commit the answer waits for (0 for
@@ -72,7 +80,7 @@ fn route_other(shared: &Shared, req: &http::Request<'_, '_>, body: &[u8]) -> Rep
     let allowed: &[Method] = match path {
         "/pub" => &[Method::Get, Method::Post],
         "/broadcast" | "/close" | "/clear" => &[Method::Post],
-        "/sign" | "/info" | "/channels" | "/metrics" => &[Method::Get],
+        "/sign" | "/info" | "/channels" | "/metrics" | "/dashboard" | "/events" => &[Method::Get],
         _ => return Reply::error(404, "no such endpoint"),
     };
     if !allowed.contains(&req.method) {
@@ -95,6 +103,8 @@ fn route_other(shared: &Shared, req: &http::Request<'_, '_>, body: &[u8]) -> Rep
         "/info" => info(shared, &q),
         "/channels" => channels(shared, &q),
         "/metrics" => metrics(shared),
+        "/dashboard" => dashboard(),
+        "/events" => event_stream(shared),
         _ => Reply::error(404, "no such endpoint"),
     }
 }
@@ -143,14 +153,54 @@ fn metrics(shared: &Shared) -> Reply {
         .hub
         .published
         .load(std::sync::atomic::Ordering::Relaxed);
-    let text = shared
+    let mut text = shared
         .snapshot()
         .prometheus(t.channels, t.subscriptions, published);
+    crate::metrics::prometheus_server(&mut text, shared.started.elapsed().as_secs_f64());
+    crate::metrics::Process::read().prometheus(&mut text);
     Reply {
         status: 200,
         content_type: "text/plain; version=0.0.4",
         body: text.into_bytes(),
         extra: Vec::new(),
+        stream: false,
+    }
+}
+
+/// `GET /dashboard`: the live page (it reads `/events`).
+fn dashboard() -> Reply {
+    Reply {
+        status: 200,
+        content_type: "text/html; charset=utf-8",
+        body: events::DASHBOARD.as_bytes().to_vec(),
+        extra: vec![
+            ("Cache-Control", "no-store".into()),
+            ("Content-Security-Policy", events::DASHBOARD_CSP.into()),
+            ("Referrer-Policy", "no-referrer".into()),
+            ("X-Content-Type-Options", "nosniff".into()),
+        ],
+        stream: false,
+    }
+}
+
+/// `GET /events`: the start of a stream of stats snapshots, the first one included (the
+/// admin loop sends the next ones, one a second, and holds the connection).
+fn event_stream(shared: &Shared) -> Reply {
+    if shared.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return Reply::error(503, "draining");
+    }
+    let (first, _) = events::snapshot(shared, None);
+    let mut body = events::PREAMBLE.to_vec();
+    body.extend_from_slice(&first);
+    Reply {
+        status: 200,
+        content_type: "text/event-stream",
+        body,
+        extra: vec![
+            ("Cache-Control", "no-store".into()),
+            ("X-Accel-Buffering", "no".into()),
+        ],
+        stream: true,
     }
 }
 

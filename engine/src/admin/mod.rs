@@ -1,5 +1,6 @@
 //! The admin HTTP API, for backends: publish, broadcast, close, clear, sign, info,
-//! channels, metrics (the routes are in [`api`]).
+//! channels, metrics (the routes are in [`api`]); and, for people, the live dashboard and
+//! its event stream ([`events`]).
 //!
 //! One thread with its own mio reactor serves keep-alive (and pipelined) requests. A
 //! publish is answered as soon as the hub has sequenced the message and handed it to the
@@ -20,8 +21,20 @@
 //! connection is closed after `admin_idle_timeout_secs`, an answer the peer does not read
 //! within `admin_body_timeout_secs` closes it; a request with a bad `admin_token` is
 //! answered 401 and the connection closed.
+//!
+//! # Event streams
+//!
+//! `GET /events` (the dashboard's feed, see [`events`]) turns its connection into a
+//! stream: a response without a length, then one snapshot a second from this loop. A
+//! stream is exempt from the idle and body timeouts and is never evicted, but it counts
+//! against `admin_max_connections` (and `_per_ip`); at most half of
+//! `admin_max_connections` (at least one) are streams at a time, more are answered 503.
+//! Its output is bounded: a reader that lets [`MAX_ADMIN_OUTPUT`] pile up is dropped. It
+//! takes no more input (anything it sends closes it), and every stream is closed when a
+//! drain starts (`/events` is answered 503 from then on).
 
 pub mod api;
+mod events;
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
@@ -50,6 +63,8 @@ const LISTENER: Token = Token(usize::MAX);
 const STORE_WAKER: Token = Token(usize::MAX - 1);
 const BUSY: &str = "too many admin connections (admin_max_connections)";
 const BUSY_IP: &str = "too many admin connections from your address (admin_max_connections_per_ip)";
+const BUSY_STREAMS: &str =
+    "too many event streams (at most half of admin_max_connections are /events streams)";
 
 /// Binds the admin listener. Unlike the subscriber port it is exclusive: two servers
 /// must not silently share one admin port.
@@ -74,6 +89,8 @@ enum Phase {
     Writing,
     /// Answers waiting for the disk store (our own wait: no timeout).
     Held,
+    /// An event stream (`/events`): no timeout, bounded by its output.
+    Stream,
 }
 
 /// A chunked body decoded as it arrives.
@@ -98,6 +115,8 @@ struct AdminConn {
     phase: Phase,
     since: Instant,
     chunked: Option<Chunked>,
+    /// An event stream: its response has no end, this loop writes its events.
+    stream: bool,
 }
 
 /// An answer held until its publish is committed by the disk store.
@@ -114,6 +133,8 @@ pub(crate) struct Reply {
     content_type: &'static str,
     body: Vec<u8>,
     extra: Vec<(&'static str, String)>,
+    /// The start of an event stream: the connection is held open after the body.
+    stream: bool,
 }
 
 impl Reply {
@@ -125,6 +146,7 @@ impl Reply {
             content_type: "application/json",
             body,
             extra: Vec::new(),
+            stream: false,
         }
     }
 
@@ -170,6 +192,10 @@ struct Admin {
     per_ip: HashMap<IpAddr, usize>,
     buf: Vec<u8>,
     accept_warned: Option<Instant>,
+    /// Event streams open.
+    streams: usize,
+    /// The counters of the last snapshot sent to the streams (their rates' base).
+    events_prev: Option<events::Sample>,
 }
 
 /// Runs the admin loop (never returns).
@@ -203,6 +229,8 @@ pub fn run(shared: Arc<Shared>, listener: std::net::TcpListener) {
         per_ip: HashMap::new(),
         buf: vec![0u8; ADMIN_READ_CHUNK],
         accept_warned: None,
+        streams: 0,
+        events_prev: None,
     };
     admin.run();
 }
@@ -213,6 +241,7 @@ impl Admin {
         let mut last_sweep = Instant::now();
         let mut last_check = Instant::now();
         let mut last_release = Instant::now();
+        let mut last_events = Instant::now();
         let mut accept_retry = false;
         loop {
             if let Err(e) = self.poll.poll(&mut events, Some(ADMIN_TIMEOUT_CHECK)) {
@@ -250,6 +279,18 @@ impl Admin {
             if now.duration_since(last_check) >= ADMIN_TIMEOUT_CHECK {
                 last_check = now;
                 self.expire(now);
+            }
+            if self.streams > 0
+                && self
+                    .shared
+                    .draining
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                self.close_streams();
+            }
+            if now.duration_since(last_events) >= events::EVERY {
+                last_events = now;
+                self.send_events();
             }
             if now.duration_since(last_sweep) >= SWEEP_EVERY {
                 last_sweep = now;
@@ -308,6 +349,7 @@ impl Admin {
                             phase: Phase::Fresh,
                             since: Instant::now(),
                             chunked: None,
+                            stream: false,
                         });
                         *self.per_ip.entry(ip).or_insert(0) += 1;
                     }
@@ -352,6 +394,9 @@ impl Admin {
 
     fn remove(&mut self, id: usize) {
         let c = self.conns.remove(id);
+        if c.stream {
+            self.streams = self.streams.saturating_sub(1);
+        }
         if let Some(n) = self.per_ip.get_mut(&c.peer) {
             *n -= 1;
             if *n == 0 {
@@ -360,11 +405,42 @@ impl Admin {
         }
     }
 
+    /// Whether another event stream may start.
+    fn streams_ok(&self) -> bool {
+        self.streams < (self.shared.cfg.admin_max_connections / 2).max(1)
+    }
+
+    /// Counts the connection's stream if serving it just started one.
+    fn note_stream(&mut self, id: usize, was_stream: bool) {
+        if !was_stream && self.conns.get(id).is_some_and(|c| c.stream) {
+            self.stream_started();
+        }
+    }
+
+    fn stream_started(&mut self) {
+        self.streams += 1;
+        if self.events_prev.is_none() {
+            self.events_prev = Some(events::sample(&self.shared));
+        }
+    }
+
     fn read(&mut self, id: usize) {
         let shared = self.shared.clone();
         let limit = shared.cfg.max_head_bytes + shared.live.max_message_bytes() * 2 + 4096;
+        let streams_ok = self.streams_ok();
         loop {
             let c = &mut self.conns[id];
+            if c.stream {
+                // A stream takes no input: its end is noticed, anything else closes it.
+                match c.sock.read(&mut self.buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    _ => {
+                        let _ = c.sock.shutdown(Shutdown::Both);
+                        return self.remove(id);
+                    }
+                }
+            }
             if c.close
                 || c.close_pending
                 || c.wbuf.len() > MAX_ADMIN_OUTPUT
@@ -377,7 +453,11 @@ impl Admin {
                 Ok(0) => return self.remove(id),
                 Ok(n) => {
                     c.rbuf.extend_from_slice(&self.buf[..n]);
-                    serve_buffered(&shared, c);
+                    serve_buffered(&shared, c, streams_ok);
+                    if c.stream {
+                        self.stream_started();
+                        continue;
+                    }
                     if c.rbuf.len() > limit {
                         write_reply(c, Reply::error(413, "request too large"), false);
                         write_out(c);
@@ -422,13 +502,16 @@ impl Admin {
             .map(|(id, _)| id)
             .collect();
         for id in waiting {
+            let streams_ok = self.streams_ok();
             let c = &mut self.conns[id];
+            let was_stream = c.stream;
             release(&self.shared, c);
             write_out(c);
             if c.held.is_empty() && !c.rbuf.is_empty() {
                 // Reading stopped while answers were held: take up what was left.
-                serve_buffered(&self.shared, c);
+                serve_buffered(&self.shared, c, streams_ok);
             }
+            self.note_stream(id, was_stream);
             if self.conns.contains(id) {
                 self.read(id);
             }
@@ -452,7 +535,7 @@ impl Admin {
                     Phase::Fresh | Phase::Head => head,
                     Phase::Body | Phase::Writing => body,
                     Phase::Idle => idle,
-                    Phase::Held => return None,
+                    Phase::Held | Phase::Stream => return None,
                 };
                 (now.saturating_duration_since(c.since) >= limit).then_some((id, c.phase))
             })
@@ -462,7 +545,7 @@ impl Admin {
             let reason = match phase {
                 Phase::Fresh | Phase::Head => Some("request head not completed in time"),
                 Phase::Body => Some("request body not completed in time"),
-                Phase::Idle | Phase::Writing | Phase::Held => None,
+                Phase::Idle | Phase::Writing | Phase::Held | Phase::Stream => None,
             };
             if let Some(reason) = reason {
                 c.rbuf.clear();
@@ -474,11 +557,59 @@ impl Admin {
             self.remove(id);
         }
     }
+
+    /// Sends every event stream the next snapshot (one snapshot for all); a stream whose
+    /// reader let [`MAX_ADMIN_OUTPUT`] pile up is dropped.
+    fn send_events(&mut self) {
+        if self.streams == 0 {
+            self.events_prev = None;
+            return;
+        }
+        let (event, sample) = events::snapshot(&self.shared, self.events_prev.as_ref());
+        self.events_prev = Some(sample);
+        let ids: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.stream && !c.close)
+            .map(|(id, _)| id)
+            .collect();
+        for id in ids {
+            let c = &mut self.conns[id];
+            if c.woff > 0 {
+                c.wbuf.drain(..c.woff);
+                c.woff = 0;
+            }
+            if c.wbuf.len() + event.len() > MAX_ADMIN_OUTPUT {
+                debug!("admin: an event stream's reader fell behind; closed");
+                let _ = c.sock.shutdown(Shutdown::Both);
+                self.remove(id);
+                continue;
+            }
+            c.wbuf.extend_from_slice(&event);
+            self.flush(id);
+        }
+    }
+
+    /// A drain started: every event stream ends (after what it was sent).
+    fn close_streams(&mut self) {
+        let ids: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.stream && !c.close)
+            .map(|(id, _)| id)
+            .collect();
+        for id in ids {
+            self.conns[id].close = true;
+            self.flush(id);
+        }
+    }
 }
 
 /// Works out what the connection waits for now; a change of phase restarts its clock.
 fn set_phase(c: &mut AdminConn) {
-    let phase = if !c.held.is_empty() {
+    let phase = if c.stream {
+        Phase::Stream
+    } else if !c.held.is_empty() {
         Phase::Held
     } else if c.woff < c.wbuf.len() {
         Phase::Writing
@@ -499,12 +630,13 @@ fn set_phase(c: &mut AdminConn) {
 
 /// Serves every complete request in the buffer (pipelined requests are parsed in place
 /// and their answers written together at the end).
-fn serve_buffered(shared: &Shared, c: &mut AdminConn) {
+/// `streams_ok`: whether a `/events` request may start a stream (else 503).
+fn serve_buffered(shared: &Shared, c: &mut AdminConn, streams_ok: bool) {
     let rbuf = std::mem::take(&mut c.rbuf);
     let mut pos = 0;
     let mut waiting_body = false;
     while !c.close && !c.close_pending && pos < rbuf.len() {
-        match serve_one(shared, &rbuf[pos..], &mut c.chunked) {
+        match serve_one(shared, &rbuf[pos..], &mut c.chunked, streams_ok) {
             Step::Done(used, reply, keep_alive, ticket) => {
                 c.held.push_back(Held {
                     ticket,
@@ -557,7 +689,7 @@ fn release(shared: &Shared, c: &mut AdminConn) {
 
 /// Parses and answers one request at the start of `buf`. A chunked body is decoded as
 /// it arrives: `chunked` keeps the decoder between calls.
-fn serve_one(shared: &Shared, buf: &[u8], chunked: &mut Option<Chunked>) -> Step {
+fn serve_one(shared: &Shared, buf: &[u8], chunked: &mut Option<Chunked>, streams_ok: bool) -> Step {
     let limits = http::Limits {
         max_head_bytes: shared.cfg.max_head_bytes,
         max_headers: shared.cfg.max_headers,
@@ -608,9 +740,13 @@ fn serve_one(shared: &Shared, buf: &[u8], chunked: &mut Option<Chunked>) -> Step
     };
     let decoded = chunked.take().map(|c| c.decoded);
     let body = decoded.as_deref().unwrap_or(body);
-    let (reply, ticket) = api::route(shared, &req, body);
-    // A bad admin token: answered, and the connection is not kept.
-    let keep_alive = keep_alive && reply.status != 401;
+    let (mut reply, ticket) = api::route(shared, &req, body);
+    if reply.stream && !streams_ok {
+        reply = Reply::error(503, BUSY_STREAMS);
+    }
+    // A bad admin token: answered, and the connection is not kept. A stream takes the
+    // connection: nothing after it is parsed.
+    let keep_alive = keep_alive && reply.status != 401 && !reply.stream;
     Step::Done(used, reply, keep_alive, ticket)
 }
 
@@ -622,11 +758,25 @@ fn refuse(sock: &mut TcpStream, reason: &str) {
     let _ = sock.write(&crate::msg::error_response(503, reason));
 }
 
-/// Appends a response to the connection's output.
+/// Appends a response to the connection's output (for a stream, its head and first
+/// events: the connection is then held, see [`Admin::send_events`]).
 fn write_reply(c: &mut AdminConn, reply: Reply, keep_alive: bool) {
     let mut headers: Vec<(&str, &str)> = vec![("Content-Type", reply.content_type)];
     for (k, v) in &reply.extra {
         headers.push((k, v.as_str()));
+    }
+    if reply.stream {
+        // No length: the body lasts as long as the connection (`Connection: close`).
+        http::write_response_head(
+            &mut c.wbuf,
+            reply.status,
+            &headers,
+            http::ResponseBody::Unframed,
+            false,
+        );
+        c.wbuf.extend_from_slice(&reply.body);
+        c.stream = true;
+        return;
     }
     http::write_response(&mut c.wbuf, reply.status, &headers, &reply.body, keep_alive);
     if !keep_alive {

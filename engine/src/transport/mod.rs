@@ -56,6 +56,11 @@ pub enum Route {
     Ping,
     /// `/healthz`.
     Health,
+    /// `/presence?channel=` (with `presence_public`).
+    Presence,
+    /// A static file: the client library (`/pushedge.js`, `/pushedge.mjs`) or the demo
+    /// (`/demo`).
+    Static(crate::worker::http::StaticFile),
     /// `/socket.io/` (Engine.IO; started by the worker's HTTP side, which reads its
     /// POST bodies).
     SocketIo,
@@ -77,7 +82,7 @@ pub fn start<B: Backend>(
         Route::Iframe => iframe::start(cx, slot, req, q),
         Route::Poll => poll::start(cx, slot, q),
         Route::SocketIo => socketio::start(cx, slot, req, q, None),
-        Route::Ping | Route::Health => Ok(()),
+        Route::Ping | Route::Health | Route::Static(_) | Route::Presence => Ok(()),
     }
 }
 

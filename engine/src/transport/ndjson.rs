@@ -11,9 +11,8 @@ use protocol::message::{self, JsonStyle, Message};
 use protocol::query::Query;
 
 use crate::conn::State;
-use crate::hub::Since;
 use crate::reactor::{Backend, Part};
-use crate::worker::http::{callback_param, reject, since_param, Reject};
+use crate::worker::http::{callback_param, reject, since_points, Reject};
 use crate::worker::Core;
 
 /// Answers the request and starts the stream.
@@ -40,16 +39,17 @@ pub fn start_chunked<B: Backend>(
     }
     let iframe = state == State::Iframe;
     let channels = cx.channels_param(q, true)?;
-    let since = since_param(q, "since")?;
+    let mut points = since_points(q, "since", &channels)?;
+    let mut channels = channels;
     let callback = if iframe { callback_param(q)? } else { None };
     let grant = cx
         .check_token(q, &channels)
         .map_err(|e| reject(401, e.reason()))?;
-    let points = vec![since.unwrap_or(Since::Now); channels.len()];
+    cx.add_user_channel(grant.as_ref(), &mut channels, &mut points);
+    cx.keep_grant(slot, grant);
     let (pending, _) = cx
         .subscribe_all(slot, &channels, &points, true, true)
         .map_err(|e| reject(e.status(), e.reason()))?;
-    cx.keep_grant(slot, grant);
     let content_type = if iframe {
         "text/html; charset=utf-8"
     } else {

@@ -25,14 +25,15 @@ use crate::epoch::Epoch;
 use crate::hub::{Authority, Since};
 use crate::msg::Msg;
 use crate::reactor::{Backend, Part};
-use crate::worker::http::{callback_param, reject, since_param, Reject};
+use crate::worker::http::{callback_param, reject, since_points, Reject};
+use crate::worker::index::PAUSED;
 use crate::worker::remote::ReqKind;
 use crate::worker::Core;
 
 /// Answers the request, or holds it.
 pub fn start<B: Backend>(cx: &mut Core<B>, slot: usize, q: &Query<'_>) -> Result<(), Reject> {
     let channels = cx.channels_param(q, true)?;
-    let since = since_param(q, "seq")?;
+    let points = since_points(q, "seq", &channels)?;
     let callback = callback_param(q)?;
     cx.check_token(q, &channels)
         .map_err(|e| reject(401, e.reason()))?;
@@ -43,13 +44,27 @@ pub fn start<B: Backend>(cx: &mut Core<B>, slot: usize, q: &Query<'_>) -> Result
     } else {
         conn.clear(flag::JSONP);
     }
-    let Some(Since::Seq(seq, epoch)) = since else {
+    let asked: Vec<(u64, Epoch)> = points
+        .iter()
+        .filter_map(|p| match p {
+            Since::Seq(seq, epoch) => Some((*seq, *epoch)),
+            Since::Now => None,
+        })
+        .collect();
+    if asked.is_empty() {
         next_seq(cx, slot, &channels);
         return Ok(());
-    };
+    }
+    if asked.len() != channels.len() {
+        return Err(reject(
+            400,
+            "seq: give every channel a position (or none, to learn where each continues)",
+        ));
+    }
+    let seq = asked[0].0;
     let mut items: Vec<Bytes> = Vec::new();
-    for name in &channels {
-        replay_one(cx, slot, name, (seq, epoch), &mut items)?;
+    for (name, &pos) in channels.iter().zip(&asked) {
+        replay_one(cx, slot, name, pos, &mut items)?;
     }
     if !items.is_empty() {
         answer(cx, slot, &items);
@@ -197,13 +212,14 @@ pub fn deliver_run<B: Backend>(cx: &mut Core<B>, slot: usize, msgs: &[Arc<Msg>])
 pub fn answer_noop<B: Backend>(cx: &mut Core<B>, slot: usize) {
     let conn = &cx.conns[slot];
     let seq = conn.ext.as_ref().map_or(0, |e| e.poll_seq);
-    let chans: Vec<(Arc<str>, Epoch)> = conn
+    // Where each channel goes on: its cursor (the asked position until something came).
+    let chans: Vec<(Arc<str>, Epoch, u64)> = conn
         .subs
         .as_slice()
         .iter()
         .map(|s| {
             let c = cx.index.chan(s.local);
-            (c.name.clone(), c.epoch)
+            (c.name.clone(), c.epoch, (s.last_seq & !PAUSED) + 1)
         })
         .collect();
     let mut items = Vec::new();
@@ -215,10 +231,10 @@ pub fn answer_noop<B: Backend>(cx: &mut Core<B>, slot: usize) {
         };
         items.push(item(cx, slot, &noop));
     }
-    for (name, epoch) in &chans {
+    for (name, epoch, next) in &chans {
         let noop = Message::Noop {
             channel: Some(name),
-            seq: Some(seq),
+            seq: Some(*next),
             epoch: epoch.as_str(),
         };
         items.push(item(cx, slot, &noop));

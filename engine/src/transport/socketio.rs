@@ -73,7 +73,7 @@ use protocol::query::Query;
 use protocol::socketio::{self as sio, SioType};
 use protocol::ws::{self, CloseCode, DataKind, OpCode};
 
-use crate::auth::{self, Grant};
+use crate::auth::Grant;
 use crate::config::{pattern_matches, secs};
 use crate::conn::{flag, State};
 use crate::epoch::Epoch;
@@ -1559,7 +1559,7 @@ fn connect<B: Backend>(cx: &mut Core<B>, s: usize, nsp: &str, data: Option<&str>
             .as_deref()
             .or(session.rare_ref().and_then(|r| r.query_token.as_deref()))
             .unwrap_or("");
-        match auth::verify(token, cx.shared.cfg.token_secret.as_bytes(), unix_now()) {
+        match cx.shared.verifier.verify(token, unix_now()) {
             Ok(g) => Some(g),
             Err(e) => {
                 cx.stats.inc(Counter::Http401);
@@ -1609,6 +1609,11 @@ fn connect<B: Backend>(cx: &mut Core<B>, s: usize, nsp: &str, data: Option<&str>
             return connect_error(cx, s, nsp, &why, 403);
         }
     }
+    // The user's own channel (`user_channels`), granted by the token's `sub` itself: a
+    // channel of the main namespace (`user:U` has no namespace prefix).
+    if nsp == "/" {
+        cx.add_user_channel(grant.as_ref(), &mut names, &mut points);
+    }
     let existing = cx.conns[s].subs.len();
     if existing + names.len() > cx.shared.cfg.max_channels_per_conn {
         let why = format!(
@@ -1616,6 +1621,10 @@ fn connect<B: Backend>(cx: &mut Core<B>, s: usize, nsp: &str, data: Option<&str>
             cx.shared.cfg.max_channels_per_conn
         );
         return connect_error(cx, s, nsp, &why, 400);
+    }
+    // The grant is kept before subscribing: presence names the token's `sub`.
+    if grant.is_some() {
+        cx.keep_grant(s, grant);
     }
     let pending = match cx.subscribe_all(s, &names, &points, true, false) {
         Ok((p, _)) => p,
@@ -1628,9 +1637,6 @@ fn connect<B: Backend>(cx: &mut Core<B>, s: usize, nsp: &str, data: Option<&str>
             return connect_error(cx, s, nsp, &e.reason(), e.status());
         }
     };
-    if let Some(g) = grant {
-        cx.keep_grant(s, Some(g));
-    }
     let (sid, pid) = match recovered {
         Some(rec) => {
             cx.stats.inc(Counter::SioRecovered);

@@ -20,7 +20,7 @@ use crate::epoch::Epoch;
 use crate::hub::Since;
 use crate::msg::Msg;
 use crate::reactor::{Backend, Part};
-use crate::worker::http::{reject, since_param, Reject};
+use crate::worker::http::{reject, since_points, Reject};
 use crate::worker::index::PAUSED;
 use crate::worker::Core;
 
@@ -31,15 +31,16 @@ pub fn start<B: Backend>(
     req: &http::Request<'_, '_>,
     q: &Query<'_>,
 ) -> Result<(), Reject> {
-    let channels = cx.channels_param(q, true)?;
-    let points = resume_points(cx, req, q, &channels)?;
+    let mut channels = cx.channels_param(q, true)?;
+    let mut points = resume_points(cx, req, q, &channels)?;
     let grant = cx
         .check_token(q, &channels)
         .map_err(|e| reject(401, e.reason()))?;
+    cx.add_user_channel(grant.as_ref(), &mut channels, &mut points);
+    cx.keep_grant(slot, grant);
     let (pending, _) = cx
         .subscribe_all(slot, &channels, &points, true, true)
         .map_err(|e| reject(e.status(), e.reason()))?;
-    cx.keep_grant(slot, grant);
     let mut headers: Vec<(&str, &str)> = vec![
         ("Content-Type", "text/event-stream; charset=utf-8"),
         ("Cache-Control", "no-cache"),
@@ -61,8 +62,7 @@ fn resume_points<B: Backend>(
     q: &Query<'_>,
     channels: &[String],
 ) -> Result<Vec<Since>, Reject> {
-    let since = since_param(q, "since")?;
-    let mut points = vec![since.unwrap_or(Since::Now); channels.len()];
+    let mut points = since_points(q, "since", channels)?;
     let last_id = req
         .header_str("last-event-id")
         .or_else(|| q.get("lastEventId"))

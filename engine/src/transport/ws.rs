@@ -20,11 +20,10 @@ use protocol::ws::{
     self, CloseCode, Control, DataKind, Decoded, DecoderConfig, Event, OpCode, Role,
 };
 
-use crate::hub::Since;
 use crate::metrics::Counter;
 use crate::reactor::{Backend, Part};
 use crate::timer::jitter;
-use crate::worker::http::{reject, since_param, Reject};
+use crate::worker::http::{reject, since_points, Reject};
 use crate::worker::Core;
 
 /// Answers the upgrade and starts the session.
@@ -47,24 +46,34 @@ pub fn start<B: Backend>(
             return Ok(());
         }
     };
-    let (channels, since) = if echo {
-        (Vec::new(), None)
+    let (mut channels, mut points) = if echo {
+        (Vec::new(), Vec::new())
     } else {
-        (cx.channels_param(q, false)?, since_param(q, "since")?)
+        let channels = cx.channels_param(q, false)?;
+        let points = since_points(q, "since", &channels)?;
+        (channels, points)
     };
     let grant = if echo {
         Ok(None)
     } else {
         cx.check_token(q, &channels)
     };
-    let pending = match &grant {
-        Ok(_) => {
-            let points = vec![since.unwrap_or(Since::Now); channels.len()];
+    // The grant is kept before subscribing: presence names the token's `sub`.
+    let refused = match grant {
+        Ok(g) => {
+            cx.add_user_channel(g.as_ref(), &mut channels, &mut points);
+            cx.keep_grant(slot, g);
+            None
+        }
+        Err(e) => Some(e),
+    };
+    let pending = match refused {
+        None => {
             cx.subscribe_all(slot, &channels, &points, true, true)
                 .map_err(|e| reject(e.status(), e.reason()))?
                 .0
         }
-        Err(_) => Vec::new(),
+        Some(_) => Vec::new(),
     };
     let mut out = Vec::with_capacity(160);
     ws::handshake::write_accept_response(&mut out, &accept);
@@ -75,15 +84,11 @@ pub fn start<B: Backend>(
     if !cx.apply(slot, moved) || echo {
         return Ok(());
     }
-    let grant = match grant {
-        Ok(g) => g,
-        Err(e) => {
-            cx.stats.inc(Counter::Http401);
-            close(cx, slot, CloseCode::POLICY, e.reason());
-            return Ok(());
-        }
-    };
-    cx.keep_grant(slot, grant);
+    if let Some(e) = refused {
+        cx.stats.inc(Counter::Http401);
+        close(cx, slot, CloseCode::POLICY, e.reason());
+        return Ok(());
+    }
     cx.replay_all(slot, pending);
     if !cx.conns[slot].write_closed() {
         let first = jitter(cx.live().heartbeat(), &mut cx.rng);

@@ -1,6 +1,11 @@
-//! WebSocket client operations (`{"op":...}`: `sub`, `unsub`, `pub`, `ping`, `refresh`).
+//! WebSocket client operations (`{"op":...}`: `sub`, `unsub`, `pub`, `ping`, `refresh`,
+//! `presence`).
 //!
-//! A bad operation is answered with an `error` and the connection stays open. What bounds
+//! Every op may carry an `"id"` (any JSON value), echoed in its answer, which also names
+//! the op (and its channel): `{"type":"ok","op":"sub","channel":"a","seq":12,...,"id":1}`.
+//! A `sub`'s `ok` comes first, then what it replays, then what is published after. A bad
+//! operation is answered with an `error` naming the op, channel and id, and the
+//! connection stays open. What bounds
 //! one connection so that it cannot hurt the others:
 //!
 //! - **Its token's rights last as long as the token** (see `worker::checks`): once `exp`
@@ -24,6 +29,7 @@ use crate::epoch::Epoch;
 use crate::hub::{HubError, Since};
 use crate::inbox::PubDone;
 use crate::metrics::Counter;
+use crate::msg::Body;
 use crate::reactor::Backend;
 use crate::shared::ClientPublish;
 use crate::worker::http::unix_now;
@@ -32,7 +38,7 @@ use crate::worker::Core;
 
 /// A client operation on a WebSocket (`{"op":"sub",...}`).
 #[derive(serde::Deserialize)]
-struct Op<'a> {
+pub(crate) struct Op<'a> {
     #[serde(borrow)]
     op: Cow<'a, str>,
     #[serde(borrow, default)]
@@ -41,10 +47,62 @@ struct Op<'a> {
     since: Option<SinceValue<'a>>,
     #[serde(borrow, default)]
     epoch: Option<Cow<'a, str>>,
+    /// Any JSON value: a string is published as text, anything else as JSON.
     #[serde(borrow, default)]
-    content: Option<Cow<'a, str>>,
+    content: Option<&'a serde_json::value::RawValue>,
     #[serde(borrow, default)]
     token: Option<Cow<'a, str>>,
+    /// Echoed in the answer.
+    #[serde(borrow, default)]
+    id: Option<&'a serde_json::value::RawValue>,
+}
+
+/// What an answer names: the op, its channel and its id.
+#[derive(Clone, Copy)]
+pub(crate) struct Asked<'a> {
+    op: &'a str,
+    channel: Option<&'a str>,
+    id: Option<&'a str>,
+}
+
+impl<'a> Asked<'a> {
+    fn of(op: &'a Op<'a>) -> Asked<'a> {
+        Asked {
+            op: &op.op,
+            channel: op.channel.as_deref(),
+            id: op.id.map(|r| r.get()),
+        }
+    }
+}
+
+/// Sends `msg` with the op, channel and id of what it answers added.
+fn answer<B: Backend>(cx: &mut Core<B>, slot: usize, asked: Asked<'_>, msg: &Message<'_>) {
+    let mut json = Vec::with_capacity(128);
+    message::write_json(&mut json, msg, message::JsonStyle::Plain);
+    if json.last() == Some(&b'}') {
+        json.pop();
+        // An error names what it refuses; every answer carries the op's id.
+        if matches!(msg, Message::Error { .. }) {
+            if !asked.op.is_empty() {
+                json.extend_from_slice(b",\"op\":");
+                message::write_json_string(&mut json, asked.op, message::JsonStyle::Plain);
+            }
+            if let Some(c) = asked.channel {
+                json.extend_from_slice(b",\"channel\":");
+                message::write_json_string(&mut json, c, message::JsonStyle::Plain);
+            }
+        }
+        if let Some(id) = asked.id {
+            json.extend_from_slice(b",\"id\":");
+            json.extend_from_slice(id.as_bytes());
+        }
+        json.push(b'}');
+    }
+    let mut out = std::mem::take(&mut cx.out);
+    out.clear();
+    message::write_ws_frame(&mut out, &json);
+    cx.send(slot, &[crate::reactor::Part::Copy(&out)]);
+    cx.out = out;
 }
 
 /// `since` of a `sub` op: a number, or a position string (`"12@k3x9ab2q"`).
@@ -56,8 +114,8 @@ enum SinceValue<'a> {
     Text(Cow<'a, str>),
 }
 
-fn op_error<B: Backend>(cx: &mut Core<B>, slot: usize, code: u16, reason: &str) {
-    super::envelope(cx, slot, &Message::Error { code, reason });
+fn op_error<B: Backend>(cx: &mut Core<B>, slot: usize, asked: Asked<'_>, code: u16, reason: &str) {
+    answer(cx, slot, asked, &Message::Error { code, reason });
 }
 
 /// A text message from the client.
@@ -66,31 +124,77 @@ pub fn on_op<B: Backend>(cx: &mut Core<B>, slot: usize, text: &[u8]) {
         Ok(op) => op,
         Err(e) => {
             let reason = format!("invalid op: {e}");
-            return op_error(cx, slot, 400, &reason);
+            let asked = Asked {
+                op: "",
+                channel: None,
+                id: None,
+            };
+            return op_error(cx, slot, asked, 400, &reason);
         }
     };
+    let asked = Asked::of(&op);
     match &*op.op {
-        "ping" => super::envelope(cx, slot, &Message::Pong),
+        "ping" => answer(cx, slot, asked, &Message::Pong),
         "sub" => sub(cx, slot, &op),
         "unsub" => {
             let Some(name) = op.channel.as_deref() else {
-                return op_error(cx, slot, 400, "unsub needs a channel");
+                return op_error(cx, slot, asked, 400, "unsub needs a channel");
             };
             match cx.index.by_name(cx.conns[slot].subs.as_slice(), name) {
-                Some(local) => cx.unsubscribe(slot, local),
-                None => op_error(cx, slot, 404, "not subscribed"),
+                Some(local) => {
+                    cx.unsubscribe(slot, local);
+                    answer_ok(cx, slot, asked, name, None);
+                }
+                None => op_error(cx, slot, asked, 404, "not subscribed"),
             }
         }
         "pub" => publish(cx, slot, &op),
-        "refresh" => refresh(cx, slot, op.token.as_deref()),
+        "refresh" => refresh(cx, slot, asked, op.token.as_deref()),
+        "presence" => crate::worker::presence::op(cx, slot, asked.channel, asked.id),
         other => {
             let reason = format!(
                 "unknown op '{}'",
                 other.chars().take(32).collect::<String>()
             );
-            op_error(cx, slot, 400, &reason);
+            op_error(cx, slot, asked, 400, &reason);
         }
     }
+}
+
+/// `{"type":"ok","op":...,"channel":...}`, with the stream's position when known.
+fn answer_ok<B: Backend>(
+    cx: &mut Core<B>,
+    slot: usize,
+    asked: Asked<'_>,
+    channel: &str,
+    at: Option<(u64, Epoch, bool)>,
+) {
+    let (seq, epoch, duplicate) = at.unwrap_or((0, Epoch::NONE, false));
+    let mut json = Vec::with_capacity(96);
+    json.extend_from_slice(b"{\"type\":\"ok\",\"op\":");
+    message::write_json_string(&mut json, asked.op, message::JsonStyle::Plain);
+    json.extend_from_slice(b",\"channel\":");
+    message::write_json_string(&mut json, channel, message::JsonStyle::Plain);
+    if at.is_some() {
+        json.extend_from_slice(format!(",\"seq\":{seq}").as_bytes());
+        if epoch.is_some() {
+            json.extend_from_slice(b",\"epoch\":");
+            message::write_json_string(&mut json, epoch.as_str(), message::JsonStyle::Plain);
+        }
+    }
+    if duplicate {
+        json.extend_from_slice(b",\"duplicate\":true");
+    }
+    if let Some(id) = asked.id {
+        json.extend_from_slice(b",\"id\":");
+        json.extend_from_slice(id.as_bytes());
+    }
+    json.push(b'}');
+    let mut out = std::mem::take(&mut cx.out);
+    out.clear();
+    message::write_ws_frame(&mut out, &json);
+    cx.send(slot, &[crate::reactor::Part::Copy(&out)]);
+    cx.out = out;
 }
 
 /// What refuses a `sub` before the hub is asked.
@@ -122,15 +226,16 @@ fn sub_refusal<B: Backend>(cx: &Core<B>, slot: usize, name: &str) -> Option<(u16
 }
 
 fn sub<B: Backend>(cx: &mut Core<B>, slot: usize, op: &Op<'_>) {
+    let asked = Asked::of(op);
     let Some(name) = op.channel.as_deref() else {
-        return op_error(cx, slot, 400, "sub needs a channel");
+        return op_error(cx, slot, asked, 400, "sub needs a channel");
     };
     if let Some((code, reason)) = sub_refusal(cx, slot, name) {
-        return op_error(cx, slot, code, &reason);
+        return op_error(cx, slot, asked, code, &reason);
     }
     let since = match op_since(op.since.as_ref(), op.epoch.as_deref()) {
         Ok(s) => s,
-        Err(e) => return op_error(cx, slot, 400, &e),
+        Err(e) => return op_error(cx, slot, asked, 400, &e),
     };
     // A sub that creates a channel takes from the connection's bucket; once it is empty,
     // subs to channels that exist still work.
@@ -142,6 +247,9 @@ fn sub<B: Backend>(cx: &mut Core<B>, slot: usize, op: &Op<'_>) {
             if created {
                 cx.limiters.take(slot, Limit::Creates, now);
             }
+            // The ok first (where the stream was), then the replay, then what comes.
+            let at = pending.first().map(|p| (p.seq, p.epoch, false));
+            answer_ok(cx, slot, asked, name, at);
             cx.replay_all(slot, pending);
         }
         Err(HubError::NoChannel) if !may_create => {
@@ -149,12 +257,13 @@ fn sub<B: Backend>(cx: &mut Core<B>, slot: usize, op: &Op<'_>) {
             op_error(
                 cx,
                 slot,
+                asked,
                 429,
                 "creating channels too fast (max_channel_creates_per_conn)",
             );
             count_refusal(cx, slot);
         }
-        Err(e) => op_error(cx, slot, e.status(), &e.reason()),
+        Err(e) => op_error(cx, slot, asked, e.status(), &e.reason()),
     }
 }
 
@@ -182,41 +291,61 @@ fn pub_refusal<B: Backend>(cx: &mut Core<B>, slot: usize, name: &str) -> Option<
 }
 
 fn publish<B: Backend>(cx: &mut Core<B>, slot: usize, op: &Op<'_>) {
+    let asked = Asked::of(op);
     let Some(name) = op.channel.as_deref() else {
-        return op_error(cx, slot, 400, "pub needs a channel");
+        return op_error(cx, slot, asked, 400, "pub needs a channel");
     };
-    let Some(content) = op.content.as_deref() else {
-        return op_error(cx, slot, 400, "pub needs a string content");
+    let Some(raw) = op.content else {
+        return op_error(cx, slot, asked, 400, "pub needs a content (any JSON value)");
+    };
+    // A string is published as text; any other value as JSON.
+    let (content, body): (Cow<'_, str>, Body) = if raw.get().starts_with('"') {
+        match serde_json::from_str::<Cow<'_, str>>(raw.get()) {
+            Ok(t) => (t, Body::Text),
+            Err(e) => return op_error(cx, slot, asked, 400, &format!("content: {e}")),
+        }
+    } else {
+        (Cow::Borrowed(raw.get()), Body::Json)
     };
     if let Some((code, reason)) = pub_refusal(cx, slot, name) {
-        return op_error(cx, slot, code, &reason);
+        return op_error(cx, slot, asked, code, &reason);
     }
     let now = cx.now;
     if !cx.limiters.take(slot, Limit::Publishes, now) {
         cx.stats.inc(Counter::PublishLimited);
-        op_error(cx, slot, 429, "publishing too fast (client_publish_rate)");
+        op_error(
+            cx,
+            slot,
+            asked,
+            429,
+            "publishing too fast (client_publish_rate)",
+        );
         count_refusal(cx, slot);
         return;
     }
     let token = cx.conns.token(slot);
-    let sender: Box<str> = grant(cx, slot)
+    let sub: Box<str> = grant(cx, slot)
         .and_then(|g| g.sub.clone())
         .unwrap_or_default();
+    let sender = crate::msg::meta(&sub, "", body);
     let to = ReplyTo {
         worker: cx.id,
         token,
     };
-    match cx.shared.publish_client(name, content, sender, to) {
-        Ok(ClientPublish::Now(a)) => on_pub_done(
-            cx,
-            PubDone {
-                token,
-                channel: Arc::from(name),
-                result: Ok((a.seq, a.epoch, a.duplicate)),
-            },
-        ),
-        Ok(ClientPublish::Later) => {}
-        Err(e) => op_error(cx, slot, e.status(), &e.reason()),
+    match cx.shared.publish_client(name, &content, sender, to) {
+        Ok(ClientPublish::Now(a)) => {
+            cx.stats.inc(Counter::ClientPublished);
+            answer_ok(cx, slot, asked, name, Some((a.seq, a.epoch, a.duplicate)));
+        }
+        Ok(ClientPublish::Later) => {
+            // Answered when the outcome comes (`on_pub_done`): the id waits for it.
+            let ids = &mut cx.conns[slot].ext().pub_ids;
+            if ids.len() >= crate::limits::MAX_PENDING_PUBS {
+                ids.pop_front();
+            }
+            ids.push_back((Arc::from(name), asked.id.map(Into::into)));
+        }
+        Err(e) => op_error(cx, slot, asked, e.status(), &e.reason()),
     }
 }
 
@@ -232,33 +361,42 @@ pub fn on_pub_done<B: Backend>(cx: &mut Core<B>, done: PubDone) {
     if cx.conns[slot].state() != State::Ws {
         return;
     }
+    let id = cx.conns[slot].ext.as_mut().and_then(|e| {
+        let i = e.pub_ids.iter().position(|(c, _)| *c == done.channel)?;
+        e.pub_ids.remove(i).and_then(|(_, id)| id)
+    });
+    let asked = Asked {
+        op: "pub",
+        channel: Some(&done.channel),
+        id: id.as_deref(),
+    };
     match done.result {
         Ok((seq, epoch, duplicate)) => {
             cx.stats.inc(Counter::ClientPublished);
-            let ok = Message::Ok {
-                channel: &done.channel,
-                seq,
-                epoch: epoch.as_str(),
-                duplicate,
-            };
-            super::envelope(cx, slot, &ok);
+            answer_ok(
+                cx,
+                slot,
+                asked,
+                &done.channel,
+                Some((seq, epoch, duplicate)),
+            );
         }
-        Err((status, reason)) => op_error(cx, slot, status, &reason),
+        Err((status, reason)) => op_error(cx, slot, asked, status, &reason),
     }
 }
 
 /// `{"op":"refresh","token":T}`: a new token for the connection, without reconnecting.
 /// It must grant every channel the connection is subscribed to.
-fn refresh<B: Backend>(cx: &mut Core<B>, slot: usize, token: Option<&str>) {
+fn refresh<B: Backend>(cx: &mut Core<B>, slot: usize, asked: Asked<'_>, token: Option<&str>) {
     if !cx.shared.token_auth() {
-        return op_error(cx, slot, 400, "refresh needs auth = \"token\"");
+        return op_error(cx, slot, asked, 400, "refresh needs auth = \"token\"");
     }
     let Some(token) = token else {
-        return op_error(cx, slot, 400, "refresh needs a token");
+        return op_error(cx, slot, asked, 400, "refresh needs a token");
     };
-    let grant = match auth::verify(token, cx.shared.cfg.token_secret.as_bytes(), unix_now()) {
+    let grant = match cx.shared.verifier.verify(token, unix_now()) {
         Ok(g) => g,
-        Err(e) => return op_error(cx, slot, 401, e.reason()),
+        Err(e) => return op_error(cx, slot, asked, 401, e.reason()),
     };
     let missing = cx.conns[slot]
         .subs
@@ -269,14 +407,14 @@ fn refresh<B: Backend>(cx: &mut Core<B>, slot: usize, token: Option<&str>) {
         .cloned();
     if let Some(name) = missing {
         let reason = format!("the new token does not grant {name}");
-        return op_error(cx, slot, 403, &reason);
+        return op_error(cx, slot, asked, 403, &reason);
     }
     let expires = grant.exp;
     let ext = cx.conns[slot].ext();
     ext.grant = Some(Box::new(grant));
     ext.token_deadline = None;
     cx.watch_token(slot);
-    super::envelope(cx, slot, &Message::Refreshed { expires });
+    answer(cx, slot, asked, &Message::Refreshed { expires });
 }
 
 /// One more refusal past a rate limit; past the bound the connection is closed.

@@ -70,5 +70,6 @@ impl<B: Backend> Core<B> {
             }
         }
         self.targets = targets;
+        self.stats.fanout_done(msgs.iter().map(|m| m.sequenced));
     }
 }

@@ -16,6 +16,12 @@ use crate::metrics::Counter;
 use crate::reactor::{Backend, Part};
 use crate::transport::{self, Route};
 
+/// The channel of user `U` is `user:U` (with `user_channels`).
+pub const USER_PREFIX: &str = "user:";
+
+/// How long browsers may keep the client library and the demo.
+const STATIC_CACHE: &str = "public, max-age=300";
+
 /// An error answered on the HTTP level: status and reason.
 pub type Reject = (u16, String);
 
@@ -24,10 +30,45 @@ pub fn reject(status: u16, reason: impl Into<String>) -> Reject {
     (status, reason.into())
 }
 
+/// The files the subscriber port serves itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StaticFile {
+    /// `/pushedge.js`: the browser client library, a classic script.
+    Library,
+    /// `/pushedge.mjs`: the same as an ES module.
+    Module,
+    /// `/demo`: the demo chat (with `demo = true`).
+    Demo,
+}
+
+/// The client library's source (`engine/static/pushedge.js`).
+const LIBRARY: &str = include_str!("../../static/pushedge.js");
+/// What makes the library an ES module.
+const MODULE_TAIL: &str = "\nexport default Pushedge;\nexport { Pushedge };\n";
+/// The demo chat (`engine/static/demo.html`).
+const DEMO: &str = include_str!("../../static/demo.html");
+
+impl StaticFile {
+    /// Content type and the body's parts.
+    fn body(self) -> (&'static str, [&'static str; 2]) {
+        match self {
+            StaticFile::Library => ("text/javascript; charset=utf-8", [LIBRARY, ""]),
+            StaticFile::Module => ("text/javascript; charset=utf-8", [LIBRARY, MODULE_TAIL]),
+            StaticFile::Demo => ("text/html; charset=utf-8", [DEMO, ""]),
+        }
+    }
+}
+
 /// The routes of the subscriber port.
 fn route_of(cfg: &crate::config::Config, path: &str) -> Option<Route> {
     if transport::socketio::is_path(cfg, path) {
         return Some(Route::SocketIo);
+    }
+    match path {
+        "/pushedge.js" if cfg.client_library => return Some(Route::Static(StaticFile::Library)),
+        "/pushedge.mjs" if cfg.client_library => return Some(Route::Static(StaticFile::Module)),
+        "/demo" | "/demo/" if cfg.demo => return Some(Route::Static(StaticFile::Demo)),
+        _ => {}
     }
     let echo = cfg.ws_echo;
     Some(match path {
@@ -38,6 +79,7 @@ fn route_of(cfg: &crate::config::Config, path: &str) -> Option<Route> {
         "/stream" => Route::Stream,
         "/iframe" => Route::Iframe,
         "/ping" => Route::Ping,
+        "/presence" if cfg.presence_public => Route::Presence,
         "/healthz" => Route::Health,
         _ => return None,
     })
@@ -115,7 +157,7 @@ impl<B: Backend> Core<B> {
                 Query::parse(req.query()).map_err(|e| (400, e.reason().to_string(), None))?;
             return Ok(Some((route, query)));
         }
-        let simple = matches!(route, Route::Ping | Route::Health);
+        let simple = matches!(route, Route::Ping | Route::Health | Route::Static(_));
         if req.method != Method::Get && !(simple && req.method == Method::Head) {
             let allow = if simple {
                 "GET, HEAD, OPTIONS"
@@ -198,6 +240,15 @@ impl<B: Backend> Core<B> {
             }
             Route::Health => {
                 self.respond_simple(slot, "text/plain; charset=utf-8", b"ok\n", head_only);
+                Ok(())
+            }
+            Route::Presence => self.presence_request(slot, q, head_only),
+            Route::Static(file) => {
+                let (content_type, [a, b]) = file.body();
+                let mut body = Vec::with_capacity(a.len() + b.len());
+                body.extend_from_slice(a.as_bytes());
+                body.extend_from_slice(b.as_bytes());
+                self.respond_cached(slot, content_type, &body, head_only);
                 Ok(())
             }
             _ => transport::start(self, slot, req, q, route),
@@ -324,10 +375,47 @@ impl<B: Backend> Core<B> {
     /// Answers a small request with a complete 200 response and goes back to waiting for
     /// the next request (or closes, per keep-alive).
     fn respond_simple(&mut self, slot: usize, content_type: &str, body: &[u8], head_only: bool) {
+        self.respond_200(slot, content_type, "no-cache", body, head_only);
+    }
+
+    /// `GET /presence?channel=` on the subscriber port (`presence_public`): with tokens,
+    /// the token must grant the channel.
+    fn presence_request(
+        &mut self,
+        slot: usize,
+        q: &Query<'_>,
+        head_only: bool,
+    ) -> Result<(), Reject> {
+        let channel = q
+            .get_any(&["channel", "cname"])
+            .ok_or_else(|| reject(400, "missing channel"))?
+            .to_string();
+        self.check_token(q, std::slice::from_ref(&channel))
+            .map_err(|e| reject(401, e.reason()))?;
+        let mut body = super::presence::answer_json(&self.shared, &channel, None)?;
+        body.push(b'\n');
+        self.respond_simple(slot, "application/json", &body, head_only);
+        Ok(())
+    }
+
+    /// A static file: cached by browsers for a while.
+    fn respond_cached(&mut self, slot: usize, content_type: &str, body: &[u8], head_only: bool) {
+        self.respond_200(slot, content_type, STATIC_CACHE, body, head_only);
+    }
+
+    fn respond_200(
+        &mut self,
+        slot: usize,
+        content_type: &str,
+        cache: &str,
+        body: &[u8],
+        head_only: bool,
+    ) {
         let keep_alive = self.conns[slot].has(flag::KEEP_ALIVE);
         let mut headers: Vec<(&str, &str)> = vec![
             ("Content-Type", content_type),
-            ("Cache-Control", "no-cache"),
+            ("Cache-Control", cache),
+            ("X-Content-Type-Options", "nosniff"),
         ];
         self.add_cors(slot, &mut headers);
         let mut out = Vec::with_capacity(256 + body.len());
@@ -417,11 +505,32 @@ impl<B: Backend> Core<B> {
             return Ok(None);
         }
         let token = q.get("token").unwrap_or("");
-        let grant = auth::verify(token, self.shared.cfg.token_secret.as_bytes(), unix_now())?;
+        let grant = self.shared.verifier.verify(token, unix_now())?;
         if channels.iter().any(|c| !grant.allows(c)) {
             return Err(auth::TokenError::Channel);
         }
         Ok(Some(grant))
+    }
+
+    /// With `user_channels`, a connection whose token has `sub = U` is also subscribed
+    /// to `user:U` (from now), so that a backend reaches one user on all their devices.
+    pub(crate) fn add_user_channel(
+        &self,
+        grant: Option<&Grant>,
+        channels: &mut Vec<String>,
+        points: &mut Vec<Since>,
+    ) {
+        if !self.shared.cfg.user_channels {
+            return;
+        }
+        let Some(user) = grant.and_then(|g| g.sub.as_deref()) else {
+            return;
+        };
+        let name = format!("{USER_PREFIX}{user}");
+        if message::validate_channel(&name).is_ok() && !channels.contains(&name) {
+            channels.push(name);
+            points.push(Since::Now);
+        }
     }
 
     /// Keeps a verified token with its connection, whose rights end with it.
@@ -433,11 +542,37 @@ impl<B: Backend> Core<B> {
     }
 }
 
-/// `since=` / `seq=`: a position, `N` or `N@EPOCH`.
-pub fn since_param(q: &Query<'_>, key: &str) -> Result<Option<Since>, Reject> {
+/// `since=` / `seq=` for each of `channels`: one position for all (`N`, `N@EPOCH`), or
+/// one per channel, `CHANNEL:POS` items joined by `,` (split at the last `:`, as channel
+/// names may hold one); a channel without an item starts now.
+pub fn since_points(q: &Query<'_>, key: &str, channels: &[String]) -> Result<Vec<Since>, Reject> {
     let Some(v) = q.get(key) else {
-        return Ok(None);
+        return Ok(vec![Since::Now; channels.len()]);
     };
+    if !v.contains(':') {
+        let one = since_param(q, key)?.unwrap_or(Since::Now);
+        return Ok(vec![one; channels.len()]);
+    }
+    let mut points = vec![Since::Now; channels.len()];
+    for item in v.split(',') {
+        let Some((name, pos)) = item.rsplit_once(':') else {
+            return Err(reject(
+                400,
+                format!("{key}: '{item}' is not CHANNEL:POS (with several channels, give each its own position)"),
+            ));
+        };
+        let Some(i) = channels.iter().position(|c| c == name) else {
+            return Err(reject(
+                400,
+                format!("{key}: '{name}' is not one of the channels"),
+            ));
+        };
+        points[i] = parse_since(key, pos)?;
+    }
+    Ok(points)
+}
+
+fn parse_since(key: &str, v: &str) -> Result<Since, Reject> {
     let p = protocol::cursor::parse_position(v).map_err(|e| {
         reject(
             400,
@@ -445,7 +580,12 @@ pub fn since_param(q: &Query<'_>, key: &str) -> Result<Option<Since>, Reject> {
         )
     })?;
     let epoch = p.epoch.and_then(Epoch::parse).unwrap_or(Epoch::NONE);
-    Ok(Some(Since::Seq(p.seq, epoch)))
+    Ok(Since::Seq(p.seq, epoch))
+}
+
+/// `since=` / `seq=`: a position, `N` or `N@EPOCH`.
+pub fn since_param(q: &Query<'_>, key: &str) -> Result<Option<Since>, Reject> {
+    q.get(key).map(|v| parse_since(key, v)).transpose()
 }
 
 /// `cb=` / `callback=`: a JSONP or iframe callback name.

@@ -183,6 +183,11 @@ impl<B: Backend> Core<B> {
                 pos,
                 last_seq,
             });
+            // A long-poll (the one that subscribes only if nothing is to be replayed) is
+            // not a member: it stays only until its answer.
+            if !only_if_nothing_to_replay && super::presence::tracked(&self.shared.cfg, &s.name) {
+                self.presence_join(slot, s.key, &s.name);
+            }
         }
         Ok(s)
     }
@@ -278,6 +283,7 @@ impl<B: Backend> Core<B> {
 
     /// Ends one subscription of a connection.
     pub(crate) fn unsubscribe(&mut self, slot: usize, local: u32) {
+        self.leave_presence(slot, local);
         if let Some(sub) = self.conns[slot].subs.remove(local) {
             if sub.last_seq & PAUSED != 0 {
                 let token = self.conns.token(slot);
@@ -294,8 +300,36 @@ impl<B: Backend> Core<B> {
         }
         let token = self.conns.token(slot);
         self.remote.forget(token, None);
+        if !self.shared.cfg.presence.is_empty() {
+            let locals: Vec<u32> = self.conns[slot]
+                .subs
+                .as_slice()
+                .iter()
+                .map(|s| s.local)
+                .collect();
+            for local in locals {
+                self.leave_presence(slot, local);
+            }
+        }
         for sub in self.conns[slot].subs.take_all() {
             self.detach(sub.local, sub.pos);
+        }
+    }
+
+    /// A subscription of a member of a tracked channel ends (a long-poll's is not one).
+    fn leave_presence(&mut self, slot: usize, local: u32) {
+        if self.shared.cfg.presence.is_empty()
+            || self.conns[slot].state() == crate::conn::State::Poll
+        {
+            return;
+        }
+        if self.conns[slot].subs.find_mut(local).is_none() {
+            return;
+        }
+        let chan = self.index.chan(local);
+        if super::presence::tracked(&self.shared.cfg, &chan.name) {
+            let (key, name) = (chan.key, chan.name.clone());
+            self.presence_leave(slot, key, &name);
         }
     }
 

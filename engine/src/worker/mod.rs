@@ -36,6 +36,7 @@ pub mod index;
 pub mod input;
 pub mod limiter;
 pub mod out;
+pub mod presence;
 pub mod remote;
 
 #[cfg(test)]
@@ -527,6 +528,7 @@ impl<B: Backend> Worker<B> {
             Cmd::PubDone(done) => transport::ws_ops::on_pub_done(cx, done),
             Cmd::Remote(reply) => cx.on_remote(reply),
             Cmd::Sio(c) => transport::socketio::on_cmd(cx, *c),
+            Cmd::Presence(ev) => cx.on_presence(&ev),
         }
     }
 

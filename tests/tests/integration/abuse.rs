@@ -393,6 +393,7 @@ fn channel_creation_floods_are_rate_limited_then_closed() {
     attacker.send_json(&json!({"op": "sub", "channel": "existing", "since": 1}));
     attacker.send_json(&json!({"op": "ping"}));
     let mut refused = 0;
+    let mut oks = 0;
     loop {
         let v = attacker.recv_json();
         match v["type"].as_str() {
@@ -408,12 +409,14 @@ fn channel_creation_floods_are_rate_limited_then_closed() {
                 (v["channel"].as_str(), v["content"].as_str()),
                 (Some("existing"), Some("kept"))
             ),
+            Some("ok") => oks += 1,
             Some("pong") => break,
             _ => panic!("unexpected {v}"),
         }
     }
     let accepted = s.info()["channels"].as_u64().unwrap() as usize - 1;
     assert_eq!(accepted + refused, 40);
+    assert_eq!(oks, accepted + 1, "each sub that went through answered ok");
     assert!((10..=11).contains(&accepted), "{accepted} created");
     assert!(refused >= 27, "{refused} refused");
     assert!(s.metric("pushedge_limited_total{kind=\"channel_creates\"}") >= 27.0);
@@ -448,8 +451,8 @@ fn sub_unsub_cycles_leave_no_channels_behind() {
     let mut ws = s.ws("/ws");
     for i in 0..5000 {
         let name = format!("c{i}");
-        ws.send_json(&json!({"op": "sub", "channel": name}));
-        ws.send_json(&json!({"op": "unsub", "channel": name}));
+        ws.op_ok(&json!({"op": "sub", "channel": name}));
+        ws.op_ok(&json!({"op": "unsub", "channel": name}));
     }
     ws.send_json(&json!({"op": "ping"}));
     assert_eq!(ws.recv_json_within(Duration::from_secs(20))["type"], "pong");
@@ -482,7 +485,7 @@ fn memory_comes_back_after_a_channel_flood() {
         let names: Vec<String> = (0..500).map(|i| format!("f{c}x{i}")).collect();
         let mut ws = s.ws("/ws");
         for n in &names {
-            ws.send_json(&json!({"op": "sub", "channel": n}));
+            ws.op_ok(&json!({"op": "sub", "channel": n}));
         }
         ws.send_json(&json!({"op": "ping"}));
         flood.push(ws);
@@ -707,7 +710,7 @@ fn a_refresh_op_keeps_the_connection() {
     );
     // Past the old deadline it is still open, with the new token's rights.
     std::thread::sleep(Duration::from_millis(1500));
-    ws.send_json(&json!({"op": "sub", "channel": "b"}));
+    ws.op_ok(&json!({"op": "sub", "channel": "b"}));
     s.wait_subscribers("b", 1);
     s.publish("a", "still here");
     assert_eq!(ws.recv_json()["content"], "still here");

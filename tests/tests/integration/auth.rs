@@ -172,7 +172,7 @@ fn websocket_sub_op_is_limited_to_the_grant() {
         (Some("error"), Some(403)),
         "{v}"
     );
-    ws.send_json(&json!({"op": "sub", "channel": "b.x"}));
+    ws.op_ok(&json!({"op": "sub", "channel": "b.x"}));
     s.wait_subscribers("b.x", 1);
     s.publish("secret", "no");
     s.publish("b.x", "yes");

@@ -434,7 +434,7 @@ fn clients_resume_on_another_node() {
     // The WebSocket `sub` op resumes the same way.
     let mut ws = Sub::ws(b.addr, "/ws?channel=other");
     if let Sub::Ws(w) = &mut ws {
-        w.send_json(&json!({"op": "sub", "channel": "s", "since": 2}));
+        w.op_ok(&json!({"op": "sub", "channel": "s", "since": 2}));
     }
     assert_eq!(ws.read_through(2, TIMEOUT), vec![data("s", 2, "s2")]);
     ws.expect_quiet();

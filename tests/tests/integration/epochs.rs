@@ -37,7 +37,7 @@ fn every_transport_gets(s: &Server, channel: &str, since: &str, want: &[Value]) 
     if !epoch.is_empty() {
         sub["epoch"] = json!(epoch);
     }
-    op.send_json(&sub);
+    op.op_ok(&sub);
     for w in want {
         assert_eq!(&ws.recv_json(), w, "ws since={since}");
         assert_eq!(&st.expect(), w, "stream since={since}");
@@ -309,7 +309,7 @@ fn client_publishes_with_the_disk_store_are_answered_after_the_commit() {
                 oks += 1;
                 assert_eq!(
                     v,
-                    json!({"type": "ok", "channel": "w", "seq": oks, "epoch": e})
+                    json!({"type": "ok", "op": "pub", "channel": "w", "seq": oks, "epoch": e})
                 );
             }
             Some("data") => {

@@ -257,7 +257,7 @@ fn a_frozen_redis_does_not_freeze_the_workers() {
             };
             let mut ws = a.ws(&target);
             if i % 2 == 1 {
-                ws.send_json(&json!({"op": "sub", "channel": "h", "since": 1}));
+                ws.op_ok(&json!({"op": "sub", "channel": "h", "since": 1}));
             }
             ws
         })

@@ -22,7 +22,7 @@ fn sub_op_with_since_replays_then_goes_live() {
         s.publish("x", &format!("m{i}"));
     }
     let mut ws = s.ws("/ws");
-    ws.send_json(&json!({"op": "sub", "channel": "x", "since": 2}));
+    ws.op_ok(&json!({"op": "sub", "channel": "x", "since": 2}));
     assert_eq!(ws.recv_json(), data(&s, "x", 2, "m2"));
     assert_eq!(ws.recv_json(), data(&s, "x", 3, "m3"));
     s.wait_subscribers("x", 1);
@@ -35,7 +35,7 @@ fn sub_op_without_since_gets_new_messages_only() {
     let s = Server::start(&[]);
     s.publish("x", "old");
     let mut ws = s.ws("/ws?channel=first");
-    ws.send_json(&json!({"op": "sub", "channel": "x"}));
+    ws.op_ok(&json!({"op": "sub", "channel": "x"}));
     s.wait_subscribers("x", 1);
     s.publish("x", "new");
     s.publish("first", "f");
@@ -60,7 +60,7 @@ fn unsub_stops_delivery() {
     let s = Server::start(&[]);
     let mut ws = s.ws("/ws?channel=a,b");
     s.wait_subscribers("a", 1);
-    ws.send_json(&json!({"op": "unsub", "channel": "a"}));
+    ws.op_ok(&json!({"op": "unsub", "channel": "a"}));
     s.wait_subscribers("a", 0);
     s.publish("a", "gone");
     s.publish("b", "still");
@@ -68,7 +68,7 @@ fn unsub_stops_delivery() {
     ws.send_json(&json!({"op": "unsub", "channel": "a"}));
     assert_error(&ws.recv_json(), 404);
     // Subscribing again works.
-    ws.send_json(&json!({"op": "sub", "channel": "a"}));
+    ws.op_ok(&json!({"op": "sub", "channel": "a"}));
     s.wait_subscribers("a", 1);
     s.publish("a", "back");
     assert_eq!(ws.recv_json(), data(&s, "a", 2, "back"));
@@ -91,7 +91,7 @@ fn pub_is_allowed_only_for_client_publish_patterns() {
     writer.send_json(&json!({"op": "pub", "channel": "chat.lobby", "content": "hi \"all\""}));
     assert_eq!(
         writer.recv_json(),
-        json!({"type": "ok", "channel": "chat.lobby", "seq": 1, "epoch": s.epoch("chat.lobby")})
+        json!({"type": "ok", "op": "pub", "channel": "chat.lobby", "seq": 1, "epoch": s.epoch("chat.lobby")})
     );
     assert_eq!(reader.recv_json(), data(&s, "chat.lobby", 1, "hi \"all\""));
     writer.send_json(&json!({"op": "pub", "channel": "room:7:public", "content": "r"}));
@@ -135,7 +135,7 @@ fn pub_over_max_message_bytes_closes_with_1009() {
     ws.send_json(&json!({"op": "pub", "channel": "c", "content": content}));
     assert_eq!(
         ws.recv_json(),
-        json!({"type": "ok", "channel": "c", "seq": 1, "epoch": s.epoch("c")})
+        json!({"type": "ok", "op": "pub", "channel": "c", "seq": 1, "epoch": s.epoch("c")})
     );
 }
 
@@ -157,7 +157,6 @@ fn bad_ops_get_errors_and_keep_the_connection_open() {
         r#"{"op":"pub","channel":"keep"}"#,
         r#"{"op":"pub","content":"x"}"#,
         r#"{"op":"pub","channel":"a b","content":"x"}"#,
-        r#"{"op":"pub","channel":"keep","content":5}"#,
     ] {
         ws.send_text(bad);
         match ws.recv(TIMEOUT) {
@@ -188,8 +187,8 @@ fn max_channels_per_conn_is_enforced() {
     let mut ws = s.ws("/ws?channel=a,b");
     ws.send_json(&json!({"op": "sub", "channel": "c"}));
     assert_error(&ws.recv_json(), 400);
-    ws.send_json(&json!({"op": "unsub", "channel": "a"}));
-    ws.send_json(&json!({"op": "sub", "channel": "c"}));
+    ws.op_ok(&json!({"op": "unsub", "channel": "a"}));
+    ws.op_ok(&json!({"op": "sub", "channel": "c"}));
     s.wait_subscribers("c", 1);
     s.publish("c", "ok");
     assert_eq!(ws.recv_json(), data(&s, "c", 1, "ok"));
