@@ -80,6 +80,7 @@ fn ws(c: &mut Criterion) {
     let cfg = DecoderConfig {
         role: Role::Server,
         max_message: 1 << 20,
+        skip_oversized: false,
     };
     g.throughput(Throughput::Bytes(frame.len() as u64));
     g.bench_function("decode_masked_text_64", |b| {

@@ -304,21 +304,7 @@ fn config(shared: &Shared, rest: &str) -> Value {
 }
 
 fn conns(shared: &Shared, limit: usize) -> Value {
-    let mut all = Vec::new();
-    for inbox in &shared.inboxes {
-        let (tx, rx) = mpsc::channel();
-        inbox.push(Cmd::Conns {
-            limit: limit - all.len().min(limit),
-            reply: tx,
-        });
-        if let Ok(list) = rx.recv_timeout(WORKER_REPLY_TIMEOUT) {
-            all.extend(list);
-        }
-        if all.len() >= limit {
-            break;
-        }
-    }
-    all.truncate(limit);
+    let all = shared.list_conns(limit, None);
     json!({"type": "conns", "total": shared.conns.load(Ordering::Relaxed), "conns": all})
 }
 

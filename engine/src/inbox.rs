@@ -38,6 +38,9 @@ pub struct ConnInfo {
     pub peer: String,
     /// Subscribed channels.
     pub channels: Vec<String>,
+    /// Its token's `sub`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// Bytes queued and not yet written.
     pub queued: usize,
 }
@@ -101,10 +104,12 @@ pub enum Cmd {
         /// Reply channel.
         reply: Sender<bool>,
     },
-    /// List up to `limit` connections.
+    /// List up to `limit` connections (only those of `user`, when given).
     Conns {
         /// Most connections to list.
         limit: usize,
+        /// Only the connections whose token's `sub` is this.
+        user: Option<Box<str>>,
         /// Reply channel.
         reply: Sender<Vec<ConnInfo>>,
     },

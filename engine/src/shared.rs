@@ -173,6 +173,27 @@ impl Shared {
         self.cfg.auth == AuthMode::Token
     }
 
+    /// Up to `limit` connections from every worker (those of `user` only, when given).
+    pub fn list_conns(&self, limit: usize, user: Option<&str>) -> Vec<crate::inbox::ConnInfo> {
+        let mut all = Vec::new();
+        for inbox in &self.inboxes {
+            let (tx, rx) = std::sync::mpsc::channel();
+            inbox.push(crate::inbox::Cmd::Conns {
+                limit: limit - all.len().min(limit),
+                user: user.map(Into::into),
+                reply: tx,
+            });
+            if let Ok(list) = rx.recv_timeout(crate::limits::WORKER_REPLY_TIMEOUT) {
+                all.extend(list);
+            }
+            if all.len() >= limit {
+                break;
+            }
+        }
+        all.truncate(limit);
+        all
+    }
+
     /// Publishes a message (admin port, control socket): through Redis in a cluster, into
     /// the local hub otherwise. With the disk store the answer carries a ticket to wait
     /// for before acknowledging ([`Shared::wait_ticket`]).

@@ -21,18 +21,22 @@ const CONFIGS: [DecoderConfig; 4] = [
     DecoderConfig {
         role: Role::Server,
         max_message: 100,
+        skip_oversized: false,
     },
     DecoderConfig {
         role: Role::Server,
         max_message: 1 << 20,
+        skip_oversized: false,
     },
     DecoderConfig {
         role: Role::Client,
         max_message: 100,
+        skip_oversized: false,
     },
     DecoderConfig {
         role: Role::Client,
         max_message: 1 << 20,
+        skip_oversized: false,
     },
 ];
 

@@ -268,6 +268,7 @@ fn ws_round_trip(script: &WsScript, role: Role) -> Result<(), TestCaseError> {
     let cfg = DecoderConfig {
         role,
         max_message: 1 << 20,
+        skip_oversized: false,
     };
     let pieces = cut(&wire, &script.reads);
     let events = ws_decode(&pieces, &cfg)?;
@@ -300,7 +301,7 @@ proptest! {
     /// A message over the limit is refused with 1009 however it is fragmented and split.
     #[test]
     fn ws_message_limit_holds(script in ws_script(), limit in 0usize..300) {
-        let cfg = DecoderConfig { role: Role::Server, max_message: limit };
+        let cfg = DecoderConfig { role: Role::Server, max_message: limit, skip_oversized: false };
         let (wire, _) = ws_encode(&script, true);
         let over = script.messages.iter().any(|m| m.data.len() > limit);
         let mut d = Decoder::new();
@@ -617,7 +618,7 @@ proptest! {
         // WebSocket text frame, decoded as a client would.
         let mut out = Vec::new();
         write_ws_frame(&mut out, &plain);
-        let cfg = DecoderConfig { role: Role::Client, max_message: 1 << 20 };
+        let cfg = DecoderConfig { role: Role::Client, max_message: 1 << 20, skip_oversized: false };
         let events = ws_decode(&[&out], &cfg)?;
         match &events[..] {
             [Event::Message { kind: DataKind::Text, data }] => {

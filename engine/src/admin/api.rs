@@ -80,7 +80,9 @@ fn route_other(shared: &Shared, req: &http::Request<'_, '_>, body: &[u8]) -> Rep
     let allowed: &[Method] = match path {
         "/pub" => &[Method::Get, Method::Post],
         "/broadcast" | "/close" | "/clear" => &[Method::Post],
-        "/sign" | "/info" | "/channels" | "/metrics" | "/dashboard" | "/events" => &[Method::Get],
+        "/sign" | "/info" | "/channels" | "/metrics" | "/dashboard" | "/events" | "/presence" => {
+            &[Method::Get]
+        }
         _ => return Reply::error(404, "no such endpoint"),
     };
     if !allowed.contains(&req.method) {
@@ -101,6 +103,13 @@ fn route_other(shared: &Shared, req: &http::Request<'_, '_>, body: &[u8]) -> Rep
         "/close" | "/clear" => close_or_clear(shared, &q, path == "/close"),
         "/sign" => sign(shared, &q),
         "/info" => info(shared, &q),
+        "/presence" => match q.get_any(&["channel", "cname"]) {
+            None => Reply::error(400, "missing channel"),
+            Some(c) => match crate::worker::presence::answer_json(shared, c, None) {
+                Ok(body) => Reply::json_bytes(200, body),
+                Err((status, reason)) => Reply::error(status, &reason),
+            },
+        },
         "/channels" => channels(shared, &q),
         "/metrics" => metrics(shared),
         "/dashboard" => dashboard(),
@@ -377,6 +386,17 @@ fn sign(shared: &Shared, q: &Query<'_>) -> Reply {
 }
 
 fn info(shared: &Shared, q: &Query<'_>) -> Reply {
+    if let Some(user) = q.get("user") {
+        // One user's connections (every worker of this node), by their token's `sub`.
+        if user.is_empty() || user.len() > crate::limits::MAX_SUB_LEN {
+            return Reply::error(400, "user must be a token sub (1-256 bytes)");
+        }
+        let conns = shared.list_conns(crate::limits::MAX_LISTING, Some(user));
+        return Reply::json(
+            200,
+            serde_json::json!({"type": "user", "user": user, "count": conns.len(), "conns": conns}),
+        );
+    }
     match q.get_any(&["channel", "cname"]) {
         None => Reply::json(200, totals_json(shared)),
         Some(name) => match channel_info_json(shared, name) {

@@ -108,6 +108,10 @@ pub fn input<B: Backend>(cx: &mut Core<B>, slot: usize, input: &mut [u8]) -> usi
         crate::conn::State::SioWs | crate::conn::State::SioProbe
     );
     let cfg = DecoderConfig {
+        // A subscriber's oversized op is skipped (with an error); a Socket.IO session's
+        // payload over maxPayload ends it (1009), as Engine.IO clients expect, and the
+        // echo endpoint keeps RFC 6455's 1009.
+        skip_oversized: cx.conns[slot].state() == crate::conn::State::Ws,
         role: Role::Server,
         max_message: if sio {
             cx.shared.cfg.socketio_max_payload
@@ -146,12 +150,26 @@ fn on_event<B: Backend>(cx: &mut Core<B>, slot: usize, ev: Event<'_>) {
             cx.send(slot, &[Part::Copy(&reply)]);
             cx.close_graceful(slot);
         }
-        Control::Data => {
-            let Event::Message { kind, data } = ev else {
-                unreachable!("the session passes only data messages");
-            };
-            on_message(cx, slot, kind, &data);
-        }
+        Control::Data => match ev {
+            Event::Message { kind, data } => on_message(cx, slot, kind, &data),
+            Event::Skipped { len, .. } => {
+                // Read through and dropped: the connection goes on.
+                cx.stats.inc(Counter::Ws1009);
+                let reason = format!(
+                    "message of {len} bytes over max_message_bytes ({}): skipped",
+                    cx.live().max_message_bytes()
+                );
+                envelope(
+                    cx,
+                    slot,
+                    &Message::Error {
+                        code: 413,
+                        reason: &reason,
+                    },
+                );
+            }
+            _ => unreachable!("the session passes only data messages"),
+        },
     }
 }
 

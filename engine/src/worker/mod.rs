@@ -520,8 +520,8 @@ impl<B: Backend> Worker<B> {
                 }
                 let _ = reply.send(found);
             }
-            Cmd::Conns { limit, reply } => {
-                let _ = reply.send(self.list_conns(limit));
+            Cmd::Conns { limit, user, reply } => {
+                let _ = reply.send(self.list_conns(limit, user.as_deref()));
             }
             Cmd::Drain => self.drain(),
             Cmd::Shutdown => self.running = false,
@@ -532,9 +532,21 @@ impl<B: Backend> Worker<B> {
         }
     }
 
-    fn list_conns(&mut self, limit: usize) -> Vec<ConnInfo> {
+    fn list_conns(&mut self, limit: usize, user: Option<&str>) -> Vec<ConnInfo> {
         let cx = &mut self.core;
-        let slots: Vec<usize> = cx.conns.slots().into_iter().take(limit).collect();
+        let sub_of = |c: &crate::conn::Conn| {
+            c.ext
+                .as_ref()
+                .and_then(|e| e.grant.as_ref())
+                .and_then(|g| g.sub.as_deref().map(str::to_string))
+        };
+        let slots: Vec<usize> = cx
+            .conns
+            .iter()
+            .filter(|(_, c)| user.is_none() || sub_of(c).as_deref() == user)
+            .map(|(s, _)| s)
+            .take(limit)
+            .collect();
         let mut out = Vec::with_capacity(slots.len());
         for slot in slots {
             let token = cx.conns.token(slot);
@@ -555,6 +567,7 @@ impl<B: Backend> Worker<B> {
                     .map(|s| cx.index.chan(s.local).name.to_string())
                     .collect(),
                 queued: cx.io.pending(token),
+                user: sub_of(c),
             });
         }
         out

@@ -68,6 +68,7 @@ fn websocket_handshake_frames_ping_and_close() {
         let cfg = DecoderConfig {
             role: Role::Server,
             max_message: 1024,
+            skip_oversized: false,
         };
         let r = d.decode(&mut out, &cfg).unwrap();
         assert_eq!(r.event, Some(WsEvent::Pong(Cow::Borrowed(&b"hb"[..]))));
@@ -306,6 +307,7 @@ fn client_frames(out: &mut [u8]) -> Vec<String> {
     let cfg = DecoderConfig {
         role: Role::Server,
         max_message: 1 << 20,
+        skip_oversized: false,
     };
     let mut d = Decoder::new();
     let mut pos = 0;

@@ -63,6 +63,7 @@ pub(super) fn messages(
     let cfg = DecoderConfig {
         role: Role::Client,
         max_message: MAX_MESSAGE_BYTES,
+        skip_oversized: false,
     };
     let mut pos = 0;
     while pos < input.len() {
@@ -76,7 +77,8 @@ pub(super) fn messages(
             Some(WsEvent::Ping(p)) => {
                 encode_masked_frame(out, true, OpCode::Pong, &p, mask());
             }
-            Some(WsEvent::Pong(_)) => {}
+            // (Only with skip_oversized, which a client does not ask for.)
+            Some(WsEvent::Pong(_) | WsEvent::Skipped { .. }) => {}
             Some(WsEvent::Close(c)) => {
                 let code = c.map_or(CloseCode::NO_STATUS, |c| c.code);
                 let echo = if code == CloseCode::NO_STATUS {

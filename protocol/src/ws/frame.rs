@@ -93,6 +93,10 @@ pub struct DecoderConfig {
     pub role: Role,
     /// Largest message (all fragments together) accepted; more is 1009.
     pub max_message: usize,
+    /// An unfragmented message over `max_message` is skipped (its payload read and
+    /// dropped, [`Event::Skipped`]) instead of failing the connection; a fragmented one
+    /// over it still fails it (1009).
+    pub skip_oversized: bool,
 }
 
 /// The type of a data message.
@@ -120,6 +124,14 @@ pub enum Event<'a> {
     Pong(Cow<'a, [u8]>),
     /// A close frame: `None` when it carried no status code.
     Close(Option<CloseFrame<'a>>),
+    /// An unfragmented data message over `max_message` was read and dropped (with
+    /// [`DecoderConfig::skip_oversized`]): its kind and length.
+    Skipped {
+        /// Text or binary.
+        kind: DataKind,
+        /// Its length.
+        len: u64,
+    },
 }
 
 impl Event<'_> {
@@ -133,6 +145,7 @@ impl Event<'_> {
             Event::Ping(p) => Event::Ping(Cow::Owned(p.into_owned())),
             Event::Pong(p) => Event::Pong(Cow::Owned(p.into_owned())),
             Event::Close(c) => Event::Close(c.map(CloseFrame::into_owned)),
+            Event::Skipped { kind, len } => Event::Skipped { kind, len },
         }
     }
 }
@@ -219,6 +232,8 @@ struct Partial {
 struct FrameInProgress {
     header: Header,
     received: u64,
+    /// Read and dropped (an oversized message being skipped).
+    skip: bool,
 }
 
 #[derive(Debug)]
@@ -290,7 +305,31 @@ impl Decoder {
                     h
                 }
             };
-            self.check_sequence(&header, cfg)?;
+            let skip = self.check_sequence(&header, cfg)?;
+            if skip {
+                // Nothing of it is kept: read it through and say so once it is all in.
+                let take = (header.len.min((input.len() - pos) as u64)) as usize;
+                if (take as u64) == header.len {
+                    self.release_if_idle();
+                    return Ok(Decoded {
+                        consumed: pos + take,
+                        event: Some(Event::Skipped {
+                            kind: data_kind(header.opcode),
+                            len: header.len,
+                        }),
+                    });
+                }
+                let state = self.state.get_or_insert_with(Box::default);
+                state.frame = Some(FrameInProgress {
+                    header,
+                    received: take as u64,
+                    skip: true,
+                });
+                return Ok(Decoded {
+                    consumed: pos + take,
+                    event: None,
+                });
+            }
             if (input.len() - pos) as u64 >= header.len {
                 // The whole payload is here: unmask in place and answer without copying.
                 let end = pos + header.len as usize;
@@ -316,6 +355,7 @@ impl Decoder {
             state.frame = Some(FrameInProgress {
                 header,
                 received: 0,
+                skip: false,
             });
         }
         let consumed_payload = self.feed_payload(&mut input[pos..])?;
@@ -366,25 +406,30 @@ impl Decoder {
         }
     }
 
-    /// Checks a header against the message in progress and the size limit.
-    fn check_sequence(&self, h: &Header, cfg: &DecoderConfig) -> Result<(), WsError> {
+    /// Checks a header against the message in progress and the size limit; true when
+    /// the frame is an oversized message to skip.
+    fn check_sequence(&self, h: &Header, cfg: &DecoderConfig) -> Result<bool, WsError> {
         let message = self.state.as_ref().and_then(|s| s.message.as_ref());
         match h.opcode {
-            OpCode::Close | OpCode::Ping | OpCode::Pong => Ok(()),
+            OpCode::Close | OpCode::Ping | OpCode::Pong => Ok(false),
             OpCode::Continuation => match message {
                 None => Err(WsError::Protocol("continuation frame without a message")),
                 Some(m) if (m.data.len() as u64).saturating_add(h.len) > cfg.max_message as u64 => {
                     Err(WsError::TooBig)
                 }
-                Some(_) => Ok(()),
+                Some(_) => Ok(false),
             },
             OpCode::Text | OpCode::Binary => {
                 if message.is_some() {
                     Err(WsError::Protocol("new message inside a fragmented message"))
                 } else if h.len > cfg.max_message as u64 {
-                    Err(WsError::TooBig)
+                    if h.fin && cfg.skip_oversized {
+                        Ok(true)
+                    } else {
+                        Err(WsError::TooBig)
+                    }
                 } else {
-                    Ok(())
+                    Ok(false)
                 }
             }
         }
@@ -455,6 +500,19 @@ impl Decoder {
             .expect("feed_payload is called with a frame in progress");
         let left = frame.header.len - frame.received;
         let take = left.min(input.len() as u64) as usize;
+        if frame.skip {
+            frame.received += take as u64;
+            if frame.received < frame.header.len {
+                return Ok((take, None));
+            }
+            let header = frame.header;
+            state.frame = None;
+            let event = Event::Skipped {
+                kind: data_kind(header.opcode),
+                len: header.len,
+            };
+            return Ok((take, Some(event)));
+        }
         let chunk = &mut input[..take];
         if let Some(mask) = frame.header.mask {
             apply_mask(chunk, mask, (frame.received % 4) as usize);
@@ -677,10 +735,12 @@ mod tests {
     const SERVER: DecoderConfig = DecoderConfig {
         role: Role::Server,
         max_message: 1 << 20,
+        skip_oversized: false,
     };
     const CLIENT: DecoderConfig = DecoderConfig {
         role: Role::Client,
         max_message: 1 << 20,
+        skip_oversized: false,
     };
 
     /// Decodes all of `input` (in pieces of `step` bytes) and collects owned events.
@@ -917,6 +977,7 @@ mod tests {
         let cfg = DecoderConfig {
             role: Role::Server,
             max_message: 10,
+            skip_oversized: false,
         };
         assert!(decode_all(&masked(true, 2, &[0; 10]), 4, &cfg).is_ok());
         assert_eq!(error_of(&masked(true, 2, &[0; 11]), &cfg), WsError::TooBig);
@@ -924,6 +985,51 @@ mod tests {
         frags.extend(masked(true, 0, &[0; 5]));
         assert_eq!(error_of(&frags, &cfg), WsError::TooBig);
         assert_eq!(WsError::TooBig.close_code(), CloseCode::TOO_BIG);
+    }
+
+    #[test]
+    fn an_oversized_single_frame_is_skipped_when_asked() {
+        let cfg = DecoderConfig {
+            role: Role::Server,
+            max_message: 10,
+            skip_oversized: true,
+        };
+        let mut input = masked(true, 1, &[b'a'; 300]);
+        input.extend(masked(true, 1, b"next"));
+        for step in [1, 7, 100, input.len()] {
+            let mut d = Decoder::new();
+            let events = {
+                let mut events = Vec::new();
+                for piece in input.chunks(step) {
+                    let mut piece = piece.to_vec();
+                    let mut pos = 0;
+                    while pos < piece.len() {
+                        let r = d.decode(&mut piece[pos..], &cfg).unwrap();
+                        pos += r.consumed;
+                        events.extend(r.event.map(Event::into_owned));
+                    }
+                }
+                events
+            };
+            assert_eq!(
+                events,
+                vec![
+                    Event::Skipped {
+                        kind: DataKind::Text,
+                        len: 300
+                    },
+                    text("next")
+                ],
+                "step {step}"
+            );
+            assert!(d.is_idle() && d.buffered() == 0);
+        }
+        // Fragmented: still 1009.
+        let mut frags = masked(false, 2, &[0; 6]);
+        frags.extend(masked(true, 0, &[0; 5]));
+        assert_eq!(error_of(&frags, &cfg), WsError::TooBig);
+        let frag = masked(false, 2, &[0; 11]);
+        assert_eq!(error_of(&frag, &cfg), WsError::TooBig);
     }
 
     #[test]

@@ -101,7 +101,7 @@ impl Session {
                 }
                 Control::Closed
             }
-            Event::Message { .. } => Control::Data,
+            Event::Message { .. } | Event::Skipped { .. } => Control::Data,
         }
     }
 }

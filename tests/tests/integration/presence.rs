@@ -171,6 +171,14 @@ fn presence_lists_members_and_tells_joins_and_leaves() {
     let r = s.get(&format!("/presence?channel=chat.room&token={ann}"));
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["count"], 2);
+    let r = s.admin_get("/presence?channel=chat.room");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["members"],
+        p["members"],
+        "the admin port lists the same"
+    );
+    assert_eq!(s.admin_get("/presence").status, 400);
     // bob leaves (his connection closes): everyone left is told, once.
     drop(b);
     s.wait_subscribers("chat.room", 2);
@@ -245,6 +253,21 @@ fn user_channels_reach_one_user_on_every_device() {
     s.wait_subscribers("user:ann", 2);
     s.wait_subscribers("user:bob", 1);
     s.publish("user:ann", "just for ann");
+    let r = s.admin_get("/info?user=ann");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["count"], 2, "{v}");
+    let transports: Vec<&str> = v["conns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["transport"].as_str().unwrap())
+        .collect();
+    assert!(
+        transports.contains(&"ws") && transports.contains(&"sse"),
+        "{v}"
+    );
+    assert_eq!(s.admin_get("/info?user=nobody").json()["count"], 0);
     assert_eq!(phone.recv_json()["content"], "just for ann");
     assert_eq!(laptop.expect_event().data["content"], "just for ann");
     other.expect_quiet();

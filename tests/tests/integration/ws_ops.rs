@@ -116,19 +116,33 @@ fn pub_is_refused_without_client_publish() {
 }
 
 #[test]
-fn pub_over_max_message_bytes_closes_with_1009() {
+fn a_message_over_max_message_bytes_is_skipped_with_an_error_or_closes_1009_when_fragmented() {
     let s = Server::start(&[
         "--set",
         "client_publish=*",
         "--set",
         "max_message_bytes=1000",
     ]);
-    let mut ws = s.ws("/ws");
-    // The op frame carries the content, so the frame limit is what a client meets first.
+    let mut ws = s.ws("/ws?channel=keep");
+    // The op frame carries the content, so the frame limit is what a client meets first:
+    // one frame over it is read through and dropped, with an error; the connection goes on.
     let content = "y".repeat(990);
-    ws.send_json(&json!({"op": "pub", "channel": "c", "content": content}));
-    assert_eq!(ws.recv_close(TIMEOUT), Some(1009));
+    ws.send_json(&json!({"op": "pub", "channel": "c", "content": content, "id": 1}));
+    let e = ws.recv_json();
+    assert_eq!(
+        (e["type"].as_str(), e["code"].as_u64()),
+        (Some("error"), Some(413)),
+        "{e}"
+    );
     assert_eq!(s.channel_info("c")["seq"], 0);
+    s.wait_subscribers("keep", 1);
+    s.publish("keep", "still here");
+    assert_eq!(ws.recv_json()["content"], "still here");
+    // A fragmented message cannot be skipped cleanly: over the limit, 1009.
+    let mut raw = RawWs::connect(s.addr, "/ws");
+    raw.send_frame(false, 0, 0x1, true, &[b'x'; 600]);
+    raw.send_frame(true, 0, 0x0, true, &[b'x'; 600]);
+    assert_eq!(raw.recv_close(TIMEOUT).map(|c| c.0), Some(1009));
     // Just under the limit is fine.
     let mut ws = s.ws("/ws");
     let content = "y".repeat(900);
