@@ -32,6 +32,7 @@ pub mod limits;
 pub mod memory;
 pub mod metrics;
 pub mod msg;
+pub mod presence;
 pub mod reactor;
 pub mod server;
 pub mod shared;

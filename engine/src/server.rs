@@ -253,8 +253,9 @@ fn build_shared(
             config::secs(cfg.idempotency_window_secs),
         )?))
     };
+    let presence = Arc::new(crate::presence::Presence::default());
     if let Some(c) = &cluster {
-        c.start(hub.clone(), inboxes.to_vec())?;
+        c.start(hub.clone(), inboxes.to_vec(), presence.clone())?;
         info!(
             "cluster: node {node} sharing channels through {}",
             cfg.cluster.redis_url
@@ -265,6 +266,7 @@ fn build_shared(
     shared.stop = Mutex::new(Some(stop_tx));
     shared.fds = fds;
     shared.verifier = verifier;
+    shared.presence = presence;
     Ok((Arc::new(shared), stop_rx))
 }
 

@@ -64,7 +64,7 @@ pub struct Shared {
     /// Subscriber connections per source address (with `max_connections_per_ip`).
     pub per_ip: Mutex<HashMap<IpAddr, u32>>,
     /// Who is subscribed to the channels `presence` names.
-    pub presence: crate::worker::presence::Presence,
+    pub presence: Arc<crate::presence::Presence>,
     /// Socket.IO sockets kept for connection state recovery.
     pub sio_recovery: crate::transport::socketio::Recoveries,
     /// Verifies subscriber tokens (`token_secret`, `token_public_key`, `token_jwks`).

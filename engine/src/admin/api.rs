@@ -105,7 +105,7 @@ fn route_other(shared: &Shared, req: &http::Request<'_, '_>, body: &[u8]) -> Rep
         "/info" => info(shared, &q),
         "/presence" => match q.get_any(&["channel", "cname"]) {
             None => Reply::error(400, "missing channel"),
-            Some(c) => match crate::worker::presence::answer_json(shared, c, None) {
+            Some(c) => match crate::presence::answer_json(shared, c, None, true) {
                 Ok(body) => Reply::json_bytes(200, body),
                 Err((status, reason)) => Reply::error(status, &reason),
             },

@@ -197,6 +197,10 @@ impl Cluster {
         format!("{}:node:{node}", self.prefix)
     }
 
+    fn presence_key(&self, node: &str) -> String {
+        format!("{}:presence:{node}", self.prefix)
+    }
+
     fn nodes_key(&self) -> String {
         format!("{}:nodes", self.prefix)
     }
@@ -452,7 +456,12 @@ impl Cluster {
 
     /// Starts the feed reader, the subscriber-count reporter and the helper thread that
     /// answers the workers.
-    pub fn start(self: &Arc<Self>, hub: Arc<Hub>, inboxes: Vec<Arc<Inbox>>) -> Result<(), String> {
+    pub fn start(
+        self: &Arc<Self>,
+        hub: Arc<Hub>,
+        inboxes: Vec<Arc<Inbox>>,
+        presence: Arc<crate::presence::Presence>,
+    ) -> Result<(), String> {
         let (c, h) = (self.clone(), hub.clone());
         thread::Builder::new()
             .name("cluster-feed".into())
@@ -461,7 +470,7 @@ impl Cluster {
         let (c, h) = (self.clone(), hub.clone());
         thread::Builder::new()
             .name("cluster-report".into())
-            .spawn(move || c.run_reporter(&h))
+            .spawn(move || c.run_reporter(&h, &presence))
             .map_err(|e| format!("cannot start cluster report thread: {e}"))?;
         let (tx, rx) = mpsc::sync_channel(MAX_HELPER_JOBS);
         *self.jobs.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
@@ -634,7 +643,27 @@ impl Cluster {
         Ok(())
     }
 
-    fn run_reporter(&self, hub: &Hub) {
+    /// The members of a tracked channel on every live node (their last reports).
+    pub fn presence(&self, channel: &str) -> Result<crate::presence::Listing, HubError> {
+        let now = unix_now();
+        self.with_publisher(|con| {
+            let nodes: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+                .arg(self.nodes_key())
+                .arg(now.saturating_sub(NODE_TTL))
+                .arg("+inf")
+                .query(con)?;
+            let mut pipe = redis::pipe();
+            for n in &nodes {
+                pipe.hget(self.presence_key(n), channel);
+            }
+            let reports: Vec<Option<String>> = pipe.query(con)?;
+            Ok(crate::presence::merge(
+                reports.iter().flatten().map(String::as_str),
+            ))
+        })
+    }
+
+    fn run_reporter(&self, hub: &Hub, presence: &crate::presence::Presence) {
         let mut link = Link::default();
         loop {
             thread::sleep(REPORT_INTERVAL);
@@ -651,6 +680,16 @@ impl Cluster {
                 pipe.hset_multiple(&key, &items);
             }
             pipe.expire(&key, NODE_TTL as i64);
+            // Who is here, for the cluster-wide presence listing (expires with the node).
+            let pkey = self.presence_key(&self.node_id);
+            pipe.del(&pkey);
+            let members = presence.report();
+            if !members.is_empty() {
+                let items: Vec<(&str, &str)> =
+                    members.iter().map(|(c, m)| (&**c, m.as_str())).collect();
+                pipe.hset_multiple(&pkey, &items);
+                pipe.expire(&pkey, NODE_TTL as i64);
+            }
             let now = unix_now();
             pipe.zadd(self.nodes_key(), &self.node_id, now);
             pipe.zrembyscore(self.nodes_key(), 0, now.saturating_sub(3600));

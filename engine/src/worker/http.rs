@@ -392,7 +392,7 @@ impl<B: Backend> Core<B> {
             .to_string();
         self.check_token(q, std::slice::from_ref(&channel))
             .map_err(|e| reject(401, e.reason()))?;
-        let mut body = super::presence::answer_json(&self.shared, &channel, None)?;
+        let mut body = crate::presence::answer_json(&self.shared, &channel, None, false)?;
         body.push(b'\n');
         self.respond_simple(slot, "application/json", &body, head_only);
         Ok(())

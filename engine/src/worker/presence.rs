@@ -13,35 +13,16 @@
 //! members and up to [`MAX_PRESENCE_LIST`] of them; a channel outside the patterns has
 //! only its subscriber count.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use protocol::message::{self, JsonStyle, Message};
 
 use super::Core;
-use crate::config::pattern_matches;
 use crate::inbox::Cmd;
-use crate::limits::MAX_PRESENCE_LIST;
 use crate::msg::ChanKey;
+use crate::presence::answer_json;
+pub use crate::presence::tracked;
 use crate::reactor::Backend;
-
-/// One member of a channel.
-#[derive(Debug, Clone)]
-struct Member {
-    /// The token's `info` claim (JSON text), or empty.
-    info: Box<str>,
-    /// Its connections subscribed to the channel.
-    conns: u32,
-}
-
-/// A channel's members by `sub`.
-type Members = HashMap<Box<str>, Member>;
-
-/// The members of each tracked channel, process-wide.
-#[derive(Debug, Default)]
-pub struct Presence {
-    chans: Mutex<HashMap<Arc<str>, Members>>,
-}
 
 /// A join or a leave, for the workers to deliver.
 #[derive(Debug)]
@@ -58,125 +39,6 @@ pub struct PresenceEvent {
     pub info: Box<str>,
     /// The connection whose subscription it is (worker, token): not told of itself.
     pub from: (usize, crate::reactor::Token),
-}
-
-/// One listing: the member count and some members (sub, info, connections).
-pub type Listing = (usize, Vec<(Box<str>, Box<str>, u32)>);
-
-impl Presence {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Members>> {
-        self.chans.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// One more connection of `sub` on `channel`; true when the member is new there.
-    pub fn join(&self, channel: &Arc<str>, sub: &str, info: &str) -> bool {
-        let mut chans = self.lock();
-        let members = chans.entry(channel.clone()).or_default();
-        match members.get_mut(sub) {
-            Some(m) => {
-                m.conns += 1;
-                false
-            }
-            None => {
-                members.insert(
-                    sub.into(),
-                    Member {
-                        info: info.into(),
-                        conns: 1,
-                    },
-                );
-                true
-            }
-        }
-    }
-
-    /// One connection of `sub` fewer; true when the member has left the channel.
-    pub fn leave(&self, channel: &str, sub: &str) -> bool {
-        let mut chans = self.lock();
-        let Some(members) = chans.get_mut(channel) else {
-            return false;
-        };
-        let gone = match members.get_mut(sub) {
-            Some(m) if m.conns > 1 => {
-                m.conns -= 1;
-                false
-            }
-            Some(_) => {
-                members.remove(sub);
-                true
-            }
-            None => false,
-        };
-        if members.is_empty() {
-            chans.remove(channel);
-        }
-        gone
-    }
-
-    /// The members of `channel` (at most [`MAX_PRESENCE_LIST`], by `sub`).
-    pub fn list(&self, channel: &str) -> Listing {
-        let chans = self.lock();
-        let Some(members) = chans.get(channel) else {
-            return (0, Vec::new());
-        };
-        let mut list: Vec<(Box<str>, Box<str>, u32)> = members
-            .iter()
-            .map(|(s, m)| (s.clone(), m.info.clone(), m.conns))
-            .collect();
-        list.sort_by(|a, b| a.0.cmp(&b.0));
-        list.truncate(MAX_PRESENCE_LIST);
-        (members.len(), list)
-    }
-}
-
-/// Whether `channel`'s presence is tracked.
-pub fn tracked(cfg: &crate::config::Config, channel: &str) -> bool {
-    !cfg.presence.is_empty() && cfg.presence.iter().any(|p| pattern_matches(p, channel))
-}
-
-/// The presence answer: `{"type":"presence","channel":...,"count":N,"members":[...]}`
-/// (`id` added when given), for a tracked channel; else the subscriber count alone.
-pub fn answer_json(
-    shared: &crate::shared::Shared,
-    channel: &str,
-    id: Option<&str>,
-) -> Result<Vec<u8>, (u16, String)> {
-    message::validate_channel(channel).map_err(|e| (400, e.to_string()))?;
-    let mut out = Vec::with_capacity(128);
-    out.extend_from_slice(b"{\"type\":\"presence\",\"channel\":");
-    message::write_json_string(&mut out, channel, JsonStyle::Plain);
-    if tracked(&shared.cfg, channel) {
-        let (count, members) = shared.presence.list(channel);
-        out.extend_from_slice(format!(",\"count\":{count},\"members\":[").as_bytes());
-        for (i, (sub, info, conns)) in members.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(b"{\"sub\":");
-            message::write_json_string(&mut out, sub, JsonStyle::Plain);
-            if !info.is_empty() {
-                out.extend_from_slice(b",\"info\":");
-                out.extend_from_slice(info.as_bytes());
-            }
-            out.extend_from_slice(format!(",\"conns\":{conns}}}").as_bytes());
-        }
-        out.push(b']');
-        if members.len() < count {
-            out.extend_from_slice(b",\"truncated\":true");
-        }
-    } else {
-        // Cluster-wide where there is a cluster (the count Redis has).
-        let subscribers = shared
-            .channel_info(channel)
-            .map_or(0, |(i, _)| i.subscribers);
-        out.extend_from_slice(format!(",\"count\":{subscribers},\"tracked\":false").as_bytes());
-    }
-    if let Some(id) = id {
-        out.extend_from_slice(b",\"id\":");
-        out.extend_from_slice(id.as_bytes());
-    }
-    out.push(b'}');
-    Ok(out)
 }
 
 /// The `presence` WebSocket op.
@@ -216,9 +78,8 @@ pub fn op<B: Backend>(cx: &mut Core<B>, slot: usize, channel: Option<&str>, id: 
         {
             error(403, crate::auth::TokenError::Channel.reason().into())
         }
-        Some(c) => {
-            answer_json(&cx.shared, c, id).unwrap_or_else(|(code, reason)| error(code, reason))
-        }
+        Some(c) => answer_json(&cx.shared, c, id, false)
+            .unwrap_or_else(|(code, reason)| error(code, reason)),
     };
     let mut out = Vec::with_capacity(json.len() + 10);
     message::write_ws_frame(&mut out, &json);

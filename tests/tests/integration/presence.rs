@@ -277,3 +277,48 @@ fn user_channels_reach_one_user_on_every_device() {
     plain.wait_subscribers("news", 1);
     assert_eq!(plain.channel_info("user:ann")["subscribers"], 0);
 }
+
+#[test]
+fn presence_is_cluster_wide_on_the_admin_port_and_a_dead_node_drops_out() {
+    let redis = Redis::start();
+    let args = [
+        "--set",
+        "auth=token",
+        "--set",
+        "token_secret=t0ps3cret",
+        "--set",
+        "presence=chat.*",
+    ];
+    let a = node(&redis.url(), "node-a", &args);
+    let mut b = node(&redis.url(), "node-b", &args);
+    let ann = token(&["chat.*"], "ann");
+    let bob = token(&["chat.*"], "bob");
+    let _a1 = a.ws(&format!("/ws?channel=chat.room&token={ann}"));
+    let _b1 = b.ws(&format!("/ws?channel=chat.room&token={bob}"));
+    let _b2 = b.ws(&format!("/ws?channel=chat.room&token={ann}"));
+    let members = |s: &Server| s.admin_get("/presence?channel=chat.room").json();
+    // Each node reports every second: both are listed by either, ann once with her two
+    // connections (one per node).
+    let want = json!([
+        {"sub": "ann", "info": {"nick": "ANN"}, "conns": 2},
+        {"sub": "bob", "info": {"nick": "BOB"}, "conns": 1}
+    ]);
+    for s in [&a, &b] {
+        assert!(
+            wait_until(TIMEOUT, || members(s)["members"] == want),
+            "{}",
+            members(s)
+        );
+    }
+    // Node B dies: its report expires with it.
+    b.kill9();
+    let want = json!([{"sub": "ann", "info": {"nick": "ANN"}, "conns": 1}]);
+    assert!(
+        wait_until(std::time::Duration::from_secs(15), || members(&a)
+            ["members"]
+            == want),
+        "{}",
+        members(&a)
+    );
+    assert_eq!(members(&a)["count"], 1);
+}
