@@ -40,12 +40,7 @@ pub fn totals_json(shared: &Shared) -> serde_json::Value {
         "delivered": snap.get(crate::metrics::Counter::Delivered),
         "slow_consumer_closes": snap.get(crate::metrics::Counter::SlowConsumer),
         "draining": shared.draining.load(std::sync::atomic::Ordering::Relaxed),
-        "cluster": shared.cluster.as_ref().map(|c| serde_json::json!({
-            "node": c.node_id,
-            "redis": if c.up.load(std::sync::atomic::Ordering::Relaxed) { "up" } else { "down" },
-            "received": c.received.load(std::sync::atomic::Ordering::Relaxed),
-            "errors": c.errors.load(std::sync::atomic::Ordering::Relaxed),
-        })),
+        "cluster": shared.cluster.as_ref().map(|c| cluster_json(c)),
         "history_store": shared.hub.store().map(|s| serde_json::json!({
             "batches": s.batches.load(std::sync::atomic::Ordering::Relaxed),
             "committed": s.committed(),
@@ -80,4 +75,36 @@ pub fn channel_info_json(shared: &Shared, name: &str) -> Result<serde_json::Valu
         }
     }
     Ok(v)
+}
+
+/// This node's link to Redis, and every node Redis knew of at the last report: `up` when
+/// it reported within `NODE_TTL` (the others' feed figures are theirs, not known here).
+fn cluster_json(c: &crate::cluster::Cluster) -> serde_json::Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let redis = if c.up.load(Relaxed) { "up" } else { "down" };
+    let now = crate::worker::http::unix_now();
+    let mut nodes = vec![serde_json::json!({
+        "node": c.node_id,
+        "redis": redis,
+        "received": c.received.load(Relaxed),
+        "errors": c.errors.load(Relaxed),
+    })];
+    let seen = c.nodes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    for (node, at) in seen.into_iter().filter(|(n, _)| *n != c.node_id) {
+        let live = now.saturating_sub(at) <= crate::limits::NODE_TTL;
+        nodes.push(serde_json::json!({
+            "node": node,
+            "redis": if live { "up" } else { "down" },
+            "received": null,
+            "errors": null,
+            "seen_secs_ago": now.saturating_sub(at),
+        }));
+    }
+    serde_json::json!({
+        "node": c.node_id,
+        "redis": redis,
+        "received": c.received.load(Relaxed),
+        "errors": c.errors.load(Relaxed),
+        "nodes": nodes,
+    })
 }

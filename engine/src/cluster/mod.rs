@@ -151,6 +151,9 @@ pub struct Cluster {
     pub received: AtomicU64,
     /// Redis errors seen (connections that failed or broke).
     pub errors: AtomicU64,
+    /// The nodes Redis knew of at the last report, with when each last reported (Unix
+    /// seconds): read by the admin port without a round trip of its own.
+    pub nodes: Mutex<Vec<(String, u64)>>,
 }
 
 impl Cluster {
@@ -178,6 +181,7 @@ impl Cluster {
             jobs: Mutex::new(None),
             received: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            nodes: Mutex::new(Vec::new()),
         })
     }
 
@@ -696,6 +700,20 @@ impl Cluster {
             if pipe.query::<()>(con).is_err() {
                 self.errors.fetch_add(1, Ordering::Relaxed);
                 link.fail();
+                continue;
+            }
+            let seen: redis::RedisResult<Vec<(String, u64)>> = redis::cmd("ZRANGEBYSCORE")
+                .arg(self.nodes_key())
+                .arg(now.saturating_sub(3600))
+                .arg("+inf")
+                .arg("WITHSCORES")
+                .query(con);
+            match seen {
+                Ok(list) => *self.nodes.lock().unwrap_or_else(|p| p.into_inner()) = list,
+                Err(_) => {
+                    self.errors.fetch_add(1, Ordering::Relaxed);
+                    link.fail();
+                }
             }
         }
     }

@@ -310,6 +310,20 @@ fn presence_is_cluster_wide_on_the_admin_port_and_a_dead_node_drops_out() {
             members(s)
         );
     }
+    // /info (and the dashboard) list the nodes Redis knows of.
+    let node_state = |s: &Server, id: &str| -> Option<String> {
+        s.info()["cluster"]["nodes"]
+            .as_array()?
+            .iter()
+            .find(|n| n["node"] == id)
+            .and_then(|n| n["redis"].as_str().map(str::to_string))
+    };
+    assert!(
+        wait_until(TIMEOUT, || node_state(&a, "node-b").as_deref()
+            == Some("up")),
+        "{}",
+        a.info()
+    );
     // Node B dies: its report expires with it.
     b.kill9();
     let want = json!([{"sub": "ann", "info": {"nick": "ANN"}, "conns": 1}]);
@@ -321,4 +335,39 @@ fn presence_is_cluster_wide_on_the_admin_port_and_a_dead_node_drops_out() {
         members(&a)
     );
     assert_eq!(members(&a)["count"], 1);
+    assert!(
+        wait_until(std::time::Duration::from_secs(15), || node_state(
+            &a, "node-b"
+        )
+        .as_deref()
+            == Some("down")),
+        "{}",
+        a.info()
+    );
+    assert_eq!(node_state(&a, "node-a").as_deref(), Some("up"));
+}
+
+#[test]
+fn a_client_that_stops_answering_leaves_at_its_heartbeat_timeout() {
+    let s = Server::start(&[
+        "--set",
+        "presence=room",
+        "--set",
+        "heartbeat_secs=0.3",
+        "--set",
+        "pong_timeout_secs=0.3",
+    ]);
+    let mut watcher = s.ws("/ws?channel=room");
+    s.wait_subscribers("room", 1);
+    // A raw client answers no ping: as a crashed one, or one behind a dead link.
+    let _stuck = RawWs::connect(s.addr, "/ws?channel=room");
+    let j = watcher.recv_json();
+    assert_eq!(j["type"], "join", "{j}");
+    let l = watcher.recv_json_within(std::time::Duration::from_secs(5));
+    assert_eq!(
+        (l["type"].as_str(), &l["member"]),
+        (Some("leave"), &j["member"]),
+        "{l}"
+    );
+    assert_eq!(s.channel_info("room")["subscribers"], 1);
 }
