@@ -33,6 +33,23 @@ pub struct Presence {
     chans: Mutex<HashMap<Arc<str>, Members>>,
 }
 
+/// A join or a leave, for the workers to deliver.
+#[derive(Debug)]
+pub struct PresenceEvent {
+    /// The channel's key (its subscribers in each worker's index).
+    pub key: crate::msg::ChanKey,
+    /// The channel.
+    pub channel: Arc<str>,
+    /// Joined, or left.
+    pub joined: bool,
+    /// The member.
+    pub sub: Box<str>,
+    /// Its `info` (JSON text) or empty.
+    pub info: Box<str>,
+    /// The connection whose subscription it is (worker, token): not told of itself.
+    pub from: (usize, crate::reactor::Token),
+}
+
 /// One listing: the member count and some members (sub, info, connections).
 pub type Listing = (usize, Vec<(Box<str>, Box<str>, u32)>);
 

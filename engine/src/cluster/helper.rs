@@ -46,6 +46,13 @@ pub enum Job {
         /// The content.
         content: Box<str>,
     },
+    /// A presence event for the other nodes: the feed line (`P ...`), published as it
+    /// is. Best effort: dropped while Redis is down (the listings are right again with
+    /// the next report).
+    Presence {
+        /// The line.
+        line: String,
+    },
     /// A subscription's position (`since = Some`), or a channel's state (`None`, for a
     /// long-poll's `next_seq`).
     Read {
@@ -95,6 +102,7 @@ pub fn answer_failed(inboxes: &[Arc<Inbox>], job: Job, e: &HubError) {
                 result: Err(e.reason()),
             }),
         ),
+        Job::Presence { .. } => {}
     }
 }
 
@@ -133,6 +141,7 @@ pub fn run(cluster: &Cluster, hub: &Hub, inboxes: &[Arc<Inbox>], rx: Receiver<Jo
                     let e = cluster.refuse().expect("the feed is down");
                     answer_failed(inboxes, job, &e);
                 }
+                (Job::Presence { .. }, false) => {}
                 (Job::Read { deadline, .. }, false) => {
                     if now >= *deadline {
                         let e = HubError::Unavailable("redis is unreachable".into());
@@ -156,6 +165,7 @@ pub fn run(cluster: &Cluster, hub: &Hub, inboxes: &[Arc<Inbox>], rx: Receiver<Jo
                     ..
                 } => cluster.publish_request(hub, channel, sender, content, None),
                 Job::Read { channel, since, .. } => cluster.read_request(channel, *since),
+                Job::Presence { line } => cluster.feed_publish(line),
             })
             .collect();
         let results = link.call_many(&cluster.target(), &requests);
@@ -178,6 +188,7 @@ fn answer(
     waiting: &mut Vec<Job>,
 ) {
     match job {
+        Job::Presence { .. } => {}
         Job::Publish { to, channel, .. } => {
             let result = cluster
                 .publish_outcome(hub, &channel, r)

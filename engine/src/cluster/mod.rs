@@ -551,6 +551,26 @@ impl Cluster {
         }
     }
 
+    /// `PUBLISH` of a line on the feed, packed.
+    pub(crate) fn feed_publish(&self, line: &str) -> Vec<u8> {
+        redis::cmd("PUBLISH")
+            .arg(&self.feed)
+            .arg(line)
+            .get_packed_command()
+    }
+
+    /// Hands a presence event (joined or left) to the other nodes, through the helper.
+    pub fn tell_presence(&self, channel: &str, joined: bool, sub: &str, info: &str) {
+        let member = serde_json::json!({"sub": sub, "info": serde_json::from_str::<serde_json::Value>(info).ok()});
+        let line = format!(
+            "P {} {} {channel} {member}",
+            self.node_id,
+            if joined { '+' } else { '-' }
+        );
+        // A full queue drops it: presence events are best effort.
+        let _ = self.submit(Job::Presence { line });
+    }
+
     fn on_feed(&self, hub: &Hub, line: &[u8]) {
         let Ok(line) = std::str::from_utf8(line) else {
             return;
@@ -560,6 +580,29 @@ impl Cluster {
             return;
         };
         match kind {
+            "P" => {
+                // `P <node> <+|-> <channel> <member JSON>`: another node's join or leave.
+                let mut it = rest.splitn(4, ' ');
+                let (Some(node), Some(sign), Some(channel), Some(member)) =
+                    (it.next(), it.next(), it.next(), it.next())
+                else {
+                    return;
+                };
+                if node == self.node_id {
+                    return;
+                }
+                let Ok(m) = serde_json::from_str::<serde_json::Value>(member) else {
+                    return;
+                };
+                let Some(sub) = m["sub"].as_str() else {
+                    return;
+                };
+                let info = match &m["info"] {
+                    serde_json::Value::Null => String::new(),
+                    v => v.to_string(),
+                };
+                hub.tell_presence(channel, sign == "+", sub, &info);
+            }
             "D" => {
                 let mut it = rest.splitn(4, ' ');
                 let (Some(epoch), Some(seq), Some(channel), content) =

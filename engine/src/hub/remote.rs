@@ -80,6 +80,29 @@ impl Hub {
         }
     }
 
+    /// Another node's presence event: to this node's subscribers of the channel (every
+    /// worker's inbox; a worker without subscribers of it ignores it).
+    pub fn tell_presence(&self, channel: &str, joined: bool, sub: &str, info: &str) {
+        let key = {
+            let inner = self.lock();
+            let Some(&slot) = inner.names.get(channel) else {
+                return;
+            };
+            inner.chans[slot].key
+        };
+        let ev = std::sync::Arc::new(crate::presence::PresenceEvent {
+            key,
+            channel: channel.into(),
+            joined,
+            sub: sub.into(),
+            info: info.into(),
+            from: (usize::MAX, crate::reactor::Token::new(0, 0)),
+        });
+        for inbox in &self.inboxes {
+            inbox.push(crate::inbox::Cmd::Presence(ev.clone()));
+        }
+    }
+
     /// The stream this node knows for a channel: epoch (none while the stream is empty)
     /// and highest seq it knows taken.
     pub fn local_stream(&self, name: &str) -> Option<(Epoch, u64)> {

@@ -24,22 +24,7 @@ use crate::presence::answer_json;
 pub use crate::presence::tracked;
 use crate::reactor::Backend;
 
-/// A join or a leave, for the workers to deliver.
-#[derive(Debug)]
-pub struct PresenceEvent {
-    /// The channel's key (its subscribers in each worker's index).
-    pub key: ChanKey,
-    /// The channel.
-    pub channel: Arc<str>,
-    /// Joined, or left.
-    pub joined: bool,
-    /// The member.
-    pub sub: Box<str>,
-    /// Its `info` (JSON text) or empty.
-    pub info: Box<str>,
-    /// The connection whose subscription it is (worker, token): not told of itself.
-    pub from: (usize, crate::reactor::Token),
-}
+pub use crate::presence::PresenceEvent;
 
 /// The `presence` WebSocket op.
 pub fn op<B: Backend>(cx: &mut Core<B>, slot: usize, channel: Option<&str>, id: Option<&str>) {
@@ -142,6 +127,9 @@ impl<B: Backend> Core<B> {
         });
         for inbox in &self.shared.inboxes {
             inbox.push(Cmd::Presence(ev.clone()));
+        }
+        if let Some(c) = &self.shared.cluster {
+            c.tell_presence(&ev.channel, joined, &ev.sub, &ev.info);
         }
     }
 

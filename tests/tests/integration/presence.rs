@@ -371,3 +371,33 @@ fn a_client_that_stops_answering_leaves_at_its_heartbeat_timeout() {
     );
     assert_eq!(s.channel_info("room")["subscribers"], 1);
 }
+
+#[test]
+fn joins_and_leaves_reach_subscribers_on_other_nodes() {
+    let redis = Redis::start();
+    let args = [
+        "--set",
+        "auth=token",
+        "--set",
+        "token_secret=t0ps3cret",
+        "--set",
+        "presence=chat.*",
+    ];
+    let a = node(&redis.url(), "node-a", &args);
+    let b = node(&redis.url(), "node-b", &args);
+    let ann = token(&["chat.*"], "ann");
+    let bob = token(&["chat.*"], "bob");
+    let mut on_a = a.ws(&format!("/ws?channel=chat.room&token={ann}"));
+    a.wait_subscribers("chat.room", 1);
+    let on_b = b.ws(&format!("/ws?channel=chat.room&token={bob}"));
+    let j = on_a.recv_json();
+    assert_eq!(
+        j,
+        json!({"type": "join", "channel": "chat.room", "member": {"sub": "bob", "info": {"nick": "BOB"}}}),
+        "{j}"
+    );
+    drop(on_b);
+    let l = on_a.recv_json();
+    assert_eq!(l["type"], "leave", "{l}");
+    assert_eq!(l["member"]["sub"], "bob", "{l}");
+}
