@@ -92,15 +92,25 @@ fn answer<B: Backend>(cx: &mut Core<B>, slot: usize, asked: Asked<'_>, msg: &Mes
                 message::write_json_string(&mut json, c, message::JsonStyle::Plain);
             }
         }
-        if let Some(id) = asked.id {
-            json.extend_from_slice(b",\"id\":");
-            json.extend_from_slice(id.as_bytes());
-        }
+        push_id(&mut json, asked.id);
         json.push(b'}');
     }
+    send_frame(cx, slot, &json);
+}
+
+/// Adds `"id":ID` (raw JSON) when the op had one.
+fn push_id(json: &mut Vec<u8>, id: Option<&str>) {
+    if let Some(id) = id {
+        json.extend_from_slice(b",\"id\":");
+        json.extend_from_slice(id.as_bytes());
+    }
+}
+
+/// One JSON answer as a text frame.
+fn send_frame<B: Backend>(cx: &mut Core<B>, slot: usize, json: &[u8]) {
     let mut out = std::mem::take(&mut cx.out);
     out.clear();
-    message::write_ws_frame(&mut out, &json);
+    message::write_ws_frame(&mut out, json);
     cx.send(slot, &[crate::reactor::Part::Copy(&out)]);
     cx.out = out;
 }
@@ -185,16 +195,9 @@ fn answer_ok<B: Backend>(
     if duplicate {
         json.extend_from_slice(b",\"duplicate\":true");
     }
-    if let Some(id) = asked.id {
-        json.extend_from_slice(b",\"id\":");
-        json.extend_from_slice(id.as_bytes());
-    }
+    push_id(&mut json, asked.id);
     json.push(b'}');
-    let mut out = std::mem::take(&mut cx.out);
-    out.clear();
-    message::write_ws_frame(&mut out, &json);
-    cx.send(slot, &[crate::reactor::Part::Copy(&out)]);
-    cx.out = out;
+    send_frame(cx, slot, &json);
 }
 
 /// What refuses a `sub` before the hub is asked.

@@ -7,6 +7,16 @@ use serde_json::{json, Value};
 
 const SECRET: &[u8] = b"t0ps3cret";
 
+/// Nodes with tokens and presence on `chat.*`.
+const CLUSTER_PRESENCE: [&str; 6] = [
+    "--set",
+    "auth=token",
+    "--set",
+    "token_secret=t0ps3cret",
+    "--set",
+    "presence=chat.*",
+];
+
 fn token(channels: &[&str], sub: &str) -> String {
     jwt(
         &json!({"alg": "HS256", "typ": "JWT"}),
@@ -281,14 +291,7 @@ fn user_channels_reach_one_user_on_every_device() {
 #[test]
 fn presence_is_cluster_wide_on_the_admin_port_and_a_dead_node_drops_out() {
     let redis = Redis::start();
-    let args = [
-        "--set",
-        "auth=token",
-        "--set",
-        "token_secret=t0ps3cret",
-        "--set",
-        "presence=chat.*",
-    ];
+    let args = CLUSTER_PRESENCE;
     let a = node(&redis.url(), "node-a", &args);
     let mut b = node(&redis.url(), "node-b", &args);
     let ann = token(&["chat.*"], "ann");
@@ -375,14 +378,7 @@ fn a_client_that_stops_answering_leaves_at_its_heartbeat_timeout() {
 #[test]
 fn joins_and_leaves_reach_subscribers_on_other_nodes() {
     let redis = Redis::start();
-    let args = [
-        "--set",
-        "auth=token",
-        "--set",
-        "token_secret=t0ps3cret",
-        "--set",
-        "presence=chat.*",
-    ];
+    let args = CLUSTER_PRESENCE;
     let a = node(&redis.url(), "node-a", &args);
     let b = node(&redis.url(), "node-b", &args);
     let ann = token(&["chat.*"], "ann");
