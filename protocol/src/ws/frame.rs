@@ -86,6 +86,11 @@ pub enum Role {
     Client,
 }
 
+/// With [`DecoderConfig::skip_oversized`], a message is skipped only up to this many
+/// times `max_message`: one announced larger still fails the connection (1009), rather
+/// than being read through for as long as its sender likes.
+pub const MAX_SKIP_FACTOR: u64 = 16;
+
 /// Decoder settings, passed on every call so the decoder itself stays small.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecoderConfig {
@@ -93,9 +98,9 @@ pub struct DecoderConfig {
     pub role: Role,
     /// Largest message (all fragments together) accepted; more is 1009.
     pub max_message: usize,
-    /// An unfragmented message over `max_message` is skipped (its payload read and
-    /// dropped, [`Event::Skipped`]) instead of failing the connection; a fragmented one
-    /// over it still fails it (1009).
+    /// An unfragmented message over `max_message` (up to [`MAX_SKIP_FACTOR`] times it)
+    /// is skipped (its payload read and dropped, [`Event::Skipped`]) instead of failing
+    /// the connection; a fragmented one over it, or a larger one, still fails it (1009).
     pub skip_oversized: bool,
 }
 
@@ -423,7 +428,8 @@ impl Decoder {
                 if message.is_some() {
                     Err(WsError::Protocol("new message inside a fragmented message"))
                 } else if h.len > cfg.max_message as u64 {
-                    if h.fin && cfg.skip_oversized {
+                    let skippable = (cfg.max_message as u64).saturating_mul(MAX_SKIP_FACTOR);
+                    if h.fin && cfg.skip_oversized && h.len <= skippable {
                         Ok(true)
                     } else {
                         Err(WsError::TooBig)
@@ -994,7 +1000,7 @@ mod tests {
             max_message: 10,
             skip_oversized: true,
         };
-        let mut input = masked(true, 1, &[b'a'; 300]);
+        let mut input = masked(true, 1, &[b'a'; 150]);
         input.extend(masked(true, 1, b"next"));
         for step in [1, 7, 100, input.len()] {
             let mut d = Decoder::new();
@@ -1016,7 +1022,7 @@ mod tests {
                 vec![
                     Event::Skipped {
                         kind: DataKind::Text,
-                        len: 300
+                        len: 150
                     },
                     text("next")
                 ],
@@ -1030,6 +1036,9 @@ mod tests {
         assert_eq!(error_of(&frags, &cfg), WsError::TooBig);
         let frag = masked(false, 2, &[0; 11]);
         assert_eq!(error_of(&frag, &cfg), WsError::TooBig);
+        // Past the factor: not read through.
+        let huge = masked(true, 1, &[b'a'; 161]);
+        assert_eq!(error_of(&huge, &cfg), WsError::TooBig);
     }
 
     #[test]
