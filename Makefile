@@ -33,16 +33,18 @@ release:
 	$(CARGO) build --release -p pushedge
 
 ## test: install what the tests need, then run every test (unit, property, integration,
-## cluster with a real redis-server, and the quick Autobahn profile), against both
-## reactor backends (epoll and io_uring)
+## cluster with a real redis-server, the quick Autobahn profile, the Socket.IO clients),
+## against both reactor backends (epoll and io_uring), and the browser tests (Chromium).
+## The client tests use the binary the workspace build made (no second build).
 test: deps-test
 	$(CARGO) build --workspace --all-targets
 	$(CARGO) test --workspace
 	PUSHEDGE_BACKEND=uring $(CARGO) test -p pushedge-tests
 	bash tests/autobahn/run.sh quick target/debug/pushedge
 	PUSHEDGE_BACKEND=uring bash tests/autobahn/run.sh quick target/debug/pushedge
-	$(MAKE) test-socketio && PUSHEDGE_BACKEND=uring $(MAKE) test-socketio SOCKETIO_PYTHON=
-	$(MAKE) test-web
+	$(MAKE) test-socketio PUSHEDGE_BIN=$(CURDIR)/target/debug/pushedge
+	PUSHEDGE_BACKEND=uring $(MAKE) test-socketio SOCKETIO_PYTHON= PUSHEDGE_BIN=$(CURDIR)/target/debug/pushedge
+	$(MAKE) test-web PUSHEDGE_BIN=$(CURDIR)/target/debug/pushedge
 
 ## deps-test: what the tests need beyond cargo (redis-server for the cluster tests;
 ## node packages, python-socketio and chromium for the Socket.IO tests)
