@@ -2,7 +2,9 @@
 //!
 //! [`parse_request`] wraps `httparse` with the limits a server needs (head bytes, header
 //! count) and maps every failure to the status the server must answer with
-//! ([`HttpError::status`]). [`body_framing`] decides how a request body is delimited and
+//! ([`HttpError::status`]); it also takes an absolute-form target as its origin form and
+//! refuses an HTTP/1.1 head without exactly one valid `Host` (RFC 9112 3.2). [`body_framing`]
+//! decides how a request body is delimited and
 //! rejects the framings that invite request smuggling; [`ChunkedDecoder`] decodes a chunked
 //! body incrementally under a size limit. [`write_response_head`] and the chunk helpers
 //! produce responses.
@@ -269,6 +271,8 @@ pub fn parse_request<'b, 'h>(
             if target.is_empty() {
                 return Err(HttpError::Malformed("empty request target"));
             }
+            let target = origin_form(target)?;
+            check_host(req.headers, version)?;
             Ok(Parsed::Complete(Request {
                 method,
                 target,
@@ -276,6 +280,52 @@ pub fn parse_request<'b, 'h>(
                 headers: req.headers,
                 head_len,
             }))
+        }
+    }
+}
+
+/// The origin form (`/path?query`) of a request target: an absolute-form target
+/// (`http://host:port/path?query`, RFC 9112 3.2.2), which a server must accept, is taken
+/// as its path and query (an empty path is `/`).
+fn origin_form(target: &str) -> Result<&str, HttpError> {
+    let lower = |n: usize| target.get(..n).map(str::to_ascii_lowercase);
+    let rest = if lower(7).as_deref() == Some("http://") {
+        &target[7..]
+    } else if lower(8).as_deref() == Some("https://") {
+        &target[8..]
+    } else {
+        return Ok(target);
+    };
+    match rest.find(['/', '?']) {
+        None => Ok("/"),
+        Some(i) if rest.as_bytes()[i] == b'/' => Ok(&rest[i..]),
+        Some(_) => Err(HttpError::Malformed("absolute-form target without a path")),
+    }
+}
+
+/// An HTTP/1.1 request carries exactly one `Host`, a host and an optional port (RFC 9112
+/// 3.2: anything else is 400); HTTP/1.0 may leave it out.
+fn check_host(headers: &[Header<'_>], version: u8) -> Result<(), HttpError> {
+    let mut hosts = headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("host"));
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err(HttpError::Malformed("more than one Host header"));
+    }
+    match first {
+        None if version >= 1 => Err(HttpError::Malformed("HTTP/1.1 request without Host")),
+        None => Ok(()),
+        Some(h) => {
+            let ok = h
+                .value
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b"-._~:[]!$&'()*+,;=%".contains(&b));
+            if ok {
+                Ok(())
+            } else {
+                Err(HttpError::Malformed("invalid Host header"))
+            }
         }
     }
 }
@@ -855,7 +905,7 @@ mod tests {
     #[test]
     fn bytes_after_head_are_not_consumed() {
         let mut buf = UPGRADE.to_vec();
-        buf.extend_from_slice(b"GET / HTTP/1.1\r\n");
+        buf.extend_from_slice(b"GET / HTTP/1.1\r\nHost: x\r\n");
         match parse(&buf).unwrap() {
             Parsed::Complete((_, _, _, len)) => assert_eq!(len, UPGRADE.len()),
             Parsed::Partial => panic!("complete head expected"),
@@ -864,7 +914,7 @@ mod tests {
 
     #[test]
     fn head_limit_applies_to_partial_and_complete_heads() {
-        let mut big = b"GET / HTTP/1.1\r\nX-Long: ".to_vec();
+        let mut big = b"GET / HTTP/1.1\r\nHost: x\r\nX-Long: ".to_vec();
         big.resize(DEFAULT_MAX_HEAD_BYTES + 1, b'a');
         assert_eq!(parse(&big), Err(HttpError::HeadTooLarge));
         big.truncate(DEFAULT_MAX_HEAD_BYTES);
@@ -877,8 +927,8 @@ mod tests {
 
     #[test]
     fn header_count_limit() {
-        let mut head = b"GET / HTTP/1.1\r\n".to_vec();
-        for i in 0..DEFAULT_MAX_HEADERS {
+        let mut head = b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec();
+        for i in 1..DEFAULT_MAX_HEADERS {
             head.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
         }
         head.extend_from_slice(b"\r\n");
@@ -895,11 +945,11 @@ mod tests {
             (b"GET / HTTP/2.0\r\n\r\n", 505),
             (b"GET / HTTP/0.9\r\n\r\n", 505),
             (b"GET / FOO/1.1\r\n\r\n", 400),
-            (b"G\x01T / HTTP/1.1\r\n\r\n", 400),
-            (b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n", 400),
-            (b"GET / HTTP/1.1\r\nX: a\x01b\r\n\r\n", 400),
-            (b"BREW /pot HTTP/1.1\r\n\r\n", 501),
-            (b"get / HTTP/1.1\r\n\r\n", 501),
+            (b"G\x01T / HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: x\r\nBad Name: x\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: x\r\nX: a\x01b\r\n\r\n", 400),
+            (b"BREW /pot HTTP/1.1\r\nHost: x\r\n\r\n", 501),
+            (b"get / HTTP/1.1\r\nHost: x\r\n\r\n", 501),
         ];
         for (input, status) in cases {
             let got = parse(input).map(|_| ()).unwrap_err();
@@ -921,9 +971,10 @@ mod tests {
         with_request(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", |r| {
             assert!(r.keep_alive())
         });
-        with_request(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", |r| {
-            assert!(!r.keep_alive())
-        });
+        with_request(
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            |r| assert!(!r.keep_alive()),
+        );
     }
 
     #[test]
@@ -950,42 +1001,47 @@ mod tests {
 
     #[test]
     fn body_framing_rules() {
-        assert_eq!(framing(b"POST / HTTP/1.1\r\n\r\n"), Ok(BodyFraming::None));
         assert_eq!(
-            framing(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n"),
+            framing(b"POST / HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Ok(BodyFraming::None)
+        );
+        assert_eq!(
+            framing(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n"),
             Ok(BodyFraming::Length(5))
         );
         assert_eq!(
-            framing(b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n"),
+            framing(
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n"
+            ),
             Ok(BodyFraming::Length(5))
         );
         assert_eq!(
-            framing(b"POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n"),
+            framing(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\n\r\n"),
             Ok(BodyFraming::Length(5))
         );
         assert_eq!(
-            framing(b"POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n"),
+            framing(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\n\r\n"),
             Ok(BodyFraming::Chunked)
         );
         let bad: &[(&[u8], u16)] = &[
-            (b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", 400),
-            (b"POST / HTTP/1.1\r\nContent-Length: 5, 6\r\n\r\n", 400),
-            (b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400),
-            (b"POST / HTTP/1.1\r\nContent-Length: 0x10\r\n\r\n", 400),
-            (b"POST / HTTP/1.1\r\nContent-Length: \r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 6\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0x10\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: \r\n\r\n", 400),
             (
-                b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
                 400,
             ),
-            (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
-            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 400),
             (
-                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
                 400,
             ),
             (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
-            (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
-            (b"POST / HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n", 413),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n", 413),
         ];
         for (input, status) in bad {
             let err = framing(input).unwrap_err();

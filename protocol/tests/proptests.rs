@@ -707,11 +707,16 @@ fn head() -> impl Strategy<Value = Head> {
         0u8..=1,
         prop::collection::vec(("[A-Za-z0-9!#$%&'*+.^_`|~-]{1,24}", header_value()), 0..16),
     )
-        .prop_map(|(method, target, version, headers)| Head {
-            method,
-            target,
-            version,
-            headers,
+        .prop_map(|(method, target, version, mut headers)| {
+            // HTTP/1.1 needs exactly one Host (RFC 9112 3.2): one first, none generated.
+            headers.retain(|(n, _)| !n.eq_ignore_ascii_case("host"));
+            headers.insert(0, ("Host".to_string(), b"p".to_vec()));
+            Head {
+                method,
+                target,
+                version,
+                headers,
+            }
         })
 }
 

@@ -80,9 +80,12 @@ fn route_other(shared: &Shared, req: &http::Request<'_, '_>, body: &[u8]) -> Rep
     let allowed: &[Method] = match path {
         "/pub" => &[Method::Get, Method::Post],
         "/broadcast" | "/close" | "/clear" => &[Method::Post],
-        "/sign" | "/info" | "/channels" | "/metrics" | "/dashboard" | "/events" | "/presence" => {
-            &[Method::Get]
+        // HEAD is GET without the body (the admin loop writes the head alone); not for
+        // the event stream.
+        "/sign" | "/info" | "/channels" | "/metrics" | "/dashboard" | "/presence" => {
+            &[Method::Get, Method::Head]
         }
+        "/events" => &[Method::Get],
         _ => return Reply::error(404, "no such endpoint"),
     };
     if !allowed.contains(&req.method) {

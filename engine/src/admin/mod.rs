@@ -125,6 +125,8 @@ struct Held {
     ticket: u64,
     reply: Reply,
     keep_alive: bool,
+    /// A `HEAD`: the answer's head alone.
+    head: bool,
 }
 
 /// A response.
@@ -175,12 +177,14 @@ impl Reply {
 
 /// What parsing the start of a connection's input found.
 enum Step {
-    /// A request, answered: bytes used, the answer, keep-alive, the store ticket.
-    Done(usize, Reply, bool, u64),
+    /// A request, answered: bytes used, the answer, keep-alive, the store ticket, and
+    /// whether it was a `HEAD` (the answer's head alone).
+    Done(usize, Reply, bool, u64, bool),
     /// The head is not complete yet.
     NeedHead,
-    /// The head is complete, the body is not.
-    NeedBody,
+    /// The head is complete, the body is not; true when the client waits for a
+    /// `100 Continue` (`Expect: 100-continue`) before sending it.
+    NeedBody(bool),
 }
 
 /// The admin thread's state.
@@ -459,7 +463,7 @@ impl Admin {
                         continue;
                     }
                     if c.rbuf.len() > limit {
-                        write_reply(c, Reply::error(413, "request too large"), false);
+                        write_reply(c, Reply::error(413, "request too large"), false, false);
                         write_out(c);
                         c.rbuf.clear();
                     }
@@ -550,7 +554,7 @@ impl Admin {
             if let Some(reason) = reason {
                 c.rbuf.clear();
                 c.chunked = None;
-                write_reply(c, Reply::error(408, reason), false);
+                write_reply(c, Reply::error(408, reason), false, false);
                 write_out(c);
             }
             let _ = c.sock.shutdown(Shutdown::Both);
@@ -637,11 +641,12 @@ fn serve_buffered(shared: &Shared, c: &mut AdminConn, streams_ok: bool) {
     let mut waiting_body = false;
     while !c.close && !c.close_pending && pos < rbuf.len() {
         match serve_one(shared, &rbuf[pos..], &mut c.chunked, streams_ok) {
-            Step::Done(used, reply, keep_alive, ticket) => {
+            Step::Done(used, reply, keep_alive, ticket, head) => {
                 c.held.push_back(Held {
                     ticket,
                     reply,
                     keep_alive,
+                    head,
                 });
                 if !keep_alive {
                     c.close_pending = true;
@@ -651,8 +656,12 @@ fn serve_buffered(shared: &Shared, c: &mut AdminConn, streams_ok: bool) {
                 c.phase = Phase::Idle;
             }
             Step::NeedHead => break,
-            Step::NeedBody => {
+            Step::NeedBody(expect) => {
                 waiting_body = true;
+                if expect && c.phase != Phase::Body {
+                    // Once per request, as its body phase begins (RFC 9110 10.1.1).
+                    c.wbuf.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                }
                 break;
             }
         }
@@ -683,7 +692,7 @@ fn release(shared: &Shared, c: &mut AdminConn) {
             },
         };
         let h = c.held.pop_front().expect("front checked above");
-        write_reply(c, reply.unwrap_or(h.reply), h.keep_alive);
+        write_reply(c, reply.unwrap_or(h.reply), h.keep_alive, h.head);
     }
 }
 
@@ -697,8 +706,15 @@ fn serve_one(shared: &Shared, buf: &[u8], chunked: &mut Option<Chunked>, streams
     };
     let mut headers = [EMPTY_HEADER; crate::limits::HEADERS_CAP];
     let max_headers = limits.max_headers.min(headers.len());
-    let fail =
-        |e: http::HttpError| Step::Done(buf.len(), Reply::error(e.status(), e.reason()), false, 0);
+    let fail = |e: http::HttpError| {
+        Step::Done(
+            buf.len(),
+            Reply::error(e.status(), e.reason()),
+            false,
+            0,
+            false,
+        )
+    };
     let req = match http::parse_request(buf, &mut headers[..max_headers], &limits) {
         Ok(Parsed::Partial) => return Step::NeedHead,
         Ok(Parsed::Complete(r)) => r,
@@ -706,13 +722,17 @@ fn serve_one(shared: &Shared, buf: &[u8], chunked: &mut Option<Chunked>, streams
     };
     let keep_alive = req.keep_alive();
     let body_start = req.head_len;
+    let expect = req.version == 1
+        && req
+            .header_str("expect")
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"));
     let (body, used): (&[u8], usize) = match http::body_framing(&req, &limits) {
         Err(e) => return fail(e),
         Ok(BodyFraming::None) => (&[], body_start),
         Ok(BodyFraming::Length(n)) => {
             let end = body_start + n as usize;
             if buf.len() < end {
-                return Step::NeedBody;
+                return Step::NeedBody(expect);
             }
             (&buf[body_start..end], end)
         }
@@ -729,7 +749,7 @@ fn serve_one(shared: &Shared, buf: &[u8], chunked: &mut Option<Chunked>, streams
                 }
                 Ok((n, false)) => {
                     ch.consumed += n;
-                    return Step::NeedBody;
+                    return Step::NeedBody(expect);
                 }
                 Err(e) => {
                     *chunked = None;
@@ -747,7 +767,13 @@ fn serve_one(shared: &Shared, buf: &[u8], chunked: &mut Option<Chunked>, streams
     // A bad admin token: answered, and the connection is not kept. A stream takes the
     // connection: nothing after it is parsed.
     let keep_alive = keep_alive && reply.status != 401 && !reply.stream;
-    Step::Done(used, reply, keep_alive, ticket)
+    Step::Done(
+        used,
+        reply,
+        keep_alive,
+        ticket,
+        req.method == http::Method::Head,
+    )
 }
 
 /// Answers a connection over a cap with 503 (one write: it is not kept). What it already
@@ -760,7 +786,7 @@ fn refuse(sock: &mut TcpStream, reason: &str) {
 
 /// Appends a response to the connection's output (for a stream, its head and first
 /// events: the connection is then held, see [`Admin::send_events`]).
-fn write_reply(c: &mut AdminConn, reply: Reply, keep_alive: bool) {
+fn write_reply(c: &mut AdminConn, reply: Reply, keep_alive: bool, head: bool) {
     let mut headers: Vec<(&str, &str)> = vec![("Content-Type", reply.content_type)];
     for (k, v) in &reply.extra {
         headers.push((k, v.as_str()));
@@ -778,7 +804,13 @@ fn write_reply(c: &mut AdminConn, reply: Reply, keep_alive: bool) {
         c.stream = true;
         return;
     }
-    http::write_response(&mut c.wbuf, reply.status, &headers, &reply.body, keep_alive);
+    if head {
+        // The length the body would have, and no body (RFC 9110 9.3.2).
+        let len = http::ResponseBody::Length(reply.body.len());
+        http::write_response_head(&mut c.wbuf, reply.status, &headers, len, keep_alive);
+    } else {
+        http::write_response(&mut c.wbuf, reply.status, &headers, &reply.body, keep_alive);
+    }
     if !keep_alive {
         c.close = true;
     }

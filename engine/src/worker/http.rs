@@ -131,6 +131,14 @@ impl<B: Backend> Core<B> {
         req: &'q http::Request<'_, '_>,
         limits: &http::Limits,
     ) -> Result<Option<(Route, Query<'q>)>, (u16, String, Option<&'static str>)> {
+        // The framing first: a request whose body framing is malformed or ambiguous gets
+        // the same answer whatever its path.
+        let framing = http::body_framing(req, limits);
+        if let Err(e) = &framing {
+            if *e != http::HttpError::BodyTooLarge {
+                return Err((e.status(), e.reason().into(), None));
+            }
+        }
         let Some(route) = route_of(&self.shared.cfg, req.path()) else {
             return Err((404, "no such endpoint".into(), None));
         };
@@ -166,7 +174,7 @@ impl<B: Backend> Core<B> {
             };
             return Err((405, "method not allowed".into(), Some(allow)));
         }
-        match http::body_framing(req, limits) {
+        match framing {
             Ok(http::BodyFraming::None) => {}
             Ok(_) | Err(http::HttpError::BodyTooLarge) => {
                 return Err((400, "subscriber requests carry no body".into(), None));

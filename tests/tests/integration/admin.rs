@@ -359,7 +359,7 @@ fn unknown_admin_paths_and_methods() {
     assert_eq!(r.json()["code"], 404);
     let r = s.admin("PUT", "/info", &[], b"");
     assert_eq!(r.status, 405);
-    assert_eq!(r.header("allow"), Some("GET"));
+    assert_eq!(r.header("allow"), Some("GET, HEAD"));
     let mut c = Conn::connect(s.admin_addr);
     c.send(b"garbage\r\n\r\n").unwrap();
     assert_eq!(c.read_response(TIMEOUT).unwrap().status, 400);

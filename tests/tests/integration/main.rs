@@ -11,6 +11,7 @@ mod cluster;
 mod control;
 mod epochs;
 mod faults;
+mod http11;
 mod jwt;
 mod liveness;
 mod presence;
