@@ -571,12 +571,7 @@ impl Admin {
         }
         let (event, sample) = events::snapshot(&self.shared, self.events_prev.as_ref());
         self.events_prev = Some(sample);
-        let ids: Vec<usize> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.stream && !c.close)
-            .map(|(id, _)| id)
-            .collect();
+        let ids = self.open_streams();
         for id in ids {
             let c = &mut self.conns[id];
             if c.woff > 0 {
@@ -594,14 +589,18 @@ impl Admin {
         }
     }
 
-    /// A drain started: every event stream ends (after what it was sent).
-    fn close_streams(&mut self) {
-        let ids: Vec<usize> = self
-            .conns
+    /// The event streams still open.
+    fn open_streams(&self) -> Vec<usize> {
+        self.conns
             .iter()
             .filter(|(_, c)| c.stream && !c.close)
             .map(|(id, _)| id)
-            .collect();
+            .collect()
+    }
+
+    /// A drain started: every event stream ends (after what it was sent).
+    fn close_streams(&mut self) {
+        let ids = self.open_streams();
         for id in ids {
             self.conns[id].close = true;
             self.flush(id);

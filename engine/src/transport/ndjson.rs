@@ -39,17 +39,9 @@ pub fn start_chunked<B: Backend>(
     }
     let iframe = state == State::Iframe;
     let channels = cx.channels_param(q, true)?;
-    let mut points = since_points(q, "since", &channels)?;
-    let mut channels = channels;
+    let points = since_points(q, "since", &channels)?;
     let callback = if iframe { callback_param(q)? } else { None };
-    let grant = cx
-        .check_token(q, &channels)
-        .map_err(|e| reject(401, e.reason()))?;
-    cx.add_user_channel(grant.as_ref(), &mut channels, &mut points);
-    cx.keep_grant(slot, grant);
-    let (pending, _) = cx
-        .subscribe_all(slot, &channels, &points, true, true)
-        .map_err(|e| reject(e.status(), e.reason()))?;
+    let pending = cx.subscribe_stream(slot, q, channels, points)?;
     let content_type = if iframe {
         "text/html; charset=utf-8"
     } else {

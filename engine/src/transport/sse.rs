@@ -31,16 +31,9 @@ pub fn start<B: Backend>(
     req: &http::Request<'_, '_>,
     q: &Query<'_>,
 ) -> Result<(), Reject> {
-    let mut channels = cx.channels_param(q, true)?;
-    let mut points = resume_points(cx, req, q, &channels)?;
-    let grant = cx
-        .check_token(q, &channels)
-        .map_err(|e| reject(401, e.reason()))?;
-    cx.add_user_channel(grant.as_ref(), &mut channels, &mut points);
-    cx.keep_grant(slot, grant);
-    let (pending, _) = cx
-        .subscribe_all(slot, &channels, &points, true, true)
-        .map_err(|e| reject(e.status(), e.reason()))?;
+    let channels = cx.channels_param(q, true)?;
+    let points = resume_points(cx, req, q, &channels)?;
+    let pending = cx.subscribe_stream(slot, q, channels, points)?;
     let mut headers: Vec<(&str, &str)> = vec![
         ("Content-Type", "text/event-stream; charset=utf-8"),
         ("Cache-Control", "no-cache"),

@@ -541,6 +541,28 @@ impl<B: Backend> Core<B> {
         }
     }
 
+    /// A streaming subscriber's start (SSE, NDJSON, iframe): the token checked for the
+    /// channels, the user's own channel added, the grant kept (before subscribing, so
+    /// that presence names the token's `sub`), every channel subscribed; returns what to
+    /// replay.
+    pub(crate) fn subscribe_stream(
+        &mut self,
+        slot: usize,
+        q: &Query<'_>,
+        mut channels: Vec<String>,
+        mut points: Vec<Since>,
+    ) -> Result<Vec<super::index::PendingReplay>, Reject> {
+        let grant = self
+            .check_token(q, &channels)
+            .map_err(|e| reject(401, e.reason()))?;
+        self.add_user_channel(grant.as_ref(), &mut channels, &mut points);
+        self.keep_grant(slot, grant);
+        let (pending, _) = self
+            .subscribe_all(slot, &channels, &points, true, true)
+            .map_err(|e| reject(e.status(), e.reason()))?;
+        Ok(pending)
+    }
+
     /// Keeps a verified token with its connection, whose rights end with it.
     pub(crate) fn keep_grant(&mut self, slot: usize, grant: Option<Grant>) {
         if let Some(g) = grant {
