@@ -7,8 +7,8 @@ BACKEND ?= epoll
 REDIS_PORT ?= 6379
 
 .PHONY: run run-cluster test build release lint fmt bench fuzz fuzz-build fuzz-deps deps-test deps-redis conformance
-.PHONY: test-socketio deps-socketio test-web
-.PHONY: bench-build bench-scale bench-fanout bench-peers bench-backends bench-cluster bench-floor
+.PHONY: test-socketio deps-socketio test-web deps-tools
+.PHONY: bench-build bench-scale bench-fanout bench-peers bench-backends bench-cluster bench-floor bench-tls
 
 ## run: build (release) and start the server on embedded defaults (BACKEND=uring for io_uring)
 run: release
@@ -32,6 +32,19 @@ build:
 release:
 	$(CARGO) build --release -p pushedge
 
+## install-check: `cargo install --path engine` and `--path loadgen` into a scratch folder,
+## then run the installed binaries (not in `make test`: the release profile's fat-LTO link
+## takes minutes). INSTALL_FLAGS="--locked --offline" when the crates are already fetched.
+INSTALL_FLAGS ?= --locked
+.PHONY: install-check
+install-check:
+	@root=$$(mktemp -d); trap 'rm -rf "$$root"' EXIT; set -e; \
+	$(CARGO) install --path engine --root "$$root" $(INSTALL_FLAGS); \
+	$(CARGO) install --path loadgen --root "$$root" $(INSTALL_FLAGS); \
+	"$$root/bin/pushedge" --version; "$$root/bin/loadgen" --version; \
+	"$$root/bin/pushedge" completions bash > /dev/null; \
+	echo "install-check: pushedge and loadgen install and run"
+
 ## test: install what the tests need, then run every test (unit, property, integration,
 ## cluster with a real redis-server, the quick Autobahn profile, the Socket.IO clients),
 ## against both reactor backends (epoll and io_uring), and the browser tests (Chromium).
@@ -48,7 +61,14 @@ test: deps-test
 
 ## deps-test: what the tests need beyond cargo (redis-server for the cluster tests;
 ## node packages, python-socketio and chromium for the Socket.IO tests)
-deps-test: deps-redis deps-socketio
+deps-test: deps-redis deps-socketio deps-tools
+
+## deps-tools: curl and openssl (the TLS tests use both as real clients / certificate tools)
+deps-tools:
+	@command -v curl >/dev/null && command -v openssl >/dev/null || { \
+	  echo "installing curl and openssl"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl openssl; \
+	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl openssl; fi; }
 
 deps-redis:
 	@command -v redis-server >/dev/null || { \
@@ -84,7 +104,7 @@ test-web: deps-socketio
 
 ## deps-socketio: what tests/socketio needs, each installed only when missing: the node
 ## packages of tests/socketio/package-lock.json (npm ci), python-socketio[client],
-## websocket-client and requests (pip), and Debian's chromium (apt-get, with sudo when not root)
+## websocket-client, requests and websockets (pip; websockets for tests/integration/deflate.rs), and Debian's chromium (apt-get, with sudo when not root)
 deps-socketio:
 	@command -v node >/dev/null && command -v npm >/dev/null || { \
 	  echo "deps-socketio: node (>= 20) and npm are needed and not installed"; exit 1; }
@@ -92,9 +112,9 @@ deps-socketio:
 	    [ tests/socketio/package-lock.json -nt tests/socketio/node_modules/.package-lock.json ]; then \
 	  echo "installing the node packages of tests/socketio (socket.io-client, engine.io-client, ws, playwright-core): npm ci"; \
 	  cd tests/socketio && npm ci --no-audit --no-fund; fi
-	@$(PYTHON) -c "import socketio, websocket, requests" 2>/dev/null || { \
-	  echo "installing python-socketio[client], websocket-client and requests (pip)"; \
-	  $(PYTHON) -m pip install --quiet "python-socketio[client]" websocket-client requests; }
+	@$(PYTHON) -c "import socketio, websocket, requests, websockets" 2>/dev/null || { \
+	  echo "installing python-socketio[client], websocket-client, requests and websockets (pip)"; \
+	  $(PYTHON) -m pip install --quiet "python-socketio[client]" websocket-client requests websockets; }
 	@[ -x /usr/bin/chromium ] || { \
 	  echo "installing chromium (apt-get) for the headless browser test"; \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
@@ -120,10 +140,15 @@ bench:
 ## table and writes JSON under target/bench/; every process it starts is stopped at the end.
 ##   make bench-scale CONNS=100000 [BACKEND=epoll|uring] [TRANSPORT=ws|sse|stream|poll|socketio]
 ##                    [SET="uring_arm=recv ..."] [BENCH_ARGS="--workers 8 --per-proc 15000"]
+##                    [TLS=1]                     ... plain, then over TLS (test certificate), side by side
 ##   make bench-fanout [BACKEND=...] [SET=...]   fan-out latency, CPU per delivery, publishes/s
 ##                    [TRANSPORT=socketio]        ... over ws and socketio, interleaved, with
 ##                    [TRANSPORTS=ws,socketio]    the ratios socketio/ws (BENCH_ARGS="--rounds 3")
-##   make bench-peers                            pushedge vs nchan (installs nginx + nchan with apt)
+##                    [TRANSPORTS=ws,wss]         ... WebSocket over TLS against plain
+##   make bench-peers [TLS=1]                    pushedge vs nchan (installs nginx + nchan with apt);
+##                                               TLS=1: also both over TLS (nginx listen ... ssl)
+##   make bench-tls [BACKEND=...] [SET=...]      handshakes/s plain, TLS full, TLS resumed (bench/tls.py,
+##                    [TLS_ARGS="--nginx ..."]    --nginx: nchan too), then fan-out to 15,000 ws vs wss
 ##   make bench-backends                         epoll vs io_uring (POLL_ADD, RECV, no direct fds)
 ##   make bench-cluster CONNS=N [NODES=K] [BACKEND=...] [SET=...] [BENCH_ARGS="--channels C ..."]
 ##                    redis-server + K nodes on one port: fan-out to N subscribers through Redis
@@ -137,6 +162,10 @@ SET ?=
 NODES ?=
 BENCH_ARGS ?=
 BENCH_SETS = $(foreach s,$(SET),--set $(s))
+# TLS=1: bench-scale and bench-peers measure over TLS too (a test certificate, openssl CLI).
+TLS ?=
+TLS_FLAG = $(if $(filter 1 yes true,$(TLS)),--tls)
+TLS_ARGS ?=
 # bench-fanout: TRANSPORTS as given, else ws alone, or ws then TRANSPORT (compared to ws).
 TRANSPORTS ?=
 comma := ,
@@ -146,13 +175,17 @@ bench-build:
 	$(CARGO) build --release -p pushedge -p loadgen
 
 bench-scale: bench-build
-	python3 bench/scale.py --conns $(CONNS) --backend $(BACKEND) --transport $(TRANSPORT) $(BENCH_SETS) $(BENCH_ARGS)
+	python3 bench/scale.py --conns $(CONNS) --backend $(BACKEND) --transport $(TRANSPORT) $(TLS_FLAG) $(BENCH_SETS) $(BENCH_ARGS)
 
 bench-fanout: bench-build
 	python3 bench/fanout.py --backend $(BACKEND) --transports $(FANOUT_TRANSPORTS) $(BENCH_SETS) $(BENCH_ARGS)
 
 bench-peers: bench-build
-	python3 bench/peers.py --backend $(BACKEND) $(BENCH_SETS) $(BENCH_ARGS)
+	python3 bench/peers.py --backend $(BACKEND) $(TLS_FLAG) $(BENCH_SETS) $(BENCH_ARGS)
+
+bench-tls: bench-build
+	python3 bench/tls.py --backend $(BACKEND) $(BENCH_SETS) $(TLS_ARGS)
+	python3 bench/fanout.py --backend $(BACKEND) --transports ws,wss --scenarios one_channel,many_channels $(BENCH_SETS) $(BENCH_ARGS)
 
 bench-backends: bench-build
 	bash bench/backends.sh $(BENCH_ARGS)
@@ -174,7 +207,7 @@ bench-floor: bench-build
 ## Corpora grow in fuzz/corpus/<t> (seeded from fuzz/seeds/<t>), crashes land in
 ## fuzz/artifacts/<t>, full logs in fuzz/target/logs/<t>.log. One target: FUZZ_TARGETS=query
 FUZZ_CARGO ?= cargo +nightly
-FUZZ_TARGETS ?= http_head ws_decoder sse_cursor query socketio
+FUZZ_TARGETS ?= http_head ws_decoder sse_cursor query socketio deflate proxy
 FUZZ_FLAGS ?= -rss_limit_mb=2048 -max_len=8192 -timeout=10
 fuzz: fuzz-build
 	@fail=0; \

@@ -15,6 +15,7 @@ import math
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -125,6 +126,22 @@ def sysctl_set(key, value):
         return False
 
 
+def _port_ranges(spec):
+    out = []
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        lo, _, hi = item.partition("-")
+        out.append((int(lo), int(hi or lo)))
+    return out
+
+
+def ports_reserved(reserved, wanted):
+    """Every port of the list `wanted` lies in the list `reserved` (both as the kernel's
+    ip_local_reserved_ports: "8100-8101,18000-18499")."""
+    have = _port_ranges(reserved)
+    return all(any(a <= p <= b for a, b in have)
+               for lo, hi in _port_ranges(wanted) for p in range(lo, hi + 1))
+
+
 def prepare_system(conns):
     """Widens the ephemeral port range and raises nf_conntrack_max when needed."""
     lo, hi = map(int, read("/proc/sys/net/ipv4/ip_local_port_range", "32768 60999").split())
@@ -136,7 +153,7 @@ def prepare_system(conns):
     # binding it.
     reserved = read("/proc/sys/net/ipv4/ip_local_reserved_ports").strip()
     want = ",".join(x for x in [reserved, RESERVED_PORTS] if x)
-    if RESERVED_PORTS not in reserved:
+    if not ports_reserved(reserved, RESERVED_PORTS):
         if sysctl_set("net.ipv4.ip_local_reserved_ports", want):
             log(f"net.ipv4.ip_local_reserved_ports = {want}")
     ct = "/proc/sys/net/netfilter/nf_conntrack_max"
@@ -150,7 +167,8 @@ def prepare_system(conns):
 
 
 # Subscriber ports (8100 pushedge, 8300 nchan) and admin ports (18000 + process index).
-RESERVED_PORTS = "8100,8300,18000-18499"
+# 8101 / 8301: their TLS listeners in the side-by-side runs.
+RESERVED_PORTS = "8100,8101,8300,8301,18000-18499"
 
 
 def sources_for(conns, per_source=28000):
@@ -296,20 +314,65 @@ class Server:
         self.idle_rss_kb = 0
 
 
+def listening(port, host="127.0.0.1"):
+    """Something accepts connections on host:port already."""
+    try:
+        socket.create_connection((host, port), timeout=0.3).close()
+        return True
+    except OSError:
+        return False
+
+
+def check_ports_free(ports):
+    """Stops the run when another process listens on one of `ports`: pushedge binds its
+    subscriber port with SO_REUSEPORT, so a stray server there would silently take a
+    share of the connections."""
+    busy = [p for p in ports if listening(p)]
+    if busy:
+        raise SystemExit(f"port(s) {', '.join(map(str, busy))} already in use on 127.0.0.1 "
+                         "(another server?): stop it first")
+
+
+def listeners_toml(listeners):
+    """A pushedge config file's `[[listener]]` entries: `listeners` is a list of
+    (port, cert or None), cert as make_cert() returns it."""
+    out = []
+    for port, cert in listeners:
+        out.append(f'[[listener]]\naddr = "127.0.0.1:{port}"\n')
+        if cert:
+            out.append(f'tls = {{ cert = "{cert["cert"]}", key = "{cert["key"]}" }}\n')
+    return "".join(out)
+
+
 def start_pushedge(n, port=8100, admin_base=18000, backend="epoll", workers=None,
-                   sets=(), tag="pe", ready_timeout=20, node_sets=None):
+                   sets=(), tag="pe", ready_timeout=20, node_sets=None, tls=None,
+                   listeners=None):
     """Starts `n` pushedge processes on one subscriber port (SO_REUSEPORT), each with its
     own admin port and control socket; waits for every ready line; returns the servers
     with their idle RSS (measured right after startup). `node_sets(i)`, when given, adds
-    process i's own `--set` values (after `sets`: they win)."""
+    process i's own `--set` values (after `sets`: they win). `tls` (a make_cert() dict)
+    makes the subscriber listener TLS; `listeners`, a list of (port, cert or None),
+    replaces the one listener on `port` with these (a config file of `[[listener]]`
+    entries, e.g. a plain one and a TLS one side by side)."""
     os.makedirs(RUN, exist_ok=True)
+    check_ports_free([p for p, _ in listeners] if listeners else [port])
+    sets = list(sets) + (tls_sets(tls) if tls else [])
     servers = []
     for i in range(n):
         admin = f"127.0.0.1:{admin_base + i}"
         control = os.path.join(RUN, f"{tag}-{i}.sock")
         logpath = os.path.join(RUN, f"{tag}-{i}.log")
-        args = [PUSHEDGE, "serve", "--listen", f"127.0.0.1:{port}", "--admin", admin,
-                "--control", control, "--backend", backend]
+        args = [PUSHEDGE, "serve"]
+        if listeners:
+            conf = os.path.join(RUN, f"{tag}-{i}.toml")
+            with open(conf, "w") as f:
+                f.write(listeners_toml(listeners))
+            args += ["--config", conf]
+        else:
+            args += ["--listen", f"127.0.0.1:{port}"]
+        args += ["--admin", admin, "--control", control, "--backend", backend]
+        if n > 1:  # several processes on one port: meant (pushedge refuses it otherwise)
+            args += ["--set", "reuse_port=true"]
         if workers:
             args += ["--workers", str(workers)]
         for s in list(sets) + (list(node_sets(i)) if node_sets else []):
@@ -374,22 +437,102 @@ def server_errors(servers):
     return out[:10]
 
 
+# ---------------------------------------------------------------- TLS
+
+CERT_DIR = os.path.join(OUT, "tls")
+# Certificate kinds make_cert() knows: the openssl -newkey argument and -pkeyopt values.
+CERT_KINDS = {
+    "ec": ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"],
+    "rsa": ["-newkey", "rsa:2048"],
+}
+
+
+def make_cert(kind="ec"):
+    """A test CA and a server certificate it signed, made with the openssl CLI under
+    target/bench/tls/<kind>/ (once; kept for later runs while valid for a day more):
+    `ca.pem`, `server.pem` (the server certificate then the CA: the chain) and
+    `server.key` (PKCS#8). The server certificate is for DNS:localhost and
+    IP:127.0.0.1, valid 30 days; `ec` is ECDSA P-256 (the default of current CAs),
+    `rsa` RSA 2048. Returns {"ca", "cert", "key", "kind"}."""
+    if kind not in CERT_KINDS:
+        raise SystemExit(f"unknown certificate kind {kind!r} ({', '.join(CERT_KINDS)})")
+    d = os.path.join(CERT_DIR, kind)
+    out = {"ca": os.path.join(d, "ca.pem"), "cert": os.path.join(d, "server.pem"),
+           "key": os.path.join(d, "server.key"), "kind": kind}
+    if all(os.path.exists(p) for p in out.values() if p != kind):
+        ok = subprocess.run(["openssl", "x509", "-checkend", "86400", "-noout", "-in",
+                             out["cert"]], capture_output=True).returncode == 0
+        if ok:
+            return out
+    os.makedirs(d, exist_ok=True)
+    new = CERT_KINDS[kind]
+
+    def run(args):
+        r = subprocess.run(["openssl"] + args, cwd=d, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise SystemExit(f"openssl {' '.join(args)} failed:\n{r.stderr}")
+
+    run(["req", "-x509", *new, "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+         "-days", "30", "-subj", "/CN=pushedge bench CA",
+         "-addext", "basicConstraints=critical,CA:TRUE",
+         "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+    run(["req", *new, "-nodes", "-keyout", "server.key", "-out", "server.csr",
+         "-subj", "/CN=localhost"])
+    with open(os.path.join(d, "server.ext"), "w") as f:
+        f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\n"
+                "basicConstraints=CA:FALSE\n"
+                "keyUsage=critical,digitalSignature,keyEncipherment\n"
+                "extendedKeyUsage=serverAuth\n")
+    run(["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+         "-CAcreateserial", "-out", "server.crt", "-days", "30", "-extfile", "server.ext"])
+    with open(out["cert"], "w") as f:
+        f.write(read(os.path.join(d, "server.crt")) + read(out["ca"]))
+    log(f"made a test CA and server certificate ({kind}) in {os.path.relpath(d, ROOT)}")
+    return out
+
+
+def tls_sets(cert):
+    """pushedge `--set` values that make its subscriber listener TLS."""
+    return [f"tls_cert={cert['cert']}", f"tls_key={cert['key']}"]
+
+
+def tls_args(cert=None, insecure=False, resume=True):
+    """loadgen's TLS options: trust the test CA (`--cacert`, names checked), or
+    `--insecure` (no chain check; the handshake signature is still verified)."""
+    args = ["--insecure"] if insecure or cert is None else ["--cacert", cert["ca"]]
+    return args + ([] if resume else ["--no-resume"])
+
+
 # ---------------------------------------------------------------- transports
 
-# Subscriber transports of pushedge as loadgen speaks them.
+# Subscriber transports of pushedge as loadgen speaks them; "wss" is WebSocket over TLS,
+# and any of them over TLS is "<name>+tls" ("ws+tls" is "wss").
 TRANSPORTS = ("ws", "sse", "stream", "poll", "socketio")
+TLS_TRANSPORTS = ("wss",) + tuple(t + "+tls" for t in TRANSPORTS if t != "ws")
+
+
+def split_tls(transport):
+    """("ws", True) for "wss" and "ws+tls"; (name, False) for a plain one."""
+    if transport == "wss":
+        return "ws", True
+    if transport.endswith("+tls"):
+        return transport[:-4], True
+    return transport, False
 
 
 def sub_url(transport, port, channel="{c}"):
-    """The loadgen `--url` of pushedge's subscriber port for `transport`. Socket.IO
-    (Engine.IO v4 over WebSocket) names no channel in the URL: loadgen connects the main
-    namespace and puts the channel, as a room, in the CONNECT auth
-    (`40{"channels":["ch0"]}`; main prefix "": room `ch0` = channel `ch0`)."""
-    if transport == "ws":
-        return f"ws://127.0.0.1:{port}/ws?channel={channel}"
-    if transport == "socketio":
-        return f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket"
-    return f"http://127.0.0.1:{port}/{transport}?channel={channel}"
+    """The loadgen `--url` of pushedge's subscriber port for `transport` (a TLS one,
+    `wss` or `<name>+tls`, gives a wss:// or https:// URL). Socket.IO (Engine.IO v4 over
+    WebSocket) names no channel in the URL: loadgen connects the main namespace and puts
+    the channel, as a room, in the CONNECT auth (`40{"channels":["ch0"]}`; main prefix
+    "": room `ch0` = channel `ch0`)."""
+    base, tls = split_tls(transport)
+    ws, http = ("wss", "https") if tls else ("ws", "http")
+    if base == "ws":
+        return f"{ws}://127.0.0.1:{port}/ws?channel={channel}"
+    if base == "socketio":
+        return f"{ws}://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket"
+    return f"{http}://127.0.0.1:{port}/{base}?channel={channel}"
 
 
 def transport_sets(transports, sets=(), quiet=False):
@@ -399,7 +542,7 @@ def transport_sets(transports, sets=(), quiet=False):
     for the other transports) so that none is counted in a measured window."""
     given = {s.split("=", 1)[0].strip() for s in sets}
     out = []
-    if "socketio" in transports:
+    if "socketio" in [split_tls(t)[0] for t in transports]:
         if "socketio" not in given:
             out.append("socketio=true")
         if quiet and "socketio_ping_interval_secs" not in given:

@@ -2,8 +2,9 @@
 """bench-fanout: fan-out latency, CPU per delivery and publish rate of one pushedge process.
 
     python3 bench/fanout.py [--backend epoll|uring] [--set KEY=VALUE ...] [--subs 15000]
-                            [--publishes 100] [--rate 4] [--transports ws[,socketio,...]]
-                            [--rounds R]
+                            [--publishes 100] [--rate 4] [--transports ws[,socketio,wss,...]]
+                            [--rounds R] [--scenarios one_channel,many_channels,...]
+                            [--cert ec|rsa]
 
 1. One channel, 15,000 WebSocket subscribers, 100 publishes paced at 4/s (each one is
    measured alone): publish-to-arrival latency p50/p99/max over every delivery, and the
@@ -31,7 +32,17 @@ runs with `socketio=true` and `socketio_ping_interval_secs=600`, as `heartbeat_s
 keeps WebSocket pings out of the window). A last table gives, per scenario, the median
 over the rounds of each figure and its ratio to the first transport (e.g. socketio / ws):
 latency p50 and p99, last arrival p50 and p99, server CPU per million deliveries, and
-publishes per second.
+publishes per second, and loadgen's own CPU per million deliveries (the subscribers' side,
+on the same two cores: what it takes shows in the latency).
+
+TLS: `wss` is WebSocket over TLS, and `<transport>+tls` any other transport over TLS
+(`sse+tls`: SSE over https://). The run's server then has a TLS listener too: with plain
+and TLS transports in one run (`--transports ws,wss`), one pushedge process with two
+`[[listener]]`s, plain on --port and TLS on --port + 1, so both are measured on the same
+server, interleaved, and the last table gives the ratios wss / ws. The certificate is a
+test one made with the openssl CLI under target/bench/tls/ (ECDSA P-256, `--cert rsa` for
+RSA 2048); loadgen checks it against the test CA. `--scenarios one_channel,many_channels`
+leaves out the publish-rate runs (one subscriber: they say little about TLS).
 """
 
 import argparse
@@ -59,7 +70,7 @@ def fanout(url, publish, conns, channels, messages, rate, pids, fmt=None, size=6
 
     def on_phase(name, _fields):
         if name in ("settling", "stopping") and name not in cpu:
-            cpu[name] = (time.time(), sum(B.cpu_s(p) for p in pids))
+            cpu[name] = (time.time(), sum(B.cpu_s(p) for p in pids), B.tree_cpu_s(run.proc.pid))
 
     if timeout is None:
         timeout = 90 + conns / 2000 + messages * channels / max(rate, 1) + drain_s
@@ -76,11 +87,15 @@ def fanout(url, publish, conns, channels, messages, rate, pids, fmt=None, size=6
         res["server_cpu_s"] = round(secs, 2)
         res["server_cpu_s_per_m_deliveries"] = round(secs / (f["delivered"] / 1e6), 3)
         res["measured_wall_s"] = round(cpu["stopping"][0] - cpu["settling"][0], 2)
+        # The subscribers' side (loadgen and its children) over the same window: on the
+        # same two cores, what it takes shows in the latency.
+        res["loadgen_cpu_s_per_m_deliveries"] = round(
+            (cpu["stopping"][2] - cpu["settling"][2]) / (f["delivered"] / 1e6), 3)
     return res
 
 
 def pubrate(url, publish, pids, messages=300000, publishers=1, pipeline=128, fmt=None,
-            timeout=180):
+            timeout=180, extra=()):
     """Publishes `messages` back to back to one channel with one subscriber attached;
     returns publishes/s and whether the subscriber got everything."""
     args = ["fanout", "--url", url, "--publish", publish, "--conns", "1",
@@ -89,6 +104,7 @@ def pubrate(url, publish, pids, messages=300000, publishers=1, pipeline=128, fmt
             "--drain", "20"]
     if fmt:
         args += ["--format", fmt]
+    args += list(extra)
     cpu = {}
 
     def on_phase(name, _fields):
@@ -119,6 +135,10 @@ def pubrate(url, publish, pids, messages=300000, publishers=1, pipeline=128, fmt
     if "settling" in cpu and "stopping" in cpu:
         res["server_cpu_s"] = round(cpu["stopping"] - cpu["settling"], 2)
     return res
+
+
+# The scenarios of a run, in order (--scenarios picks some).
+SCENARIOS = ("one_channel", "many_channels", "pubrate_8x1", "pubrate_1x128")
 
 
 def fanout_row(name, r):
@@ -178,6 +198,7 @@ def fanout_figures_of(r):
         "last_arrival_p50_us": r["last_arrival_us"]["p50"],
         "last_arrival_p99_us": r["last_arrival_us"]["p99"],
         "server_cpu_s_per_m_deliveries": r.get("server_cpu_s_per_m_deliveries"),
+        "loadgen_cpu_s_per_m_deliveries": r.get("loadgen_cpu_s_per_m_deliveries"),
         "lost": r["lost"],
     }
 
@@ -197,7 +218,8 @@ def compare(runs, transports, keys):
             else:
                 figs = [fanout_figures_of(r) for r in rounds]
                 names = ("latency_p50_us", "latency_p99_us", "last_arrival_p50_us",
-                         "last_arrival_p99_us", "server_cpu_s_per_m_deliveries")
+                         "last_arrival_p99_us", "server_cpu_s_per_m_deliveries",
+                         "loadgen_cpu_s_per_m_deliveries")
                 med[t] = {n: median([f.get(n) for f in figs]) for n in names}
                 med[t]["lost"] = sum(f.get("lost") or 0 for f in figs)
             med[t]["rounds"] = len(rounds)
@@ -226,7 +248,7 @@ def compare_rows(cmp, transports, labels):
             r = c[f"ratio_to_{base_t}"].get(t, {})
             if key.startswith("pubrate"):
                 rows.append([label, t, fig(m["publishes_per_s"], r.get("publishes_per_s"), "/s"),
-                             "", "", "", "", f"lost {m['lost']}, {m['rounds']} round(s)"])
+                             "", "", "", "", "", f"lost {m['lost']}, {m['rounds']} round(s)"])
                 continue
             rows.append([
                 label, t,
@@ -235,13 +257,15 @@ def compare_rows(cmp, transports, labels):
                 fig(m["last_arrival_p50_us"], r.get("last_arrival_p50_us")),
                 fig(m["last_arrival_p99_us"], r.get("last_arrival_p99_us")),
                 fig(m["server_cpu_s_per_m_deliveries"], r.get("server_cpu_s_per_m_deliveries"), "s"),
+                fig(m["loadgen_cpu_s_per_m_deliveries"], r.get("loadgen_cpu_s_per_m_deliveries"), "s"),
                 f"lost {m['lost']}, {m['rounds']} round(s)",
             ])
     return rows
 
 
 COMPARE_HEADER = ["scenario", "transport", "latency p50", "latency p99", "last arrival p50",
-                  "last arrival p99", "server CPU s / M deliveries", "note"]
+                  "last arrival p99", "server CPU s / M deliveries",
+                  "loadgen CPU s / M deliveries", "note"]
 
 
 def main():
@@ -261,11 +285,19 @@ def main():
     ap.add_argument("--rounds", type=int, default=0,
                     help="rounds of every scenario per transport (default: 3 with several "
                          "transports, else 1)")
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS),
+                    help=f"comma-separated, among {', '.join(SCENARIOS)} (default: all)")
+    ap.add_argument("--cert", choices=list(B.CERT_KINDS), default="ec",
+                    help="TLS transports: the test certificate's key (ECDSA P-256 or RSA 2048)")
     a = ap.parse_args()
     transports = [t.strip() for t in a.transports.split(",") if t.strip()]
-    bad = [t for t in transports if t not in B.TRANSPORTS]
+    known = B.TRANSPORTS + B.TLS_TRANSPORTS
+    bad = [t for t in transports if t not in known]
     if bad or not transports or len(set(transports)) != len(transports):
-        ap.error(f"--transports: a list of distinct names among {', '.join(B.TRANSPORTS)}")
+        ap.error(f"--transports: a list of distinct names among {', '.join(known)}")
+    keys = tuple(k.strip() for k in a.scenarios.split(",") if k.strip())
+    if not keys or any(k not in SCENARIOS for k in keys) or len(set(keys)) != len(keys):
+        ap.error(f"--scenarios: a list of distinct names among {', '.join(SCENARIOS)}")
     rounds = a.rounds or (3 if len(transports) > 1 else 1)
     if not 1 <= rounds <= 20:
         ap.error("--rounds must be 1..20")
@@ -274,17 +306,33 @@ def main():
     # No heartbeats during the run: 15,000 pings and pongs would be counted as the CPU
     # of the deliveries.
     sets = B.transport_sets(transports, ["heartbeat_secs=600"] + a.set, quiet=True)
+    tls = [t for t in transports if B.split_tls(t)[1]]
+    cert = B.make_cert(a.cert) if tls else None
+    # One server for every transport: plain ones on --port, TLS ones on --port + 1 (both
+    # listeners of the one process) when the run has both kinds.
+    mixed = bool(tls) and len(tls) < len(transports)
+    port_of = {t: a.port + (1 if mixed and B.split_tls(t)[1] else 0) for t in transports}
     srv = B.start_pushedge(1, port=a.port, admin_base=a.admin, backend=a.backend,
-                           workers=a.workers or None, sets=sets, tag="fanout")[0]
+                           workers=a.workers or None, sets=sets, tag="fanout",
+                           tls=None if mixed else cert,
+                           listeners=[(a.port, None), (a.port + 1, cert)] if mixed else None)[0]
     pub = f"http://{srv.admin}/pub?channel={{c}}"
-    keys = ("one_channel", "many_channels", "pubrate_8x1", "pubrate_1x128")
+
+    def extra(t):
+        return B.tls_args(cert) if B.split_tls(t)[1] else []
+
     scenario = {
-        "one_channel": lambda url: fanout(url, pub, a.subs, 1, a.publishes, a.rate, [srv.pid]),
-        "many_channels": lambda url: fanout(url, pub, a.subs, 100, 5, 25.0, [srv.pid]),
-        "pubrate_8x1": lambda url: pubrate(url, pub, [srv.pid], a.pub_messages, 8, 1),
-        "pubrate_1x128": lambda url: pubrate(url, pub, [srv.pid], a.pub_messages, 1, 128),
+        "one_channel": lambda url, t: fanout(url, pub, a.subs, 1, a.publishes, a.rate,
+                                             [srv.pid], extra=extra(t)),
+        "many_channels": lambda url, t: fanout(url, pub, a.subs, 100, 5, 25.0, [srv.pid],
+                                               extra=extra(t)),
+        "pubrate_8x1": lambda url, t: pubrate(url, pub, [srv.pid], a.pub_messages, 8, 1,
+                                              extra=extra(t)),
+        "pubrate_1x128": lambda url, t: pubrate(url, pub, [srv.pid], a.pub_messages, 1, 128,
+                                                extra=extra(t)),
     }
     out = {"backend": a.backend, "sets": a.set, "server_sets": sets, "transports": transports,
+           "ports": port_of, "cert": cert["kind"] if cert else None, "scenarios": keys,
            "rounds": rounds, "machine": B.machine()}
     runs = {t: {k: [] for k in keys} for t in transports}
     try:
@@ -293,7 +341,7 @@ def main():
                 order = transports if rnd % 2 == 0 else transports[::-1]
                 for t in order:
                     B.log(f"{key} over {t}, round {rnd + 1}/{rounds}")
-                    r = scenario[key](B.sub_url(t, a.port))
+                    r = scenario[key](B.sub_url(t, port_of[t]), t)
                     r["transport"] = t
                     r["round"] = rnd + 1
                     runs[t][key].append(r)
@@ -308,7 +356,8 @@ def main():
     if len(transports) > 1:
         out["compare"] = compare(runs, transports, keys)
     name = ("fanout-" + a.backend + "".join("-" + s.replace("=", "_") for s in a.set)
-            + ("" if transports == ["ws"] else "-" + "_".join(transports)) + ".json")
+            + ("" if transports == ["ws"] else "-" + "_".join(transports).replace("+", "_"))
+            + ("" if keys == SCENARIOS else "-" + "_".join(keys)) + ".json")
     B.write_json(name, out)
     label = a.backend + (" " + " ".join(a.set) if a.set else "")
     several = len(transports) > 1 or rounds > 1
@@ -316,31 +365,39 @@ def main():
     def tag(t, rnd):
         return f" [{t}{f' r{rnd}' if rounds > 1 else ''}]" if several else ""
 
-    what = ", ".join({"ws": "WebSocket", "socketio": "Socket.IO"}.get(t, t) for t in transports)
+    names = {"ws": "WebSocket", "socketio": "Socket.IO", "wss": "WebSocket over TLS"}
+    what = ", ".join(names.get(t, t) for t in transports)
     rows = []
     for key, label_of in (
             ("one_channel", f"1 channel x {a.subs}, {a.publishes} publishes at {a.rate:g}/s"),
             ("many_channels", f"100 channels x {a.subs // 100}, 5 each at 25/s")):
+        if key not in keys:
+            continue
         for rnd in range(rounds):
             for t in transports:
                 rows.append(fanout_row(label_of + tag(t, rnd + 1), runs[t][key][rnd]))
-    print(B.table(f"bench-fanout ({label}): one pushedge process, {what} subscribers",
-                  FANOUT_HEADER, rows))
-    print()
+    if rows:
+        print(B.table(f"bench-fanout ({label}): one pushedge process, {what} subscribers",
+                      FANOUT_HEADER, rows))
+        print()
     rows = []
     for key, label_of in (("pubrate_8x1", "8 connections x 1 in flight"),
                           ("pubrate_1x128", "1 connection x 128 pipelined")):
+        if key not in keys:
+            continue
         for rnd in range(rounds):
             for t in transports:
                 rows.append(pubrate_row(label_of + tag(t, rnd + 1), runs[t][key][rnd]))
-    print(B.table(f"publish rate to a channel with one subscriber ({a.pub_messages} publishes)",
-                  PUBRATE_HEADER, rows))
+    if rows:
+        print(B.table(f"publish rate to a channel with one subscriber ({a.pub_messages} publishes)",
+                      PUBRATE_HEADER, rows))
     if len(transports) > 1:
         print()
-        labels = {"one_channel": f"1 channel x {a.subs}",
-                  "many_channels": f"100 channels x {a.subs // 100}",
-                  "pubrate_8x1": "publishes/s, 8 x 1",
-                  "pubrate_1x128": "publishes/s, 1 x 128"}
+        labels = {k: v for k, v in {"one_channel": f"1 channel x {a.subs}",
+                                    "many_channels": f"100 channels x {a.subs // 100}",
+                                    "pubrate_8x1": "publishes/s, 8 x 1",
+                                    "pubrate_1x128": "publishes/s, 1 x 128"}.items()
+                  if k in keys}
         print(B.table(f"{' vs '.join(transports[1:])} against {transports[0]}: medians over "
                       f"{rounds} round(s), (x ratio to {transports[0]})",
                       COMPARE_HEADER, compare_rows(out["compare"], transports, labels), left=2))

@@ -4,6 +4,7 @@
     python3 bench/scale.py --conns 100000 [--backend epoll|uring]
                            [--transport ws|sse|stream|poll|socketio]
                            [--workers W] [--per-proc K] [--set KEY=VALUE ...] [--hold S]
+                           [--tls [--tls-only] [--cert ec|rsa]]
 
 Starts enough `pushedge` processes on ONE subscriber port (SO_REUSEPORT; each with its own
 admin port and control socket) to stay under the 20,000 open files a process may have:
@@ -28,6 +29,14 @@ idle RSS right after startup), kernel memory per connection (/proc/meminfo Slab 
 and after, over N: this includes the client ends, loopback pays for both), loadgen's RSS,
 and connections per server process. Prints a table and writes
 target/bench/scale-<backend>-<N>.json. Every process it starts is stopped at the end.
+
+With `--tls`, the same hold runs twice, plain then over TLS (`--tls-only`: TLS alone): a
+test CA and server certificate are made with the openssl CLI under target/bench/tls/<cert>/
+(ECDSA P-256 by default, `--cert rsa` for RSA 2048), pushedge runs with
+`--set tls_cert=... --set tls_key=...`, and loadgen connects with `wss://` (or `https://`
+for the HTTP transports) checking the test CA (`--cacert`). The table has a column per
+run, then what TLS adds per idle connection (server RSS, kernel slab, loadgen RSS): the
+difference and the ratio. The JSON (`...-tls-<N>.json`) holds both runs.
 """
 
 import argparse
@@ -69,25 +78,33 @@ def spread(counts):
 
 def run_scale(conns, backend="epoll", transport="ws", workers=None, per_proc=15000,
               sets=(), hold_s=5.0, port=8100, admin_base=18000, channels=1, tag=None,
-              connect_rate=0.0):
+              connect_rate=0.0, tls=None):
+    """One hold of `conns` idle subscribers; `tls` (a make_cert() dict) makes the
+    subscriber listener TLS and loadgen connect over TLS (checking the test CA)."""
     sets = B.transport_sets([transport], sets)
+    url = url_for(transport + ("+tls" if tls else ""), port)
+    extra = ["--channels", str(channels), "--rate", str(connect_rate)]
+    if tls:
+        extra += B.tls_args(tls)
     direct = backend == "uring" and "uring_direct=false" not in [s.replace(" ", "") for s in sets]
     nproc, workers = plan_processes(conns, backend, direct, workers, per_proc)
     B.prepare_system(conns)
-    B.log(f"{conns} {transport} connections: {nproc} pushedge process(es) x {workers} workers, "
+    B.log(f"{conns} {transport}{' over TLS' if tls else ''} connections: {nproc} pushedge "
+          f"process(es) x {workers} workers, "
           f"backend {backend}{' (direct descriptors)' if direct else ''} {' '.join(sets)}")
     slab_idle0 = B.slab_kb()
     servers = B.start_pushedge(nproc, port=port, admin_base=admin_base, backend=backend,
-                               workers=workers, sets=sets, tag=tag or f"scale-{backend}")
+                               workers=workers, sets=sets, tag=tag or f"scale-{backend}",
+                               tls=tls)
     try:
         res = B.hold(
-            url_for(transport, port),
+            url,
             conns,
             pids=[s.pid for s in servers],
             idle_rss_kb=[s.idle_rss_kb for s in servers],
             conns_fn=lambda: B.server_conns(servers),
             hold_s=hold_s,
-            extra=["--channels", str(channels), "--rate", str(connect_rate)],
+            extra=extra,
         )
         res["server_log_warnings"] = B.server_errors(servers)
         res["server_metrics"] = B.server_metrics(servers)
@@ -100,6 +117,8 @@ def run_scale(conns, backend="epoll", transport="ws", workers=None, per_proc=150
         "direct": direct,
         "sets": sets,
         "transport": transport,
+        "tls": bool(tls),
+        "cert": tls["kind"] if tls else None,
         "channels": channels,
         "connect_rate_limit": connect_rate,
         "server_processes": nproc,
@@ -156,6 +175,10 @@ def summary_rows(r):
     if r.get("machine_cpu"):
         rows.append(("machine CPU over the run (busy, steal)",
                      f"{r['machine_cpu']['busy'] * 100:.0f}%, {r['machine_cpu']['steal'] * 100:.0f}%"))
+    t = (lg.get("tls") or {})
+    if t:
+        rows.append(("TLS handshakes full / resumed (versions)",
+                     f"{t.get('full')} / {t.get('resumed')} {t.get('by_version') or ''}".strip()))
     if r.get("min_mem_available_kb"):
         rows.append(("lowest MemAvailable during run", f"{r['min_mem_available_kb'] / 1048576:.1f} GiB"))
     m = r.get("server_metrics") or {}
@@ -168,6 +191,24 @@ def summary_rows(r):
         rows.append(("ABORTED", r["aborted"]))
     if r.get("server_log_warnings"):
         rows.append(("server warnings", r["server_log_warnings"][0][:100]))
+    return rows
+
+
+def tls_compare_rows(plain, tls):
+    """What TLS adds per idle connection: the differences and ratios of the two runs."""
+    def fig(r, k):
+        return r.get(k) if r.get("measured") else None
+
+    rows = []
+    for label, k in (("server RSS per connection", "server_rss_per_conn_b"),
+                     ("  minus idle RSS", "server_rss_delta_per_conn_b"),
+                     ("kernel slab per connection (both ends)", "slab_per_conn_b"),
+                     ("loadgen RSS per connection", "loadgen_rss_per_conn_b")):
+        a, b = fig(plain, k), fig(tls, k)
+        if a is None or b is None:
+            rows.append((label, "-", "-"))
+            continue
+        rows.append((label, f"{b - a:+,.0f} B", f"x{b / a:.2f}" if a else "-"))
     return rows
 
 
@@ -185,23 +226,61 @@ def main():
     ap.add_argument("--connect-rate", type=float, default=0.0,
                     help="loadgen --rate: new connections per second (0: no limit)")
     ap.add_argument("--port", type=int, default=8100)
+    ap.add_argument("--tls", action="store_true",
+                    help="TLS: a plain run, then the same over TLS (a test certificate from "
+                         "the openssl CLI under target/bench/tls/), side by side")
+    ap.add_argument("--tls-only", action="store_true", help="with --tls: no plain run")
+    ap.add_argument("--cert", choices=list(B.CERT_KINDS), default="ec",
+                    help="TLS certificate key: ec (ECDSA P-256, default) or rsa (2048)")
     a = ap.parse_args()
+    if a.tls_only and not a.tls:
+        ap.error("--tls-only goes with --tls")
     B.check_binaries()
     t0 = time.time()
-    r = run_scale(a.conns, a.backend, a.transport, a.workers or None, a.per_proc, a.set,
-                  a.hold, a.port, channels=a.channels, connect_rate=a.connect_rate)
-    r["machine"] = B.machine()
-    r["wall_s"] = round(time.time() - t0, 1)
+    runs = []
+    if not a.tls_only:
+        runs.append(("plain", None))
+    if a.tls:
+        runs.append(("TLS", B.make_cert(a.cert)))
+    results = []
+    for name, cert in runs:
+        r = run_scale(a.conns, a.backend, a.transport, a.workers or None, a.per_proc, a.set,
+                      a.hold, a.port, channels=a.channels, connect_rate=a.connect_rate,
+                      tls=cert)
+        r["machine"] = B.machine()
+        results.append((name, r))
+    wall = round(time.time() - t0, 1)
     extra = "-".join(s.replace("=", "_") for s in a.set)
-    name = f"scale-{a.backend}{'-' + extra if extra else ''}-{a.transport}-{a.conns}.json"
+    name = (f"scale-{a.backend}{'-' + extra if extra else ''}-{a.transport}"
+            f"{'-tls' if a.tls else ''}-{a.conns}.json")
     if a.connect_rate:
         name = name.replace(".json", f"-rate{a.connect_rate:g}.json")
-    B.write_json(name, r)
-    title = (f"bench-scale: {a.conns} {a.transport} connections, backend {a.backend}"
+    if len(results) == 1:
+        r = results[0][1]
+        r["wall_s"] = wall
+        B.write_json(name, r)
+    else:
+        B.write_json(name, {"wall_s": wall, "runs": {n: r for n, r in results},
+                            "tls_minus_plain": {
+                                k: (results[1][1].get(k) or 0) - (results[0][1].get(k) or 0)
+                                for k in ("server_rss_per_conn_b", "server_rss_delta_per_conn_b",
+                                          "slab_per_conn_b", "loadgen_rss_per_conn_b")
+                                if results[0][1].get("measured") and results[1][1].get("measured")}})
+    what = a.transport + (" (and over TLS, " + a.cert + " certificate)" if a.tls and not a.tls_only
+                          else " over TLS (" + a.cert + " certificate)" if a.tls else "")
+    title = (f"bench-scale: {a.conns} {what} connections, backend {a.backend}"
              f"{' ' + ' '.join(a.set) if a.set else ''}"
              f"{f', connect rate <= {a.connect_rate:g}/s' if a.connect_rate else ''}, held {a.hold:g} s")
-    print(B.table(title, ["", "value"], summary_rows(r), left=2))
-    ok = r.get("measured") and not r.get("aborted")
+    cols = [dict(summary_rows(r)) for _, r in results]
+    labels = list(dict.fromkeys(label for c in cols for label in c))
+    rows = [[label] + [c.get(label, "-") for c in cols] for label in labels]
+    print(B.table(title, [""] + [n for n, _ in results], rows, left=1))
+    if len(results) == 2:
+        print()
+        print(B.table("what TLS adds per idle connection (TLS - plain, TLS / plain)",
+                      ["", "difference", "ratio"],
+                      tls_compare_rows(results[0][1], results[1][1]), left=1))
+    ok = all(r.get("measured") and not r.get("aborted") for _, r in results)
     return 0 if ok else 1
 
 

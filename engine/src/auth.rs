@@ -563,7 +563,7 @@ struct Claims {
 }
 
 /// What a verified token grants.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Grant {
     patterns: Box<[Box<str>]>,
     publish: Box<[Box<str>]>,

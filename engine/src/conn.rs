@@ -114,6 +114,25 @@ impl State {
         }
     }
 
+    /// The state of [`State`]`as u8` (a hot handover's record), or `None`.
+    pub fn from_u8(v: u8) -> Option<State> {
+        const ALL: [State; 12] = [
+            State::Http,
+            State::Ws,
+            State::Echo,
+            State::Sse,
+            State::Stream,
+            State::Iframe,
+            State::Poll,
+            State::Closing,
+            State::SioWs,
+            State::SioProbe,
+            State::SioPoll,
+            State::SioHeld,
+        ];
+        ALL.iter().copied().find(|s| *s as u8 == v)
+    }
+
     /// True for the WebSocket states.
     pub fn is_ws(self) -> bool {
         matches!(
@@ -390,6 +409,13 @@ impl Conn {
             from: self.state,
             event,
         })
+    }
+
+    /// A hot handover's successor takes a connection over in the state the old process
+    /// had it in (the only way into a state without its transition: the state machine
+    /// was followed in the old process).
+    pub fn restore(&mut self, to: State) -> Moved {
+        self.go(to)
     }
 
     /// The 101 went out: a WebSocket (an echo session when `echo`).

@@ -14,6 +14,7 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::config;
 use crate::inbox::Cmd;
 use crate::limits::{
     CTL_DEFAULT_CONNS, DRAIN_POLL, MAX_CONNS_LISTING, MAX_CONTROL_CONNS, MAX_DRAIN_WAIT_SECS,
@@ -40,6 +41,10 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("config set <key> <value>", "change a live key (see README)"),
     ("kick <conn-id>", "close one connection (ids from conns)"),
     (
+        "tls reload",
+        "read the TLS certificates and keys again (open connections keep theirs)",
+    ),
+    (
         "close <channel>",
         "close a channel: subscribers get close and are unsubscribed",
     ),
@@ -49,15 +54,24 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ),
     (
         "drain [seconds]",
-        "stop accepting and close subscribers gracefully; waits up to seconds",
+        "stop accepting and close subscribers gracefully; waits up to seconds; answers the connections left (again while draining: the progress)",
+    ),
+    (
+        "resume",
+        "undo a drain: accept connections and publishes again",
     ),
     ("shutdown", "drain, then exit"),
+    (
+        "upgrade [--binary PATH]",
+        "hot handover: start PATH (default: this executable) with the same arguments and hand it the listeners and every connection; this process then exits",
+    ),
 ];
 
 /// Binds the control socket, replacing a stale socket but refusing to take over one that
 /// a running server answers on, or to remove a file that is not a socket.
 pub fn bind(path: &str) -> Result<UnixListener, String> {
     use std::os::unix::fs::FileTypeExt;
+    prepare_default_dir(path)?;
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
             return Err(format!(
@@ -77,6 +91,62 @@ pub fn bind(path: &str) -> Result<UnixListener, String> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| format!("cannot chmod control socket {path}: {e}"))?;
     Ok(l)
+}
+
+/// Binds a control socket beside `path`, which a running server (the old process of a
+/// hot handover) still answers on; returns it with its temporary path, which the caller
+/// renames onto `path` once it serves (so the path always names a listening socket).
+pub fn bind_beside(path: &str) -> Result<(UnixListener, String), String> {
+    let tmp = format!("{path}.{}.new", std::process::id());
+    let _ = std::fs::remove_file(&tmp);
+    let l =
+        UnixListener::bind(&tmp).map_err(|e| format!("cannot bind control socket {tmp}: {e}"))?;
+    if let Err(e) = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(format!("cannot chmod control socket {tmp}: {e}"));
+    }
+    Ok((l, tmp))
+}
+
+/// Creates the directory of a default control path when it is missing (mode 0700):
+/// `/run/pushedge` or `/tmp/pushedge-<uid>`; the latter, in a world-writable directory,
+/// must then be a real directory of this user that nobody else can enter.
+fn prepare_default_dir(path: &str) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let Some(dir) = std::path::Path::new(path).parent() else {
+        return Ok(());
+    };
+    let user = std::path::Path::new(&config::default_user_control_path())
+        .parent()
+        .map(std::path::Path::to_path_buf);
+    let is_user = user.as_deref() == Some(dir);
+    if !is_user && dir != std::path::Path::new(config::SYSTEM_CONTROL_DIR) {
+        return Ok(());
+    }
+    if std::fs::symlink_metadata(dir).is_err() {
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| {
+                format!(
+                    "cannot create the control socket directory {}: {e}",
+                    dir.display()
+                )
+            })?;
+    }
+    if is_user {
+        let meta = std::fs::symlink_metadata(dir)
+            .map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let uid = unsafe { libc::geteuid() };
+        if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o077 != 0 {
+            return Err(format!(
+                "control_path {path}: {} is not a private directory of this user (mode 0700): refusing to use it (remove it, or choose another control_path)",
+                dir.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Accepts control connections (never returns).
@@ -147,6 +217,11 @@ fn serve_conn(shared: &Shared, stream: UnixStream) {
         if reply.get("type") == Some(&json!("ok")) && reply.get("shutdown") == Some(&json!(true)) {
             shared.request_stop(Stop::Graceful);
         }
+        if reply.get("upgraded") == Some(&json!(true)) {
+            // The successor serves everything: exit without closing what it holds.
+            let _ = writer.flush();
+            std::process::exit(0);
+        }
     }
 }
 
@@ -207,7 +282,47 @@ pub fn handle(shared: &Shared, line: &str) -> Value {
             _ => error(400, "usage: close <channel>"),
         },
         "pub" => publish(shared, rest),
+        "tls" => match args.as_slice() {
+            ["reload"] => match shared.reload_tls() {
+                Ok(n) => {
+                    info!("TLS certificates reloaded ({n}) on the control socket");
+                    json!({"type": "ok", "reloaded": n})
+                }
+                Err(e) => {
+                    warn!("TLS reload failed, the old certificates stay: {e}");
+                    error(
+                        400,
+                        &format!("TLS reload failed, the old certificates stay: {e}"),
+                    )
+                }
+            },
+            _ => error(400, "usage: tls reload"),
+        },
         "drain" => drain(shared, &args),
+        "resume" => {
+            if !args.is_empty() {
+                return error(400, "usage: resume");
+            }
+            let was = shared.draining.load(Ordering::SeqCst);
+            match shared.resume() {
+                Ok(workers) => {
+                    json!({"type": "ok", "draining": false, "resumed": was, "workers": workers})
+                }
+                Err((code, reason)) => error(code, &reason),
+            }
+        }
+        "upgrade" => {
+            let binary = match args.as_slice() {
+                [] => None,
+                ["--binary", path] | [path] if !path.starts_with('-') => Some(*path),
+                _ => return error(400, "usage: upgrade [--binary PATH]"),
+            };
+            info!("upgrade requested on the control socket");
+            match crate::handover::upgrade(shared, binary) {
+                Ok(v) => v,
+                Err(e) => error(500, &format!("upgrade failed, still serving: {e}")),
+            }
+        }
         "shutdown" => {
             if !args.is_empty() {
                 return error(400, "usage: shutdown");
@@ -264,6 +379,7 @@ fn drain(shared: &Shared, args: &[&str]) -> Value {
         },
         _ => return error(400, "usage: drain [seconds]"),
     };
+    let already = shared.draining.load(Ordering::SeqCst);
     shared.drain();
     if let Some(wait) = wait {
         let deadline = Instant::now() + wait;
@@ -271,7 +387,27 @@ fn drain(shared: &Shared, args: &[&str]) -> Value {
             thread::sleep(DRAIN_POLL);
         }
     }
-    json!({"type": "ok", "draining": true, "connections": shared.conns.load(Ordering::Relaxed)})
+    let mut v = json!({"type": "ok", "draining": true, "already": already});
+    if let Some(p) = drain_progress(shared) {
+        for (k, x) in p.as_object().into_iter().flatten() {
+            v[k] = x.clone();
+        }
+    }
+    v
+}
+
+/// How far the drain in progress is: connections left, open when it started, seconds
+/// since; `None` when not draining.
+pub fn drain_progress(shared: &Shared) -> Option<Value> {
+    let st = (*shared.drain_state.lock().unwrap_or_else(|p| p.into_inner()))?;
+    let left = shared.conns.load(Ordering::Relaxed);
+    Some(json!({
+        "connections": left,
+        "connections_at_start": st.conns_at_start,
+        "closed": st.conns_at_start.saturating_sub(left),
+        "secs": st.since.elapsed().as_secs_f64(),
+        "exiting": st.exiting,
+    }))
 }
 
 fn config(shared: &Shared, rest: &str) -> Value {
@@ -345,6 +481,7 @@ pub fn client(path: &str, command: &str) -> i32 {
     };
     let wait = match word(command) {
         ("drain", secs) => secs.trim().parse::<u64>().unwrap_or(0) + 10,
+        ("upgrade", _) => 3 * crate::limits::HANDOVER_TIMEOUT.as_secs() + 5,
         _ => 10,
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(wait)));

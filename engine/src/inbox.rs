@@ -115,8 +115,22 @@ pub enum Cmd {
     },
     /// Stop accepting and close every connection gracefully.
     Drain,
+    /// Undo a drain: listen again (the listeners bound anew); answers on `reply`.
+    Resume {
+        /// The outcome.
+        reply: std::sync::mpsc::Sender<Result<(), String>>,
+    },
     /// Exit the worker loop now.
     Shutdown,
+    /// A hot handover (`crate::handover`): serialize every connection (closing nothing),
+    /// answer on `reply`, then block until `resume` says whether to go on or to stop
+    /// without closing anything.
+    Freeze {
+        /// The listeners and connections, or why they cannot be handed over.
+        reply: Sender<Result<crate::handover::Frozen, String>>,
+        /// What to do once the handover is decided.
+        resume: std::sync::mpsc::Receiver<crate::handover::Resume>,
+    },
 }
 
 /// The inbox of one worker.

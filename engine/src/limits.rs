@@ -53,12 +53,24 @@ pub const LISTEN_BACKLOG: i32 = 4096;
 
 /// Most `[[listener]]` entries.
 pub const MAX_LISTENERS: usize = 16;
+/// TLS 1.3 session tickets sent after each full handshake (each resumes one reconnect).
+pub const TLS13_TICKETS: usize = 2;
+/// TLS 1.2 sessions remembered by id for clients without ticket support (tickets, which
+/// keep nothing on the server, are used by every current client).
+pub const TLS12_SESSION_CACHE: usize = 1024;
 
 /// Most connections accepted per turn.
 pub const ACCEPT_BATCH: usize = 512;
 
 /// Accept errors are logged at most once per this interval.
 pub const ACCEPT_WARN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Access-log lines queued for the writer thread; past this a worker drops the line (and
+/// counts it) rather than wait for the disk.
+pub const ACCESS_LOG_QUEUE: usize = 65_536;
+
+/// Longest request path kept in an access-log line (bytes; longer ones are cut).
+pub const ACCESS_LOG_PATH_BYTES: usize = 512;
 
 // ------------------------------------------------------------ workers
 
@@ -70,6 +82,23 @@ pub const READ_BUDGET: usize = 256 * 1024;
 
 /// Most consecutive messages of one channel delivered together (one write per subscriber).
 pub const DELIVER_BATCH: usize = 64;
+
+/// permessage-deflate: a message (its JSON) shorter than this goes out uncompressed (RSV1
+/// clear is allowed per message): below it deflate saves a few bytes at most and costs
+/// the client an inflate (see the bench `deflate/envelope`).
+pub const DEFLATE_MIN_BYTES: usize = 128;
+
+/// permessage-deflate: zlib's compression level (1 fastest .. 9 smallest). Each message
+/// is compressed once for all its subscribers, so this is a per-message cost, not a
+/// per-subscriber one. Level 1 (zlib-rs' "quick": static Huffman codes only) hardly
+/// shrinks small JSON (a 301-byte envelope to 91%); level 2 gets level 6's ratio on it
+/// (74%; a 1.7 KB one to 26% against 25%) at about half level 6's time (bench
+/// `deflate/envelope`).
+pub const DEFLATE_LEVEL: u32 = 2;
+
+/// The worker's inflate buffer keeps up to this much capacity between client messages
+/// (a larger one, after a large message, is freed).
+pub const INFLATE_KEEP_BYTES: usize = 64 * 1024;
 
 /// Most inbox commands handled per turn.
 pub const INBOX_BATCH: usize = 1024;
@@ -208,6 +237,19 @@ pub const MAX_CONNS_LISTING: usize = 100_000;
 
 /// How long `conns` and `kick` wait for a worker to answer.
 pub const WORKER_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Hot handover: descriptors passed in one `sendmsg` (SCM_RIGHTS), well under the
+/// kernel's limit of 253 per message.
+pub const HANDOVER_FDS_PER_MSG: usize = 200;
+
+/// Hot handover: how long the old process waits for each step of its successor (its
+/// hello, its final ok) and for its workers to freeze, before it calls the handover off
+/// and goes on serving.
+pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Hot handover: the largest message on the handover socket (a batch of records with
+/// their unparsed input and unwritten output).
+pub const HANDOVER_MAX_FRAME: usize = 1 << 30;
 
 /// Longest `drain` wait.
 pub const MAX_DRAIN_WAIT_SECS: u64 = 3600;

@@ -1,5 +1,11 @@
-//! The `pushedge` binary: `serve`, `ctl`, `--version`.
+//! The `pushedge` binary: `serve`, `ctl`, `completions`, `--version` (clap, as loadgen).
+//!
+//! Exit status: 0 done; 2 a bad command line, key or value (addresses that do not parse
+//! included: it cannot work as written); 1 the server could not run where it is (an
+//! address in use or not on this machine, a port held by an unrelated process, no
+//! permission). `pushedge ctl`: 0 a reply, 1 an error reply, 2 no server.
 
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use std::process::ExitCode;
 
 /// mimalloc: per-thread free lists for the many small allocations of the publish path,
@@ -7,45 +13,155 @@ use std::process::ExitCode;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use pushedge::config::{split_kv, Config};
+use pushedge::config::{self, split_kv, Config};
 use pushedge::{control, error, server};
 
-const USAGE: &str = "\
-usage:
-  pushedge serve [--config FILE] [--listen ADDR] [--admin ADDR] [--control PATH]
-                 [--workers N] [--backend epoll|uring] [--set KEY=VALUE ...]
-  pushedge ctl [--control PATH | --config FILE] COMMAND [ARGS...]   (try: pushedge ctl help)
-  pushedge --version
+const AFTER_HELP: &str = "\
+With no command, `pushedge` is `pushedge serve` (flags without a command are serve's):
+subscribers on 0.0.0.0:8100, admin API on 127.0.0.1:8000, control socket
+$XDG_RUNTIME_DIR/pushedge.sock, else /run/pushedge/pushedge.sock (root), else
+/tmp/pushedge-<uid>/pushedge.sock.
 
-With no arguments, `pushedge` is `pushedge serve` on the embedded defaults:
-subscribers on 0.0.0.0:8100, admin API on 127.0.0.1:8000, control socket ./pushedge.sock.
-";
+Exit status: 0 done, 2 a bad flag, key or value, 1 the server could not run (an address
+in use, a port held by another process, no permission).";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pushedge",
+    version,
+    about = "A push edge server: WebSocket, SSE, long-poll, HTTP streaming and Socket.IO, with per-channel history",
+    after_help = AFTER_HELP,
+    args_conflicts_with_subcommands = true,
+    // A flag given twice: the last one counts (as scripts that add to a base line expect).
+    args_override_self = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    /// Flags without a command: `serve`.
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the server (the default command).
+    #[command(args_override_self = true)]
+    Serve(ServeArgs),
+    /// Send one command to a running server's control socket and print its JSON reply.
+    #[command(
+        after_help = "\
+The command is the rest of the line, sent as it is (try: pushedge ctl help):
+  stats, info [channel], channels [prefix], conns [limit], config get [key],
+  config set <key> <value>, kick <conn-id>, close <channel>, pub <channel> <content>,
+  tls reload, drain [seconds], resume, shutdown, upgrade [--binary PATH]
+
+Without --control or --config, the first default location that holds a socket:
+$XDG_RUNTIME_DIR/pushedge.sock, /run/pushedge/pushedge.sock, /tmp/pushedge-<uid>/pushedge.sock.
+
+Exit status: 0 a reply, 1 an error reply, 2 no server (or a bad command line).",
+        args_override_self = true
+    )]
+    Ctl(CtlArgs),
+    /// Print a shell completion script (e.g. `pushedge completions bash > /etc/bash_completion.d/pushedge`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the version (as --version).
+    #[command(hide = true)]
+    Version,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum BackendArg {
+    Epoll,
+    Uring,
+}
+
+#[derive(Args, Debug, Default)]
+struct ServeArgs {
+    /// TOML configuration file (flags override it; every key has an embedded default).
+    #[arg(long, value_name = "FILE")]
+    config: Option<String>,
+    /// Subscriber address (replaces the file's [[listener]] entries), e.g. 0.0.0.0:8100.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Admin (publisher) API address, e.g. 127.0.0.1:8000.
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<String>,
+    /// Control socket path (mode 0600).
+    #[arg(long, value_name = "PATH")]
+    control: Option<String>,
+    /// Worker threads (0 = one per core).
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+    /// Reactor backend.
+    #[arg(long, value_enum)]
+    backend: Option<BackendArg>,
+    /// Any configuration key (TOML value; a bare word is a string), repeatable; wins over
+    /// the file and the flags above. E.g. --set heartbeat_secs=10 --set cluster.redis_url=redis://host
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct CtlArgs {
+    /// The control socket.
+    #[arg(long, value_name = "PATH", conflicts_with = "config")]
+    control: Option<String>,
+    /// Take the control socket from this configuration file's control_path.
+    #[arg(long, value_name = "FILE")]
+    config: Option<String>,
+    /// The command and its arguments (the rest of the line).
+    #[arg(
+        value_name = "COMMAND",
+        required = true,
+        num_args = 1..,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    command: Vec<String>,
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        None | Some("serve") => serve(args.get(1..).unwrap_or(&[])),
-        Some("ctl") => match parse_ctl(&args[1..]) {
-            Ok((path, command)) => ExitCode::from(control::client(&path, &command) as u8),
-            Err(e) => usage_error(&e),
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    match cli.cmd {
+        None => serve(cli.serve),
+        Some(Cmd::Serve(args)) => serve(args),
+        Some(Cmd::Ctl(args)) => match ctl_path(&args) {
+            Ok(path) => ExitCode::from(control::client(&path, &args.command.join(" ")) as u8),
+            Err(CtlPathError::Usage(e)) => usage_error(&e),
+            Err(CtlPathError::NotFound(looked)) => {
+                eprintln!(
+                    "pushedge ctl: no server found at the default control sockets: {} (is it running? --control PATH or --config FILE names another)",
+                    looked.join(", ")
+                );
+                ExitCode::from(2)
+            }
         },
-        Some("--version" | "-V" | "version") => {
+        Some(Cmd::Completions { shell }) => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "pushedge", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Some(Cmd::Version) => {
             println!("pushedge {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Some("--help" | "-h" | "help") => {
-            print!("{USAGE}");
-            ExitCode::SUCCESS
-        }
-        // Flags without the subcommand: `serve`.
-        Some(other) if other.starts_with('-') => serve(&args),
-        Some(other) => usage_error(&format!("unknown command '{other}'")),
     }
 }
 
-/// `pushedge serve ARGS`: exit 2 for bad arguments, 1 when the server cannot run.
-fn serve(args: &[String]) -> ExitCode {
-    match parse_serve(args) {
+/// `pushedge serve`: exit 2 for bad arguments, 1 when the server cannot run.
+fn serve(args: ServeArgs) -> ExitCode {
+    match config_of(args) {
         Ok(cfg) => match server::serve(cfg) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -58,72 +174,46 @@ fn serve(args: &[String]) -> ExitCode {
 }
 
 fn usage_error(msg: &str) -> ExitCode {
-    eprintln!("pushedge: {msg}\n\n{USAGE}");
+    eprintln!("pushedge: {msg}\n\nFor more information, try 'pushedge --help'.");
     ExitCode::from(2)
 }
 
-/// Splits `--flag=value` or takes the next argument as the value.
-fn flag_value<'a>(
-    arg: &'a str,
-    it: &mut impl Iterator<Item = &'a String>,
-) -> Result<(&'a str, Option<String>), String> {
-    if let Some((f, v)) = arg.split_once('=') {
-        return Ok((f, Some(v.to_string())));
-    }
-    let needs_value = !matches!(arg, "--help" | "-h");
-    if needs_value {
-        let v = it.next().ok_or_else(|| format!("{arg} needs a value"))?;
-        Ok((arg, Some(v.clone())))
-    } else {
-        Ok((arg, None))
-    }
-}
-
-fn parse_serve(args: &[String]) -> Result<Config, String> {
-    // The config file first, then flags over it, in order.
-    let mut file = None;
-    let mut it = args.iter();
-    let mut flags: Vec<(String, String)> = Vec::new();
-    while let Some(arg) = it.next() {
-        if !arg.starts_with("--") {
-            return Err(format!("unexpected argument '{arg}'"));
-        }
-        let (flag, value) = flag_value(arg, &mut it)?;
-        let value = value.unwrap_or_default();
-        match flag {
-            "--config" => file = Some(value),
-            "--listen" | "--admin" | "--control" | "--workers" | "--backend" | "--set" => {
-                flags.push((flag.to_string(), value))
-            }
-            _ => return Err(format!("unknown flag '{flag}'")),
-        }
-    }
-    let mut cfg = match file {
-        Some(path) => Config::from_file(&path).map_err(|e| e.to_string())?,
+/// The configuration: embedded defaults < the file < the dedicated flags < `--set`.
+fn config_of(args: ServeArgs) -> Result<Config, String> {
+    let mut cfg = match &args.config {
+        Some(path) => Config::from_file(path).map_err(|e| e.to_string())?,
         None => Config::default(),
     };
-    for (flag, value) in flags {
-        let r = match flag.as_str() {
-            "--listen" => {
-                // The one listener from now on, whatever the file's `[[listener]]`s.
-                cfg.listener.clear();
-                cfg.set_unchecked("listen", &quote(&value))
-            }
-            "--admin" => cfg.set_unchecked("admin_listen", &quote(&value)),
-            "--control" => cfg.set_unchecked("control_path", &quote(&value)),
-            "--workers" => {
-                let n: usize = value
-                    .parse()
-                    .map_err(|_| format!("--workers expects a number, got '{value}'"))?;
-                cfg.set_unchecked("workers", &n.to_string())
-            }
-            "--backend" => match value.as_str() {
-                "epoll" | "uring" => cfg.set_unchecked("backend", &quote(&value)),
-                _ => return Err(format!("--backend must be epoll or uring, got '{value}'")),
-            },
-            _ => split_kv(&value).and_then(|(k, v)| cfg.set_unchecked(k, v)),
+    let mut flags: Vec<(&str, String)> = Vec::new();
+    if let Some(v) = &args.listen {
+        // The one listener from now on, whatever the file's `[[listener]]`s.
+        cfg.listener.clear();
+        flags.push(("listen", quote(v)));
+    }
+    if let Some(v) = &args.admin {
+        flags.push(("admin_listen", quote(v)));
+    }
+    if let Some(v) = &args.control {
+        flags.push(("control_path", quote(v)));
+    }
+    if let Some(n) = args.workers {
+        flags.push(("workers", n.to_string()));
+    }
+    if let Some(b) = args.backend {
+        let name = match b {
+            BackendArg::Epoll => "epoll",
+            BackendArg::Uring => "uring",
         };
-        r.map_err(|e| format!("{flag} {value}: {e}"))?;
+        flags.push(("backend", quote(name)));
+    }
+    for (key, value) in flags {
+        cfg.set_unchecked(key, &value)
+            .map_err(|e| format!("--{key} {value}: {e}"))?;
+    }
+    for kv in &args.set {
+        split_kv(kv)
+            .and_then(|(k, v)| cfg.set_unchecked(k, v))
+            .map_err(|e| format!("--set {kv}: {e}"))?;
     }
     // Relations between keys are checked once, whatever the order of the flags.
     cfg.validate().map_err(|e| e.to_string())?;
@@ -135,29 +225,31 @@ fn quote(v: &str) -> String {
     format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
-fn parse_ctl(args: &[String]) -> Result<(String, String), String> {
-    let mut path: Option<String> = None;
-    let mut it = args.iter();
-    let mut rest = Vec::new();
-    while let Some(arg) = it.next() {
-        if rest.is_empty() && arg.starts_with("--") {
-            let (flag, value) = flag_value(arg, &mut it)?;
-            let value = value.unwrap_or_default();
-            match flag {
-                "--control" => path = Some(value),
-                "--config" => {
-                    let cfg = Config::from_file(&value).map_err(|e| e.to_string())?;
-                    path = Some(cfg.control_path);
-                }
-                _ => return Err(format!("unknown flag '{flag}'")),
-            }
-        } else {
-            rest.push(arg.as_str());
-        }
+enum CtlPathError {
+    /// A bad `--config` file.
+    Usage(String),
+    /// No socket at any default location (the ones looked at).
+    NotFound(Vec<String>),
+}
+
+/// The control socket `ctl` talks to: `--control`, the file's `control_path`, or the
+/// first default location that holds a socket.
+fn ctl_path(args: &CtlArgs) -> Result<String, CtlPathError> {
+    if let Some(p) = &args.control {
+        return Ok(p.clone());
     }
-    if rest.is_empty() {
-        return Err("ctl needs a command (try: pushedge ctl help)".into());
+    if let Some(file) = &args.config {
+        let cfg = Config::from_file(file).map_err(|e| CtlPathError::Usage(e.to_string()))?;
+        return Ok(cfg.control_path);
     }
-    let path = path.unwrap_or_else(|| pushedge::config::DEFAULT_CONTROL_PATH.to_string());
-    Ok((path, rest.join(" ")))
+    use std::os::unix::fs::FileTypeExt;
+    let looked: Vec<String> = config::control_path_candidates()
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    looked
+        .iter()
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.file_type().is_socket()))
+        .cloned()
+        .ok_or(CtlPathError::NotFound(looked))
 }

@@ -534,6 +534,11 @@ pub fn prometheus_server(out: &mut String, uptime_secs: f64) {
         out,
         "# HELP pushedge_uptime_seconds Seconds since the server started.\n# TYPE pushedge_uptime_seconds gauge\npushedge_uptime_seconds {uptime_secs:.3}"
     );
+    let (written, dropped) = crate::log::access_counts();
+    let _ = writeln!(
+        out,
+        "# HELP pushedge_access_log_lines_total Access-log lines queued for writing.\n# TYPE pushedge_access_log_lines_total counter\npushedge_access_log_lines_total {written}\n# HELP pushedge_access_log_dropped_total Access-log lines dropped because the writer was behind.\n# TYPE pushedge_access_log_dropped_total counter\npushedge_access_log_dropped_total {dropped}"
+    );
 }
 
 /// Now, Unix seconds.

@@ -2,15 +2,20 @@
 //!
 //! A message is encoded into each wire form at most once, the first time a worker needs
 //! that form ([`Msg::ws_frame`], [`Msg::sse_event`], ...), and the encoding is shared by
-//! reference (`bytes::Bytes`) by every subscriber on every worker.
+//! reference (`bytes::Bytes`) by every subscriber on every worker. The permessage-deflate
+//! frame ([`Msg::ws_frame_for`]) is made once per server window size that a subscriber
+//! negotiated (in practice one: 15 bits), since no context is taken over from message to
+//! message.
 
 use bytes::Bytes;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use protocol::message::{self, JsonStyle, Message};
+use protocol::ws::{deflate, OpCode};
 
 use crate::epoch::Epoch;
+use crate::limits::DEFLATE_MIN_BYTES;
 
 /// A channel's identity: slab slot and generation, so that a reclaimed and reused slot
 /// never receives deliveries meant for the channel that had it before.
@@ -59,6 +64,9 @@ pub struct Msg {
     json: OnceLock<Bytes>,
     script: OnceLock<Bytes>,
     ws: OnceLock<Bytes>,
+    /// The compressed WebSocket frames, by server window bits (9-15); allocated when a
+    /// subscriber with permessage-deflate first needs one.
+    ws_deflate: OnceLock<Box<[OnceLock<Bytes>; 7]>>,
     sse_with_id: OnceLock<Bytes>,
     sse_data: OnceLock<Bytes>,
     ndjson: OnceLock<Bytes>,
@@ -137,6 +145,7 @@ impl Msg {
             json: OnceLock::new(),
             script: OnceLock::new(),
             ws: OnceLock::new(),
+            ws_deflate: OnceLock::new(),
             sse_with_id: OnceLock::new(),
             sse_data: OnceLock::new(),
             ndjson: OnceLock::new(),
@@ -229,6 +238,31 @@ impl Msg {
             let mut out = Vec::with_capacity(self.json().len() + 10);
             message::write_ws_frame(&mut out, self.json());
             Bytes::from(out)
+        })
+    }
+
+    /// The WebSocket frame for a subscriber whose permessage-deflate is `deflate` (its
+    /// server window bits, or `None`): compressed (RSV1) when the extension is on and the
+    /// JSON is at least [`DEFLATE_MIN_BYTES`] and shrinks, else the plain frame.
+    pub fn ws_frame_for(&self, deflate: Option<u8>) -> &Bytes {
+        let Some(bits) = deflate else {
+            return self.ws_frame();
+        };
+        let json = self.json();
+        if json.len() < DEFLATE_MIN_BYTES {
+            return self.ws_frame();
+        }
+        // A message no longer than the window has no back-reference past it, so its
+        // 15-bit compression is valid for every window: one frame for all.
+        let bits = if json.len() <= 1usize << bits {
+            deflate::MAX_WINDOW_BITS
+        } else {
+            bits.clamp(deflate::MIN_WINDOW_BITS, deflate::MAX_WINDOW_BITS)
+        };
+        let forms = self.ws_deflate.get_or_init(Default::default);
+        forms[usize::from(bits - deflate::MIN_WINDOW_BITS)].get_or_init(|| {
+            crate::transport::ws::deflated_frame(OpCode::Text, json, bits)
+                .map_or_else(|| self.ws_frame().clone(), Bytes::from)
         })
     }
 
@@ -327,6 +361,36 @@ mod tests {
         assert!(m.sse_data().starts_with(b"data: {"));
         assert!(!m.script_json().windows(2).any(|w| w == b"</"));
         assert!(m.ndjson_chunk().ends_with(b"}\n\r\n"));
+    }
+
+    #[test]
+    fn deflated_frames_are_made_once_per_window_and_shared() {
+        let e = Epoch::parse("e1").unwrap();
+        let small = Msg::new(1, Arc::from("news"), e, 1, MsgKind::Data, "hi".into());
+        assert_eq!(
+            small.ws_frame_for(Some(15)).as_ptr(),
+            small.ws_frame().as_ptr(),
+            "under DEFLATE_MIN_BYTES: the plain frame"
+        );
+        let text = "the quick brown fox jumps over the lazy dog; ".repeat(40);
+        let m = Msg::new(1, Arc::from("news"), e, 2, MsgKind::Data, text.into());
+        assert_eq!(m.ws_frame_for(None).as_ptr(), m.ws_frame().as_ptr());
+        let z = m.ws_frame_for(Some(15)).clone();
+        assert_eq!(z[0], 0xC1, "FIN, RSV1, text");
+        assert!(z.len() < m.ws_frame().len() / 4);
+        assert_eq!(z.as_ptr(), m.ws_frame_for(Some(15)).as_ptr(), "made once");
+        // 1.8 KB of JSON: windows of 2 KiB and more share the 15-bit frame.
+        assert_eq!(z.as_ptr(), m.ws_frame_for(Some(11)).as_ptr());
+        let z9 = m.ws_frame_for(Some(9)).clone();
+        assert_ne!(z9.as_ptr(), z.as_ptr(), "a 512-byte window: its own frame");
+        for frame in [&z, &z9] {
+            let mut d = deflate::inflater();
+            let mut out = Vec::new();
+            let header = if frame[1] & 0x7f == 126 { 4 } else { 2 };
+            let payload = &frame[header..];
+            deflate::inflate(&mut d, payload, 1 << 20, &mut out).unwrap();
+            assert_eq!(&out[..], &m.json()[..]);
+        }
     }
 
     #[test]

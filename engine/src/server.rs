@@ -27,8 +27,9 @@ use crate::reactor::uring::{self, Uring};
 use crate::reactor::{Backend, ListenerId};
 use crate::shared::{Shared, Stop};
 use crate::store::Store;
+use crate::tls::{self, layer::Tls};
 use crate::worker::Worker;
-use crate::{admin, control, error, info, warn};
+use crate::{admin, control, error, handover, info, warn};
 
 /// Why the server could not start: `code` is the exit status (2 for a configuration
 /// that cannot work, 1 for anything else).
@@ -103,6 +104,11 @@ fn node_id(cfg: &Config) -> String {
 
 /// Runs the server until it is told to stop.
 pub fn serve(cfg: Config) -> Result<(), StartError> {
+    crate::log::start(
+        cfg.log_format == crate::config::LogFormat::Json,
+        &cfg.access_log,
+    )
+    .map_err(StartError::config)?;
     if cfg.auth == AuthMode::None
         && !cfg.client_publish.is_empty()
         && cfg.allowed_origins.iter().any(|o| o == "*")
@@ -113,17 +119,131 @@ pub fn serve(cfg: Config) -> Result<(), StartError> {
         );
     }
     let workers = cfg.worker_count();
-    let bound = bind_all(&cfg, workers)?;
+    let tls = TlsSetup::load(&cfg).map_err(StartError::config)?;
+    let (bound, adopt) = match std::env::var(handover::FD_ENV) {
+        Ok(fd) => {
+            // A successor: the listeners and connections come from the old process.
+            let t = handover::receive(&fd, workers, cfg.listeners().len())?;
+            let (bound, adopt) = taken_over(t)?;
+            (bound, Some(adopt))
+        }
+        Err(_) => (bind_all(&cfg, workers)?, None),
+    };
+    if let Some(adopt) = adopt {
+        // The old process ran epoll (an upgrade needs it).
+        let epolls = (0..workers)
+            .map(|_| Epoll::new().map(|e| tls.layer(e)))
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|e| format!("cannot create a reactor: {e}"))?;
+        return run(cfg, epolls, bound, tls, Some(adopt));
+    }
     if cfg.backend == BackendKind::Uring {
         if let Some(rings) = rings(&cfg, workers) {
-            return run(cfg, rings, bound);
+            let rings = rings.into_iter().map(|r| tls.layer(r)).collect();
+            return run(cfg, rings, bound, tls, None);
         }
     }
     let epolls = (0..workers)
-        .map(|_| Epoll::new())
+        .map(|_| Epoll::new().map(|e| tls.layer(e)))
         .collect::<std::io::Result<Vec<_>>>()
         .map_err(|e| format!("cannot create a reactor: {e}"))?;
-    run(cfg, epolls, bound)
+    run(cfg, epolls, bound, tls, None)
+}
+
+/// What a successor adopts once its workers exist.
+struct Adopt {
+    sock: std::os::unix::net::UnixStream,
+    loaded: crate::store::Loaded,
+    records: Vec<Vec<(handover::Record, std::os::fd::OwnedFd)>>,
+    started: Instant,
+}
+
+/// The sockets a successor received, as if it had bound them.
+fn taken_over(t: handover::Taken) -> Result<(Bound, Adopt), StartError> {
+    let mut listeners = Vec::with_capacity(t.listeners.len());
+    for socks in t.listeners {
+        let addr = socks
+            .first()
+            .ok_or_else(|| "a listener without sockets".to_string())?
+            .local_addr()
+            .map_err(|e| format!("cannot read a listener's address: {e}"))?;
+        listeners.push((addr, socks));
+    }
+    let admin_addr = t
+        .admin
+        .local_addr()
+        .map_err(|e| format!("cannot read the admin address: {e}"))?;
+    Ok((
+        Bound {
+            listeners,
+            admin: (admin_addr, t.admin),
+        },
+        Adopt {
+            sock: t.sock,
+            loaded: t.loaded,
+            records: t.records,
+            started: t.started,
+        },
+    ))
+}
+
+/// The TLS of every listener (by listener id) and of the admin port, loaded before
+/// anything is bound: a certificate that does not load stops the start (exit 2).
+struct TlsSetup {
+    listeners: Vec<Option<Arc<tls::Context>>>,
+    admin: Option<Arc<tls::Context>>,
+}
+
+impl TlsSetup {
+    fn load(cfg: &Config) -> Result<TlsSetup, String> {
+        let listeners = cfg.listeners();
+        let wanted = listeners.iter().any(|l| l.tls.is_some()) || cfg.admin_tls().is_some();
+        if !wanted {
+            return Ok(TlsSetup {
+                listeners: Vec::new(),
+                admin: None,
+            });
+        }
+        let ticketer = tls::ticketer()?;
+        let mut out = Vec::with_capacity(listeners.len());
+        for l in &listeners {
+            out.push(match &l.tls {
+                Some(files) => Some(Arc::new(tls::Context::new(
+                    format!("listener {}", l.addr),
+                    files.clone(),
+                    ticketer.clone(),
+                )?)),
+                None => None,
+            });
+        }
+        let admin = match cfg.admin_tls() {
+            Some(files) => Some(Arc::new(tls::Context::new(
+                "admin".into(),
+                files,
+                ticketer,
+            )?)),
+            None => None,
+        };
+        Ok(TlsSetup {
+            listeners: out,
+            admin,
+        })
+    }
+
+    /// A worker's backend under the TLS layer.
+    fn layer<B: Backend>(&self, backend: B) -> Tls<B> {
+        Tls::new(backend, self.listeners.clone())
+    }
+
+    /// Every context, for reloads.
+    fn all(&self) -> Vec<Arc<tls::Context>> {
+        self.listeners
+            .iter()
+            .flatten()
+            .chain(self.admin.iter())
+            .cloned()
+            .collect()
+    }
 }
 
 /// One io_uring per worker; `None` (after a warning) when io_uring cannot be used.
@@ -145,10 +265,41 @@ fn rings(cfg: &Config, workers: usize) -> Option<Vec<Uring>> {
     Some(rings)
 }
 
-fn bind_all(cfg: &Config, workers: usize) -> Result<Bound, String> {
+/// Refuses an address another process already listens on, unless sharing it is meant
+/// (`reuse_port = true`, or a cluster node): a bind without SO_REUSEPORT, closed at once,
+/// fails with EADDRINUSE when anyone holds the address (SO_REUSEADDR keeps connections in
+/// TIME_WAIT from counting). Exit status 1: the address is taken, not malformed.
+fn check_not_shared(addr: SocketAddr) -> Result<(), StartError> {
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let probe = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))
+        .and_then(|s| s.set_reuse_address(true).map(|()| s))
+        .map_err(|e| format!("cannot create a socket: {e}"))?;
+    match probe.bind(&addr.into()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => Err(StartError {
+            code: 1,
+            message: format!(
+                "cannot listen on {addr}: the address is already in use by another process (another pushedge?); set reuse_port = true to share it on purpose (several processes of one service), or cluster.redis_url for nodes of one cluster"
+            ),
+        }),
+        Err(e) => Err(format!("cannot listen on {addr}: {e}").into()),
+    }
+}
+
+fn bind_all(cfg: &Config, workers: usize) -> Result<Bound, StartError> {
     let mut listeners = Vec::new();
+    // Sharing a port across processes is meant by `reuse_port`, or by a cluster (its
+    // nodes share channels through one Redis); the workers of this process always share.
+    let shared_on_purpose = cfg.reuse_port || !cfg.cluster.redis_url.is_empty();
     for l in cfg.listeners() {
-        let addr = resolve(&l.addr, "listen")?;
+        let addr = resolve(&l.addr, "listen").map_err(StartError::config)?;
+        if !shared_on_purpose && addr.port() != 0 {
+            check_not_shared(addr)?;
+        }
         let first = bind_reuseport(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         // Port 0: the other workers share the port the first one got.
         let addr = first
@@ -160,7 +311,7 @@ fn bind_all(cfg: &Config, workers: usize) -> Result<Bound, String> {
         }
         listeners.push((addr, socks));
     }
-    let admin_addr = resolve(&cfg.admin_listen, "admin")?;
+    let admin_addr = resolve(&cfg.admin_listen, "admin").map_err(StartError::config)?;
     let admin = admin::bind(admin_addr)
         .map_err(|e| format!("cannot listen on admin address {admin_addr}: {e}"))?;
     let admin_addr = admin
@@ -177,6 +328,8 @@ fn run<B: Backend + Send + 'static>(
     mut cfg: Config,
     backends: Vec<B>,
     bound: Bound,
+    tls: TlsSetup,
+    adopt: Option<Adopt>,
 ) -> Result<(), StartError> {
     let workers = backends.len();
     // The budget is known once the rings say whether they hold their own tables.
@@ -185,7 +338,13 @@ fn run<B: Backend + Send + 'static>(
     cfg.max_connections = fds
         .resolve(cfg.max_connections)
         .map_err(StartError::config)?;
-    let control = control::bind(&cfg.control_path).map_err(|e| StartError {
+    // A successor binds its control socket beside the old process's, and moves it onto
+    // the path once everything else is up.
+    let bound_control = match adopt {
+        None => control::bind(&cfg.control_path).map(|l| (l, None)),
+        Some(_) => control::bind_beside(&cfg.control_path).map(|(l, tmp)| (l, Some(tmp))),
+    };
+    let (control, control_tmp) = bound_control.map_err(|e| StartError {
         code: if e.starts_with("control_path") { 2 } else { 1 },
         message: e,
     })?;
@@ -194,13 +353,34 @@ fn run<B: Backend + Send + 'static>(
         .map(|b| Arc::new(Inbox::new(b.waker())))
         .collect();
     let backend = backends[0].name();
-    let (shared, stop_rx) = build_shared(cfg, fds, &inboxes)?;
+    handover::set_backend(backend);
+    let (sock, loaded, records, started) = match adopt {
+        Some(a) => (Some(a.sock), Some(a.loaded), a.records, Some(a.started)),
+        None => (None, None, Vec::new(), None),
+    };
+    let (shared, stop_rx) = build_shared(cfg, fds, &inboxes, tls.all(), loaded)?;
     let (addrs, socks): (Vec<SocketAddr>, Vec<_>) = bound.listeners.into_iter().unzip();
-    let handles = spawn_workers(&shared, backends, socks, &inboxes)?;
+    let (handles, adopted) = spawn_workers(&shared, backends, socks, &inboxes, records)?;
     let (admin_addr, admin) = bound.admin;
-    spawn(&shared, "admin", move |s| admin::run(s, admin))?;
+    {
+        use std::os::fd::AsRawFd;
+        handover::set_admin_fd(admin.as_raw_fd());
+    }
+    let admin_tls = tls.admin.clone();
+    spawn(&shared, "admin", move |s| admin::run(s, admin, admin_tls))?;
     spawn(&shared, "control", move |s| control::run(s, control))?;
+    if let Some(tmp) = control_tmp {
+        if let Err(e) = std::fs::rename(&tmp, &shared.cfg.control_path) {
+            error!(
+                "handover: cannot move the control socket {tmp} to {}: {e}",
+                shared.cfg.control_path
+            );
+        }
+    }
     start_signal_thread(shared.clone())?;
+    if let (Some(sock), Some(started)) = (sock, started) {
+        handover::confirm(&sock, adopted, started);
+    }
     log_ready(&shared, backend, &addrs, admin_addr);
     wait_and_stop(&shared, stop_rx);
     for inbox in &shared.inboxes {
@@ -222,6 +402,8 @@ fn build_shared(
     cfg: Config,
     fds: FdBudget,
     inboxes: &[Arc<Inbox>],
+    tls: Vec<Arc<tls::Context>>,
+    loaded: Option<crate::store::Loaded>,
 ) -> Result<(Arc<Shared>, Receiver<Stop>), StartError> {
     let verifier = crate::auth::Verifier::new(&cfg).map_err(|e| StartError::config(e.0))?;
     let live = Arc::new(Live::new(&cfg));
@@ -240,6 +422,10 @@ fn build_shared(
         HubConfig::from_config(&cfg, live.clone(), replica),
         store,
     ));
+    if let Some(l) = loaded {
+        // A successor: the streams of the old process (memory mode).
+        hub.restore(l);
+    }
     if let Some(s) = &disk {
         s.start(hub.clone())?;
     }
@@ -267,6 +453,7 @@ fn build_shared(
     shared.fds = fds;
     shared.verifier = verifier;
     shared.presence = presence;
+    shared.tls = tls;
     Ok((Arc::new(shared), stop_rx))
 }
 
@@ -315,7 +502,8 @@ fn spawn_workers<B: Backend + Send + 'static>(
     backends: Vec<B>,
     listeners: Vec<Vec<StdTcpListener>>,
     inboxes: &[Arc<Inbox>],
-) -> Result<Vec<thread::JoinHandle<()>>, String> {
+    mut adopt: Vec<Vec<(handover::Record, std::os::fd::OwnedFd)>>,
+) -> Result<(Vec<thread::JoinHandle<()>>, usize), String> {
     if let Some(b) = backends.first() {
         info!("reactor: {}", b.name());
     }
@@ -328,16 +516,23 @@ fn spawn_workers<B: Backend + Send + 'static>(
         }
     }
     let mut handles = Vec::with_capacity(backends.len());
-    for (id, (io, listeners)) in backends.into_iter().zip(per_worker).enumerate() {
-        let worker = Worker::new(id, shared.clone(), io, listeners, inboxes[id].clone())
+    let mut adopted = 0;
+    adopt.resize_with(backends.len(), Vec::new);
+    for (id, ((io, listeners), records)) in
+        backends.into_iter().zip(per_worker).zip(adopt).enumerate()
+    {
+        let mut worker = Worker::new(id, shared.clone(), io, listeners, inboxes[id].clone())
             .map_err(|e| format!("cannot start worker {id}: {e}"))?;
+        if !records.is_empty() {
+            adopted += worker.adopt(records);
+        }
         let h = thread::Builder::new()
             .name(format!("worker-{id}"))
             .spawn(move || worker.run())
             .map_err(|e| format!("cannot start worker thread: {e}"))?;
         handles.push(h);
     }
-    Ok(handles)
+    Ok((handles, adopted))
 }
 
 fn wait_and_stop(shared: &Shared, stop_rx: Receiver<Stop>) {
@@ -345,7 +540,7 @@ fn wait_and_stop(shared: &Shared, stop_rx: Receiver<Stop>) {
     if how == Stop::Immediate {
         return;
     }
-    shared.drain();
+    shared.drain_to_exit();
     let deadline = Instant::now() + config::secs(shared.cfg.drain_timeout_secs);
     loop {
         let open = shared.conns.load(Ordering::Relaxed);
@@ -364,14 +559,30 @@ fn wait_and_stop(shared: &Shared, stop_rx: Receiver<Stop>) {
 }
 
 fn start_signal_thread(shared: Arc<Shared>) -> Result<(), String> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR2])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             let mut seen = 0;
             for sig in signals.forever() {
+                if sig == SIGUSR2 {
+                    info!("SIGUSR2: upgrading (hot handover)");
+                    if handover::upgrade(&shared, None).is_ok() {
+                        std::process::exit(0);
+                    }
+                    continue;
+                }
+                if sig == SIGHUP {
+                    match shared.reload_tls() {
+                        Ok(n) => info!("SIGHUP: TLS certificates reloaded ({n})"),
+                        Err(e) => {
+                            warn!("SIGHUP: TLS reload failed, the old certificates stay: {e}")
+                        }
+                    }
+                    continue;
+                }
                 seen += 1;
                 if seen == 1 {
                     info!("signal {sig}: draining (send again to exit at once)");

@@ -51,8 +51,12 @@ pub struct Shared {
     pub inboxes: Vec<Arc<Inbox>>,
     /// Open subscriber connections (all workers).
     pub conns: AtomicUsize,
-    /// Set once a drain started.
+    /// Set while a drain is on (cleared by `resume`).
     pub draining: AtomicBool,
+    /// The drain in progress, for its progress report.
+    pub drain_state: Mutex<Option<DrainState>>,
+    /// Serializes drain and resume (a drain in a cluster waits for its feed first).
+    drain_gate: Mutex<()>,
     /// When the server started.
     pub started: Instant,
     /// Node id (shown in `/info`).
@@ -71,6 +75,8 @@ pub struct Shared {
     pub verifier: crate::auth::Verifier,
     /// Where [`Shared::request_stop`] sends (set by `serve`).
     pub(crate) stop: Mutex<Option<Sender<Stop>>>,
+    /// The TLS of the listeners and of the admin port, for `ctl tls reload` and SIGHUP.
+    pub tls: Vec<Arc<crate::tls::Context>>,
 }
 
 impl Shared {
@@ -101,6 +107,8 @@ impl Shared {
             inboxes,
             conns: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
+            drain_state: Mutex::new(None),
+            drain_gate: Mutex::new(()),
             started: Instant::now(),
             fds: FdBudget {
                 limit: 0,
@@ -112,7 +120,17 @@ impl Shared {
             sio_recovery: Default::default(),
             presence: Default::default(),
             stop: Mutex::new(None),
+            tls: Vec::new(),
         }
+    }
+
+    /// Reads every TLS certificate and key again (new connections get them, open ones
+    /// keep their session); on an error the old ones stay and the error is answered.
+    pub fn reload_tls(&self) -> Result<usize, String> {
+        if self.tls.is_empty() {
+            return Err("no listener has TLS".into());
+        }
+        crate::tls::reload_all(&self.tls)
     }
 
     /// Takes up to `want` connection slots under `max_connections`; returns how many.
@@ -385,9 +403,29 @@ impl Shared {
     /// publishers had acknowledged are first waited for (bounded by [`DRAIN_FEED_WAIT`])
     /// to come back through the feed.
     pub fn drain(&self) {
-        if self.draining.swap(true, Ordering::SeqCst) {
-            return;
+        self.drain_as(false);
+    }
+
+    /// A drain on the way to exit (SIGTERM, `shutdown`): `resume` cannot undo it.
+    pub fn drain_to_exit(&self) {
+        self.drain_as(true);
+    }
+
+    fn drain_as(&self, exiting: bool) {
+        let _gate = self.drain_gate.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            let mut st = self.drain_state.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(st) = st.as_mut() {
+                st.exiting |= exiting;
+                return;
+            }
+            *st = Some(DrainState {
+                since: Instant::now(),
+                conns_at_start: self.conns.load(Ordering::Relaxed),
+                exiting,
+            });
         }
+        self.draining.store(true, Ordering::SeqCst);
         info!("draining: no new connections or publishes, closing subscribers");
         if self.cluster.is_some() {
             self.hub.refuse_publishes();
@@ -397,6 +435,44 @@ impl Shared {
             }
         }
         self.hub.begin_drain();
+    }
+
+    /// Undoes a drain (`ctl resume`): publishes are accepted again and every worker listens
+    /// again (its listeners bound anew), in order behind the drain. Returns how many
+    /// workers answered; an error when the server is draining to exit, or when a worker
+    /// could not listen again (that worker stays drained; `resume` can be retried).
+    pub fn resume(&self) -> Result<usize, (u16, String)> {
+        let _gate = self.drain_gate.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            let mut st = self.drain_state.lock().unwrap_or_else(|p| p.into_inner());
+            if st.is_some_and(|s| s.exiting) {
+                return Err((
+                    409,
+                    "the server is shutting down: this drain cannot be undone".into(),
+                ));
+            }
+            *st = None;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.hub.resume(tx);
+        if self.draining.swap(false, Ordering::SeqCst) {
+            info!("resumed: accepting connections and publishes again");
+        }
+        let deadline = Instant::now() + crate::limits::WORKER_REPLY_TIMEOUT;
+        let mut errors = Vec::new();
+        for _ in 0..self.inboxes.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => errors.push(e),
+                Err(_) => return Err((503, "a worker did not answer".into())),
+            }
+        }
+        if errors.is_empty() {
+            Ok(self.inboxes.len())
+        } else {
+            Err((500, errors.join("; ")))
+        }
     }
 
     /// Asks the main thread to stop.
@@ -424,6 +500,17 @@ impl Shared {
         *cur = next;
         cur.get_json(Some(key)).map_err(|e| e.0)
     }
+}
+
+/// A drain in progress.
+#[derive(Debug, Clone, Copy)]
+pub struct DrainState {
+    /// When it started.
+    pub since: Instant,
+    /// Subscriber connections open then.
+    pub conns_at_start: usize,
+    /// On the way to exit (not undone by `resume`).
+    pub exiting: bool,
 }
 
 /// How a client's publish is answered.

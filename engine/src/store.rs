@@ -522,7 +522,7 @@ impl Db {
                 }
             }
             Op::Forget { channel, key } => batch.remove(&self.idem, idem_key(channel, key)),
-            Op::Drain => {}
+            Op::Drain | Op::Resume { .. } => {}
         }
     }
 }
@@ -686,6 +686,29 @@ impl Store {
         }
         q.wake = false;
         !(q.closed && q.ops.is_empty())
+    }
+
+    /// Hot handover: commits what is queued (its deliveries pushed to the workers), syncs
+    /// and closes the database so that the successor can open it; [`Store::reopen`]
+    /// opens it again when the handover is called off. Nothing may be queued meanwhile
+    /// (the hub refuses publishes while frozen).
+    pub fn suspend(&self) -> Result<(), String> {
+        self.commit_pending();
+        let mut db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(d) = db.take() {
+            d.db.persist(PersistMode::SyncAll).map_err(err)?;
+        }
+        Ok(())
+    }
+
+    /// Hot handover called off: opens the database at `path` again (see
+    /// [`Store::suspend`]).
+    pub fn reopen(&self, path: &str) -> Result<(), String> {
+        let mut db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        if db.is_none() {
+            *db = Some(Db::open(Path::new(path))?);
+        }
+        Ok(())
     }
 
     /// Writes and applies everything queued so far, in ticket order (any thread may call

@@ -124,6 +124,17 @@ impl TimerWheel {
         TimerId(idx)
     }
 
+    /// When a scheduled timer fires (rounded up to its tick); `None` for
+    /// [`TimerId::NONE`]. A hot handover carries the time left to the next process.
+    pub fn deadline(&self, id: TimerId) -> Option<Instant> {
+        if id.is_none() {
+            return None;
+        }
+        let tick = self.entries.get(id.0 as usize)?.tick;
+        let nanos = u64::try_from(TICK.as_nanos()).unwrap_or(u64::MAX);
+        Some(self.origin + Duration::from_nanos(tick.saturating_mul(nanos)))
+    }
+
     /// Cancels a timer. Cancelling [`TimerId::NONE`] does nothing. The id must be one that
     /// is still scheduled (not fired, not cancelled).
     pub fn cancel(&mut self, id: TimerId) {

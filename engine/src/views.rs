@@ -47,6 +47,7 @@ pub fn totals_json(shared: &Shared) -> serde_json::Value {
             "failed": s.failed(),
         })),
         "idempotency_evicted": shared.hub.idem_evicted.load(std::sync::atomic::Ordering::Relaxed),
+        "drain": crate::control::drain_progress(shared),
     })
 }
 

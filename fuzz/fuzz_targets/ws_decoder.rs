@@ -119,5 +119,9 @@ fn check_event(e: &Event<'_>, cfg: &DecoderConfig) {
             assert!(2 + c.reason.len() <= MAX_CONTROL_PAYLOAD);
         }
         Event::Close(None) => {}
+        Event::Skipped { len, .. } => {
+            assert!(cfg.skip_oversized, "skipped without skip_oversized");
+            assert!(*len > cfg.max_message as u64, "skipped a message within the limit");
+        }
     }
 }

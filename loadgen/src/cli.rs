@@ -8,6 +8,7 @@ use crate::client::{check_namespace, Format, Transport};
 use crate::coord::{self, Plan, HARD_CAP};
 use crate::publish::{MAX_PIPELINE, MAX_PUBLISHERS};
 use crate::sys;
+use crate::tls::{self, TlsSpec, Versions};
 use crate::url::{self, Scheme, Target};
 use crate::wire::Mode;
 
@@ -26,7 +27,7 @@ pub const MAX_SIZE: usize = 1 << 20;
 #[command(
     name = "loadgen",
     version,
-    about = "Load generator for pushedge (and nchan): hold, fanout, storm. Loopback targets only."
+    about = "Load generator for pushedge (and nchan): hold, fanout, storm, handshake; plain or TLS. Targets on this machine only, unless --allow-remote."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -41,6 +42,8 @@ enum Cmd {
     Fanout(FanoutArgs),
     /// Keep N open while closing and reopening some; reconnect after drops.
     Storm(StormArgs),
+    /// Keep N handshakes in flight, closing each connection once subscribed: handshakes/s.
+    Handshake(HandshakeArgs),
     /// (internal) A worker process started by the coordinator.
     #[command(hide = true)]
     Child,
@@ -56,6 +59,14 @@ enum TransportArg {
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum TlsVersionArg {
+    #[value(name = "1.2")]
+    V12,
+    #[value(name = "1.3")]
+    V13,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum FormatArg {
     Pushedge,
     Raw,
@@ -63,10 +74,15 @@ enum FormatArg {
 
 #[derive(Args, Debug)]
 struct Common {
-    /// Subscriber URL (ws:// or http://, loopback only); `{c}` is replaced by the channel.
+    /// Subscriber URL (ws://, wss://, http:// or https://; loopback unless --allow-remote);
+    /// `{c}` is replaced by the channel.
     #[arg(long)]
     url: String,
-    /// Connections to open.
+    /// Allow targets (and --publish, --sources) off this machine: any host. Make sure you
+    /// are allowed to load it.
+    #[arg(long)]
+    allow_remote: bool,
+    /// Connections to open (handshake: in their handshake at once).
     #[arg(long)]
     conns: u64,
     /// Channels the connections are spread over (`ch0`, `ch1`, ...).
@@ -96,6 +112,25 @@ struct Common {
     /// Print one JSON object on stdout instead of the summary.
     #[arg(long)]
     json: bool,
+    /// TLS under the transport (implied by wss:// and https:// URLs).
+    #[arg(long)]
+    tls: bool,
+    /// TLS: trust the CA certificates of this PEM file (and check the server's name).
+    #[arg(long, value_name = "FILE")]
+    cacert: Option<String>,
+    /// TLS: accept any certificate for any name (the handshake signature is still
+    /// checked); for benchmarks.
+    #[arg(long)]
+    insecure: bool,
+    /// TLS: the server name sent (SNI) and checked (default: the URL's host).
+    #[arg(long, value_name = "NAME")]
+    sni: Option<String>,
+    /// TLS: no session resumption (every handshake is full).
+    #[arg(long)]
+    no_resume: bool,
+    /// TLS: offer only this version (default: 1.2 and 1.3).
+    #[arg(long, value_enum)]
+    tls_version: Option<TlsVersionArg>,
 }
 
 #[derive(Args, Debug)]
@@ -114,7 +149,8 @@ struct HoldArgs {
 struct FanoutArgs {
     #[command(flatten)]
     common: Common,
-    /// Publish URL (http://, loopback only); `{c}` is replaced by the channel.
+    /// Publish URL (http://; loopback unless --allow-remote); `{c}` is replaced by the
+    /// channel.
     #[arg(long)]
     publish: String,
     /// Messages published to every channel.
@@ -165,6 +201,22 @@ struct StormArgs {
     /// Largest reconnect backoff, milliseconds.
     #[arg(long, default_value_t = 5000)]
     backoff_cap_ms: u64,
+}
+
+#[derive(Args, Debug)]
+struct HandshakeArgs {
+    /// `--conns` is the number of handshakes in flight at once.
+    #[command(flatten)]
+    common: Common,
+    /// Seconds of handshakes once the first ones are resolved.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// New connections per second, all processes together (0: no limit).
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// First retry backoff after a failed attempt, milliseconds (full jitter, doubling).
+    #[arg(long, default_value_t = 100)]
+    backoff_ms: u64,
 }
 
 /// Runs the command line; returns the exit code (0 ok, 1 the run failed, 2 usage).
@@ -262,15 +314,68 @@ fn transport_of(t: &Target, arg: Option<TransportArg>) -> Result<Transport, Stri
     }
 }
 
+/// The TLS side of a run: on with `--tls` or a `wss://` / `https://` URL; it then needs
+/// `--cacert FILE` or `--insecure`. The TLS options without TLS are an error.
+fn tls_of(t: &Target, c: &Common) -> Result<Option<TlsSpec>, String> {
+    if !(t.tls || c.tls) {
+        let given = [
+            ("--cacert", c.cacert.is_some()),
+            ("--insecure", c.insecure),
+            ("--sni", c.sni.is_some()),
+            ("--no-resume", c.no_resume),
+            ("--tls-version", c.tls_version.is_some()),
+        ];
+        if let Some((name, _)) = given.iter().find(|(_, on)| *on) {
+            return Err(format!(
+                "{name} is a TLS option: use a wss:// or https:// URL, or --tls"
+            ));
+        }
+        return Ok(None);
+    }
+    let ca_pem =
+        match (&c.cacert, c.insecure) {
+            (Some(_), true) => return Err("--cacert and --insecure exclude each other".into()),
+            (Some(path), false) => Some(tls::read_ca_file(path)?),
+            (None, true) => None,
+            (None, false) => return Err(
+                "TLS needs --cacert FILE (the CA to trust) or --insecure (no certificate check)"
+                    .into(),
+            ),
+        };
+    let server_name = c.sni.clone().unwrap_or_else(|| t.hostname().to_string());
+    tls::server_name(&server_name).map_err(|e| format!("--sni: {e}"))?;
+    Ok(Some(TlsSpec {
+        server_name,
+        ca_pem,
+        resume: !c.no_resume,
+        versions: match c.tls_version {
+            None => Versions::Any,
+            Some(TlsVersionArg::V12) => Versions::Tls12,
+            Some(TlsVersionArg::V13) => Versions::Tls13,
+        },
+    }))
+}
+
+/// The one stderr line of a run against remote hosts (`--allow-remote`).
+fn remote_warning(hosts: &[&str]) -> String {
+    format!(
+        "loading a remote target: {}; make sure you are allowed to",
+        hosts.join(", ")
+    )
+}
+
 fn plan(cmd: Cmd) -> Result<(Plan, bool), String> {
     let (mode, common) = match &cmd {
         Cmd::Hold(a) => (Mode::Hold, &a.common),
         Cmd::Fanout(a) => (Mode::Fanout, &a.common),
         Cmd::Storm(a) => (Mode::Storm, &a.common),
+        Cmd::Handshake(a) => (Mode::Handshake, &a.common),
         Cmd::Child => unreachable!("the child subcommand has no plan"),
     };
-    let target = Target::parse(&common.url).map_err(|e| e.to_string())?;
+    let allow_remote = common.allow_remote;
+    let target = Target::parse_with(&common.url, allow_remote).map_err(|e| e.to_string())?;
     let transport = transport_of(&target, common.transport)?;
+    let tls = tls_of(&target, common)?;
     let format = match common.format {
         FormatArg::Pushedge => Format::Pushedge,
         FormatArg::Raw => Format::Raw,
@@ -295,9 +400,17 @@ fn plan(cmd: Cmd) -> Result<(Plan, bool), String> {
         return Err(format!("--channels must be 1..={MAX_CHANNELS}"));
     }
     let sources = match &common.sources {
-        Some(s) => url::parse_sources(s).map_err(|e| e.to_string())?,
+        Some(s) => url::parse_sources(s, allow_remote).map_err(|e| e.to_string())?,
         None => Vec::new(),
     };
+    if target.is_remote() {
+        if let Some(s) = sources.iter().find(|s| s.is_loopback()) {
+            return Err(format!(
+                "source {s} is a loopback address: it cannot reach the remote target {}",
+                target.hostname()
+            ));
+        }
+    }
     if sources.iter().any(|s| s.is_ipv4() != target.addr.is_ipv4()) {
         return Err("source addresses must be of the same family as the target".into());
     }
@@ -332,6 +445,7 @@ fn plan(cmd: Cmd) -> Result<(Plan, bool), String> {
         target,
         publish: None,
         transport,
+        tls,
         format,
         namespace,
         conns: common.conns,
@@ -365,7 +479,11 @@ fn plan(cmd: Cmd) -> Result<(Plan, bool), String> {
                 .map_err(|e| e.to_string())?;
         }
         Cmd::Fanout(a) => {
-            let publish = Target::parse(&a.publish).map_err(|e| format!("--publish: {e}"))?;
+            let publish = Target::parse_with(&a.publish, allow_remote)
+                .map_err(|e| format!("--publish: {e}"))?;
+            if publish.tls {
+                return Err("--publish must be a plain http:// URL (no TLS)".into());
+            }
             if publish.scheme != Scheme::Http {
                 return Err("--publish must be an http:// URL".into());
             }
@@ -418,7 +536,24 @@ fn plan(cmd: Cmd) -> Result<(Plan, bool), String> {
             plan.channels = url::channel_names(&[&plan.target], a.common.channels)
                 .map_err(|e| e.to_string())?;
         }
+        Cmd::Handshake(a) => {
+            plan.connect_rate = rate("rate", a.rate)?;
+            plan.duration = secs("duration", a.duration, HARD_CAP)?;
+            plan.backoff_base_ms = a.backoff_ms.clamp(1, 60_000);
+            plan.backoff_cap_ms = plan.backoff_base_ms.max(5000);
+            plan.channels = url::channel_names(&[&plan.target], a.common.channels)
+                .map_err(|e| e.to_string())?;
+        }
         Cmd::Child => unreachable!("handled above"),
+    }
+    let mut remote: Vec<&str> = Vec::new();
+    for t in std::iter::once(&plan.target).chain(plan.publish.as_ref().map(|(_, t)| t)) {
+        if t.is_remote() && !remote.contains(&t.hostname()) {
+            remote.push(t.hostname());
+        }
+    }
+    if !remote.is_empty() {
+        warnings.push(remote_warning(&remote));
     }
     plan.warnings = warnings;
     Ok((plan, json))
@@ -621,6 +756,88 @@ mod tests {
     }
 
     #[test]
+    fn tls_options() {
+        let p = parse(&[
+            "hold",
+            "--url",
+            "wss://127.0.0.1:8443/ws?channel={c}",
+            "--conns",
+            "2",
+            "--insecure",
+        ])
+        .unwrap();
+        assert_eq!(p.transport, Transport::Ws);
+        let t = p.tls.unwrap();
+        assert_eq!(t.server_name, "127.0.0.1");
+        assert_eq!(t.ca_pem, None);
+        assert!(t.resume);
+        assert_eq!(t.versions, Versions::Any);
+        // --tls under a ws:// URL; --sni, --no-resume, --tls-version.
+        let p = parse(&[
+            "handshake",
+            "--url",
+            "http://127.0.0.1:8443/sse",
+            "--tls",
+            "--insecure",
+            "--sni",
+            "push.example",
+            "--no-resume",
+            "--tls-version",
+            "1.2",
+            "--conns",
+            "10",
+            "--duration",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!(p.mode, Mode::Handshake);
+        assert_eq!(p.transport, Transport::Sse);
+        assert_eq!(p.duration, Duration::from_secs(2));
+        let t = p.tls.unwrap();
+        assert_eq!(t.server_name, "push.example");
+        assert!(!t.resume);
+        assert_eq!(t.versions, Versions::Tls12);
+        // Plain runs have none, and refuse the TLS options.
+        let p = parse(&["hold", "--url", "ws://127.0.0.1/ws", "--conns", "1"]).unwrap();
+        assert!(p.tls.is_none());
+        for extra in [
+            &["--insecure"][..],
+            &["--cacert", "/etc/hostname"],
+            &["--sni", "a"],
+            &["--no-resume"],
+            &["--tls-version", "1.3"],
+        ] {
+            let mut a = vec!["hold", "--url", "ws://127.0.0.1/ws", "--conns", "1"];
+            a.extend_from_slice(extra);
+            assert!(parse(&a).is_err(), "{extra:?}");
+        }
+        // TLS needs a CA or --insecure, not both; the CA file must hold certificates.
+        let wss = ["hold", "--url", "wss://localhost/ws", "--conns", "1"];
+        assert!(parse(&wss).is_err());
+        let with = |extra: &[&str]| {
+            let mut a = wss.to_vec();
+            a.extend_from_slice(extra);
+            parse(&a)
+        };
+        assert!(with(&["--cacert", "/nonexistent.pem"]).is_err());
+        assert!(with(&["--cacert", "Cargo.toml"]).is_err());
+        assert!(with(&["--cacert", "Cargo.toml", "--insecure"]).is_err());
+        assert!(with(&["--insecure", "--sni", "not a name"]).is_err());
+        // No TLS publishing.
+        assert!(parse(&[
+            "fanout",
+            "--url",
+            "wss://127.0.0.1/ws",
+            "--insecure",
+            "--publish",
+            "https://127.0.0.1/pub",
+            "--conns",
+            "1",
+        ])
+        .is_err());
+    }
+
+    #[test]
     fn bounds() {
         assert!(parse(&["hold", "--url", "ws://127.0.0.1/ws", "--conns", "0"]).is_err());
         assert!(parse(&[
@@ -665,5 +882,83 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(p.churn, 5.0);
+    }
+
+    #[test]
+    fn remote_targets_need_the_flag() {
+        let remote = |sub: &str, url: &str, extra: &[&str]| {
+            let mut a = vec![sub, "--url", url, "--conns", "2", "--duration", "1"];
+            a.extend_from_slice(extra);
+            parse(&a)
+        };
+        // Every subcommand that takes a URL refuses a remote one, naming the flag.
+        for sub in ["hold", "storm", "handshake"] {
+            let e = remote(sub, "ws://192.0.2.1:8100/ws", &[]).unwrap_err();
+            assert!(e.contains("--allow-remote"), "{sub}: {e}");
+            let p = remote(sub, "ws://192.0.2.1:8100/ws", &["--allow-remote"]).unwrap();
+            assert_eq!(p.target.addr, "192.0.2.1:8100".parse().unwrap());
+            assert!(
+                p.warnings.contains(&remote_warning(&["192.0.2.1"])),
+                "{sub}"
+            );
+            assert_eq!(
+                p.warnings.iter().filter(|w| w.contains("remote")).count(),
+                1
+            );
+        }
+        assert_eq!(
+            remote_warning(&["192.0.2.1"]),
+            "loading a remote target: 192.0.2.1; make sure you are allowed to"
+        );
+        // A loopback target: no warning, flag or not.
+        for extra in [&[][..], &["--allow-remote"]] {
+            let p = remote("hold", "ws://127.0.0.1:8100/ws", extra).unwrap();
+            assert!(!p.warnings.iter().any(|w| w.contains("remote")));
+        }
+        // fanout: the target and the publish URL are both checked.
+        let fanout = |url: &str, publish: &str, extra: &[&str]| {
+            let mut a = vec!["fanout", "--url", url, "--publish", publish, "--conns", "2"];
+            a.extend_from_slice(extra);
+            parse(&a)
+        };
+        let (local_sub, local_pub) = ("ws://127.0.0.1:8100/ws", "http://127.0.0.1:8000/pub");
+        let (far_sub, far_pub) = ("ws://192.0.2.1:8100/ws", "http://192.0.2.2:8000/pub");
+        let e = fanout(local_sub, far_pub, &[]).unwrap_err();
+        assert!(
+            e.starts_with("--publish: ") && e.contains("--allow-remote"),
+            "{e}"
+        );
+        assert!(fanout(far_sub, local_pub, &[]).is_err());
+        let p = fanout(far_sub, far_pub, &["--allow-remote"]).unwrap();
+        assert!(p
+            .warnings
+            .contains(&remote_warning(&["192.0.2.1", "192.0.2.2"])));
+        let p = fanout(local_sub, far_pub, &["--allow-remote"]).unwrap();
+        assert!(p.warnings.contains(&remote_warning(&["192.0.2.2"])));
+        // Source addresses: loopback only without the flag; a remote target cannot be
+        // reached from a loopback source.
+        let e = remote("hold", "ws://127.0.0.1/ws", &["--sources", "10.0.0.1"]).unwrap_err();
+        assert!(e.contains("--allow-remote"), "{e}");
+        let p = remote(
+            "hold",
+            "ws://192.0.2.1/ws",
+            &["--allow-remote", "--sources", "10.0.0.1-10.0.0.2"],
+        )
+        .unwrap();
+        assert_eq!(p.sources.len(), 2);
+        assert!(remote(
+            "hold",
+            "ws://192.0.2.1/ws",
+            &["--allow-remote", "--sources", "127.0.0.2"]
+        )
+        .is_err());
+        // TLS to a remote name-less IP still needs --cacert or --insecure.
+        assert!(remote("hold", "wss://192.0.2.1/ws", &["--allow-remote"]).is_err());
+        assert!(remote(
+            "hold",
+            "wss://192.0.2.1/ws",
+            &["--allow-remote", "--insecure"]
+        )
+        .is_ok());
     }
 }

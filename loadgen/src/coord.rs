@@ -28,6 +28,7 @@ use crate::counters::Counters;
 use crate::publish::{PublishPlan, Publisher};
 use crate::report::{round3, FanoutShape, Report, SCHEMA};
 use crate::sys;
+use crate::tls::TlsSpec;
 use crate::url::Target;
 use crate::wire::{ChildConfig, ChildMsg, Command, LineReader, Mode, Outage, Progress};
 
@@ -50,6 +51,8 @@ pub struct Plan {
     pub target: Target,
     pub publish: Option<(String, Target)>,
     pub transport: Transport,
+    /// TLS under the transport (`None`: plain TCP).
+    pub tls: Option<TlsSpec>,
     pub format: Format,
     /// Socket.IO: the namespace connected to (`/`: the main one).
     pub namespace: String,
@@ -213,7 +216,9 @@ pub fn run(plan: &Plan) -> Result<Report, String> {
                     hold_started = Some(now);
                     match plan.mode {
                         Mode::Fanout => Phase::Settling(now + plan.settle),
-                        Mode::Hold | Mode::Storm => Phase::Holding(now + plan.duration),
+                        Mode::Hold | Mode::Storm | Mode::Handshake => {
+                            Phase::Holding(now + plan.duration)
+                        }
                     }
                 }
                 Phase::Holding(until) if now >= until => Phase::Stopping(now + STOP_GRACE),
@@ -312,6 +317,9 @@ pub fn run(plan: &Plan) -> Result<Report, String> {
         )
     });
     let storm = (plan.mode == Mode::Storm).then(|| merged.storm_report(plan.churn, start_ns));
+    let handshake = (plan.mode == Mode::Handshake)
+        .then(|| merged.handshake_report(plan.conns, plan.duration.as_secs_f64()));
+    let tls = plan.tls.as_ref().map(|spec| merged.tls_report(spec));
     Ok(Report {
         schema: SCHEMA,
         mode: plan.mode.name(),
@@ -336,6 +344,8 @@ pub fn run(plan: &Plan) -> Result<Report, String> {
         drops: merged.drop_report(),
         fanout,
         storm,
+        handshake,
+        tls,
     })
 }
 
@@ -354,6 +364,7 @@ fn spawn_children(plan: &Plan, poll: &Poll) -> Result<Vec<ChildProc>, String> {
             format: plan.format,
             server: plan.target.addr,
             host: plan.target.host.clone(),
+            tls: plan.tls.clone(),
             targets: plan
                 .channels
                 .iter()

@@ -70,6 +70,20 @@ pub struct Counters {
     pub first_arrival_ns: Option<u64>,
     /// Unix ns of the last data arrival (the latest of all children).
     pub last_arrival_ns: Option<u64>,
+    /// Handshake mode: connections closed as soon as they were subscribed.
+    pub cycles: u64,
+    /// Unix ns when the child stopped (the latest of all children).
+    pub stop_ns: Option<u64>,
+    /// TLS handshakes completed, full (no session resumed).
+    pub tls_full: u64,
+    /// TLS handshakes completed with a session resumed.
+    pub tls_resumed: u64,
+    /// TLS handshakes by protocol version (`"1.3"`, `"1.2"`).
+    pub tls_versions: BTreeMap<String, u64>,
+    /// Connect start to TLS handshake complete, full handshakes.
+    pub tls_full_hist: Hist,
+    /// Connect start to TLS handshake complete, resumed handshakes.
+    pub tls_resumed_hist: Hist,
     /// Storm outages. In a child's report, only the one still open at the end (the
     /// others were sent as [`crate::wire::ChildMsg::Outage`] when they ended); the
     /// coordinator adds those to the merged counters.
@@ -137,6 +151,15 @@ impl Counters {
         self.first_arrival_ns = min_opt(self.first_arrival_ns, o.first_arrival_ns);
         self.last_arrival_ns = max_opt(self.last_arrival_ns, o.last_arrival_ns);
         self.outages.extend(o.outages.iter().copied());
+        self.cycles += o.cycles;
+        self.stop_ns = max_opt(self.stop_ns, o.stop_ns);
+        self.tls_full += o.tls_full;
+        self.tls_resumed += o.tls_resumed;
+        for (k, v) in &o.tls_versions {
+            bump(&mut self.tls_versions, k, *v);
+        }
+        self.tls_full_hist.merge(&o.tls_full_hist);
+        self.tls_resumed_hist.merge(&o.tls_resumed_hist);
     }
 
     /// Failed attempts, all reasons.

@@ -12,6 +12,10 @@
 //!                [--size BYTES] [--connect-rate R] [--drain S] [--settle-ms MS] [...]
 //! loadgen storm  --url URL --conns N --duration S [--churn R] [--rate R]
 //!                [--backoff-ms MS] [--backoff-cap-ms MS] [...]
+//! loadgen handshake --url URL --conns N [--duration S] [--rate R] [...]
+//!
+//! TLS, with any of them: a wss:// or https:// URL, or --tls; then
+//!                [--cacert FILE | --insecure] [--sni NAME] [--no-resume] [--tls-version 1.2|1.3]
 //! ```
 //!
 //! - **hold** opens `N` connections (at most `R` new ones per second, all processes
@@ -32,8 +36,34 @@
 //! - **storm** keeps `N` open while closing and reopening `--churn` per second; when the
 //!   server drops connections (a restart), they reconnect with full-jitter exponential
 //!   backoff, and the report says how long until all were back.
+//! - **handshake** keeps `N` connections in their handshake at once for the duration:
+//!   each is opened, subscribed (the 101 of the WebSocket upgrade, the 200 head of SSE,
+//!   ...; with TLS, after the TLS handshake), and closed at once (a WebSocket close frame,
+//!   a TLS close_notify), and the next one is opened. It reports handshakes per second
+//!   (`handshake.per_s`: subscriptions established over the run) and their latency
+//!   (connect start to subscribed); with TLS, how many were full and how many resumed. A
+//!   failed attempt is retried after a full-jitter backoff (`--backoff-ms`).
 //!
-//! URLs are loopback only (`127.0.0.0/8`, `::1`, `localhost`). `{c}` in a URL is replaced
+//! TLS (`wss://`, `https://`, or `--tls` under a ws:// / http:// URL) works under every
+//! transport, with rustls ([`tls`]): `--cacert FILE` trusts the CA certificates of a PEM
+//! file and checks the server's certificate for the server name; `--insecure` accepts any
+//! certificate (the handshake signature is still checked), for benchmarks. The server
+//! name (SNI, and the name checked) is the URL's host unless `--sni NAME` (an IP literal
+//! is checked against the certificate's IP addresses and sends no SNI); the `Host` header
+//! stays the URL's. ALPN offers `http/1.1`. Each child process keeps one session store
+//! for all its connections, so reconnects (storm churn and drops, every handshake of
+//! handshake mode after the first ones) resume their sessions; `--no-resume` makes every
+//! handshake full. `--tls-version` offers one version only (default: 1.2 and 1.3). TLS
+//! failures are counted by reason: `tls_cert_unknown_issuer`, `tls_cert_not_valid_for_name`,
+//! `tls_cert_expired`, ... (the server's certificate did not verify), `tls_alert_<name>`
+//! (the server sent an alert), `tls_bad_message` (not TLS), ...; a child describes each
+//! reason once on stderr. The publisher (`--publish`) speaks plain HTTP.
+//!
+//! URLs are loopback only (`127.0.0.0/8`, `::1`, `localhost`, or a name resolving to one of
+//! them), and so are `--sources`, unless `--allow-remote` says otherwise: then any host
+//! (a name is resolved once, to its first IPv4 address, else its first address), and one
+//! warning line on stderr, `loading a remote target: HOST; make sure you are allowed to`.
+//! `{c}` in a URL is replaced
 //! by the channel name (`ch0`, `ch1`, ...); a URL without it gets `channel=NAME` appended,
 //! and a URL naming a channel itself (`channel=`, `cname=`, `id=`) fixes the only channel.
 //! The transport comes from the URL (`ws://`, or an http path ending in `/sse`, `/stream`,
@@ -91,7 +121,7 @@
 //! | field | type | meaning |
 //! |---|---|---|
 //! | `schema` | string | `"loadgen/1"` |
-//! | `mode` | string | `hold`, `fanout`, `storm` |
+//! | `mode` | string | `hold`, `fanout`, `storm`, `handshake` |
 //! | `url`, `publish_url` | string, string or null | as given |
 //! | `transport`, `format` | string | `ws`/`sse`/`stream`/`poll`/`socketio`; `pushedge`/`raw` |
 //! | `namespace` | string | Socket.IO only: the namespace (absent for the other transports) |
@@ -137,6 +167,16 @@
 //! | `storm.outages` | array of objects | `start_s` (from the run start), `recovered_after_s` (null: not by the end), `peak_down` (sum of the processes' peaks) |
 //! | `storm.longest_recovery_s` | float or null | longest recovered outage |
 //! | `storm.unrecovered` | bool | an outage was still open at the end |
+//! | `handshake` | object or null | handshake only: |
+//! | `handshake.concurrency`, `.duration_s` | int, float | connections in their handshake at once; the duration asked |
+//! | `handshake.completed`, `.failed` | int, int | subscriptions established (each then closed); failed attempts |
+//! | `handshake.phase_s`, `.per_s` | float, float | first attempt to the stop; completed / phase_s |
+//! | `handshake.latency_us` | Summary | connect start to subscribed |
+//! | `tls` | object or null | TLS runs only: |
+//! | `tls.server_name`, `.verify`, `.resumption`, `.versions_offered` | string, string, bool, string | the name sent and checked; `ca` or `insecure`; sessions kept and offered; `1.2+1.3`, `1.2` or `1.3` |
+//! | `tls.handshakes`, `.full`, `.resumed` | int | TLS handshakes completed, of which full and resumed |
+//! | `tls.by_version` | {version: int} | handshakes by the version negotiated (`1.3`, `1.2`) |
+//! | `tls.full_us`, `.resumed_us` | Summary | connect start to TLS handshake complete, full and resumed ones |
 //!
 //! Exit status: 0 when the run completed (whatever it measured), 1 when it could not run,
 //! 2 for a usage error.
@@ -152,5 +192,6 @@ pub mod payload;
 pub mod publish;
 pub mod report;
 pub mod sys;
+pub mod tls;
 pub mod url;
 pub mod wire;

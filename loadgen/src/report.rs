@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use crate::counters::Counters;
 use crate::hist::{Hist, Summary};
 use crate::publish::PubResult;
+use crate::tls::TlsSpec;
 use crate::wire::Outage;
 
 /// The schema name and version written in every report.
@@ -38,6 +39,35 @@ pub struct Report {
     pub drops: DropReport,
     pub fanout: Option<FanoutReport>,
     pub storm: Option<StormReport>,
+    pub handshake: Option<HandshakeReport>,
+    pub tls: Option<TlsReport>,
+}
+
+/// Handshake mode: connections opened and closed once subscribed, as fast as they go.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HandshakeReport {
+    pub concurrency: u64,
+    pub duration_s: f64,
+    pub completed: u64,
+    pub failed: u64,
+    pub phase_s: f64,
+    pub per_s: f64,
+    pub latency_us: Summary,
+}
+
+/// TLS handshakes of the run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TlsReport {
+    pub server_name: String,
+    pub verify: &'static str,
+    pub resumption: bool,
+    pub versions_offered: &'static str,
+    pub handshakes: u64,
+    pub full: u64,
+    pub resumed: u64,
+    pub by_version: BTreeMap<String, u64>,
+    pub full_us: Summary,
+    pub resumed_us: Summary,
 }
 
 /// Connection establishment.
@@ -265,6 +295,47 @@ impl Counters {
             },
             first_arrival_us: firsts.summary(),
             last_arrival_us: lasts.summary(),
+        }
+    }
+
+    /// The handshake part: `concurrency` connections at once, for `duration_s` asked.
+    pub fn handshake_report(&self, concurrency: u64, duration_s: f64) -> HandshakeReport {
+        let phase_s = match (self.first_attempt_ns, self.stop_ns) {
+            (Some(a), Some(b)) if b > a => (b - a) as f64 / 1e9,
+            _ => 0.0,
+        };
+        HandshakeReport {
+            concurrency,
+            duration_s,
+            completed: self.established,
+            failed: self.failed_total(),
+            phase_s: round3(phase_s),
+            per_s: if phase_s > 0.0 {
+                round2(self.established as f64 / phase_s)
+            } else {
+                0.0
+            },
+            latency_us: self.connect_hist.summary(),
+        }
+    }
+
+    /// The TLS part.
+    pub fn tls_report(&self, spec: &TlsSpec) -> TlsReport {
+        TlsReport {
+            server_name: spec.server_name.clone(),
+            verify: if spec.ca_pem.is_some() {
+                "ca"
+            } else {
+                "insecure"
+            },
+            resumption: spec.resume,
+            versions_offered: spec.versions.name(),
+            handshakes: self.tls_full + self.tls_resumed,
+            full: self.tls_full,
+            resumed: self.tls_resumed,
+            by_version: self.tls_versions.clone(),
+            full_us: self.tls_full_hist.summary(),
+            resumed_us: self.tls_resumed_hist.summary(),
         }
     }
 
@@ -536,6 +607,34 @@ impl Report {
                         ))
                 );
             }
+        }
+        if let Some(h) = &self.handshake {
+            let _ = writeln!(
+                s,
+                "handshakes: {} completed ({} failed) in {:.2} s with {} at once: {:.0}/s; latency {}",
+                h.completed,
+                h.failed,
+                h.phase_s,
+                h.concurrency,
+                h.per_s,
+                summary_line(&h.latency_us)
+            );
+        }
+        if let Some(t) = &self.tls {
+            let _ = writeln!(
+                s,
+                "tls ({}, {}, resumption {}, versions {}): {} handshakes, {} full, {} resumed{}",
+                t.server_name,
+                t.verify,
+                if t.resumption { "on" } else { "off" },
+                t.versions_offered,
+                t.handshakes,
+                t.full,
+                t.resumed,
+                reasons(&t.by_version)
+            );
+            let _ = writeln!(s, "  full: {}", summary_line(&t.full_us));
+            let _ = writeln!(s, "  resumed: {}", summary_line(&t.resumed_us));
         }
         let _ = writeln!(s, "elapsed {:.2} s", self.elapsed_s);
         s

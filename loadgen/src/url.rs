@@ -1,9 +1,14 @@
 //! Target URLs, channel templates and source addresses.
 //!
-//! Only loopback targets are accepted: a load generator that can be pointed at any host
-//! is a flooding tool, and this one is for testing servers on the same machine. A URL is
-//! `ws://HOST[:PORT]/PATH[?QUERY]` or `http://HOST[:PORT]/PATH[?QUERY]` where HOST is a
-//! loopback IP literal (`127.0.0.1`, `[::1]`) or `localhost`. No TLS, no user info.
+//! A URL is `ws[s]://HOST[:PORT]/PATH[?QUERY]` or `http[s]://HOST[:PORT]/PATH[?QUERY]`
+//! where HOST is an IP literal (`127.0.0.1`, `[::1]`), `localhost` (always 127.0.0.1) or a
+//! name, resolved once when the URL is parsed (its first IPv4 address, else its first
+//! address). No user info.
+//!
+//! Only targets on this machine (loopback addresses) are accepted unless the user says
+//! otherwise with [`ALLOW_REMOTE_FLAG`]: a load generator that can be pointed at any host
+//! by a typo is a flooding tool. [`check_reach`] is that check; source addresses get the
+//! same one in [`parse_sources`].
 //!
 //! Channels: `{c}` anywhere in the URL is replaced by the channel name
 //! ([`ChannelSpec::Template`]); a URL that already names its channel (`channel=`, `cname=`
@@ -11,7 +16,7 @@
 //! appended ([`ChannelSpec::Append`]). Generated names are `ch0`, `ch1`, ...
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 
 use protocol::query::{self, Query};
 
@@ -21,6 +26,10 @@ pub const CHANNEL_PLACEHOLDER: &str = "{c}";
 pub const CHANNEL_KEYS: &[&str] = &["channel", "cname", "id"];
 /// Most source addresses a `--sources` list may expand to.
 pub const MAX_SOURCES: usize = 65_536;
+/// The flag that allows targets (and source addresses) off the loopback interface.
+pub const ALLOW_REMOTE_FLAG: &str = "--allow-remote";
+/// Longest host name accepted in a URL (DNS limit).
+pub const MAX_HOST_NAME: usize = 253;
 
 /// The URL scheme.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,11 +40,13 @@ pub enum Scheme {
     Http,
 }
 
-/// A parsed loopback URL.
+/// A parsed URL, its host resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     /// The scheme.
     pub scheme: Scheme,
+    /// `wss://` or `https://`: TLS under the scheme.
+    pub tls: bool,
     /// Where to connect.
     pub addr: SocketAddr,
     /// The authority as written, for the `Host` header.
@@ -72,13 +83,24 @@ fn err<T>(msg: impl Into<String>) -> Result<T, UrlError> {
 }
 
 impl Target {
-    /// Parses and checks a URL (see the module documentation).
+    /// Parses and checks a URL that must be on this machine (see the module documentation).
     pub fn parse(url: &str) -> Result<Target, UrlError> {
-        let (scheme, rest) = match url.split_once("://") {
-            Some(("ws", rest)) => (Scheme::Ws, rest),
-            Some(("http", rest)) => (Scheme::Http, rest),
-            Some(("wss" | "https", _)) => return err(format!("{url}: TLS is not supported")),
-            Some((s, _)) => return err(format!("{url}: unsupported scheme {s:?} (ws or http)")),
+        Target::parse_with(url, false)
+    }
+
+    /// Parses and checks a URL; with `allow_remote` (`--allow-remote`) its host may be
+    /// any host.
+    pub fn parse_with(url: &str, allow_remote: bool) -> Result<Target, UrlError> {
+        let (scheme, tls, rest) = match url.split_once("://") {
+            Some(("ws", rest)) => (Scheme::Ws, false, rest),
+            Some(("http", rest)) => (Scheme::Http, false, rest),
+            Some(("wss", rest)) => (Scheme::Ws, true, rest),
+            Some(("https", rest)) => (Scheme::Http, true, rest),
+            Some((s, _)) => {
+                return err(format!(
+                    "{url}: unsupported scheme {s:?} (ws, wss, http or https)"
+                ))
+            }
             None => return err(format!("{url}: missing scheme (ws:// or http://)")),
         };
         let (authority, path_and_query) = match rest.find(['/', '?']) {
@@ -101,23 +123,21 @@ impl Target {
         }
         let (host, port) = split_host_port(authority)
             .ok_or_else(|| UrlError(format!("{url}: bad host or port {authority:?}")))?;
-        let ip = match host {
-            "localhost" => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            h => h
-                .parse::<IpAddr>()
-                .map_err(|_| UrlError(format!("{url}: host must be an IP literal or localhost")))?,
-        };
-        if !ip.is_loopback() {
-            return err(format!(
-                "{url}: {ip} is not a loopback address; loadgen only targets this machine"
-            ));
-        }
+        let port = port.unwrap_or(if tls { 443 } else { 80 });
+        let ip = resolve(host, port).map_err(|e| UrlError(format!("{url}: {e}")))?;
+        check_reach(host, ip, allow_remote).map_err(|e| UrlError(format!("{url}: {e}")))?;
         Ok(Target {
             scheme,
-            addr: SocketAddr::new(ip, port.unwrap_or(80)),
+            tls,
+            addr: SocketAddr::new(ip, port),
             host: authority.to_string(),
             path_and_query,
         })
+    }
+
+    /// Whether the target is off this machine (only with `--allow-remote`).
+    pub fn is_remote(&self) -> bool {
+        !self.addr.ip().is_loopback()
     }
 
     /// How this URL names its channel.
@@ -185,6 +205,67 @@ impl Target {
     pub fn path(&self) -> &str {
         query::split_target(&self.path_and_query).0
     }
+
+    /// The host without the port (and without the brackets of an IPv6 literal): the
+    /// default TLS server name.
+    pub fn hostname(&self) -> &str {
+        match split_host_port(&self.host) {
+            Some((h, _)) => h,
+            None => &self.host,
+        }
+    }
+}
+
+/// The address `host` names: an IP literal is itself, `localhost` is 127.0.0.1, a name
+/// is looked up ([`lookup`]).
+pub fn resolve(host: &str, port: u16) -> Result<IpAddr, String> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(ip);
+    }
+    if host.eq_ignore_ascii_case("localhost") {
+        return Ok(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    }
+    let name_ok = !host.is_empty()
+        && host.len() <= MAX_HOST_NAME
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+    if !name_ok {
+        return Err(format!("bad host {host:?}"));
+    }
+    lookup(host, port)
+}
+
+/// Looks a host name up (the system resolver: /etc/hosts, DNS): its first IPv4 address,
+/// else its first address.
+pub fn lookup(host: &str, port: u16) -> Result<IpAddr, String> {
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .map(SocketAddr::ip)
+        .ok_or_else(|| format!("{host} resolves to no address"))
+}
+
+/// The remote-target check: `ip` (what `host` resolved to) must be on this machine (a
+/// loopback address) unless `allow_remote`.
+pub fn check_reach(host: &str, ip: IpAddr, allow_remote: bool) -> Result<(), String> {
+    if allow_remote || ip.is_loopback() {
+        return Ok(());
+    }
+    let shown = if host.parse::<IpAddr>() == Ok(ip) {
+        ip.to_string()
+    } else {
+        format!("{host} ({ip})")
+    };
+    Err(format!(
+        "{shown} is not a loopback address, not this machine; \
+         loadgen loads a remote target only with {ALLOW_REMOTE_FLAG}"
+    ))
 }
 
 /// Splits `host[:port]` / `[v6][:port]`. `None` when malformed.
@@ -232,8 +313,9 @@ pub fn channel_names(urls: &[&Target], count: u32) -> Result<Vec<String>, UrlErr
 }
 
 /// Parses a source address list: items separated by commas, each an address or an IPv4
-/// range `A-B` (inclusive). Every address must be loopback.
-pub fn parse_sources(spec: &str) -> Result<Vec<IpAddr>, UrlError> {
+/// range `A-B` (inclusive). Every address must be loopback unless `allow_remote`
+/// (`--allow-remote`: any address of this machine's interfaces; binding checks it).
+pub fn parse_sources(spec: &str, allow_remote: bool) -> Result<Vec<IpAddr>, UrlError> {
     let mut out = Vec::new();
     for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         if let Some((a, b)) = item.split_once('-') {
@@ -263,8 +345,10 @@ pub fn parse_sources(spec: &str) -> Result<Vec<IpAddr>, UrlError> {
             return err(format!("more than {MAX_SOURCES} source addresses"));
         }
     }
-    if let Some(bad) = out.iter().find(|ip| !ip.is_loopback()) {
-        return err(format!("source {bad} is not a loopback address"));
+    if let Some(bad) = out.iter().find(|ip| !allow_remote && !ip.is_loopback()) {
+        return err(format!(
+            "source {bad} is not a loopback address; other source addresses need {ALLOW_REMOTE_FLAG}"
+        ));
     }
     if out.is_empty() {
         return err("empty source address list");
@@ -295,16 +379,32 @@ mod tests {
 
         let t = Target::parse("ws://127.0.0.9:1").unwrap();
         assert_eq!(t.path_and_query, "/");
+        assert!(!t.tls);
+
+        let t = Target::parse("wss://localhost/ws?channel={c}").unwrap();
+        assert_eq!((t.scheme, t.tls), (Scheme::Ws, true));
+        assert_eq!(t.addr, "127.0.0.1:443".parse().unwrap());
+        assert_eq!(t.hostname(), "localhost");
+        let t = Target::parse("https://[::1]:8443/sse").unwrap();
+        assert_eq!((t.scheme, t.tls), (Scheme::Http, true));
+        assert_eq!(t.addr, "[::1]:8443".parse().unwrap());
+        assert_eq!(t.hostname(), "::1");
+        assert_eq!(
+            Target::parse("ws://127.0.0.1:8100/ws").unwrap().hostname(),
+            "127.0.0.1"
+        );
     }
 
     #[test]
     fn refuses_other_hosts_and_schemes() {
         for bad in [
             "ws://10.0.0.1:8100/ws",
-            "http://example.com/sse",
+            "http://no-such-host.invalid/sse",
             "http://[2001:db8::1]:80/",
-            "wss://127.0.0.1/ws",
-            "https://127.0.0.1/",
+            "wss://192.0.2.1/ws",
+            "ws://:80/ws",
+            "ws://a%20b/ws",
+            "https://10.0.0.1/",
             "ftp://127.0.0.1/",
             "127.0.0.1:8100/ws",
             "ws://user@127.0.0.1/ws",
@@ -385,17 +485,93 @@ mod tests {
 
     #[test]
     fn source_lists() {
-        let s = parse_sources("127.0.0.2-127.0.0.4").unwrap();
+        let s = parse_sources("127.0.0.2-127.0.0.4", false).unwrap();
         assert_eq!(s.len(), 3);
         assert_eq!(s[0], "127.0.0.2".parse::<IpAddr>().unwrap());
         assert_eq!(s[2], "127.0.0.4".parse::<IpAddr>().unwrap());
-        let s = parse_sources("127.0.0.2, 127.0.1.1-127.0.1.2,::1").unwrap();
+        let s = parse_sources("127.0.0.2, 127.0.1.1-127.0.1.2,::1", false).unwrap();
         assert_eq!(s.len(), 4);
-        assert!(parse_sources("127.0.0.4-127.0.0.2").is_err());
-        assert!(parse_sources("10.0.0.1").is_err());
-        assert!(parse_sources("127.0.0.255-128.0.0.1").is_err());
-        assert!(parse_sources("").is_err());
-        assert!(parse_sources("127.0.0.x").is_err());
-        assert!(parse_sources("127.0.0.0-127.255.255.255").is_err());
+        assert!(parse_sources("127.0.0.4-127.0.0.2", false).is_err());
+        assert!(parse_sources("10.0.0.1", false).is_err());
+        assert!(parse_sources("127.0.0.255-128.0.0.1", false).is_err());
+        assert!(parse_sources("", false).is_err());
+        assert!(parse_sources("127.0.0.x", false).is_err());
+        assert!(parse_sources("127.0.0.0-127.255.255.255", false).is_err());
+    }
+
+    #[test]
+    fn remote_sources_need_the_flag() {
+        let e = parse_sources("10.0.0.1", false).unwrap_err();
+        assert!(e.0.contains(ALLOW_REMOTE_FLAG), "{e}");
+        assert_eq!(
+            parse_sources("10.0.0.1-10.0.0.2", true).unwrap(),
+            vec![
+                "10.0.0.1".parse::<IpAddr>().unwrap(),
+                "10.0.0.2".parse().unwrap()
+            ]
+        );
+        assert!(parse_sources("10.0.0.x", true).is_err());
+    }
+
+    #[test]
+    fn reach_check() {
+        let remote: IpAddr = "192.0.2.1".parse().unwrap();
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let v6: IpAddr = "::1".parse().unwrap();
+        // IP literals.
+        assert_eq!(check_reach("127.0.0.1", local, false), Ok(()));
+        assert_eq!(check_reach("::1", v6, false), Ok(()));
+        let e = check_reach("192.0.2.1", remote, false).unwrap_err();
+        assert!(e.starts_with("192.0.2.1 is not a loopback address"), "{e}");
+        assert!(e.contains(ALLOW_REMOTE_FLAG), "{e}");
+        assert_eq!(check_reach("192.0.2.1", remote, true), Ok(()));
+        // Names: what they resolve to decides, and the message shows both.
+        assert_eq!(check_reach("push.test", local, false), Ok(()));
+        let e = check_reach("push.example", remote, false).unwrap_err();
+        assert!(e.starts_with("push.example (192.0.2.1) is not"), "{e}");
+        assert_eq!(check_reach("push.example", remote, true), Ok(()));
+    }
+
+    #[test]
+    fn remote_urls_need_the_flag() {
+        // A remote IP literal: refused without the flag (naming it), parsed with it; no
+        // connection is made either way.
+        for url in [
+            "ws://192.0.2.1:8100/ws?channel={c}",
+            "https://[2001:db8::1]/sse",
+        ] {
+            let e = Target::parse_with(url, false).unwrap_err();
+            assert!(e.0.contains(ALLOW_REMOTE_FLAG), "{e}");
+            assert!(e.0.contains("loopback"), "{e}");
+            let t = Target::parse_with(url, true).unwrap();
+            assert!(t.is_remote());
+        }
+        let t = Target::parse_with("ws://192.0.2.1:8100/ws", true).unwrap();
+        assert_eq!(t.addr, "192.0.2.1:8100".parse().unwrap());
+        assert_eq!(t.host, "192.0.2.1:8100");
+        assert_eq!(t.hostname(), "192.0.2.1");
+        // Loopback targets are the same with or without the flag.
+        for allow in [false, true] {
+            let t = Target::parse_with("ws://127.0.0.1:8100/ws", allow).unwrap();
+            assert!(!t.is_remote());
+            let t = Target::parse_with("http://LocalHost:81/sse", allow).unwrap();
+            assert_eq!(t.addr, "127.0.0.1:81".parse().unwrap());
+        }
+        // A name that does not resolve is refused with the flag too.
+        assert!(Target::parse_with("ws://no-such-host.invalid/ws", true).is_err());
+    }
+
+    #[test]
+    fn names_are_resolved() {
+        // Through the system resolver (/etc/hosts): localhost is loopback, so it passes
+        // the check without the flag.
+        let ip = lookup("localhost", 80).unwrap();
+        assert!(ip.is_loopback(), "{ip}");
+        assert_eq!(check_reach("localhost", ip, false), Ok(()));
+        assert_eq!(resolve("127.0.0.5", 1), Ok("127.0.0.5".parse().unwrap()));
+        assert_eq!(resolve("localhost", 1), Ok(Ipv4Addr::LOCALHOST.into()));
+        assert!(resolve("", 1).is_err());
+        assert!(resolve("a b", 1).is_err());
+        assert!(resolve(&"a".repeat(MAX_HOST_NAME + 1), 1).is_err());
     }
 }

@@ -11,6 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use crate::account::Expected;
 use crate::client::{Format, Transport};
 use crate::counters::Counters;
+use crate::tls::TlsSpec;
 
 /// Longest line accepted on a pipe (a configuration or a final report).
 pub const MAX_LINE: usize = 256 << 20;
@@ -25,6 +26,9 @@ pub enum Mode {
     Fanout,
     /// Churn, and reconnect after drops.
     Storm,
+    /// Open connections and close each as soon as it is subscribed, again and again:
+    /// handshakes per second.
+    Handshake,
 }
 
 impl Mode {
@@ -34,6 +38,7 @@ impl Mode {
             Mode::Hold => "hold",
             Mode::Fanout => "fanout",
             Mode::Storm => "storm",
+            Mode::Handshake => "handshake",
         }
     }
 }
@@ -53,6 +58,9 @@ pub struct ChildConfig {
     pub server: SocketAddr,
     /// The `Host` header.
     pub host: String,
+    /// TLS under the transport (`None`: plain TCP).
+    #[serde(default)]
+    pub tls: Option<TlsSpec>,
     /// Request target per channel.
     pub targets: Vec<String>,
     /// Socket.IO: the CONNECT packet per channel (empty for the other transports).

@@ -20,6 +20,8 @@
 //! - [`socketio`]: Socket.IO v5 — packets (`<type>[<n>-][<nsp>,][<id>][<json>]`) with their
 //!   shape checks, event data, and binary attachments between placeholders and inline
 //!   `{"$binary":"..."}` objects.
+//! - [`proxy`]: the PROXY protocol header (v1 text, v2 binary) a load balancer puts at the
+//!   start of a connection.
 //!
 //! Short input is never an error: parsers answer "partial" and consume nothing they cannot
 //! use. Every limit is checked before anything is allocated for it.
@@ -31,6 +33,7 @@ pub mod cursor;
 pub mod engineio;
 pub mod http;
 pub mod message;
+pub mod proxy;
 pub mod query;
 pub mod socketio;
 pub mod sse;

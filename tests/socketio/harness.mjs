@@ -718,11 +718,12 @@ export const CHROMIUM_ARGS = [
  * 6665-6669, 10080, ...) and a port from bind(0) may be one of them, so they are allowed
  * explicitly.
  */
-export async function launchChromium({ ports = [] } = {}) {
+export async function launchChromium({ ports = [], args: extra = [] } = {}) {
   if (!fs.existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: run \`make deps-socketio\` (apt-get install chromium)`);
   const { chromium } = await import("playwright-core");
   const args = [...CHROMIUM_ARGS];
   if (ports.length) args.push(`--explicitly-allowed-ports=${ports.join(",")}`);
+  args.push(...extra);
   const browser = await withTimeout(
     chromium.launch({ executablePath: CHROMIUM, headless: true, args }),
     15_000,

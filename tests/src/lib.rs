@@ -51,6 +51,7 @@ mod ws;
 
 pub mod crowd;
 pub mod redis;
+pub mod tls;
 
 pub use crowd::{Crowd, Member};
 pub use ctl::Ctl;

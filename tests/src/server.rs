@@ -147,6 +147,15 @@ impl Server {
     /// Like [`Server::start`], with the process's open-file limit set to `nofile` (through
     /// `prlimit`), to exercise accept errors (EMFILE).
     pub fn start_with_nofile(args: &[&str], nofile: Option<u64>) -> Server {
+        Server::start_full(args, nofile, &[])
+    }
+
+    /// Like [`Server::start`], with extra environment variables for the process.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::start_full(args, None, env)
+    }
+
+    fn start_full(args: &[&str], nofile: Option<u64>, env: &[(&str, &str)]) -> Server {
         let dir = tempfile::Builder::new()
             .prefix("pushedge-test")
             .tempdir()
@@ -178,6 +187,7 @@ impl Server {
                 cmd.args(["--backend", &backend]);
             }
         }
+        cmd.envs(env.iter().copied());
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -201,7 +211,8 @@ impl Server {
                         }
                         let text = String::from_utf8_lossy(&line).into_owned();
                         lock(&log).push_str(&text);
-                        if text.contains(" ready: ") {
+                        // Text, or `log_format = "json"` ({"msg":"ready: ..."}).
+                        if text.contains(" ready: ") || text.contains("\"msg\":\"ready: ") {
                             let _ = tx.send(text);
                         }
                     }
@@ -226,6 +237,7 @@ impl Server {
                 .split_whitespace()
                 .find_map(|w| w.strip_prefix(name))
                 .unwrap_or_else(|| panic!("no {name} in ready line: {ready}"))
+                .trim_end_matches(['"', '}'])
                 .to_string()
         };
         Server {

@@ -310,7 +310,17 @@ fn publish(
         Ok(m) => m,
         Err(r) => return (r, 0),
     };
-    match shared.publish(&name, content, &meta, key, Commit::ByCaller) {
+    let published = shared.publish(&name, content, &meta, key, Commit::ByCaller);
+    if let Ok(a) = &published {
+        crate::event!(
+            Debug,
+            "admin publish",
+            channel = &*name,
+            bytes = content.len(),
+            seq = a.seq
+        );
+    }
+    match published {
         Ok(a) => (
             Reply::envelope(
                 200,

@@ -36,7 +36,7 @@
 pub mod api;
 mod events;
 
-use mio::net::{TcpListener, TcpStream};
+use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use std::collections::{HashMap, VecDeque};
@@ -56,6 +56,7 @@ use crate::limits::{
 };
 use crate::memory;
 use crate::shared::Shared;
+use crate::tls::stream::AdminStream;
 use crate::{debug, warn};
 
 const LISTENER: Token = Token(usize::MAX);
@@ -102,7 +103,7 @@ struct Chunked {
 }
 
 struct AdminConn {
-    sock: TcpStream,
+    sock: AdminStream,
     peer: IpAddr,
     rbuf: Vec<u8>,
     wbuf: Vec<u8>,
@@ -200,10 +201,16 @@ struct Admin {
     streams: usize,
     /// The counters of the last snapshot sent to the streams (their rates' base).
     events_prev: Option<events::Sample>,
+    /// HTTPS only, when the admin port has TLS.
+    tls: Option<Arc<crate::tls::Context>>,
 }
 
 /// Runs the admin loop (never returns).
-pub fn run(shared: Arc<Shared>, listener: std::net::TcpListener) {
+pub fn run(
+    shared: Arc<Shared>,
+    listener: std::net::TcpListener,
+    tls: Option<Arc<crate::tls::Context>>,
+) {
     let poll = match Poll::new() {
         Ok(p) => p,
         Err(e) => {
@@ -219,11 +226,17 @@ pub fn run(shared: Arc<Shared>, listener: std::net::TcpListener) {
         warn!("admin: cannot register listener: {e}");
         return;
     }
-    if let Some(store) = shared.hub.store() {
-        match mio::Waker::new(poll.registry(), STORE_WAKER) {
-            Ok(w) => store.add_waker(Arc::new(w)),
-            Err(e) => warn!("admin: cannot create the store waker: {e}"),
+    // One waker per poll (mio): the store's commits and a hot handover's freeze
+    // (`crate::handover::admin_gate`) share it.
+    match mio::Waker::new(poll.registry(), STORE_WAKER) {
+        Ok(w) => {
+            let w = Arc::new(w);
+            crate::handover::set_admin_waker(w.clone());
+            if let Some(store) = shared.hub.store() {
+                store.add_waker(w);
+            }
         }
+        Err(e) => warn!("admin: cannot create the waker: {e}"),
     }
     let mut admin = Admin {
         shared,
@@ -235,6 +248,7 @@ pub fn run(shared: Arc<Shared>, listener: std::net::TcpListener) {
         accept_warned: None,
         streams: 0,
         events_prev: None,
+        tls,
     };
     admin.run();
 }
@@ -248,6 +262,8 @@ impl Admin {
         let mut last_events = Instant::now();
         let mut accept_retry = false;
         loop {
+            // A hot handover holds the admin port still (nothing read or accepted).
+            crate::handover::admin_gate();
             if let Err(e) = self.poll.poll(&mut events, Some(ADMIN_TIMEOUT_CHECK)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     warn!("admin: poll failed: {e}");
@@ -325,12 +341,18 @@ impl Admin {
                     // At a cap, the newcomer takes the place of the oldest connection
                     // that has not sent a whole request yet (a slowloris holds nothing
                     // for long); with none to give way it is refused.
+                    // (A TLS client cannot read a plain 503: it is just closed.)
+                    let plain = self.tls.is_none();
                     if from_ip >= cfg.admin_max_connections_per_ip && !self.evict(Some(ip)) {
-                        refuse(&mut sock, BUSY_IP);
+                        if plain {
+                            refuse(&mut sock, BUSY_IP);
+                        }
                         continue;
                     }
                     if self.conns.len() >= cfg.admin_max_connections && !self.evict(None) {
-                        refuse(&mut sock, BUSY);
+                        if plain {
+                            refuse(&mut sock, BUSY);
+                        }
                         continue;
                     }
                     let _ = sock.set_nodelay(true);
@@ -340,7 +362,11 @@ impl Admin {
                         Token(entry.key()),
                         Interest::READABLE | Interest::WRITABLE,
                     );
-                    if registered.is_ok() {
+                    let sock = match &self.tls {
+                        None => Ok(AdminStream::plain(sock)),
+                        Some(ctx) => AdminStream::tls(sock, ctx.config()),
+                    };
+                    if let (true, Ok(sock)) = (registered.is_ok(), sock) {
                         entry.insert(AdminConn {
                             sock,
                             peer: ip,
@@ -477,6 +503,11 @@ impl Admin {
 
     fn flush(&mut self, id: usize) {
         let c = &mut self.conns[id];
+        match c.sock.flush_tls() {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(_) => return self.remove(id),
+        }
         while c.woff < c.wbuf.len() {
             match c.sock.write(&c.wbuf[c.woff..]) {
                 Ok(n) => {
@@ -491,6 +522,10 @@ impl Admin {
         c.wbuf.clear();
         c.woff = 0;
         if c.close {
+            if matches!(c.sock.flush_tls(), Ok(false)) {
+                // Its last bytes are still in TLS: the writable edge comes back here.
+                return;
+            }
             let _ = c.sock.shutdown(Shutdown::Write);
             return self.remove(id);
         }
@@ -777,7 +812,7 @@ fn serve_one(shared: &Shared, buf: &[u8], chunked: &mut Option<Chunked>, streams
 
 /// Answers a connection over a cap with 503 (one write: it is not kept). What it already
 /// sent is read first, so that closing it does not turn the answer into a reset.
-fn refuse(sock: &mut TcpStream, reason: &str) {
+fn refuse(sock: &mut (impl Read + Write), reason: &str) {
     let mut sink = [0u8; 4096];
     let _ = sock.read(&mut sink);
     let _ = sock.write(&crate::msg::error_response(503, reason));
@@ -827,7 +862,7 @@ fn write_out(c: &mut AdminConn) {
     if c.woff == c.wbuf.len() {
         c.wbuf.clear();
         c.woff = 0;
-        if c.close {
+        if c.close && matches!(c.sock.flush_tls(), Ok(true)) {
             let _ = c.sock.shutdown(Shutdown::Write);
         }
     }

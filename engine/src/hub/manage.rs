@@ -14,6 +14,7 @@ impl Hub {
         if inner.draining {
             return Err(HubError::Draining);
         }
+        self.check_frozen()?;
         let slots: Vec<usize> = inner.names.values().copied().collect();
         let mut n = 0;
         let mut ticket = 0;
@@ -75,6 +76,22 @@ impl Hub {
             }
         }
         true
+    }
+
+    /// Undoes a drain: publishes are accepted again, and every worker gets
+    /// [`Cmd::Resume`] (answering on `reply`) behind the drain command, so it cannot
+    /// overtake it.
+    pub fn resume(&self, reply: std::sync::mpsc::Sender<Result<(), String>>) {
+        let mut inner = self.lock();
+        inner.draining = false;
+        inner.drain_sent = false;
+        let op = Op::Resume { reply };
+        match &self.store {
+            None => self.apply_locked(&mut inner, op, false),
+            Some(s) => {
+                s.enqueue(op, Commit::ByWriter);
+            }
+        }
     }
 
     /// True once a drain started.

@@ -60,6 +60,7 @@ mod manage;
 mod remote;
 mod types;
 
+mod handover;
 use channel::{Channel, Plan};
 use idem::{IdemEntry, IdemTable};
 pub use types::*;
@@ -88,6 +89,9 @@ pub struct Hub {
     idem_max: usize,
     replica: bool,
     store: Option<Arc<Store>>,
+    /// A hot handover froze the world: publishes are refused (503, retry) until it is
+    /// called off (see `hub::handover`).
+    frozen: std::sync::atomic::AtomicBool,
     /// Messages published (applied) since start.
     pub published: AtomicU64,
     /// Messages received from the cluster feed since start.
@@ -134,6 +138,7 @@ impl Hub {
             idem_max: cfg.idempotency_max_keys,
             replica: cfg.replica,
             store,
+            frozen: std::sync::atomic::AtomicBool::new(false),
             published: AtomicU64::new(0),
             remote: AtomicU64::new(0),
             idem_evicted: AtomicU64::new(0),
@@ -453,6 +458,7 @@ impl Hub {
         if inner.draining {
             return Err(HubError::Draining);
         }
+        self.check_frozen()?;
         if let Some(k) = key {
             if let Some(a) = self.idem_lookup(&inner, name, k) {
                 return Ok(a);
@@ -623,6 +629,13 @@ impl Hub {
             Op::Drain => {
                 for inbox in &self.inboxes {
                     inbox.push(Cmd::Drain);
+                }
+            }
+            Op::Resume { reply } => {
+                for inbox in &self.inboxes {
+                    inbox.push(Cmd::Resume {
+                        reply: reply.clone(),
+                    });
                 }
             }
             Op::Drop { .. } | Op::Forget { .. } => {}

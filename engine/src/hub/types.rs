@@ -222,6 +222,11 @@ pub enum Op {
     },
     /// Start draining the workers, behind everything accepted before.
     Drain,
+    /// Undo a drain: every worker listens again and answers on `reply`.
+    Resume {
+        /// Where each worker answers.
+        reply: std::sync::mpsc::Sender<Result<(), String>>,
+    },
 }
 
 /// Totals for `/info` and `stats`.

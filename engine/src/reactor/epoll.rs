@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::queue::WriteQueue;
-use super::{Backend, Event, ListenerId, Part, ReadBudget, Sock, Token, TokenState};
+use super::{Backend, Event, Exported, ListenerId, Part, ReadBudget, Sock, Token, TokenState};
 use crate::inbox::Wake;
 use crate::limits::{EPOLL_EVENTS, EPOLL_MAX_IOV};
 
@@ -336,5 +336,40 @@ impl Backend for Epoll {
     fn shutdown(&mut self) {
         self.stop_listening();
         self.queues.clear();
+    }
+
+    fn export_conn(&self, _sock: Sock, token: Token) -> io::Result<Exported> {
+        let Some((_, q)) = self.queues.get(&token) else {
+            return Ok(Exported::default());
+        };
+        let mut out = Vec::with_capacity(q.bytes);
+        for (i, b) in q.bufs.iter().enumerate() {
+            let start = if i == 0 { q.offset } else { 0 };
+            out.extend_from_slice(&b[start..]);
+        }
+        Ok(Exported {
+            pending: out,
+            tls: Vec::new(),
+        })
+    }
+
+    fn import_conn(&mut self, sock: Sock, token: Token, state: Exported) -> io::Result<()> {
+        let pending = state.pending;
+        self.add(sock, token)?;
+        if !pending.is_empty() {
+            // Written on the writable edge the registration reports.
+            let mut q = WriteQueue::default();
+            q.push(bytes::Bytes::from(pending));
+            self.queues.insert(token, (sock, q));
+        }
+        Ok(())
+    }
+
+    fn listener_fds(&self) -> Vec<(ListenerId, i32)> {
+        use std::os::fd::AsRawFd;
+        self.listeners
+            .iter()
+            .map(|(id, l)| (*id, l.as_raw_fd()))
+            .collect()
     }
 }

@@ -97,6 +97,12 @@ impl Part<'_> {
     }
 }
 
+impl AsRef<[u8]> for Part<'_> {
+    fn as_ref(&self) -> &[u8] {
+        self.bytes()
+    }
+}
+
 /// What a worker needs from its reactor.
 pub trait Backend {
     /// What wakes [`Backend::wait`] from another thread.
@@ -169,6 +175,46 @@ pub trait Backend {
 
     /// Releases everything: cancels in-flight operations and waits (bounded) for them.
     fn shutdown(&mut self);
+
+    /// Hot handover: what the backend holds for a connection (see [`Exported`]), leaving
+    /// everything as it is (the handover may still be called off). A backend (or a
+    /// connection) that cannot be handed over answers `Unsupported`.
+    fn export_conn(&self, _sock: Sock, _token: Token) -> io::Result<Exported> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "a hot handover needs backend epoll for now (this is {})",
+                self.name()
+            ),
+        ))
+    }
+
+    /// Hot handover, in the successor: watches a connection taken over (as
+    /// [`Backend::add`]) with the output it still had to write.
+    fn import_conn(&mut self, _sock: Sock, _token: Token, _state: Exported) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "a hot handover needs backend epoll for now (this is {})",
+                self.name()
+            ),
+        ))
+    }
+
+    /// Hot handover: the listening sockets (descriptors, by listener id).
+    fn listener_fds(&self) -> Vec<(ListenerId, i32)> {
+        Vec::new()
+    }
+}
+
+/// What a backend (and the layers over it) hold for one connection, carried to the next
+/// process by a hot handover.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Exported {
+    /// Output not written yet, in order, from the first unwritten byte.
+    pub pending: Vec<u8>,
+    /// The TLS layer's state of an established TLS connection (empty: plain).
+    pub tls: Vec<u8>,
 }
 
 /// A hasher for keys that are already well spread (tokens: slot and generation), far

@@ -118,7 +118,10 @@ pub fn deliver<B: Backend>(
     }
     cx.stats.inc(crate::metrics::Counter::Delivered);
     match cx.conns[slot].state() {
-        State::Ws => cx.send(slot, &[Part::Shared(msg.ws_frame())]),
+        State::Ws => {
+            let deflate = cx.conns[slot].session.deflate();
+            cx.send(slot, &[Part::Shared(msg.ws_frame_for(deflate))])
+        }
         State::Sse => sse::deliver(cx, slot, msg),
         State::Stream => cx.send(slot, &[Part::Shared(msg.ndjson_chunk())]),
         State::Iframe => iframe::deliver(cx, slot, msg, iframe_cache),
@@ -153,11 +156,12 @@ pub fn deliver_run<B: Backend>(cx: &mut Core<B>, slot: usize, local: u32, msgs: 
     if state == State::Poll {
         return poll::deliver_run(cx, slot, fresh);
     }
+    let deflate = cx.conns[slot].session.deflate();
     let mut parts: [Part<'_>; crate::limits::DELIVER_BATCH] =
         [Part::Copy(&[]); crate::limits::DELIVER_BATCH];
     for (p, m) in parts.iter_mut().zip(fresh) {
         *p = Part::Shared(match state {
-            State::Ws => m.ws_frame(),
+            State::Ws => m.ws_frame_for(deflate),
             State::Stream => m.ndjson_chunk(),
             _ => m.sse_event(),
         });
@@ -257,6 +261,8 @@ pub fn timer<B: Backend>(cx: &mut Core<B>, slot: usize) {
 /// Ends a connection gracefully, the way its transport ends (drain, kick, token expiry,
 /// the last channel closed).
 pub fn end<B: Backend>(cx: &mut Core<B>, slot: usize, code: CloseCode, reason: &str) {
+    let ws = cx.conns[slot].state().is_ws();
+    cx.note_close(slot, if ws { code.0 } else { 0 }, reason);
     match cx.conns[slot].state() {
         // An answer still being written (a poll answered just before) goes out first.
         State::Http => {

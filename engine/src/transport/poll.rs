@@ -35,8 +35,10 @@ pub fn start<B: Backend>(cx: &mut Core<B>, slot: usize, q: &Query<'_>) -> Result
     let channels = cx.channels_param(q, true)?;
     let points = since_points(q, "seq", &channels)?;
     let callback = callback_param(q)?;
-    cx.check_token(q, &channels)
-        .map_err(|e| reject(401, e.reason()))?;
+    if let Err(e) = cx.check_token(q, &channels) {
+        cx.auth_failed(slot, "poll", e.reason());
+        return Err(reject(401, e.reason()));
+    }
     let conn = &mut cx.conns[slot];
     if callback.is_some() {
         conn.set(flag::JSONP);
@@ -279,5 +281,6 @@ pub fn answer<B: Backend>(cx: &mut Core<B>, slot: usize, items: &[Bytes]) {
         cx.conns[slot].clear(flag::KEEP_ALIVE);
     }
     cx.send(slot, &[Part::Copy(&out)]);
+    cx.access_answered(slot, 200, body.len());
     cx.after_response(slot);
 }

@@ -613,6 +613,7 @@ fn respond<B: Backend>(
         cx.conns[slot].clear(flag::KEEP_ALIVE);
     }
     cx.send(slot, &[Part::Copy(&out)]);
+    cx.access_answered(slot, status, body.len());
     cx.after_response(slot);
 }
 
@@ -1563,6 +1564,7 @@ fn connect<B: Backend>(cx: &mut Core<B>, s: usize, nsp: &str, data: Option<&str>
             Ok(g) => Some(g),
             Err(e) => {
                 cx.stats.inc(Counter::Http401);
+                cx.auth_failed(s, "socket.io connect", e.reason());
                 return connect_error(cx, s, nsp, e.reason(), 401);
             }
         }

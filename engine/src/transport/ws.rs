@@ -10,16 +10,28 @@
 //!   client operations ([`super::ws_ops`]).
 //! - **timer**: the heartbeat ping, then the pong timeout.
 //! - **end**: a close frame (once), then a graceful close.
+//!
+//! permessage-deflate (RFC 7692, with `ws_deflate`): negotiated on `/ws` and `/echo`
+//! (Socket.IO's WebSocket stays uncompressed: its handshake answers no extension), always
+//! with no context takeover both ways, so the connection keeps only its window bits (in
+//! its [`protocol::ws::Session`] byte). Compressed client messages are inflated with the
+//! worker's one inflater (a thread-local, reset per message) under `max_message_bytes`
+//! (a bomb is closed with 1009); published messages are compressed once per window size
+//! and shared ([`crate::msg::Msg::ws_frame_for`]); answers and envelopes to one
+//! connection, and messages under [`DEFLATE_MIN_BYTES`], go out uncompressed.
 
 use bytes::Bytes;
+use std::cell::RefCell;
 
 use protocol::http;
 use protocol::message::{self, JsonStyle, Message};
 use protocol::query::Query;
+use protocol::ws::deflate::{self, InflateError};
 use protocol::ws::{
     self, CloseCode, Control, DataKind, Decoded, DecoderConfig, Event, OpCode, Role,
 };
 
+use crate::limits::{DEFLATE_LEVEL, DEFLATE_MIN_BYTES, INFLATE_KEEP_BYTES};
 use crate::metrics::Counter;
 use crate::reactor::{Backend, Part};
 use crate::timer::jitter;
@@ -75,17 +87,35 @@ pub fn start<B: Backend>(
         }
         Some(_) => Vec::new(),
     };
-    let mut out = Vec::with_capacity(160);
-    ws::handshake::write_accept_response(&mut out, &accept);
+    let agreed = if cx.shared.cfg.ws_deflate {
+        deflate::negotiate(
+            req.headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
+                .map(|h| h.value),
+        )
+    } else {
+        None
+    };
+    let mut extension = Vec::new();
+    if let Some(a) = &agreed {
+        deflate::write_response_header(&mut extension, a);
+    }
+    let mut out = Vec::with_capacity(160 + extension.len());
+    ws::handshake::write_accept_response_with(&mut out, &accept, &extension);
     cx.send(slot, &[Part::Copy(&out)]);
     cx.disarm(slot);
     cx.conns[slot].clear(crate::conn::flag::KEEP_ALIVE);
+    cx.conns[slot]
+        .session
+        .set_deflate(agreed.map(|a| a.window_bits));
     let moved = cx.conns[slot].upgrade(echo);
     if !cx.apply(slot, moved) || echo {
         return Ok(());
     }
     if let Some(e) = refused {
         cx.stats.inc(Counter::Http401);
+        cx.auth_failed(slot, "ws", e.reason());
         close(cx, slot, CloseCode::POLICY, e.reason());
         return Ok(());
     }
@@ -119,8 +149,19 @@ pub fn input<B: Backend>(cx: &mut Core<B>, slot: usize, input: &mut [u8]) -> usi
             cx.live().max_message_bytes()
         },
     };
-    match cx.conns[slot].ws.decode(input, &cfg) {
-        Ok(Decoded { consumed, event }) => {
+    let deflate = cx.conns[slot].session.deflate().is_some();
+    match cx.conns[slot].ws.decode_ext(input, &cfg, deflate) {
+        Ok(Decoded {
+            consumed,
+            event: Some(Event::Message { kind, data }),
+            compressed: true,
+        }) => {
+            on_compressed(cx, slot, kind, &data, cfg.max_message);
+            consumed
+        }
+        Ok(Decoded {
+            consumed, event, ..
+        }) => {
             if let Some(ev) = event {
                 on_event(cx, slot, ev);
             }
@@ -144,6 +185,7 @@ fn on_event<B: Backend>(cx: &mut Core<B>, slot: usize, ev: Event<'_>) {
         }
         Control::Ponged { awaited: false } => {}
         Control::Closed => {
+            cx.note_peer_close(slot, &ev);
             if cx.conns[slot].state() == crate::conn::State::SioWs {
                 super::socketio::on_ws_closed(cx, slot);
             }
@@ -173,6 +215,90 @@ fn on_event<B: Backend>(cx: &mut Core<B>, slot: usize, ev: Event<'_>) {
     }
 }
 
+/// The worker's inflater and its output buffer (one per worker thread, reset per
+/// message: the client compresses with no context takeover).
+struct Inflate {
+    inflater: deflate::Decompress,
+    buf: Vec<u8>,
+}
+
+thread_local! {
+    static INFLATE: RefCell<Option<Inflate>> = const { RefCell::new(None) };
+    /// The worker's compressors, by server window bits (9-15), made on first use.
+    static COMPRESSORS: RefCell<[Option<deflate::Compress>; 7]> = RefCell::new(Default::default());
+}
+
+/// A compressed client message: inflated (at most `limit` bytes, else 1009), its text
+/// checked (1007), then handled as any message.
+fn on_compressed<B: Backend>(
+    cx: &mut Core<B>,
+    slot: usize,
+    kind: DataKind,
+    data: &[u8],
+    limit: usize,
+) {
+    let mut z = INFLATE
+        .with(|cell| cell.borrow_mut().take())
+        .unwrap_or_else(|| Inflate {
+            inflater: deflate::inflater(),
+            buf: Vec::new(),
+        });
+    z.buf.clear();
+    match deflate::inflate(&mut z.inflater, data, limit, &mut z.buf) {
+        Ok(()) if kind == DataKind::Text && std::str::from_utf8(&z.buf).is_err() => {
+            fail(
+                cx,
+                slot,
+                CloseCode::INVALID_PAYLOAD,
+                "invalid UTF-8 in text",
+            );
+        }
+        Ok(()) => on_message(cx, slot, kind, &z.buf),
+        Err(InflateError::TooBig) => {
+            crate::debug!(
+                "worker {}: inflated message over the limit on {slot}",
+                cx.id
+            );
+            fail(cx, slot, CloseCode::TOO_BIG, "message too big");
+        }
+        Err(InflateError::Corrupt) => {
+            fail(
+                cx,
+                slot,
+                CloseCode::INVALID_PAYLOAD,
+                "invalid compressed data",
+            );
+        }
+    }
+    z.buf.clear();
+    if z.buf.capacity() > INFLATE_KEEP_BYTES {
+        z.buf = Vec::new();
+    }
+    INFLATE.with(|cell| *cell.borrow_mut() = Some(z));
+}
+
+/// A server frame of one message (`op`) compressed with a window of `window_bits`, or
+/// `None` when it is under [`DEFLATE_MIN_BYTES`] or does not shrink (send it plain).
+pub fn deflated_frame(op: OpCode, payload: &[u8], window_bits: u8) -> Option<Vec<u8>> {
+    if payload.len() < DEFLATE_MIN_BYTES {
+        return None;
+    }
+    let bits = window_bits.clamp(deflate::MIN_WINDOW_BITS, deflate::MAX_WINDOW_BITS);
+    let mut z = Vec::with_capacity(payload.len() / 2 + 32);
+    COMPRESSORS.with(|cell| {
+        let mut all = cell.borrow_mut();
+        let c = all[usize::from(bits - deflate::MIN_WINDOW_BITS)]
+            .get_or_insert_with(|| deflate::compressor(DEFLATE_LEVEL, bits));
+        deflate::deflate(c, payload, &mut z);
+    });
+    if z.len() >= payload.len() {
+        return None;
+    }
+    let mut frame = Vec::with_capacity(ws::frame_len(z.len(), false));
+    deflate::write_compressed_frame(&mut frame, op, &z);
+    Some(frame)
+}
+
 fn on_message<B: Backend>(cx: &mut Core<B>, slot: usize, kind: DataKind, data: &[u8]) {
     let state = cx.conns[slot].state();
     if matches!(
@@ -186,8 +312,15 @@ fn on_message<B: Backend>(cx: &mut Core<B>, slot: usize, kind: DataKind, data: &
             DataKind::Text => OpCode::Text,
             DataKind::Binary => OpCode::Binary,
         };
-        let mut frame = Vec::with_capacity(ws::frame_len(data.len(), false));
-        ws::encode_frame(&mut frame, true, op, data);
+        let compressed = cx.conns[slot]
+            .session
+            .deflate()
+            .and_then(|bits| deflated_frame(op, data, bits));
+        let frame = compressed.unwrap_or_else(|| {
+            let mut frame = Vec::with_capacity(ws::frame_len(data.len(), false));
+            ws::encode_frame(&mut frame, true, op, data);
+            frame
+        });
         cx.send(slot, &[Part::Shared(&Bytes::from(frame))]);
     } else if kind == DataKind::Binary {
         fail(
@@ -205,7 +338,7 @@ fn on_message<B: Backend>(cx: &mut Core<B>, slot: usize, kind: DataKind, data: &
 pub fn timer<B: Backend>(cx: &mut Core<B>, slot: usize) {
     if cx.conns[slot].session.awaiting_pong() {
         cx.stats.inc(Counter::HeartbeatTimeout);
-        crate::debug!("worker {}: pong timeout on {slot}", cx.id);
+        cx.note_close(slot, CloseCode::POLICY.0, "heartbeat timeout");
         // The peer is gone or stuck: no close handshake to wait for.
         let mut frame = Vec::with_capacity(32);
         if cx.conns[slot]
@@ -244,6 +377,7 @@ pub fn fail<B: Backend>(cx: &mut Core<B>, slot: usize, code: CloseCode, reason: 
 
 /// Sends a close frame (once) and closes gracefully.
 pub fn close<B: Backend>(cx: &mut Core<B>, slot: usize, code: CloseCode, reason: &str) {
+    cx.note_close(slot, code.0, reason);
     let mut frame = Vec::with_capacity(reason.len() + 4);
     if cx.conns[slot].session.close(code, reason, &mut frame) {
         cx.send(slot, &[Part::Copy(&frame)]);

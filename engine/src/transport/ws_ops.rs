@@ -234,6 +234,9 @@ fn sub<B: Backend>(cx: &mut Core<B>, slot: usize, op: &Op<'_>) {
         return op_error(cx, slot, asked, 400, "sub needs a channel");
     };
     if let Some((code, reason)) = sub_refusal(cx, slot, name) {
+        if code == 401 || code == 403 {
+            cx.auth_failed(slot, "sub", &reason);
+        }
         return op_error(cx, slot, asked, code, &reason);
     }
     let since = match op_since(op.since.as_ref(), op.epoch.as_deref()) {
@@ -311,6 +314,9 @@ fn publish<B: Backend>(cx: &mut Core<B>, slot: usize, op: &Op<'_>) {
         (Cow::Borrowed(raw.get()), Body::Json)
     };
     if let Some((code, reason)) = pub_refusal(cx, slot, name) {
+        if code == 401 || code == 403 {
+            cx.auth_failed(slot, "pub", &reason);
+        }
         return op_error(cx, slot, asked, code, &reason);
     }
     let now = cx.now;
@@ -331,6 +337,14 @@ fn publish<B: Backend>(cx: &mut Core<B>, slot: usize, op: &Op<'_>) {
         .and_then(|g| g.sub.clone())
         .unwrap_or_default();
     let sender = crate::msg::meta(&sub, "", body);
+    crate::event!(
+        Debug,
+        "client publish",
+        conn = cx.conn_id(slot),
+        peer = cx.peer(slot),
+        channel = name,
+        bytes = content.len()
+    );
     let to = ReplyTo {
         worker: cx.id,
         token,
@@ -399,7 +413,10 @@ fn refresh<B: Backend>(cx: &mut Core<B>, slot: usize, asked: Asked<'_>, token: O
     };
     let grant = match cx.shared.verifier.verify(token, unix_now()) {
         Ok(g) => g,
-        Err(e) => return op_error(cx, slot, asked, 401, e.reason()),
+        Err(e) => {
+            cx.auth_failed(slot, "refresh", e.reason());
+            return op_error(cx, slot, asked, 401, e.reason());
+        }
     };
     let missing = cx.conns[slot]
         .subs
@@ -410,6 +427,7 @@ fn refresh<B: Backend>(cx: &mut Core<B>, slot: usize, asked: Asked<'_>, token: O
         .cloned();
     if let Some(name) = missing {
         let reason = format!("the new token does not grant {name}");
+        cx.auth_failed(slot, "refresh", &reason);
         return op_error(cx, slot, asked, 403, &reason);
     }
     let expires = grant.exp;

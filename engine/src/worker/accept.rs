@@ -6,7 +6,8 @@
 //! first request head (a slowloris, or a client about to be cut by the handshake timeout
 //! anyway); with none, it is answered 503, a few at a time, and accepting pauses for
 //! `accept_pause_ms`. With `max_connections_per_ip`, a source address past its share is
-//! answered 503.
+//! answered 503. The per-address count is the TCP peer's: it is taken at accept, before
+//! any `X-Forwarded-For` or PROXY header could name a client behind a proxy.
 
 use std::collections::VecDeque;
 use std::io;
@@ -19,7 +20,7 @@ use crate::limits::{ACCEPT_BATCH, ACCEPT_WARN_INTERVAL, REJECT_BATCH};
 use crate::metrics::{Counter, Transport};
 use crate::msg::error_response;
 use crate::reactor::{is_resource_error, Backend, ListenerId, Sock, Token};
-use crate::{debug, warn};
+use crate::warn;
 
 /// The answer when `max_connections` is reached.
 pub static FULL_RESPONSE: LazyLock<Vec<u8>> =
@@ -244,7 +245,7 @@ impl<B: Backend> Worker<B> {
         }
         cx.stats.inc(Counter::Accepted);
         cx.stats.conn_delta(Transport::Http, 1);
-        debug!("worker {}: accepted {token:?}", cx.id);
+        cx.on_accepted(slot);
         self.track_handshake(token);
         true
     }

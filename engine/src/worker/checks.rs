@@ -151,6 +151,7 @@ impl<B: Backend> Core<B> {
             }
             Some(d) if self.due(d) => {
                 self.stats.inc(Counter::TokenExpired);
+                self.auth_failed(slot, "token", "token expired (not refreshed)");
                 transport::end(self, slot, CloseCode::POLICY, "token expired");
             }
             Some(d) => self.schedule_check(slot, d),

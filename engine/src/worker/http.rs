@@ -104,6 +104,7 @@ impl<B: Backend> Core<B> {
                 return Some(buf.len());
             }
         };
+        self.on_request_seen(slot, &req);
         match self.check_request(slot, &req, &limits) {
             Ok(Some((Route::SocketIo, query))) => self.serve_socketio(slot, &req, &query, buf),
             Ok(Some((route, query))) => {
@@ -344,6 +345,7 @@ impl<B: Backend> Core<B> {
         let mut out = Vec::with_capacity(384);
         http::write_response_head(&mut out, 200, &headers, ResponseBody::Length(0), keep_alive);
         self.send(slot, &[Part::Copy(&out)]);
+        self.access_answered(slot, 200, 0);
         self.after_response(slot);
     }
 
@@ -377,6 +379,8 @@ impl<B: Backend> Core<B> {
             }
         }
         self.send(slot, &[Part::Copy(&out)]);
+        self.note_close(slot, status, reason);
+        self.access_answered(slot, status, body.len());
         self.close_graceful(slot);
     }
 
@@ -398,8 +402,10 @@ impl<B: Backend> Core<B> {
             .get_any(&["channel", "cname"])
             .ok_or_else(|| reject(400, "missing channel"))?
             .to_string();
-        self.check_token(q, std::slice::from_ref(&channel))
-            .map_err(|e| reject(401, e.reason()))?;
+        if let Err(e) = self.check_token(q, std::slice::from_ref(&channel)) {
+            self.auth_failed(slot, "presence", e.reason());
+            return Err(reject(401, e.reason()));
+        }
         let mut body = crate::presence::answer_json(&self.shared, &channel, None, false)?;
         body.push(b'\n');
         self.respond_simple(slot, "application/json", &body, head_only);
@@ -438,6 +444,7 @@ impl<B: Backend> Core<B> {
             out.extend_from_slice(body);
         }
         self.send(slot, &[Part::Copy(&out)]);
+        self.access_answered(slot, 200, if head_only { 0 } else { body.len() });
         self.after_response(slot);
     }
 
@@ -552,9 +559,13 @@ impl<B: Backend> Core<B> {
         mut channels: Vec<String>,
         mut points: Vec<Since>,
     ) -> Result<Vec<super::index::PendingReplay>, Reject> {
-        let grant = self
-            .check_token(q, &channels)
-            .map_err(|e| reject(401, e.reason()))?;
+        let grant = match self.check_token(q, &channels) {
+            Ok(g) => g,
+            Err(e) => {
+                self.auth_failed(slot, "subscribe", e.reason());
+                return Err(reject(401, e.reason()));
+            }
+        };
         self.add_user_channel(grant.as_ref(), &mut channels, &mut points);
         self.keep_grant(slot, grant);
         let (pending, _) = self

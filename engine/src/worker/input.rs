@@ -22,13 +22,17 @@ impl<B: Backend> Core<B> {
             let sock = self.conns[slot].sock;
             match self.io.recv(sock, token, &mut scratch) {
                 Ok(0) => {
+                    self.note_close(slot, 0, "closed by the peer");
                     self.close(slot);
                     break;
                 }
                 Ok(n) => self.on_data(slot, &mut scratch[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => {
+                Err(e) => {
+                    if crate::log::enabled(crate::log::Level::Debug) {
+                        self.note_close(slot, 0, &format!("read failed: {e}"));
+                    }
                     self.close(slot);
                     break;
                 }
@@ -95,7 +99,13 @@ impl<B: Backend> Core<B> {
 
     /// Feeds input to the connection's state machine; returns the bytes consumed.
     fn process(&mut self, slot: usize, input: &mut [u8]) -> usize {
-        let mut pos = 0;
+        // A PROXY protocol header first (with `proxy_protocol`), kept whole until it is
+        // complete.
+        let mut pos = match self.proxy_header(slot, input) {
+            Some(n) => n,
+            None if self.conns[slot].doomed() => return input.len(),
+            None => return 0,
+        };
         while pos < input.len() && !self.conns[slot].doomed() {
             if self.conns[slot].state() != State::Http {
                 let n = transport::input(self, slot, &mut input[pos..]);

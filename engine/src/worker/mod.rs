@@ -31,10 +31,12 @@ pub mod accept;
 pub mod checks;
 pub mod conns;
 pub mod fanout;
+pub mod handover;
 pub mod http;
 pub mod index;
 pub mod input;
 pub mod limiter;
+pub mod logs;
 pub mod out;
 pub mod presence;
 pub mod remote;
@@ -118,6 +120,8 @@ pub struct Core<B: Backend> {
     targets: Vec<u32>,
     /// The Socket.IO part of the records (sessions, held requests, upgrades).
     pub sio: transport::socketio::Table,
+    /// What the connections' log lines need beside their records, and trusted proxies.
+    pub logs: logs::Logs,
 }
 
 impl<B: Backend> Core<B> {
@@ -165,6 +169,11 @@ impl<B: Backend> Core<B> {
                 if m.from != m.to {
                     self.stats.conn_delta(m.from, -1);
                     self.stats.conn_delta(m.to, 1);
+                    if m.from == crate::metrics::Transport::Http
+                        && m.to != crate::metrics::Transport::Poll
+                    {
+                        self.on_session(slot);
+                    }
                 }
                 true
             }
@@ -181,11 +190,11 @@ impl<B: Backend> Core<B> {
     pub fn finish_closes(&mut self) {
         while self.conns.any_doomed() {
             for slot in self.conns.take_doomed() {
+                self.on_closed(slot);
                 transport::closed(self, slot);
                 self.unsubscribe_all(slot);
                 let token = self.conns.token(slot);
                 let conn = self.conns.remove(slot);
-                debug!("worker {}: close {slot} in {:?}", self.id, conn.state());
                 self.freed += 1;
                 self.wheel.cancel(conn.timer);
                 self.stats.conn_delta(conn.state().transport(), -1);
@@ -244,6 +253,7 @@ impl<B: Backend> Core<B> {
         self.releases -= 1;
         self.index.shrink();
         self.sio.shrink();
+        self.shrink_seen();
         if memory::sparse(self.conns.len(), self.conns.capacity()) {
             self.conns.shrink_to_fit();
         }
@@ -268,6 +278,8 @@ pub struct Worker<B: Backend> {
     core: Core<B>,
     inbox: Arc<Inbox>,
     acceptor: Acceptor,
+    /// The address of each listener, to listen again after a drain (`resume`).
+    listen_addrs: Vec<(ListenerId, std::net::SocketAddr)>,
     inbox_more: bool,
     batch: Vec<Arc<Msg>>,
     fired: Vec<(TimerId, u64)>,
@@ -292,6 +304,10 @@ impl<B: Backend> Worker<B> {
         inbox: Arc<Inbox>,
     ) -> std::io::Result<Worker<B>> {
         let ids: Vec<ListenerId> = listeners.iter().map(|(i, _)| *i).collect();
+        let listen_addrs = listeners
+            .iter()
+            .map(|(i, l)| l.local_addr().map(|a| (*i, a)))
+            .collect::<std::io::Result<Vec<_>>>()?;
         for (lid, l) in listeners {
             io.listen(lid, l)?;
         }
@@ -302,6 +318,7 @@ impl<B: Backend> Worker<B> {
             id,
             stats: shared.stats[id].clone(),
             limiters: Limiters::new(&shared.cfg, now),
+            logs: logs::Logs::new(&shared.cfg),
             shared,
             inbox: inbox.clone(),
             io,
@@ -328,6 +345,7 @@ impl<B: Backend> Worker<B> {
             core,
             inbox,
             acceptor: Acceptor::new(&ids),
+            listen_addrs,
             inbox_more: false,
             batch: Vec::new(),
             fired: Vec::new(),
@@ -516,6 +534,12 @@ impl<B: Backend> Worker<B> {
                 let found = cx.conns.alive(token);
                 if found {
                     cx.stats.inc(Counter::Kicked);
+                    crate::event!(
+                        Info,
+                        "kicked",
+                        conn = cx.conn_id(token.slot()),
+                        peer = cx.peer(token.slot())
+                    );
                     transport::end(cx, token.slot(), CloseCode::POLICY, "kicked by operator");
                 }
                 let _ = reply.send(found);
@@ -524,7 +548,11 @@ impl<B: Backend> Worker<B> {
                 let _ = reply.send(self.list_conns(limit, user.as_deref()));
             }
             Cmd::Drain => self.drain(),
+            Cmd::Resume { reply } => {
+                let _ = reply.send(self.resume());
+            }
             Cmd::Shutdown => self.running = false,
+            Cmd::Freeze { reply, resume } => self.freeze(reply, resume),
             Cmd::PubDone(done) => transport::ws_ops::on_pub_done(cx, done),
             Cmd::Remote(reply) => cx.on_remote(reply),
             Cmd::Sio(c) => transport::socketio::on_cmd(cx, *c),
@@ -550,14 +578,11 @@ impl<B: Backend> Worker<B> {
         let mut out = Vec::with_capacity(slots.len());
         for slot in slots {
             let token = cx.conns.token(slot);
-            let sock = cx.conns[slot].sock;
-            let peer = (sock != crate::reactor::NO_SOCK)
-                .then(|| cx.io.peer_addr(sock))
-                .flatten()
-                .map_or_else(|| "-".into(), |a| a.to_string());
+            let peer = cx.peer(slot).unwrap_or_else(|| "-".into());
+            let id = cx.conn_id(slot).to_string();
             let c = &cx.conns[slot];
             out.push(ConnInfo {
-                id: format!("{}:{}:{}", cx.id, slot, c.generation),
+                id,
                 transport: c.state().transport().as_str(),
                 peer,
                 channels: c
@@ -590,6 +615,37 @@ impl<B: Backend> Worker<B> {
             self.core.id,
             self.core.conns.len()
         );
+    }
+
+    /// Undoes [`Worker::drain`]: binds its listeners again (SO_REUSEPORT, on the
+    /// addresses they had) and accepts. On an error nothing is left half listening and
+    /// the worker stays drained.
+    fn resume(&mut self) -> Result<(), String> {
+        if !self.core.draining {
+            return Ok(());
+        }
+        if !self.acceptor.listening {
+            for &(id, addr) in &self.listen_addrs {
+                let bound =
+                    crate::server::bind_reuseport(addr).and_then(|l| self.core.io.listen(id, l));
+                if let Err(e) = bound {
+                    self.core.io.stop_listening();
+                    let e = format!(
+                        "worker {}: cannot listen on {addr} again: {e}",
+                        self.core.id
+                    );
+                    crate::error!("{e}");
+                    return Err(e);
+                }
+            }
+            self.acceptor.listening = true;
+            for &(id, _) in &self.listen_addrs {
+                self.acceptor.mark(id);
+            }
+        }
+        self.core.draining = false;
+        info!("worker {}: resumed, accepting again", self.core.id);
+        Ok(())
     }
 
     fn run_timers(&mut self) {

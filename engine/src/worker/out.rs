@@ -53,7 +53,12 @@ impl<B: Backend> Core<B> {
 
     fn slow_consumer(&mut self, slot: usize) {
         self.stats.inc(Counter::SlowConsumer);
-        crate::debug!("worker {}: slow consumer {slot}", self.id);
+        let code = if self.conns[slot].state().is_ws() {
+            1008
+        } else {
+            0
+        };
+        self.note_close(slot, code, "slow consumer");
         let token = self.conns.token(slot);
         self.io.truncate(token);
         let mut tail = Vec::with_capacity(32);
@@ -71,6 +76,7 @@ impl<B: Backend> Core<B> {
 
     /// Stops deliveries and shuts the write side once the output is written.
     pub(crate) fn close_graceful(&mut self, slot: usize) {
+        self.note_channels(slot);
         self.unsubscribe_all(slot);
         let conn = &mut self.conns[slot];
         if conn.doomed() || conn.state() == State::Closing {

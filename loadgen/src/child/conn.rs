@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use crate::account::SeqTracker;
 use crate::client::Client;
+use crate::tls::TlsConn;
 
 /// Where a logical connection stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,8 +72,11 @@ pub(super) struct Conn {
     pub(super) connected: bool,
     /// The transport's protocol state.
     pub(super) client: Client,
-    /// Output not yet written (request, pongs, poll requests).
+    /// Output not yet written (request, pongs, poll requests); with TLS, plaintext not
+    /// yet taken by rustls.
     pub(super) wbuf: Vec<u8>,
+    /// TLS under the transport.
+    pub(super) tls: Option<Box<TlsConn>>,
 }
 
 /// Why a socket is being closed.
@@ -83,10 +87,20 @@ pub(super) enum Close {
     Dropped(String),
     /// Closed on purpose (storm churn).
     Churn,
+    /// Closed once subscribed (handshake mode).
+    Cycle,
 }
 
-/// Writes queued output until done or `WouldBlock`.
+/// Writes queued output until done or `WouldBlock` (with TLS: encrypted, and the TLS
+/// records rustls has to send, handshake included).
 pub(super) fn flush(conn: &mut Conn) -> io::Result<()> {
+    if let Some(tls) = conn.tls.as_mut() {
+        tls.write_to(&mut conn.wbuf, &mut conn.sock)?;
+        if conn.wbuf.is_empty() && conn.wbuf.capacity() > 4096 {
+            conn.wbuf = Vec::new();
+        }
+        return Ok(());
+    }
     let mut off = 0;
     while off < conn.wbuf.len() {
         match conn.sock.write(&conn.wbuf[off..]) {

@@ -10,6 +10,7 @@ use super::conn::{flush, split_token, token_of, Close, Conn, Stage};
 use super::Child;
 use crate::client::{Client, Request};
 use crate::sys;
+use crate::tls::TlsConn;
 
 impl Child {
     /// Opens waiting connections while the rate and pending limits allow.
@@ -44,6 +45,16 @@ impl Child {
                 self.attempt_failed(l, sys::classify(&e).to_string(), now);
                 return;
             }
+        };
+        let tls = match &self.tls {
+            None => None,
+            Some((config, name)) => match TlsConn::new(config, name.clone()) {
+                Ok(t) => Some(Box::new(t)),
+                Err(reason) => {
+                    self.attempt_failed(l, reason, now);
+                    return;
+                }
+            },
         };
         let channel = self.channel_of(l) as usize;
         let generation = self.next_generation;
@@ -81,6 +92,7 @@ impl Child {
             connected: false,
             client,
             wbuf,
+            tls,
         });
         self.pending += 1;
         self.deadlines.push_back((

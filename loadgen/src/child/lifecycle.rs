@@ -4,10 +4,10 @@
 //! purpose, reopened at once).
 
 use std::cmp::Reverse;
-use std::io::{self, Write};
+use std::io;
 use std::time::{Duration, Instant};
 
-use super::conn::{Close, Stage};
+use super::conn::{flush, Close, Conn, Stage};
 use super::{emit, Child};
 use crate::client;
 use crate::counters::bump;
@@ -103,27 +103,39 @@ impl Child {
                     lg.stage = Stage::Dropped;
                 }
             }
-            Close::Churn => {
-                if matches!(
-                    self.cfg.transport,
-                    client::Transport::Ws | client::Transport::Socketio
-                ) {
-                    // Say goodbye properly; the socket is closed right after.
-                    let mut bye = Vec::new();
-                    protocol::ws::encode_close(
-                        &mut bye,
-                        protocol::ws::CloseCode::NORMAL,
-                        "",
-                        Some(fastrand::u32(..).to_ne_bytes()),
-                    );
-                    let _ = conn.sock.write(&bye);
-                }
+            purpose @ (Close::Churn | Close::Cycle) => {
+                self.goodbye(&mut conn);
                 drop(conn);
-                self.counters.churn_closed += 1;
+                if matches!(purpose, Close::Churn) {
+                    self.counters.churn_closed += 1;
+                } else {
+                    self.counters.cycles += 1;
+                }
                 self.logical[l as usize].stage = Stage::Waiting;
                 self.queue.push_back(l);
             }
         }
+    }
+
+    /// Before a close on purpose: a WebSocket close frame (WebSocket, Socket.IO) and a
+    /// TLS close_notify, written once, best effort; the socket is closed right after.
+    fn goodbye(&self, conn: &mut Conn) {
+        conn.wbuf.clear();
+        if matches!(
+            self.cfg.transport,
+            client::Transport::Ws | client::Transport::Socketio
+        ) {
+            protocol::ws::encode_close(
+                &mut conn.wbuf,
+                protocol::ws::CloseCode::NORMAL,
+                "",
+                Some(fastrand::u32(..).to_ne_bytes()),
+            );
+        }
+        if let Some(tls) = conn.tls.as_mut() {
+            tls.close();
+        }
+        let _ = flush(conn);
     }
 
     /// Counts a failed attempt; storm retries it later, the other modes give it up.
@@ -135,7 +147,7 @@ impl Child {
             self.untried -= 1;
         }
         lg.failures = lg.failures.saturating_add(1);
-        if self.cfg.mode == Mode::Storm {
+        if matches!(self.cfg.mode, Mode::Storm | Mode::Handshake) {
             lg.stage = Stage::Waiting;
             self.schedule_retry(l, now);
         } else {

@@ -29,15 +29,19 @@ mod read;
 
 use mio::unix::pipe;
 use mio::{Events, Interest, Poll, Token};
+use rustls::pki_types::ServerName;
 use slab::Slab;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BTreeSet, BinaryHeap, VecDeque};
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::account::Expected;
 use crate::counters::Counters;
+use crate::sys;
+use crate::tls;
 use crate::wire::{ChildConfig, ChildMsg, Command, LineReader, Mode, Outage, Progress};
 use conn::{Conn, Logical, Stage};
 use deliver::Delivery;
@@ -51,6 +55,8 @@ pub const READ_BUDGET: usize = 256 * 1024;
 pub const EVENTS_CAPACITY: usize = 1024;
 /// Longest wait of one turn.
 const MAX_WAIT: Duration = Duration::from_millis(50);
+/// Distinct TLS failure reasons a child describes on stderr (the first time each is seen).
+const MAX_TLS_ERRORS_SHOWN: usize = 16;
 /// Most output queued for one connection (pongs, poll requests) before it is failed.
 const MAX_OUTPUT: usize = 64 * 1024;
 
@@ -135,6 +141,11 @@ struct Child {
     outage: Option<Outage>,
     /// Fanout: what each channel was sent, once the coordinator says.
     expect: Option<Vec<Expected>>,
+    /// TLS: the configuration every connection shares (with its session store), and the
+    /// server name.
+    tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+    /// TLS failure reasons already described on stderr.
+    tls_errors_seen: BTreeSet<String>,
     stop: bool,
 }
 
@@ -147,6 +158,13 @@ impl Child {
         if cfg.targets.is_empty() {
             return Err(io::Error::other("no channels"));
         }
+        let tls = match &cfg.tls {
+            None => None,
+            Some(spec) => Some((
+                tls::client_config(spec).map_err(io::Error::other)?,
+                tls::server_name(&spec.server_name).map_err(io::Error::other)?,
+            )),
+        };
         let poll = Poll::new()?;
         let now = Instant::now();
         let delivery = Delivery {
@@ -184,6 +202,8 @@ impl Child {
             down: 0,
             outage: None,
             expect: None,
+            tls,
+            tls_errors_seen: BTreeSet::new(),
             stop: false,
             cfg,
         })
@@ -237,6 +257,7 @@ impl Child {
                 next_progress = now + progress_every;
             }
         }
+        self.counters.stop_ns = Some(sys::unix_ns());
         emit(&ChildMsg::Final(Box::new(self.report())));
         Ok(())
     }

@@ -12,12 +12,18 @@
 //! The decoder holds nothing between whole frames: its state is one `Option<Box<_>>`, set
 //! only while a header, a payload or a fragmented message is unfinished.
 //!
-//! Checks, each failing as soon as the offending byte is seen: RSV bits (no extension is
-//! negotiated), reserved opcodes, masking (clients must mask, servers must not), control
+//! Checks, each failing as soon as the offending byte is seen: RSV bits (none without an
+//! extension; with permessage-deflate, [`Decoder::decode_ext`], RSV1 only on the first
+//! frame of a data message), reserved opcodes, masking (clients must mask, servers must not), control
 //! frames (at most 125 bytes, never fragmented), continuation without a message and a new
 //! message inside a fragmented one, message size (1009), UTF-8 of text, validated
 //! incrementally across frames and inside a frame as it arrives (1007), close payloads
 //! (valid code, UTF-8 reason).
+//!
+//! A compressed message (RSV1 on its first frame) is returned as it came, compressed,
+//! with [`Decoded::compressed`] set: its size is checked against `max_message` as it
+//! arrives, its UTF-8 is not (the caller inflates it, bounded, and checks the text then:
+//! see [`super::deflate`]).
 //!
 //! # Encoding
 //!
@@ -201,16 +207,48 @@ pub struct Decoded<'a> {
     pub consumed: usize,
     /// The event completed by these bytes, if any.
     pub event: Option<Event<'a>>,
+    /// The event is a message compressed with permessage-deflate (only from
+    /// [`Decoder::decode_ext`] with the extension on): its data is the deflate payload,
+    /// not yet inflated nor UTF-8 checked.
+    pub compressed: bool,
 }
 
 /// A parsed frame header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Header {
     fin: bool,
+    /// RSV1: a compressed message (permessage-deflate), on its first frame.
+    rsv1: bool,
     opcode: OpCode,
     mask: Option<[u8; 4]>,
     len: u64,
     header_len: usize,
+}
+
+/// The version byte of [`Decoder::export`].
+const EXPORT_VERSION: u8 = 1;
+
+/// Reads what [`Decoder::export`] wrote.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a)
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        self.take(8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    }
 }
 
 /// Incremental frame decoder. See the module documentation.
@@ -246,11 +284,22 @@ struct Message {
     kind: DataKind,
     data: Vec<u8>,
     utf8: Utf8Validator,
+    /// Compressed (RSV1 on its first frame): UTF-8 is checked after inflating.
+    compressed: bool,
 }
 
 impl Message {
+    fn new(h: &Header) -> Message {
+        Message {
+            kind: data_kind(h.opcode),
+            data: Vec::new(),
+            utf8: Utf8Validator::new(),
+            compressed: h.rsv1,
+        }
+    }
+
     fn append(&mut self, bytes: &[u8]) -> Result<(), WsError> {
-        if self.kind == DataKind::Text {
+        if self.kind == DataKind::Text && !self.compressed {
             self.utf8.feed(bytes).map_err(|_| WsError::InvalidUtf8)?;
         }
         self.data.extend_from_slice(bytes);
@@ -275,6 +324,117 @@ impl Decoder {
         self.state.is_none()
     }
 
+    /// The unfinished state as bytes (empty when idle), for a hot handover to the next
+    /// process; [`Decoder::import`] reads it back. The format is private to this version.
+    pub fn export(&self) -> Vec<u8> {
+        let Some(p) = &self.state else {
+            return Vec::new();
+        };
+        let mut out = vec![EXPORT_VERSION, p.header_len];
+        out.extend_from_slice(&p.header);
+        match &p.frame {
+            None => out.push(0),
+            Some(f) => {
+                out.push(1);
+                let h = &f.header;
+                out.extend_from_slice(&[h.fin as u8, h.rsv1 as u8, h.opcode as u8]);
+                out.push(h.mask.is_some() as u8);
+                out.extend_from_slice(&h.mask.unwrap_or([0; 4]));
+                out.extend_from_slice(&h.len.to_le_bytes());
+                out.extend_from_slice(&(h.header_len as u64).to_le_bytes());
+                out.extend_from_slice(&f.received.to_le_bytes());
+                out.push(f.skip as u8);
+            }
+        }
+        match &p.message {
+            None => out.push(0),
+            Some(m) => {
+                out.push(1);
+                out.push(match m.kind {
+                    DataKind::Text => 1,
+                    DataKind::Binary => 2,
+                });
+                out.push(m.compressed as u8);
+                let pending = m.utf8.pending();
+                out.push(pending.len() as u8);
+                out.extend_from_slice(pending);
+                out.extend_from_slice(&(m.data.len() as u64).to_le_bytes());
+                out.extend_from_slice(&m.data);
+            }
+        }
+        out.extend_from_slice(&(p.control.len() as u64).to_le_bytes());
+        out.extend_from_slice(&p.control);
+        out
+    }
+
+    /// A decoder from [`Decoder::export`]; `None` for bytes it did not write.
+    pub fn import(bytes: &[u8]) -> Option<Decoder> {
+        if bytes.is_empty() {
+            return Some(Decoder::new());
+        }
+        let mut r = Reader(bytes);
+        if r.u8()? != EXPORT_VERSION {
+            return None;
+        }
+        let header_len = r.u8()?;
+        if usize::from(header_len) > MAX_HEADER_LEN {
+            return None;
+        }
+        let mut p = Partial {
+            header_len,
+            ..Partial::default()
+        };
+        p.header.copy_from_slice(r.take(MAX_HEADER_LEN)?);
+        if r.u8()? == 1 {
+            let (fin, rsv1) = (r.u8()? != 0, r.u8()? != 0);
+            let opcode = OpCode::from_u8(r.u8()?)?;
+            let has_mask = r.u8()? != 0;
+            let mask: [u8; 4] = r.take(4)?.try_into().ok()?;
+            let len = r.u64()?;
+            let header_len = usize::try_from(r.u64()?).ok()?;
+            let received = r.u64()?;
+            let skip = r.u8()? != 0;
+            p.frame = Some(FrameInProgress {
+                header: Header {
+                    fin,
+                    rsv1,
+                    opcode,
+                    mask: has_mask.then_some(mask),
+                    len,
+                    header_len,
+                },
+                received,
+                skip,
+            });
+        }
+        if r.u8()? == 1 {
+            let kind = match r.u8()? {
+                1 => DataKind::Text,
+                2 => DataKind::Binary,
+                _ => return None,
+            };
+            let compressed = r.u8()? != 0;
+            let n = usize::from(r.u8()?);
+            let utf8 = Utf8Validator::with_pending(r.take(n)?)?;
+            let n = usize::try_from(r.u64()?).ok()?;
+            let data = r.take(n)?.to_vec();
+            p.message = Some(Message {
+                kind,
+                data,
+                utf8,
+                compressed,
+            });
+        }
+        let n = usize::try_from(r.u64()?).ok()?;
+        p.control = r.take(n)?.to_vec();
+        if !r.0.is_empty() {
+            return None;
+        }
+        Some(Decoder {
+            state: Some(Box::new(p)),
+        })
+    }
+
     /// Bytes held for unfinished frames and messages.
     pub fn buffered(&self) -> usize {
         self.state.as_ref().map_or(0, |s| {
@@ -283,26 +443,42 @@ impl Decoder {
     }
 
     /// Decodes from `input`, unmasking it in place. See the module documentation. After an
-    /// error the decoder must not be used again: fail the connection.
+    /// error the decoder must not be used again: fail the connection. No extension:
+    /// every RSV bit is an error.
     pub fn decode<'a>(
         &mut self,
         input: &'a mut [u8],
         cfg: &DecoderConfig,
     ) -> Result<Decoded<'a>, WsError> {
+        self.decode_ext(input, cfg, false)
+    }
+
+    /// [`Decoder::decode`], with permessage-deflate negotiated when `deflate`: RSV1 on the
+    /// first frame of a data message marks it compressed ([`Decoded::compressed`]); RSV1
+    /// on a continuation or a control frame, and RSV2 / RSV3, are still errors (1002).
+    /// With `deflate` false it is [`Decoder::decode`].
+    pub fn decode_ext<'a>(
+        &mut self,
+        input: &'a mut [u8],
+        cfg: &DecoderConfig,
+        deflate: bool,
+    ) -> Result<Decoded<'a>, WsError> {
         if input.is_empty() {
             return Ok(Decoded {
                 consumed: 0,
                 event: None,
+                compressed: false,
             });
         }
         let mut pos = 0;
         let frame_in_progress = self.state.as_ref().is_some_and(|s| s.frame.is_some());
         if !frame_in_progress {
-            let header = match self.read_header(input, cfg)? {
+            let header = match self.read_header(input, cfg, deflate)? {
                 (None, consumed) => {
                     return Ok(Decoded {
                         consumed,
                         event: None,
+                        compressed: false,
                     })
                 }
                 (Some(h), consumed) => {
@@ -322,6 +498,7 @@ impl Decoder {
                             kind: data_kind(header.opcode),
                             len: header.len,
                         }),
+                        compressed: false,
                     });
                 }
                 let state = self.state.get_or_insert_with(Box::default);
@@ -333,6 +510,7 @@ impl Decoder {
                 return Ok(Decoded {
                     consumed: pos + take,
                     event: None,
+                    compressed: false,
                 });
             }
             if (input.len() - pos) as u64 >= header.len {
@@ -342,20 +520,17 @@ impl Decoder {
                 if let Some(mask) = header.mask {
                     apply_mask(payload, mask, 0);
                 }
-                let event = self.whole_frame(&header, payload)?;
+                let (event, compressed) = self.whole_frame(&header, payload)?;
                 self.release_if_idle();
                 return Ok(Decoded {
                     consumed: end,
                     event,
+                    compressed,
                 });
             }
             let state = self.state.get_or_insert_with(Box::default);
             if !header.opcode.is_control() && state.message.is_none() {
-                state.message = Some(Message {
-                    kind: data_kind(header.opcode),
-                    data: Vec::new(),
-                    utf8: Utf8Validator::new(),
-                });
+                state.message = Some(Message::new(&header));
             }
             state.frame = Some(FrameInProgress {
                 header,
@@ -363,13 +538,13 @@ impl Decoder {
                 skip: false,
             });
         }
-        let consumed_payload = self.feed_payload(&mut input[pos..])?;
-        pos += consumed_payload.0;
-        let event = consumed_payload.1;
+        let (consumed_payload, event, compressed) = self.feed_payload(&mut input[pos..])?;
+        pos += consumed_payload;
         self.release_if_idle();
         Ok(Decoded {
             consumed: pos,
             event,
+            compressed,
         })
     }
 
@@ -379,10 +554,11 @@ impl Decoder {
         &mut self,
         input: &[u8],
         cfg: &DecoderConfig,
+        deflate: bool,
     ) -> Result<(Option<Header>, usize), WsError> {
         let saved = self.state.as_ref().map_or(0, |s| s.header_len as usize);
         if saved == 0 {
-            return match parse_header(input, cfg)? {
+            return match parse_header(input, cfg, deflate)? {
                 Some(h) => Ok((Some(h), h.header_len)),
                 None => {
                     // A header is at most 14 bytes, so an incomplete one fits.
@@ -399,7 +575,7 @@ impl Decoder {
             .expect("saved header bytes live in the state");
         let take = (MAX_HEADER_LEN - saved).min(input.len());
         state.header[saved..saved + take].copy_from_slice(&input[..take]);
-        match parse_header(&state.header[..saved + take], cfg)? {
+        match parse_header(&state.header[..saved + take], cfg, deflate)? {
             Some(h) => {
                 state.header_len = 0;
                 Ok((Some(h), h.header_len - saved))
@@ -441,35 +617,30 @@ impl Decoder {
         }
     }
 
-    /// Handles a frame whose whole (unmasked) payload is in `payload`.
+    /// Handles a frame whose whole (unmasked) payload is in `payload`: the event, and
+    /// whether it is a compressed message.
     fn whole_frame<'a>(
         &mut self,
         h: &Header,
         payload: &'a [u8],
-    ) -> Result<Option<Event<'a>>, WsError> {
-        match h.opcode {
-            OpCode::Ping => Ok(Some(Event::Ping(Cow::Borrowed(payload)))),
-            OpCode::Pong => Ok(Some(Event::Pong(Cow::Borrowed(payload)))),
-            OpCode::Close => close_event(payload).map(|c| Some(Event::Close(c))),
+    ) -> Result<(Option<Event<'a>>, bool), WsError> {
+        let event = match h.opcode {
+            OpCode::Ping => Some(Event::Ping(Cow::Borrowed(payload))),
+            OpCode::Pong => Some(Event::Pong(Cow::Borrowed(payload))),
+            OpCode::Close => Some(Event::Close(close_event(payload)?)),
             OpCode::Text | OpCode::Binary if h.fin => {
                 let kind = data_kind(h.opcode);
-                if kind == DataKind::Text && std::str::from_utf8(payload).is_err() {
+                if kind == DataKind::Text && !h.rsv1 && std::str::from_utf8(payload).is_err() {
                     return Err(WsError::InvalidUtf8);
                 }
-                Ok(Some(Event::Message {
-                    kind,
-                    data: Cow::Borrowed(payload),
-                }))
+                let data = Cow::Borrowed(payload);
+                return Ok((Some(Event::Message { kind, data }), h.rsv1));
             }
             OpCode::Text | OpCode::Binary => {
-                let mut message = Message {
-                    kind: data_kind(h.opcode),
-                    data: Vec::new(),
-                    utf8: Utf8Validator::new(),
-                };
+                let mut message = Message::new(h);
                 message.append(payload)?;
                 self.state.get_or_insert_with(Box::default).message = Some(message);
-                Ok(None)
+                None
             }
             OpCode::Continuation => {
                 let state = self
@@ -482,20 +653,21 @@ impl Decoder {
                     .expect("check_sequence ensured a message is in progress");
                 message.append(payload)?;
                 if h.fin {
-                    Ok(Some(finish_message(state)?))
-                } else {
-                    Ok(None)
+                    let (event, compressed) = finish_message(state)?;
+                    return Ok((Some(event), compressed));
                 }
+                None
             }
-        }
+        };
+        Ok((event, false))
     }
 
-    /// Feeds payload bytes to the frame in progress. Returns bytes consumed and the event
-    /// completed, if any.
+    /// Feeds payload bytes to the frame in progress. Returns bytes consumed, the event
+    /// completed, if any, and whether it is a compressed message.
     fn feed_payload(
         &mut self,
         input: &mut [u8],
-    ) -> Result<(usize, Option<Event<'static>>), WsError> {
+    ) -> Result<(usize, Option<Event<'static>>, bool), WsError> {
         let state = self
             .state
             .as_mut()
@@ -509,7 +681,7 @@ impl Decoder {
         if frame.skip {
             frame.received += take as u64;
             if frame.received < frame.header.len {
-                return Ok((take, None));
+                return Ok((take, None, false));
             }
             let header = frame.header;
             state.frame = None;
@@ -517,7 +689,7 @@ impl Decoder {
                 kind: data_kind(header.opcode),
                 len: header.len,
             };
-            return Ok((take, Some(event)));
+            return Ok((take, Some(event), false));
         }
         let chunk = &mut input[..take];
         if let Some(mask) = frame.header.mask {
@@ -536,9 +708,13 @@ impl Decoder {
                 .append(chunk)?;
         }
         if !done {
-            return Ok((take, None));
+            return Ok((take, None, false));
         }
         state.frame = None;
+        if !header.opcode.is_control() && header.fin {
+            let (event, compressed) = finish_message(state)?;
+            return Ok((take, Some(event), compressed));
+        }
         let event = match header.opcode {
             OpCode::Ping => Some(Event::Ping(Cow::Owned(std::mem::take(&mut state.control)))),
             OpCode::Pong => Some(Event::Pong(Cow::Owned(std::mem::take(&mut state.control)))),
@@ -548,10 +724,9 @@ impl Decoder {
                     close_event(&payload)?.map(CloseFrame::into_owned),
                 ))
             }
-            _ if header.fin => Some(finish_message(state)?),
             _ => None,
         };
-        Ok((take, event))
+        Ok((take, event, false))
     }
 
     fn release_if_idle(&mut self) {
@@ -561,17 +736,22 @@ impl Decoder {
     }
 }
 
-/// Ends the message in progress: checks that text ends on a character boundary.
-fn finish_message(state: &mut Partial) -> Result<Event<'static>, WsError> {
+/// Ends the message in progress: checks that text ends on a character boundary (a
+/// compressed one is checked by the caller, once inflated). Also says whether it is
+/// compressed.
+fn finish_message(state: &mut Partial) -> Result<(Event<'static>, bool), WsError> {
     let message = state
         .message
         .take()
         .expect("finish_message is called with a message in progress");
-    message.utf8.finish().map_err(|_| WsError::InvalidUtf8)?;
-    Ok(Event::Message {
+    if !message.compressed {
+        message.utf8.finish().map_err(|_| WsError::InvalidUtf8)?;
+    }
+    let event = Event::Message {
         kind: message.kind,
         data: Cow::Owned(message.data),
-    })
+    };
+    Ok((event, message.compressed))
 }
 
 fn close_event(payload: &[u8]) -> Result<Option<CloseFrame<'_>>, WsError> {
@@ -596,15 +776,23 @@ fn data_kind(op: OpCode) -> DataKind {
 }
 
 /// Parses a frame header from the start of `buf`: `None` when more bytes are needed.
-/// Fails as soon as the bytes present break a rule.
-fn parse_header(buf: &[u8], cfg: &DecoderConfig) -> Result<Option<Header>, WsError> {
+/// Fails as soon as the bytes present break a rule. `deflate`: permessage-deflate was
+/// negotiated (RSV1 allowed on the first frame of a data message).
+fn parse_header(buf: &[u8], cfg: &DecoderConfig, deflate: bool) -> Result<Option<Header>, WsError> {
     let Some(&b0) = buf.first() else {
         return Ok(None);
     };
-    if b0 & 0x70 != 0 {
+    let rsv1 = b0 & 0x40 != 0;
+    if b0 & 0x30 != 0 || (rsv1 && !deflate) {
         return Err(WsError::Protocol("reserved bits set without an extension"));
     }
     let opcode = OpCode::from_u8(b0 & 0x0F).ok_or(WsError::Protocol("reserved opcode"))?;
+    if rsv1 && opcode.is_control() {
+        return Err(WsError::Protocol("compressed control frame"));
+    }
+    if rsv1 && opcode == OpCode::Continuation {
+        return Err(WsError::Protocol("RSV1 on a continuation frame"));
+    }
     let fin = b0 & 0x80 != 0;
     if opcode.is_control() && !fin {
         return Err(WsError::Protocol("fragmented control frame"));
@@ -654,6 +842,7 @@ fn parse_header(buf: &[u8], cfg: &DecoderConfig) -> Result<Option<Header>, WsErr
     };
     Ok(Some(Header {
         fin,
+        rsv1,
         opcode,
         mask,
         len,
@@ -777,6 +966,58 @@ mod tests {
             kind: DataKind::Text,
             data: Cow::Owned(s.as_bytes().to_vec()),
         }
+    }
+
+    #[test]
+    fn an_exported_decoder_finishes_the_frame_it_began() {
+        // A masked, fragmented text: first fragment whole, second one cut in its payload,
+        // with a multi-byte character split across the cut.
+        let mut input = Vec::new();
+        let mask = [1u8, 2, 3, 4];
+        let masked = |payload: &[u8]| -> Vec<u8> {
+            payload
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ mask[i % 4])
+                .collect()
+        };
+        let a = "h\u{e9}l".as_bytes();
+        input.extend_from_slice(&[0x01, 0x80 | a.len() as u8]);
+        input.extend_from_slice(&mask);
+        input.extend_from_slice(&masked(a));
+        let b = "l\u{f6}!".as_bytes();
+        input.extend_from_slice(&[0x80, 0x80 | b.len() as u8]);
+        input.extend_from_slice(&mask);
+        input.extend_from_slice(&masked(b));
+        for cut in 1..input.len() {
+            let mut d = Decoder::new();
+            let mut events = Vec::new();
+            let mut first = input[..cut].to_vec();
+            let mut pos = 0;
+            while pos < first.len() {
+                let r = d.decode(&mut first[pos..], &SERVER).unwrap();
+                pos += r.consumed;
+                if let Some(e) = r.event {
+                    events.push(e.into_owned());
+                }
+            }
+            let state = d.export();
+            let mut d = Decoder::import(&state).expect("import");
+            assert_eq!(d.export(), state);
+            let mut rest = input[cut..].to_vec();
+            let mut pos = 0;
+            while pos < rest.len() {
+                let r = d.decode(&mut rest[pos..], &SERVER).unwrap();
+                pos += r.consumed;
+                if let Some(e) = r.event {
+                    events.push(e.into_owned());
+                }
+            }
+            assert_eq!(events, vec![text("h\u{e9}ll\u{f6}!")], "cut at {cut}");
+            assert!(d.is_idle());
+        }
+        assert!(Decoder::import(&[9, 9]).is_none());
+        assert!(Decoder::import(&[]).unwrap().is_idle());
     }
 
     // RFC 6455 section 5.7 examples.
@@ -1123,6 +1364,109 @@ mod tests {
         assert!(
             matches!(&ev[..], [Event::Close(Some(c))] if c.code == CloseCode::GOING_AWAY && c.reason == "bye")
         );
+    }
+
+    /// Decodes all of `input` with permessage-deflate on; events with their compressed
+    /// flag.
+    fn decode_deflate(
+        input: &[u8],
+        step: usize,
+        cfg: &DecoderConfig,
+    ) -> Result<Vec<(Event<'static>, bool)>, WsError> {
+        let mut d = Decoder::new();
+        let mut events = Vec::new();
+        for piece in input.chunks(step.max(1)) {
+            let mut piece = piece.to_vec();
+            let mut pos = 0;
+            while pos < piece.len() {
+                let r = d.decode_ext(&mut piece[pos..], cfg, true)?;
+                pos += r.consumed;
+                if let Some(e) = r.event {
+                    events.push((e.into_owned(), r.compressed));
+                }
+            }
+        }
+        assert!(d.is_idle());
+        Ok(events)
+    }
+
+    fn with_rsv(mut frame: Vec<u8>, bits: u8) -> Vec<u8> {
+        frame[0] |= bits;
+        frame
+    }
+
+    #[test]
+    fn rsv1_marks_a_compressed_message_when_deflate_is_on() {
+        // RFC 7692 7.2.3.1: "Hello" compressed, in one frame and in two.
+        let z = [0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
+        let one = with_rsv(masked(true, 1, &z), 0x40);
+        let mut two = with_rsv(masked(false, 1, &z[..3]), 0x40);
+        two.extend(masked(true, 0, &z[3..]));
+        for input in [&one, &two] {
+            for step in [1, 2, 5, input.len()] {
+                let ev = decode_deflate(input, step, &SERVER).unwrap();
+                assert_eq!(
+                    ev,
+                    vec![(
+                        Event::Message {
+                            kind: DataKind::Text,
+                            data: Cow::Owned(z.to_vec())
+                        },
+                        true
+                    )],
+                    "step {step}: compressed bytes are not UTF-8-checked"
+                );
+            }
+        }
+        // Uncompressed messages still are, and are not marked.
+        let ev = decode_deflate(MASKED_HELLO, 3, &SERVER).unwrap();
+        assert_eq!(ev, vec![(text("Hello"), false)]);
+        assert_eq!(
+            decode_deflate(&masked(true, 1, b"\xff"), 1, &SERVER),
+            Err(WsError::InvalidUtf8)
+        );
+        // A control frame between the fragments of a compressed message.
+        let mut mixed = with_rsv(masked(false, 2, &z[..3]), 0x40);
+        mixed.extend(masked(true, 9, b"p"));
+        mixed.extend(masked(true, 0, &z[3..]));
+        let ev = decode_deflate(&mixed, 4, &SERVER).unwrap();
+        assert_eq!(ev[0], (Event::Ping(Cow::Owned(b"p".to_vec())), false));
+        assert!(ev[1].1);
+        // Without the extension RSV1 stays an error, byte for byte as before.
+        assert_eq!(
+            error_of(&one, &SERVER),
+            WsError::Protocol("reserved bits set without an extension")
+        );
+    }
+
+    #[test]
+    fn rsv1_where_it_cannot_be_is_a_protocol_error() {
+        let deflate_error = |input: &[u8]| {
+            for step in [1, 3, input.len()] {
+                let e = decode_deflate(input, step, &SERVER).unwrap_err();
+                assert_eq!(e, decode_deflate(input, input.len(), &SERVER).unwrap_err());
+            }
+            decode_deflate(input, input.len(), &SERVER).unwrap_err()
+        };
+        for op in [8, 9, 10] {
+            let payload: &[u8] = if op == 8 { b"\x03\xe8" } else { b"x" };
+            assert_eq!(
+                deflate_error(&with_rsv(masked(true, op, payload), 0x40)),
+                WsError::Protocol("compressed control frame")
+            );
+        }
+        let mut cont = masked(false, 1, b"a");
+        cont.extend(with_rsv(masked(true, 0, b"b"), 0x40));
+        assert_eq!(
+            deflate_error(&cont),
+            WsError::Protocol("RSV1 on a continuation frame")
+        );
+        for bits in [0x20, 0x10, 0x60] {
+            assert_eq!(
+                deflate_error(&with_rsv(masked(true, 1, b"a"), bits)),
+                WsError::Protocol("reserved bits set without an extension")
+            );
+        }
     }
 
     #[test]

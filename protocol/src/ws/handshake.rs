@@ -126,11 +126,19 @@ fn is_valid_key(key: &[u8]) -> bool {
 
 /// Writes the 101 response that completes the handshake.
 pub fn write_accept_response(out: &mut Vec<u8>, accept: &[u8; 28]) {
+    write_accept_response_with(out, accept, b"");
+}
+
+/// Writes the 101 response with `extra` header lines (each ending in CRLF: a
+/// `Sec-WebSocket-Extensions` answer, see [`super::deflate::write_response_header`]).
+pub fn write_accept_response_with(out: &mut Vec<u8>, accept: &[u8; 28], extra: &[u8]) {
     out.extend_from_slice(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
     );
     out.extend_from_slice(accept);
-    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(extra);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Writes the error response for a failed handshake (with `Sec-WebSocket-Version: 13` on

@@ -2,6 +2,8 @@
 //!
 //! - [`handshake`]: the server's checks of RFC 6455 section 4.2.1, the accept key, the
 //!   101 response, and the client side used by the load generator.
+//! - [`deflate`]: permessage-deflate (RFC 7692): the negotiation, per-message deflate
+//!   and bounded inflate.
 //! - [`frame`]: the incremental [`Decoder`] (server or client role) and the encoders.
 //! - [`mask`]: masking and unmasking, a word at a time.
 //! - [`close`]: close codes and close-frame payloads.
@@ -10,6 +12,7 @@
 //!   close handshake.
 
 pub mod close;
+pub mod deflate;
 pub mod frame;
 pub mod handshake;
 pub mod mask;

@@ -1,8 +1,9 @@
 //! The server side of a WebSocket session, sans-IO: what to send in answer to the peer's
 //! control frames (a pong for a ping, a close for a close), the heartbeat ping, and the
-//! close handshake (our close frame at most once). It keeps one byte of state; the
-//! caller writes the bytes it is handed and decides what a finished handshake means for
-//! its connection.
+//! close handshake (our close frame at most once). It keeps one byte of state, which
+//! also holds what permessage-deflate negotiated (off, or the server's window bits: see
+//! [`Session::set_deflate`]); the caller writes the bytes it is handed and decides what a
+//! finished handshake means for its connection.
 //!
 //! ```text
 //!   open --ping()--> awaiting pong --pong--> open
@@ -19,6 +20,10 @@ pub const PING: &[u8] = &[0x89, 0x00];
 const AWAIT_PONG: u8 = 1;
 const CLOSE_SENT: u8 = 2;
 const CLOSE_RECEIVED: u8 = 4;
+/// Bits 4-6: permessage-deflate: 0 off, else the server's window bits minus 8 (9-15 are
+/// 1-7).
+const DEFLATE_SHIFT: u32 = 4;
+const DEFLATE_MASK: u8 = 0x70;
 
 /// A session's state (one byte).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -44,6 +49,36 @@ impl Session {
     /// A new, open session.
     pub const fn new() -> Session {
         Session(0)
+    }
+
+    /// The session's byte (a hot handover carries it to the next process).
+    pub const fn to_bits(self) -> u8 {
+        self.0
+    }
+
+    /// A session from [`Session::to_bits`].
+    pub const fn from_bits(bits: u8) -> Session {
+        Session(bits)
+    }
+
+    /// Records what permessage-deflate negotiated: `Some(window bits)` (9-15), or `None`
+    /// (not used).
+    pub fn set_deflate(&mut self, window_bits: Option<u8>) {
+        let class = window_bits.map_or(0, |b| {
+            b.clamp(
+                super::deflate::MIN_WINDOW_BITS,
+                super::deflate::MAX_WINDOW_BITS,
+            ) - 8
+        });
+        self.0 = (self.0 & !DEFLATE_MASK) | (class << DEFLATE_SHIFT);
+    }
+
+    /// The server window bits of a negotiated permessage-deflate (9-15), or `None`.
+    pub fn deflate(self) -> Option<u8> {
+        match (self.0 & DEFLATE_MASK) >> DEFLATE_SHIFT {
+            0 => None,
+            class => Some(class + 8),
+        }
     }
 
     /// A heartbeat ping to send; a pong is awaited from now on.
@@ -135,6 +170,25 @@ mod tests {
             Control::Ponged { awaited: false },
             "an unsolicited pong"
         );
+    }
+
+    #[test]
+    fn deflate_rides_in_the_same_byte() {
+        let mut s = Session::new();
+        assert_eq!(s.deflate(), None);
+        for bits in 9..=15 {
+            s.set_deflate(Some(bits));
+            assert_eq!(s.deflate(), Some(bits));
+        }
+        s.ping();
+        let mut out = Vec::new();
+        s.close(CloseCode::NORMAL, "", &mut out);
+        assert_eq!(s.deflate(), Some(15));
+        assert!(s.awaiting_pong() && s.close_sent());
+        s.set_deflate(None);
+        assert_eq!(s.deflate(), None);
+        assert!(s.awaiting_pong() && s.close_sent());
+        assert_eq!(std::mem::size_of::<Session>(), 1);
     }
 
     #[test]

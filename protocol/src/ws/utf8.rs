@@ -21,6 +21,23 @@ impl Utf8Validator {
         Self::default()
     }
 
+    /// The bytes of an unfinished code point kept between pieces (a hot handover carries
+    /// them to the next process).
+    pub fn pending(&self) -> &[u8] {
+        &self.pending[..self.pending_len as usize]
+    }
+
+    /// A validator holding `pending` (at most 3 bytes, from [`Utf8Validator::pending`]).
+    pub fn with_pending(pending: &[u8]) -> Option<Self> {
+        if pending.len() > 3 {
+            return None;
+        }
+        let mut v = Self::default();
+        v.pending[..pending.len()].copy_from_slice(pending);
+        v.pending_len = pending.len() as u8;
+        Some(v)
+    }
+
     /// Validates the next piece. Fails on the first byte that cannot be part of valid text.
     pub fn feed(&mut self, mut data: &[u8]) -> Result<(), Utf8Error> {
         while self.pending_len > 0 {

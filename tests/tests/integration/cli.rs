@@ -18,9 +18,44 @@ fn version() {
 }
 
 #[test]
+fn help_and_completions() {
+    let stdout = |out: &std::process::Output| String::from_utf8_lossy(&out.stdout).into_owned();
+    for (args, needles) in [
+        (
+            &["--help"][..],
+            &["serve", "ctl", "completions", "--listen"][..],
+        ),
+        (
+            &["serve", "--help"],
+            &["--listen", "--admin", "--control", "--set"],
+        ),
+        (
+            &["ctl", "--help"],
+            &["--control", "--config", "resume", "drain"],
+        ),
+        (&["help", "serve"], &["--workers", "--backend"]),
+        (&["completions", "bash"], &["_pushedge", "ctl"]),
+        (&["completions", "zsh"], &["#compdef pushedge"]),
+        (&["version"], &["pushedge "]),
+    ] {
+        let out = run_binary(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        for n in needles {
+            assert!(
+                stdout(&out).contains(n),
+                "{args:?} lacks {n}: {}",
+                stdout(&out)
+            );
+        }
+    }
+    let out = run_binary(&["completions", "nosh"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+#[test]
 fn bad_flags_keys_and_values_exit_2_with_a_message() {
     for (args, needle) in [
-        (&["serve", "--bogus", "1"][..], "unknown flag"),
+        (&["serve", "--bogus", "1"][..], "unexpected argument"),
         (&["serve", "--set", "nope=1"], "unknown key"),
         (&["serve", "--set", "history_size=0"], "history_size"),
         (&["serve", "--set", "history_size=abc"], "history_size"),
@@ -28,12 +63,36 @@ fn bad_flags_keys_and_values_exit_2_with_a_message() {
         (&["serve", "--set", "noequals"], "KEY=VALUE"),
         (&["serve", "--backend", "kqueue"], "backend"),
         (&["serve", "--workers", "many"], "workers"),
-        (&["serve", "--listen"], "needs a value"),
+        (&["serve", "--listen"], "a value is required"),
         (
             &["serve", "--config", "/nonexistent/pushedge.toml"],
             "cannot read",
         ),
-        (&["frobnicate"], "unknown command"),
+        (&["frobnicate"], "unrecognized subcommand"),
+        (&["serve", "--listen", "nonsense"], "invalid listen address"),
+        (
+            &["serve", "--listen", "1.2.3.4:99999"],
+            "invalid listen address",
+        ),
+        (
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin",
+                "127.0.0.1:http",
+            ],
+            "invalid admin address",
+        ),
+        (
+            &["serve", "--listen", "127.0.0.1:0", "ctl", "stats"],
+            "unexpected argument",
+        ),
+        (&["ctl"], "COMMAND"),
+        (
+            &["ctl", "--control", "a", "--config", "b", "stats"],
+            "cannot be used with",
+        ),
     ] {
         let out = run_binary(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
@@ -114,7 +173,7 @@ fn control_socket_in_use_fails_at_startup() {
 #[test]
 fn two_processes_share_the_subscriber_port() {
     let a = Server::start(&[]);
-    let b = Server::start(&["--listen", &a.addr.to_string()]);
+    let b = Server::start(&["--listen", &a.addr.to_string(), "--set", "reuse_port=true"]);
     assert_eq!(a.addr, b.addr);
     assert_eq!(a.get("/ping").status, 200);
 }

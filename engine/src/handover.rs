@@ -1,0 +1,898 @@
+//! Hot handover: `ctl upgrade [--binary PATH]` (or SIGUSR2) starts a successor that takes
+//! over the listeners and every established connection, stop-the-world, so that nothing
+//! is lost and nothing is sequenced twice.
+//!
+//! ```text
+//!   old process O                                   new process N
+//!   socketpair, spawn PATH with O's arguments  -->  PUSHEDGE_HANDOVER_FD=<its end>
+//!                                              <--  hello (its pid)
+//!   freeze: publishes refused (503, retry), the admin port not read,
+//!   every worker serializes its connections and blocks
+//!   header (the hub's streams, listener ids) + the listener and admin sockets  -->
+//!   batches of records + their sockets (SCM_RIGHTS, HANDOVER_FDS_PER_MSG each) -->
+//!                                                   the hub from the snapshot, the
+//!                                                   workers adopt the connections,
+//!                                                   the control socket bound again
+//!                                              <--  ok
+//!   workers park, O exits 0 (nothing closed         serving
+//!   that N holds)
+//! ```
+//!
+//! Before N's `ok`, anything that goes wrong (N exits, the socket closes, a timeout of
+//! [`HANDOVER_TIMEOUT`], a connection that cannot be handed over yet) thaws O: its
+//! workers go on as if nothing happened, and the operator gets the error.
+//!
+//! Messages are length-prefixed JSON: an 8-byte head (body length, descriptor count,
+//! little-endian u32s) sent with the frame's descriptors attached, then the body.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::io::{self, Read, Write};
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::time::Instant;
+
+use crate::auth::Grant;
+use crate::epoch::Epoch;
+use crate::inbox::Cmd;
+use crate::limits::{HANDOVER_FDS_PER_MSG, HANDOVER_MAX_FRAME, HANDOVER_TIMEOUT};
+use crate::reactor::ListenerId;
+use crate::shared::Shared;
+use crate::store::{Loaded, LoadedChannel, LoadedIdem};
+use crate::{info, warn};
+
+/// The environment variable that tells a process it is a successor: the descriptor of its
+/// end of the handover socket.
+pub const FD_ENV: &str = "PUSHEDGE_HANDOVER_FD";
+
+/// Tests only: the successor exits abruptly after receiving this many connection records.
+pub const TEST_EXIT_AFTER_ENV: &str = "PUSHEDGE_HANDOVER_TEST_EXIT_AFTER";
+
+/// Bytes as base64 in the JSON records.
+mod b64 {
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(b))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// One connection as the successor needs it (its socket travels beside it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    /// The worker that held it (the successor uses this modulo its workers).
+    pub worker: usize,
+    /// The listener it came from.
+    pub listener: ListenerId,
+    /// `State as u8`.
+    pub state: u8,
+    /// The connection's flag bits.
+    pub flags: u8,
+    /// The WebSocket session's byte.
+    pub session: u8,
+    /// The frame decoder's unfinished state (`Decoder::export`).
+    #[serde(with = "b64")]
+    pub decoder: Vec<u8>,
+    /// Subscriptions: channel name and the last seq delivered.
+    pub subs: Vec<(String, u64)>,
+    /// Received bytes not yet parsed.
+    #[serde(with = "b64")]
+    pub rbuf: Vec<u8>,
+    /// JSONP / iframe callback.
+    pub callback: Option<String>,
+    /// The verified token.
+    pub grant: Option<Grant>,
+    /// The seq a held long-poll asked for.
+    pub poll_seq: u64,
+    /// The allowed `Origin` of the request.
+    pub origin: Option<String>,
+    /// After a token expired: milliseconds left for a `refresh`.
+    pub token_deadline_ms: Option<u64>,
+    /// Milliseconds left on the connection's timer.
+    pub timer_ms: Option<u64>,
+    /// The peer's address, when `max_connections_per_ip` counts it.
+    pub ip: Option<IpAddr>,
+    /// Output the backend had not written yet.
+    #[serde(with = "b64")]
+    pub pending: Vec<u8>,
+    /// The TLS layer's state (empty for a plain connection).
+    #[serde(with = "b64", default)]
+    pub tls: Vec<u8>,
+}
+
+/// A channel of the hub snapshot.
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapChannel {
+    name: String,
+    epoch: String,
+    seq: u64,
+    history: Vec<(u64, String)>,
+}
+
+/// An idempotency record of the hub snapshot.
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapIdem {
+    channel: String,
+    key: String,
+    epoch: String,
+    seq: u64,
+    expires: u64,
+}
+
+/// What goes over the handover socket.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Message {
+    /// N is up and asks for everything.
+    Hello { pid: u32 },
+    /// O's workers, listener sockets (`(listener id, worker)` in the order of the
+    /// descriptors, then the admin listener) and the hub's streams.
+    Header {
+        workers: usize,
+        listeners: Vec<(ListenerId, usize)>,
+        channels: Vec<SnapChannel>,
+        idem: Vec<SnapIdem>,
+        records: usize,
+    },
+    /// Listener sockets (the header's, in order, then the admin listener), in batches.
+    Sockets,
+    /// Connection records, one descriptor each, in order.
+    Batch { records: Vec<Record> },
+    /// N serves.
+    Ok,
+    /// N cannot take over.
+    Error { reason: String },
+}
+
+/// What a frozen worker hands over.
+#[derive(Debug, Default)]
+pub struct Frozen {
+    /// Its listening sockets by listener id.
+    pub listeners: Vec<(ListenerId, RawFd)>,
+    /// Its connections, each with its socket.
+    pub records: Vec<(Record, RawFd)>,
+}
+
+/// What a frozen worker is told next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// The handover was called off: go on as if nothing happened.
+    Thaw,
+    /// The successor took over: stop without closing anything.
+    Exit,
+}
+
+// ---- the admin thread's gate ----
+
+const RUNNING: u8 = 0;
+const REQUESTED: u8 = 1;
+const FROZEN: u8 = 2;
+const GONE: u8 = 3;
+
+struct Gate {
+    state: Mutex<u8>,
+    cv: Condvar,
+}
+
+fn gate() -> &'static Gate {
+    static GATE: OnceLock<Gate> = OnceLock::new();
+    GATE.get_or_init(|| Gate {
+        state: Mutex::new(RUNNING),
+        cv: Condvar::new(),
+    })
+}
+
+static ADMIN_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+static BACKEND: OnceLock<&'static str> = OnceLock::new();
+static BUSY: AtomicBool = AtomicBool::new(false);
+
+static ADMIN_WAKER: OnceLock<std::sync::Arc<mio::Waker>> = OnceLock::new();
+
+/// What wakes the admin thread for a freeze.
+pub fn set_admin_waker(w: std::sync::Arc<mio::Waker>) {
+    let _ = ADMIN_WAKER.set(w);
+}
+
+/// The admin thread's listening socket (handed to the successor).
+pub fn set_admin_fd(fd: RawFd) {
+    ADMIN_FD.store(fd, Ordering::Release);
+}
+
+/// The reactor backend the workers run on.
+pub fn set_backend(name: &'static str) {
+    let _ = BACKEND.set(name);
+}
+
+/// Called by the admin thread between its turns: while a handover holds the world still
+/// it reads nothing (what arrives waits in the kernel, and is read by whoever serves
+/// next).
+pub fn admin_gate() {
+    let g = gate();
+    let mut s = g.state.lock().unwrap_or_else(|p| p.into_inner());
+    if *s != REQUESTED {
+        return;
+    }
+    *s = FROZEN;
+    g.cv.notify_all();
+    while *s == FROZEN || *s == GONE {
+        s = g.cv.wait(s).unwrap_or_else(|p| p.into_inner());
+    }
+}
+
+fn set_gate(to: u8) {
+    let g = gate();
+    *g.state.lock().unwrap_or_else(|p| p.into_inner()) = to;
+    g.cv.notify_all();
+}
+
+/// Asks the admin thread to stop and waits until it has.
+fn freeze_admin() -> Result<(), String> {
+    let g = gate();
+    let mut s = g.state.lock().unwrap_or_else(|p| p.into_inner());
+    *s = REQUESTED;
+    if let Some(w) = ADMIN_WAKER.get() {
+        let _ = w.wake();
+    }
+    let deadline = Instant::now() + HANDOVER_TIMEOUT;
+    while *s == REQUESTED {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            *s = RUNNING;
+            return Err("the admin thread did not stop".into());
+        }
+        s =
+            g.cv.wait_timeout(s, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+    }
+    Ok(())
+}
+
+// ---- descriptor passing ----
+
+fn send_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<usize> {
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    let fd_bytes = std::mem::size_of_val(fds);
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(fd_bytes as u32) } as usize;
+    let mut cbuf = vec![0u64; space.div_ceil(8)];
+    // SAFETY: an all-zero msghdr is a valid empty one; every pointer set below outlives
+    // the sendmsg call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !fds.is_empty() {
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        // SAFETY: msg_control points at `space` bytes, enough for one header with
+        // `fd_bytes` of data (CMSG_SPACE), so CMSG_FIRSTHDR is non-null and CMSG_DATA
+        // has room for the descriptors.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(fd_bytes as u32) as _;
+            std::ptr::copy_nonoverlapping(fds.as_ptr().cast::<u8>(), libc::CMSG_DATA(c), fd_bytes);
+        }
+    }
+    loop {
+        // SAFETY: `msg` and what it points at are valid for the call; `sock` is an open
+        // socket of this process.
+        let r = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
+        if r >= 0 {
+            return Ok(r as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+fn recv_fds(sock: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let max = HANDOVER_FDS_PER_MSG + 2;
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE((max * std::mem::size_of::<RawFd>()) as u32) } as usize;
+    let mut cbuf = vec![0u64; space.div_ceil(8)];
+    // SAFETY: an all-zero msghdr is a valid empty one; every pointer set below outlives
+    // the recvmsg call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    let n = loop {
+        // SAFETY: `msg` and its buffers are valid for the call; `sock` is an open socket
+        // of this process.
+        let r = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if r >= 0 {
+            break r as usize;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    // SAFETY: the kernel filled `msg_control` with `msg_controllen` bytes of well-formed
+    // control messages; CMSG_FIRSTHDR/NXTHDR stay within it, and each SCM_RIGHTS payload
+    // holds `(cmsg_len - CMSG_LEN(0)) / 4` descriptors now owned by this process.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let bytes = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let data = libc::CMSG_DATA(c).cast::<RawFd>();
+                for i in 0..bytes / std::mem::size_of::<RawFd>() {
+                    fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::other("descriptors were cut off (MSG_CTRUNC)"));
+    }
+    Ok(n)
+}
+
+fn send_msg(sock: &UnixStream, m: &Message, fds: &[RawFd]) -> io::Result<()> {
+    let body = serde_json::to_vec(m).map_err(io::Error::other)?;
+    let mut head = [0u8; 8];
+    head[..4].copy_from_slice(&(body.len() as u32).to_le_bytes());
+    head[4..].copy_from_slice(&(fds.len() as u32).to_le_bytes());
+    let n = send_fds(sock.as_raw_fd(), &head, fds)?;
+    let mut w = sock;
+    w.write_all(&head[n..])?;
+    w.write_all(&body)
+}
+
+fn recv_msg(sock: &UnixStream) -> io::Result<(Message, Vec<OwnedFd>)> {
+    let mut head = [0u8; 8];
+    let mut fds = Vec::new();
+    let mut got = 0;
+    while got < head.len() {
+        let n = recv_fds(sock.as_raw_fd(), &mut head[got..], &mut fds)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the other process closed the handover socket",
+            ));
+        }
+        got += n;
+    }
+    let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as usize;
+    let want = u32::from_le_bytes(head[4..].try_into().expect("4 bytes")) as usize;
+    if len > HANDOVER_MAX_FRAME {
+        return Err(io::Error::other(format!(
+            "a handover message of {len} bytes"
+        )));
+    }
+    let mut body = vec![0u8; len];
+    let mut r = sock;
+    r.read_exact(&mut body)?;
+    if fds.len() != want {
+        return Err(io::Error::other(format!(
+            "{} descriptors came with a message announcing {want}",
+            fds.len()
+        )));
+    }
+    let m = serde_json::from_slice(&body).map_err(io::Error::other)?;
+    Ok((m, fds))
+}
+
+// ---- the old process ----
+
+/// Can this server be upgraded at all (before a successor is started)?
+fn check_supported(shared: &Shared) -> Result<(), String> {
+    let backend = BACKEND.get().copied().unwrap_or("");
+    if !backend.starts_with("epoll") {
+        return Err(format!(
+            "upgrade needs backend epoll for now (this server runs {backend})"
+        ));
+    }
+    if shared.cluster.is_some() {
+        return Err("upgrade is not supported in cluster mode yet".into());
+    }
+    if shared.draining.load(Ordering::SeqCst) {
+        return Err("the server is draining: resume it first".into());
+    }
+    Ok(())
+}
+
+/// What the old process sends its successor.
+struct Payload {
+    workers: usize,
+    listeners: Vec<(ListenerId, usize)>,
+    listener_fds: Vec<RawFd>,
+    records: Vec<(Record, RawFd)>,
+}
+
+/// Freezes every worker; on an error the ones frozen are thawed again.
+fn freeze_workers(
+    shared: &Shared,
+    resumes: &mut Vec<mpsc::Sender<Resume>>,
+) -> Result<Payload, String> {
+    let mut replies = Vec::new();
+    for inbox in &shared.inboxes {
+        let (tx, rx) = mpsc::channel();
+        let (rtx, rrx) = mpsc::channel();
+        inbox.push(Cmd::Freeze {
+            reply: tx,
+            resume: rrx,
+        });
+        resumes.push(rtx);
+        replies.push(rx);
+    }
+    let mut payload = Payload {
+        workers: shared.inboxes.len(),
+        listeners: Vec::new(),
+        listener_fds: Vec::new(),
+        records: Vec::new(),
+    };
+    let mut failed = None;
+    for (w, rx) in replies.into_iter().enumerate() {
+        match rx.recv_timeout(HANDOVER_TIMEOUT) {
+            Ok(Ok(frozen)) => {
+                for (id, fd) in frozen.listeners {
+                    payload.listeners.push((id, w));
+                    payload.listener_fds.push(fd);
+                }
+                payload.records.extend(frozen.records);
+            }
+            Ok(Err(e)) => failed = failed.or(Some(e)),
+            Err(_) => failed = failed.or(Some(format!("worker {w} did not freeze"))),
+        }
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(payload),
+    }
+}
+
+fn thaw(shared: &Shared, resumes: &[mpsc::Sender<Resume>]) {
+    if let Some(store) = shared.hub.store() {
+        if let Err(e) = store.reopen(&shared.cfg.history_path) {
+            // Publishes fail (503) from now on rather than be accepted unwritten.
+            crate::error!("upgrade called off: cannot open the history store again: {e}");
+        }
+    }
+    for r in resumes {
+        let _ = r.send(Resume::Thaw);
+    }
+    set_gate(RUNNING);
+    shared.hub.set_frozen(false);
+}
+
+fn snapshot(shared: &Shared) -> (Vec<SnapChannel>, Vec<SnapIdem>) {
+    let loaded = shared.hub.snapshot();
+    let channels = loaded
+        .channels
+        .into_iter()
+        .map(|c| SnapChannel {
+            name: c.name,
+            epoch: c.epoch.as_str().to_string(),
+            seq: c.seq,
+            history: c.history,
+        })
+        .collect();
+    let idem = loaded
+        .idem
+        .into_iter()
+        .map(|r| SnapIdem {
+            channel: r.channel,
+            key: r.key,
+            epoch: r.epoch.as_str().to_string(),
+            seq: r.seq,
+            expires: r.expires,
+        })
+        .collect();
+    (channels, idem)
+}
+
+/// `ctl upgrade [PATH]` and SIGUSR2: hands everything to a new process running `binary`
+/// (default: this executable) with this process's arguments. `Ok` means the successor
+/// serves and this process is to exit now (status 0) without closing anything; on an
+/// error this process goes on serving.
+pub fn upgrade(shared: &Shared, binary: Option<&str>) -> Result<Value, String> {
+    check_supported(shared)?;
+    if BUSY.swap(true, Ordering::SeqCst) {
+        return Err("an upgrade is already under way".into());
+    }
+    let r = run_upgrade(shared, binary);
+    if let Err(e) = &r {
+        warn!("upgrade failed: {e}, still serving");
+        BUSY.store(false, Ordering::SeqCst);
+    }
+    r
+}
+
+fn run_upgrade(shared: &Shared, binary: Option<&str>) -> Result<Value, String> {
+    use std::os::unix::process::CommandExt;
+    let path = match binary {
+        Some(p) => std::path::PathBuf::from(p),
+        None => std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?,
+    };
+    let (ours, theirs) =
+        UnixStream::pair().map_err(|e| format!("cannot make a socket pair: {e}"))?;
+    let child_fd = theirs.as_raw_fd();
+    let mut cmd = std::process::Command::new(&path);
+    cmd.args(std::env::args_os().skip(1))
+        .env(FD_ENV, child_fd.to_string())
+        .stdin(std::process::Stdio::null());
+    // SAFETY: between fork and exec only fcntl runs, which is async-signal-safe; it clears
+    // FD_CLOEXEC on the child's end of the socket pair only (a copy in the child).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::fcntl(child_fd, libc::F_SETFD, 0) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", path.display()))?;
+    drop(theirs);
+    info!(
+        "upgrade: started {} as pid {}, handing over",
+        path.display(),
+        child.id()
+    );
+    let r = hand_over(shared, &ours, child.id());
+    if r.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    r
+}
+
+fn hand_over(shared: &Shared, sock: &UnixStream, pid: u32) -> Result<Value, String> {
+    let _ = sock.set_read_timeout(Some(HANDOVER_TIMEOUT));
+    let _ = sock.set_write_timeout(Some(HANDOVER_TIMEOUT));
+    let exited = |e: io::Error| format!("the new process (pid {pid}) did not take over: {e}");
+    match recv_msg(sock).map_err(exited)? {
+        (Message::Hello { .. }, _) => {}
+        (other, _) => return Err(format!("the new process said {other:?} instead of hello")),
+    }
+    let started = Instant::now();
+    // The admin port first (its publishers wait, unanswered, instead of getting a 503),
+    // then the WebSocket clients' publishes (503, retry).
+    freeze_admin()?;
+    shared.hub.set_frozen(true);
+    let mut resumes = Vec::new();
+    // Disk mode: what the store has queued is committed (and delivered) before the
+    // workers freeze; the successor opens the store once this process has closed it.
+    let suspended = match shared.hub.store() {
+        Some(store) => {
+            store.commit_pending();
+            Ok(())
+        }
+        None => Ok(()),
+    };
+    let sent = suspended
+        .and_then(|()| freeze_workers(shared, &mut resumes))
+        .and_then(|p| {
+            if let Some(store) = shared.hub.store() {
+                store.suspend()?;
+            }
+            send_all(shared, sock, p, exited)
+        });
+    let count = match sent {
+        Ok(n) => n,
+        Err(e) => {
+            thaw(shared, &resumes);
+            return Err(e);
+        }
+    };
+    match recv_msg(sock) {
+        Ok((Message::Ok, _)) => {}
+        Ok((Message::Error { reason }, _)) => {
+            thaw(shared, &resumes);
+            return Err(format!("the new process (pid {pid}) refused: {reason}"));
+        }
+        Ok((other, _)) => {
+            thaw(shared, &resumes);
+            return Err(format!("the new process said {other:?} instead of ok"));
+        }
+        Err(e) => {
+            thaw(shared, &resumes);
+            return Err(exited(e));
+        }
+    }
+    for r in &resumes {
+        let _ = r.send(Resume::Exit);
+    }
+    set_gate(GONE);
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    info!("handover: {count} connections in {ms:.1} ms to pid {pid}; exiting");
+    Ok(
+        json!({"type": "ok", "upgraded": true, "pid": pid, "connections": count, "ms": ms, "exit": true}),
+    )
+}
+
+fn send_all(
+    shared: &Shared,
+    sock: &UnixStream,
+    p: Payload,
+    err: impl Fn(io::Error) -> String,
+) -> Result<usize, String> {
+    let admin = ADMIN_FD.load(Ordering::Acquire);
+    if admin < 0 {
+        return Err("the admin listener is not known".into());
+    }
+    // Disk mode: the successor reads the streams from the store.
+    let (channels, idem) = match shared.hub.store() {
+        Some(_) => (Vec::new(), Vec::new()),
+        None => snapshot(shared),
+    };
+    let count = p.records.len();
+    let header = Message::Header {
+        workers: p.workers,
+        listeners: p.listeners,
+        channels,
+        idem,
+        records: count,
+    };
+    let mut fds = p.listener_fds;
+    fds.push(admin);
+    send_msg(sock, &header, &[]).map_err(&err)?;
+    for chunk in fds.chunks(HANDOVER_FDS_PER_MSG) {
+        send_msg(sock, &Message::Sockets, chunk).map_err(&err)?;
+    }
+    let mut records = p.records;
+    while !records.is_empty() {
+        let rest = records.split_off(records.len().min(HANDOVER_FDS_PER_MSG));
+        let (batch, fds): (Vec<Record>, Vec<RawFd>) = records.into_iter().unzip();
+        send_msg(sock, &Message::Batch { records: batch }, &fds).map_err(&err)?;
+        records = rest;
+    }
+    Ok(count)
+}
+
+// ---- the new process ----
+
+/// What a successor received from the old process.
+pub struct Taken {
+    /// The handover socket, to say `ok` on.
+    pub sock: UnixStream,
+    /// Per listener id, one socket per worker.
+    pub listeners: Vec<Vec<std::net::TcpListener>>,
+    /// The admin listener.
+    pub admin: std::net::TcpListener,
+    /// The hub's streams.
+    pub loaded: Loaded,
+    /// Per worker, its connections.
+    pub records: Vec<Vec<(Record, OwnedFd)>>,
+    /// When the handover began here.
+    pub started: Instant,
+}
+
+fn refuse(sock: &UnixStream, reason: String) -> String {
+    let _ = send_msg(
+        sock,
+        &Message::Error {
+            reason: reason.clone(),
+        },
+        &[],
+    );
+    reason
+}
+
+/// In a successor (`PUSHEDGE_HANDOVER_FD` set): says hello and receives the listeners,
+/// the hub and the connections. `workers` and `listeners` are this process's counts:
+/// they must be the old process's.
+pub fn receive(fd: &str, workers: usize, listeners: usize) -> Result<Taken, String> {
+    let fd: RawFd = fd
+        .trim()
+        .parse()
+        .map_err(|_| format!("{FD_ENV}={fd} is not a descriptor"))?;
+    // SAFETY: FD_CLOEXEC is set on a descriptor number; a bad one just fails.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } == -1 {
+        return Err(format!("{FD_ENV}={fd}: {}", io::Error::last_os_error()));
+    }
+    // SAFETY: the old process passed this descriptor, our end of its socket pair, to this
+    // process only; nothing else here owns it.
+    let sock = unsafe { UnixStream::from_raw_fd(fd) };
+    let _ = sock.set_read_timeout(Some(HANDOVER_TIMEOUT));
+    let _ = sock.set_write_timeout(Some(HANDOVER_TIMEOUT));
+    let started = Instant::now();
+    let io_err = |e: io::Error| format!("handover: {e}");
+    send_msg(
+        &sock,
+        &Message::Hello {
+            pid: std::process::id(),
+        },
+        &[],
+    )
+    .map_err(io_err)?;
+    let (header, _) = recv_msg(&sock).map_err(io_err)?;
+    let Message::Header {
+        workers: theirs,
+        listeners: ids,
+        channels,
+        idem,
+        records: total,
+    } = header
+    else {
+        return Err(refuse(&sock, "expected the handover header".into()));
+    };
+    if theirs != workers {
+        return Err(refuse(
+            &sock,
+            format!("the old process has {theirs} workers, this one {workers}: keep `workers` unchanged across an upgrade"),
+        ));
+    }
+    let mut fds = Vec::new();
+    while fds.len() < ids.len() + 1 {
+        let (m, more) = recv_msg(&sock).map_err(io_err)?;
+        if !matches!(m, Message::Sockets) || more.is_empty() {
+            return Err(refuse(&sock, "expected the listener sockets".into()));
+        }
+        fds.extend(more);
+    }
+    let admin = std::net::TcpListener::from(fds.pop().ok_or("no admin listener")?);
+    let mut by_id: Vec<Vec<Option<std::net::TcpListener>>> = (0..listeners)
+        .map(|_| (0..workers).map(|_| None).collect())
+        .collect();
+    for ((id, w), fd) in ids.into_iter().zip(fds) {
+        let Some(slot) = by_id.get_mut(usize::from(id)).and_then(|l| l.get_mut(w)) else {
+            return Err(refuse(
+                &sock,
+                format!("listener {id} of the old process is not in this configuration: keep the listeners unchanged across an upgrade"),
+            ));
+        };
+        *slot = Some(std::net::TcpListener::from(fd));
+    }
+    let mut listener_socks = Vec::with_capacity(listeners);
+    for (id, socks) in by_id.into_iter().enumerate() {
+        let all: Option<Vec<_>> = socks.into_iter().collect();
+        let Some(all) = all else {
+            return Err(refuse(
+                &sock,
+                format!("listener {id} of this configuration is not in the old process: keep the listeners unchanged across an upgrade"),
+            ));
+        };
+        listener_socks.push(all);
+    }
+    let loaded = Loaded {
+        channels: channels
+            .into_iter()
+            .map(|c| LoadedChannel {
+                name: c.name,
+                epoch: Epoch::parse(&c.epoch).unwrap_or(Epoch::NONE),
+                seq: c.seq,
+                history: c.history,
+            })
+            .collect(),
+        idem: idem
+            .into_iter()
+            .map(|r| LoadedIdem {
+                channel: r.channel,
+                key: r.key,
+                epoch: Epoch::parse(&r.epoch).unwrap_or(Epoch::NONE),
+                seq: r.seq,
+                expires: r.expires,
+            })
+            .collect(),
+    };
+    let exit_after: Option<usize> = std::env::var(TEST_EXIT_AFTER_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let mut records: Vec<Vec<(Record, OwnedFd)>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut got = 0;
+    while got < total {
+        let (m, fds) = recv_msg(&sock).map_err(io_err)?;
+        let Message::Batch { records: batch } = m else {
+            return Err(refuse(&sock, "expected a batch of records".into()));
+        };
+        if batch.len() != fds.len() {
+            return Err(refuse(
+                &sock,
+                "a batch without one socket per record".into(),
+            ));
+        }
+        got += batch.len();
+        for (r, fd) in batch.into_iter().zip(fds) {
+            let w = r.worker % workers;
+            records[w].push((r, fd));
+        }
+        if exit_after.is_some_and(|n| got >= n) {
+            crate::error!("handover: {TEST_EXIT_AFTER_ENV}: exiting after {got} records");
+            // SAFETY: ends the process at once, as a crash would (tests).
+            unsafe { libc::_exit(3) };
+        }
+    }
+    Ok(Taken {
+        sock,
+        listeners: listener_socks,
+        admin,
+        loaded,
+        records,
+        started,
+    })
+}
+
+/// In a successor serving everything: tells the old process to exit.
+pub fn confirm(sock: &UnixStream, count: usize, started: Instant) {
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    match send_msg(sock, &Message::Ok, &[]) {
+        Ok(()) => info!(
+            "handover: pid {} took over {count} connections in {ms:.1} ms",
+            std::process::id()
+        ),
+        Err(e) => warn!("handover: cannot tell the old process to exit: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_and_descriptors_cross_a_socket_pair() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let files: Vec<std::fs::File> = (0..3).map(|_| tempfile_like()).collect();
+        let fds: Vec<RawFd> = files.iter().map(|f| f.as_raw_fd()).collect();
+        send_msg(&a, &Message::Hello { pid: 7 }, &fds).unwrap();
+        send_msg(&a, &Message::Ok, &[]).unwrap();
+        let (m, got) = recv_msg(&b).unwrap();
+        assert!(matches!(m, Message::Hello { pid: 7 }));
+        assert_eq!(got.len(), 3);
+        let (m, got) = recv_msg(&b).unwrap();
+        assert!(matches!(m, Message::Ok));
+        assert!(got.is_empty());
+        drop(a);
+        assert!(recv_msg(&b).is_err());
+    }
+
+    fn tempfile_like() -> std::fs::File {
+        std::fs::File::open("/dev/null").unwrap()
+    }
+
+    #[test]
+    fn records_round_trip_through_json() {
+        let r = Record {
+            worker: 1,
+            listener: 0,
+            state: 1,
+            flags: 8,
+            session: 0,
+            decoder: vec![1, 2, 3],
+            subs: vec![("news".into(), 4)],
+            rbuf: b"GET /".to_vec(),
+            callback: None,
+            grant: None,
+            poll_seq: 0,
+            origin: None,
+            token_deadline_ms: None,
+            timer_ms: Some(1500),
+            ip: Some("127.0.0.1".parse().unwrap()),
+            pending: vec![0, 255],
+            tls: Vec::new(),
+        };
+        let j = serde_json::to_string(&r).unwrap();
+        let back: Record = serde_json::from_str(&j).unwrap();
+        assert_eq!(back.decoder, r.decoder);
+        assert_eq!(back.pending, r.pending);
+        assert_eq!(back.subs, r.subs);
+    }
+}
