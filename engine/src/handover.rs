@@ -72,8 +72,18 @@ mod b64 {
 /// One connection as the successor needs it (its socket travels beside it).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Record {
-    /// The worker that held it (the successor uses this modulo its workers).
+    /// The worker that held it (the successor has the same number of workers).
     pub worker: usize,
+    /// Its slot in that worker's table and its generation: kept, so that every token
+    /// (and every Socket.IO sid, which encodes one) still names it.
+    #[serde(default)]
+    pub slot: usize,
+    #[serde(default)]
+    pub generation: u32,
+    /// False for a record without a socket (a Socket.IO polling session): no descriptor
+    /// travels with it.
+    #[serde(default = "yes")]
+    pub has_sock: bool,
     /// The listener it came from.
     pub listener: ListenerId,
     /// `State as u8`.
@@ -110,6 +120,16 @@ pub struct Record {
     /// The TLS layer's state (empty for a plain connection).
     #[serde(with = "b64", default)]
     pub tls: Vec<u8>,
+    /// Input the backend had received and the worker not read yet.
+    #[serde(with = "b64", default)]
+    pub input: Vec<u8>,
+    /// The Socket.IO part of the record (`transport::socketio`), if it has one.
+    #[serde(default)]
+    pub sio: Option<Value>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A channel of the hub snapshot.
@@ -145,6 +165,9 @@ enum Message {
         channels: Vec<SnapChannel>,
         idem: Vec<SnapIdem>,
         records: usize,
+        /// Process-wide state beyond the hub, by part (see [`export_extra`]).
+        #[serde(default)]
+        extra: serde_json::Map<String, Value>,
     },
     /// Listener sockets (the header's, in order, then the admin listener), in batches.
     Sockets,
@@ -161,13 +184,19 @@ enum Message {
 pub struct Frozen {
     /// Its listening sockets by listener id.
     pub listeners: Vec<(ListenerId, RawFd)>,
-    /// Its connections, each with its socket.
+    /// Its connections, each with its socket (`-1` for a record without one).
     pub records: Vec<(Record, RawFd)>,
 }
 
 /// What a frozen worker is told next.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Resume {
+    /// Process descriptors for these of its sockets, to send (`Backend::handover_fds`):
+    /// `None` when its sockets are descriptors already.
+    Install {
+        socks: Vec<RawFd>,
+        reply: mpsc::Sender<Result<Option<Vec<OwnedFd>>, String>>,
+    },
     /// The handover was called off: go on as if nothing happened.
     Thaw,
     /// The successor took over: stop without closing anything.
@@ -195,7 +224,6 @@ fn gate() -> &'static Gate {
 }
 
 static ADMIN_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
-static BACKEND: OnceLock<&'static str> = OnceLock::new();
 static BUSY: AtomicBool = AtomicBool::new(false);
 
 static ADMIN_WAKER: OnceLock<std::sync::Arc<mio::Waker>> = OnceLock::new();
@@ -208,11 +236,6 @@ pub fn set_admin_waker(w: std::sync::Arc<mio::Waker>) {
 /// The admin thread's listening socket (handed to the successor).
 pub fn set_admin_fd(fd: RawFd) {
     ADMIN_FD.store(fd, Ordering::Release);
-}
-
-/// The reactor backend the workers run on.
-pub fn set_backend(name: &'static str) {
-    let _ = BACKEND.set(name);
 }
 
 /// Called by the admin thread between its turns: while a handover holds the world still
@@ -403,12 +426,6 @@ fn recv_msg(sock: &UnixStream) -> io::Result<(Message, Vec<OwnedFd>)> {
 
 /// Can this server be upgraded at all (before a successor is started)?
 fn check_supported(shared: &Shared) -> Result<(), String> {
-    let backend = BACKEND.get().copied().unwrap_or("");
-    if !backend.starts_with("epoll") {
-        return Err(format!(
-            "upgrade needs backend epoll for now (this server runs {backend})"
-        ));
-    }
     if shared.cluster.is_some() {
         return Err("upgrade is not supported in cluster mode yet".into());
     }
@@ -594,7 +611,7 @@ fn hand_over(shared: &Shared, sock: &UnixStream, pid: u32) -> Result<Value, Stri
             if let Some(store) = shared.hub.store() {
                 store.suspend()?;
             }
-            send_all(shared, sock, p, exited)
+            send_all(shared, sock, p, &resumes, exited)
         });
     let count = match sent {
         Ok(n) => n,
@@ -629,10 +646,55 @@ fn hand_over(shared: &Shared, sock: &UnixStream, pid: u32) -> Result<Value, Stri
     )
 }
 
+/// The descriptors to send with a batch, in its order (one per record with a socket):
+/// each worker's backend gives them for its own records (installed for the moment by
+/// io_uring, whose sockets are direct descriptors; closed once `kept` is dropped).
+fn descriptors(
+    resumes: &[mpsc::Sender<Resume>],
+    batch: &[Record],
+    socks: &[RawFd],
+    kept: &mut Vec<OwnedFd>,
+) -> Result<Vec<RawFd>, String> {
+    let mut out: Vec<RawFd> = Vec::with_capacity(batch.len());
+    let mut at = 0;
+    while at < batch.len() {
+        let w = batch[at].worker;
+        let end = at + batch[at..].iter().take_while(|r| r.worker == w).count();
+        let wanted: Vec<RawFd> = (at..end)
+            .filter(|&i| batch[i].has_sock)
+            .map(|i| socks[i])
+            .collect();
+        at = end;
+        if wanted.is_empty() {
+            continue;
+        }
+        let resume = resumes.get(w).ok_or("a record of an unknown worker")?;
+        let (tx, rx) = mpsc::channel();
+        resume
+            .send(Resume::Install {
+                socks: wanted.clone(),
+                reply: tx,
+            })
+            .map_err(|_| format!("worker {w} is gone"))?;
+        match rx.recv_timeout(HANDOVER_TIMEOUT) {
+            Ok(Ok(None)) => out.extend(wanted),
+            Ok(Ok(Some(fds))) if fds.len() == wanted.len() => {
+                out.extend(fds.iter().map(AsRawFd::as_raw_fd));
+                kept.extend(fds);
+            }
+            Ok(Ok(Some(_))) => return Err(format!("worker {w} gave the wrong descriptors")),
+            Ok(Err(e)) => return Err(format!("worker {w}: {e}")),
+            Err(_) => return Err(format!("worker {w} did not give its descriptors")),
+        }
+    }
+    Ok(out)
+}
+
 fn send_all(
     shared: &Shared,
     sock: &UnixStream,
     p: Payload,
+    resumes: &[mpsc::Sender<Resume>],
     err: impl Fn(io::Error) -> String,
 ) -> Result<usize, String> {
     let admin = ADMIN_FD.load(Ordering::Acquire);
@@ -651,6 +713,7 @@ fn send_all(
         channels,
         idem,
         records: count,
+        extra: export_extra(shared)?,
     };
     let mut fds = p.listener_fds;
     fds.push(admin);
@@ -661,11 +724,35 @@ fn send_all(
     let mut records = p.records;
     while !records.is_empty() {
         let rest = records.split_off(records.len().min(HANDOVER_FDS_PER_MSG));
-        let (batch, fds): (Vec<Record>, Vec<RawFd>) = records.into_iter().unzip();
+        let (batch, socks): (Vec<Record>, Vec<RawFd>) = records.into_iter().unzip();
+        let mut kept = Vec::new();
+        let fds = descriptors(resumes, &batch, &socks, &mut kept)?;
         send_msg(sock, &Message::Batch { records: batch }, &fds).map_err(&err)?;
+        drop(kept);
         records = rest;
     }
     Ok(count)
+}
+
+/// Process-wide state beyond the hub and the connections, by part: Socket.IO's kept
+/// recoveries (`"sio"`).
+fn export_extra(shared: &Shared) -> Result<serde_json::Map<String, Value>, String> {
+    let mut m = serde_json::Map::new();
+    m.insert(
+        "sio".into(),
+        crate::transport::socketio::export_shared(shared)?,
+    );
+    Ok(m)
+}
+
+/// In a successor, once `Shared` exists and before the workers adopt their connections:
+/// what [`export_extra`] took.
+pub fn import_extra(shared: &Shared, mut extra: serde_json::Map<String, Value>) {
+    if let Some(v) = extra.remove("sio") {
+        if let Err(e) = crate::transport::socketio::import_shared(shared, v) {
+            warn!("handover: Socket.IO state lost: {e}");
+        }
+    }
 }
 
 // ---- the new process ----
@@ -680,10 +767,12 @@ pub struct Taken {
     pub admin: std::net::TcpListener,
     /// The hub's streams.
     pub loaded: Loaded,
-    /// Per worker, its connections.
-    pub records: Vec<Vec<(Record, OwnedFd)>>,
+    /// Per worker, its connections (with their sockets, `None` for a record without).
+    pub records: Vec<Vec<(Record, Option<OwnedFd>)>>,
     /// When the handover began here.
     pub started: Instant,
+    /// Process-wide state beyond the hub ([`import_extra`]).
+    pub extra: serde_json::Map<String, Value>,
 }
 
 fn refuse(sock: &UnixStream, reason: String) -> String {
@@ -731,6 +820,7 @@ pub fn receive(fd: &str, workers: usize, listeners: usize) -> Result<Taken, Stri
         channels,
         idem,
         records: total,
+        extra,
     } = header
     else {
         return Err(refuse(&sock, "expected the handover header".into()));
@@ -797,23 +887,28 @@ pub fn receive(fd: &str, workers: usize, listeners: usize) -> Result<Taken, Stri
     let exit_after: Option<usize> = std::env::var(TEST_EXIT_AFTER_ENV)
         .ok()
         .and_then(|v| v.parse().ok());
-    let mut records: Vec<Vec<(Record, OwnedFd)>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut records: Vec<Vec<(Record, Option<OwnedFd>)>> =
+        (0..workers).map(|_| Vec::new()).collect();
     let mut got = 0;
     while got < total {
         let (m, fds) = recv_msg(&sock).map_err(io_err)?;
         let Message::Batch { records: batch } = m else {
             return Err(refuse(&sock, "expected a batch of records".into()));
         };
-        if batch.len() != fds.len() {
+        if batch.iter().filter(|r| r.has_sock).count() != fds.len() {
             return Err(refuse(
                 &sock,
                 "a batch without one socket per record".into(),
             ));
         }
         got += batch.len();
-        for (r, fd) in batch.into_iter().zip(fds) {
-            let w = r.worker % workers;
-            records[w].push((r, fd));
+        let mut fds = fds.into_iter();
+        for r in batch {
+            let fd = if r.has_sock { fds.next() } else { None };
+            let Some(list) = records.get_mut(r.worker) else {
+                return Err(refuse(&sock, format!("a record of worker {}", r.worker)));
+            };
+            list.push((r, fd));
         }
         if exit_after.is_some_and(|n| got >= n) {
             crate::error!("handover: {TEST_EXIT_AFTER_ENV}: exiting after {got} records");
@@ -828,6 +923,7 @@ pub fn receive(fd: &str, workers: usize, listeners: usize) -> Result<Taken, Stri
         loaded,
         records,
         started,
+        extra,
     })
 }
 
@@ -872,6 +968,9 @@ mod tests {
     fn records_round_trip_through_json() {
         let r = Record {
             worker: 1,
+            slot: 3,
+            generation: 9,
+            has_sock: true,
             listener: 0,
             state: 1,
             flags: 8,
@@ -888,6 +987,8 @@ mod tests {
             ip: Some("127.0.0.1".parse().unwrap()),
             pending: vec![0, 255],
             tls: Vec::new(),
+            input: b"more".to_vec(),
+            sio: None,
         };
         let j = serde_json::to_string(&r).unwrap();
         let back: Record = serde_json::from_str(&j).unwrap();

@@ -154,8 +154,9 @@ pub fn serve(cfg: Config) -> Result<(), StartError> {
 struct Adopt {
     sock: std::os::unix::net::UnixStream,
     loaded: crate::store::Loaded,
-    records: Vec<Vec<(handover::Record, std::os::fd::OwnedFd)>>,
+    records: Vec<Vec<(handover::Record, Option<std::os::fd::OwnedFd>)>>,
     started: Instant,
+    extra: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The sockets a successor received, as if it had bound them.
@@ -183,6 +184,7 @@ fn taken_over(t: handover::Taken) -> Result<(Bound, Adopt), StartError> {
             loaded: t.loaded,
             records: t.records,
             started: t.started,
+            extra: t.extra,
         },
     ))
 }
@@ -353,12 +355,20 @@ fn run<B: Backend + Send + 'static>(
         .map(|b| Arc::new(Inbox::new(b.waker())))
         .collect();
     let backend = backends[0].name();
-    handover::set_backend(backend);
-    let (sock, loaded, records, started) = match adopt {
-        Some(a) => (Some(a.sock), Some(a.loaded), a.records, Some(a.started)),
-        None => (None, None, Vec::new(), None),
+    let (sock, loaded, records, started, extra) = match adopt {
+        Some(a) => (
+            Some(a.sock),
+            Some(a.loaded),
+            a.records,
+            Some(a.started),
+            a.extra,
+        ),
+        None => (None, None, Vec::new(), None, serde_json::Map::new()),
     };
     let (shared, stop_rx) = build_shared(cfg, fds, &inboxes, tls.all(), loaded)?;
+    if sock.is_some() {
+        handover::import_extra(&shared, extra);
+    }
     let (addrs, socks): (Vec<SocketAddr>, Vec<_>) = bound.listeners.into_iter().unzip();
     let (handles, adopted) = spawn_workers(&shared, backends, socks, &inboxes, records)?;
     let (admin_addr, admin) = bound.admin;
@@ -502,7 +512,7 @@ fn spawn_workers<B: Backend + Send + 'static>(
     backends: Vec<B>,
     listeners: Vec<Vec<StdTcpListener>>,
     inboxes: &[Arc<Inbox>],
-    mut adopt: Vec<Vec<(handover::Record, std::os::fd::OwnedFd)>>,
+    mut adopt: Vec<Vec<(handover::Record, Option<std::os::fd::OwnedFd>)>>,
 ) -> Result<(Vec<thread::JoinHandle<()>>, usize), String> {
     if let Some(b) = backends.first() {
         info!("reactor: {}", b.name());

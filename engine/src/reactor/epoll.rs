@@ -60,6 +60,9 @@ pub struct Epoll {
     waker: Arc<EpollWaker>,
     /// Output the kernel did not take, by connection.
     queues: HashMap<Token, (Sock, WriteQueue), TokenState>,
+    /// Input a hot handover brought (read by the old process, not by its worker), handed
+    /// out before the socket's: bytes and how many were taken.
+    early: HashMap<Token, (Vec<u8>, usize), TokenState>,
     budget: ReadBudget,
 }
 
@@ -74,6 +77,7 @@ impl Epoll {
             listeners: Vec::new(),
             waker,
             queues: HashMap::default(),
+            early: HashMap::default(),
             budget: ReadBudget::default(),
         })
     }
@@ -241,6 +245,16 @@ impl Backend for Epoll {
         if !self.budget.allow(token) {
             return Err(io::ErrorKind::WouldBlock.into());
         }
+        if let Some((early, taken)) = self.early.get_mut(&token) {
+            let n = (early.len() - *taken).min(buf.len());
+            buf[..n].copy_from_slice(&early[*taken..*taken + n]);
+            *taken += n;
+            if *taken == early.len() {
+                self.early.remove(&token);
+            }
+            self.budget.used(token, n);
+            return Ok(n);
+        }
         // SAFETY: `sock` is an open socket owned by this worker; `buf` is a valid,
         // writable buffer of `buf.len()` bytes for the duration of the call.
         let n = syscall!(unsafe { libc::read(sock, buf.as_mut_ptr().cast(), buf.len()) })?;
@@ -312,6 +326,7 @@ impl Backend for Epoll {
 
     fn close(&mut self, sock: Sock, token: Token) {
         self.queues.remove(&token);
+        self.early.remove(&token);
         // Closing the descriptor removes it from the epoll set (it is never duplicated).
         // SAFETY: `sock` is an open descriptor owned by this worker and not used again.
         unsafe {
@@ -349,12 +364,15 @@ impl Backend for Epoll {
         }
         Ok(Exported {
             pending: out,
-            tls: Vec::new(),
+            ..Exported::default()
         })
     }
 
-    fn import_conn(&mut self, sock: Sock, token: Token, state: Exported) -> io::Result<()> {
+    fn import_conn(&mut self, sock: Sock, token: Token, state: Exported) -> io::Result<Sock> {
         let pending = state.pending;
+        if !state.input.is_empty() {
+            self.early.insert(token, (state.input, 0));
+        }
         self.add(sock, token)?;
         if !pending.is_empty() {
             // Written on the writable edge the registration reports.
@@ -362,7 +380,7 @@ impl Backend for Epoll {
             q.push(bytes::Bytes::from(pending));
             self.queues.insert(token, (sock, q));
         }
-        Ok(())
+        Ok(sock)
     }
 
     fn listener_fds(&self) -> Vec<(ListenerId, i32)> {

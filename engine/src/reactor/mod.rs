@@ -176,35 +176,39 @@ pub trait Backend {
     /// Releases everything: cancels in-flight operations and waits (bounded) for them.
     fn shutdown(&mut self);
 
+    /// Hot handover, in the old process before the first [`Backend::export_conn`]: stops
+    /// everything the backend has in flight (io_uring: cancels every operation in the ring
+    /// and waits, bounded, for their completions; what they did is accounted), and starts
+    /// nothing more until [`Backend::thaw`], so that the exports are exact. An error leaves
+    /// the backend as `thaw` would.
+    fn quiesce(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// The handover was called off: starts again what [`Backend::quiesce`] stopped (what
+    /// completed meanwhile is reported at the next [`Backend::wait`]).
+    fn thaw(&mut self) {}
+
     /// Hot handover: what the backend holds for a connection (see [`Exported`]), leaving
-    /// everything as it is (the handover may still be called off). A backend (or a
-    /// connection) that cannot be handed over answers `Unsupported`.
-    fn export_conn(&self, _sock: Sock, _token: Token) -> io::Result<Exported> {
-        Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            format!(
-                "a hot handover needs backend epoll for now (this is {})",
-                self.name()
-            ),
-        ))
+    /// everything as it is (the handover may still be called off).
+    fn export_conn(&self, sock: Sock, token: Token) -> io::Result<Exported>;
+
+    /// Hot handover: process descriptors for `socks`, to pass to the successor, for a
+    /// backend whose handles are not process descriptors (io_uring's direct descriptors:
+    /// installed for the moment, closed once sent). `None`: each handle is its descriptor.
+    fn handover_fds(&mut self, _socks: &[Sock]) -> io::Result<Option<Vec<std::os::fd::OwnedFd>>> {
+        Ok(None)
     }
 
     /// Hot handover, in the successor: watches a connection taken over (as
-    /// [`Backend::add`]) with the output it still had to write.
-    fn import_conn(&mut self, _sock: Sock, _token: Token, _state: Exported) -> io::Result<()> {
-        Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            format!(
-                "a hot handover needs backend epoll for now (this is {})",
-                self.name()
-            ),
-        ))
-    }
+    /// [`Backend::add`]) with the input it had received and the output it still had to
+    /// write. Takes the descriptor `fd` over and returns the handle the backend knows the
+    /// connection by from now on (an io_uring direct descriptor, or `fd` itself); on an
+    /// error `fd` is still the caller's.
+    fn import_conn(&mut self, fd: Sock, token: Token, state: Exported) -> io::Result<Sock>;
 
     /// Hot handover: the listening sockets (descriptors, by listener id).
-    fn listener_fds(&self) -> Vec<(ListenerId, i32)> {
-        Vec::new()
-    }
+    fn listener_fds(&self) -> Vec<(ListenerId, i32)>;
 }
 
 /// What a backend (and the layers over it) hold for one connection, carried to the next
@@ -215,6 +219,9 @@ pub struct Exported {
     pub pending: Vec<u8>,
     /// The TLS layer's state of an established TLS connection (empty: plain).
     pub tls: Vec<u8>,
+    /// Input received from the socket and not taken by [`Backend::recv`] yet (bytes as
+    /// they came from the socket, under any layer); handed out first by the successor.
+    pub input: Vec<u8>,
 }
 
 /// A hasher for keys that are already well spread (tokens: slot and generation), far

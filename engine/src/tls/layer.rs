@@ -603,15 +603,29 @@ impl<B: Backend> Backend for Tls<B> {
         Ok(state)
     }
 
-    fn import_conn(&mut self, sock: Sock, token: Token, mut state: Exported) -> io::Result<()> {
+    fn import_conn(&mut self, fd: Sock, token: Token, mut state: Exported) -> io::Result<Sock> {
         let tls = std::mem::take(&mut state.tls);
         if tls.is_empty() {
-            return self.inner.import_conn(sock, token, state);
+            return self.inner.import_conn(fd, token, state);
         }
-        let s = Session::import(sock, &tls).ok_or_else(|| invalid("a TLS state it cannot read"))?;
-        self.inner.import_conn(sock, token, state)?;
+        // Read before the socket is taken over, so that an error leaves `fd` the caller's.
+        let mut s = Session::import(fd, &tls).ok_or_else(|| invalid("a TLS state it cannot read"))?;
+        s.sock = self.inner.import_conn(fd, token, state)?;
+        let sock = s.sock;
         self.sessions.insert(token, Box::new(s));
-        Ok(())
+        Ok(sock)
+    }
+
+    fn quiesce(&mut self) -> io::Result<()> {
+        self.inner.quiesce()
+    }
+
+    fn thaw(&mut self) {
+        self.inner.thaw()
+    }
+
+    fn handover_fds(&mut self, socks: &[Sock]) -> io::Result<Option<Vec<std::os::fd::OwnedFd>>> {
+        self.inner.handover_fds(socks)
     }
 
     fn listener_fds(&self) -> Vec<(ListenerId, i32)> {

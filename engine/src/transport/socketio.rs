@@ -2491,3 +2491,36 @@ mod tests {
         );
     }
 }
+
+// ------------------------------------------------------------------ hot handover
+
+/// Hot handover (`crate::handover`): the Socket.IO part of the record in `slot` (a
+/// `SioWs`, `SioPoll`, `SioHeld` or `SioProbe` connection), for [`import`] in the
+/// successor, which restores the record in the same slot with the same generation. An
+/// error names what cannot be handed over (yet).
+pub fn export<B: Backend>(_cx: &Core<B>, _slot: usize) -> Result<serde_json::Value, String> {
+    Err("Socket.IO connections cannot be handed over yet".into())
+}
+
+/// In a successor: restores what [`export`] took, on the record already restored in
+/// `slot` (state, socket, subscriptions and timer done by the worker).
+pub fn import<B: Backend>(
+    _cx: &mut Core<B>,
+    _slot: usize,
+    _state: serde_json::Value,
+) -> Result<(), String> {
+    Err("Socket.IO connections cannot be handed over yet".into())
+}
+
+/// Hot handover: the process-wide Socket.IO state (the recoveries kept).
+pub fn export_shared(_shared: &crate::shared::Shared) -> Result<serde_json::Value, String> {
+    Ok(serde_json::Value::Null)
+}
+
+/// In a successor: restores what [`export_shared`] took.
+pub fn import_shared(
+    _shared: &crate::shared::Shared,
+    _state: serde_json::Value,
+) -> Result<(), String> {
+    Ok(())
+}

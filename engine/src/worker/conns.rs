@@ -45,6 +45,25 @@ impl Conns {
         Token::new(slot, self.generation)
     }
 
+    /// Hot handover, in the successor before anything else is inserted: the records the
+    /// old process had, each in its old slot with its old generation (so every token
+    /// that names one, a Socket.IO sid included, still does). A slot given twice is an
+    /// error.
+    pub fn restore(&mut self, records: Vec<(usize, Conn)>) -> Result<(), String> {
+        if !self.slab.is_empty() {
+            return Err("connections were restored into a table in use".into());
+        }
+        let n = records.len();
+        // Tokens made from now on follow the highest generation taken over.
+        self.generation = records.iter().map(|(_, c)| c.generation).max().unwrap_or(0);
+        self.slab = records.into_iter().collect();
+        if self.slab.len() != n {
+            self.slab = Slab::new();
+            return Err("two records of one slot".into());
+        }
+        Ok(())
+    }
+
     /// The connection a token names, if it is still that one.
     pub fn get(&self, token: Token) -> Option<&Conn> {
         self.slab
@@ -139,6 +158,21 @@ impl IndexMut<usize> for Conns {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restored_records_keep_their_slots_and_generations() {
+        let mut c = Conns::new();
+        c.restore(vec![(5, Conn::new(10, 7, 0)), (2, Conn::new(11, 9, 0))])
+            .unwrap();
+        assert!(c.alive(Token::new(5, 7)) && c.alive(Token::new(2, 9)));
+        let t = c.insert(12, 0);
+        assert!(t.slot() != 5 && t.slot() != 2);
+        assert_ne!(t.generation(), 9, "new tokens follow the newest generation");
+        let mut d = Conns::new();
+        assert!(d
+            .restore(vec![(1, Conn::new(1, 1, 0)), (1, Conn::new(2, 2, 0))])
+            .is_err());
+    }
 
     #[test]
     fn doomed_records_stay_until_taken_and_stale_tokens_find_nothing() {

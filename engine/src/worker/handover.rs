@@ -11,11 +11,21 @@ use protocol::ws::{Decoder, Session};
 
 use super::index::PAUSED;
 use super::Worker;
-use crate::conn::State;
+use crate::conn::{Conn, State};
 use crate::handover::{Frozen, Record, Resume};
 use crate::hub::Since;
 use crate::reactor::{Backend, NO_SOCK};
 use crate::{info, warn};
+
+fn close_sock(sock: i32) {
+    if sock >= 0 {
+        // SAFETY: the descriptor came with a record, is owned by this worker and was not
+        // registered with the backend.
+        unsafe {
+            libc::close(sock);
+        }
+    }
+}
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -31,21 +41,37 @@ impl<B: Backend> Worker<B> {
         resume: Receiver<Resume>,
     ) {
         self.core.finish_closes();
-        let frozen = self.export();
+        let frozen = match self.core.io.quiesce() {
+            Ok(()) => {
+                // Sockets the backend accepted ahead (io_uring) become connections first:
+                // they go over with the others.
+                self.accept();
+                self.core.finish_closes();
+                self.export()
+            }
+            Err(e) => Err(format!("worker {}: cannot stop its I/O: {e}", self.core.id)),
+        };
         let n = frozen.as_ref().map_or(0, |f| f.records.len());
         let _ = reply.send(frozen);
         info!(
             "worker {}: frozen for a handover ({n} connections)",
             self.core.id
         );
-        match resume.recv() {
-            Ok(Resume::Thaw) | Err(_) => {
-                info!("worker {}: handover called off, serving on", self.core.id);
-                self.core.now = std::time::Instant::now();
+        loop {
+            match resume.recv() {
+                Ok(Resume::Install { socks, reply }) => {
+                    let _ = reply.send(self.core.io.handover_fds(&socks).map_err(|e| e.to_string()));
+                }
+                Ok(Resume::Thaw) | Err(_) => {
+                    info!("worker {}: handover called off, serving on", self.core.id);
+                    self.core.io.thaw();
+                    self.core.now = std::time::Instant::now();
+                    return;
+                }
+                Ok(Resume::Exit) => loop {
+                    std::thread::park();
+                },
             }
-            Ok(Resume::Exit) => loop {
-                std::thread::park();
-            },
         }
     }
 
@@ -53,13 +79,6 @@ impl<B: Backend> Worker<B> {
     /// handed over yet.
     fn export(&mut self) -> Result<Frozen, String> {
         let cx = &mut self.core;
-        if !cx.io.name().starts_with("epoll") {
-            return Err(format!(
-                "upgrade needs backend epoll for now (worker {} runs {})",
-                cx.id,
-                cx.io.name()
-            ));
-        }
         if cx.draining {
             return Err("the server is draining: resume it first".into());
         }
@@ -69,20 +88,31 @@ impl<B: Backend> Worker<B> {
         };
         let now = std::time::Instant::now();
         let mut sio = 0;
-        for (slot, c) in cx.conns.iter() {
+        for slot in cx.conns.slots() {
+            let c = &cx.conns[slot];
             let state = c.state();
             if c.doomed() || state == State::Closing {
                 // Closed when this process exits: it was closing anyway.
                 continue;
             }
-            if matches!(
+            let is_sio = matches!(
                 state,
                 State::SioWs | State::SioPoll | State::SioHeld | State::SioProbe
-            ) || c.sock == NO_SOCK
-            {
-                sio += 1;
-                continue;
-            }
+            );
+            let sio_state = if is_sio {
+                match crate::transport::socketio::export(cx, slot) {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        sio += 1;
+                        crate::debug!("worker {}: handover: Socket.IO slot {slot}: {e}", cx.id);
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
+            let c = &cx.conns[slot];
+            let has_sock = c.sock != NO_SOCK;
             // permessage-deflate keeps no state per connection (no context takeover either
             // way): what it negotiated rides in the session bits, a compressed message in
             // progress in the decoder's export.
@@ -94,13 +124,19 @@ impl<B: Backend> Worker<B> {
                 return Err("a subscription waits for Redis: retry".into());
             }
             let token = cx.conns.token(slot);
-            let exported = cx
-                .io
-                .export_conn(c.sock, token)
-                .map_err(|e| e.to_string())?;
+            let exported = if has_sock {
+                cx.io
+                    .export_conn(c.sock, token)
+                    .map_err(|e| e.to_string())?
+            } else {
+                crate::reactor::Exported::default()
+            };
             frozen.records.push((
                 Record {
                     worker: cx.id,
+                    slot,
+                    generation: token.generation(),
+                    has_sock,
                     listener: c.listener,
                     state: state as u8,
                     flags: c.flags,
@@ -127,8 +163,10 @@ impl<B: Backend> Worker<B> {
                     ip: cx.peer_ips.get(&slot).copied(),
                     pending: exported.pending,
                     tls: exported.tls,
+                    input: exported.input,
+                    sio: sio_state,
                 },
-                c.sock,
+                if has_sock { c.sock } else { -1 },
             ));
         }
         if sio > 0 {
@@ -140,12 +178,39 @@ impl<B: Backend> Worker<B> {
     }
 
     /// In a successor, before the loop starts: takes over the connections the old
-    /// process had (their subscriptions attached to the hub restored from its snapshot,
-    /// their timers, unparsed input and unwritten output as they were). Returns how many.
-    pub fn adopt(&mut self, records: Vec<(Record, OwnedFd)>) -> usize {
+    /// process had, each in its old slot with its old generation (their subscriptions
+    /// attached to the hub restored from its snapshot, their timers, unparsed input and
+    /// unwritten output as they were). Returns how many.
+    pub fn adopt(&mut self, records: Vec<(Record, Option<OwnedFd>)>) -> usize {
+        let socks: Vec<(Record, i32)> = records
+            .into_iter()
+            .map(|(r, fd)| (r, fd.map_or(NO_SOCK, IntoRawFd::into_raw_fd)))
+            .collect();
+        let table = socks
+            .iter()
+            .map(|(r, sock)| {
+                let c = if r.has_sock {
+                    Conn::new(*sock, r.generation, r.listener)
+                } else {
+                    Conn::session(*sock, r.generation, r.listener)
+                };
+                (r.slot, c)
+            })
+            .collect();
+        if let Err(e) = self.core.conns.restore(table) {
+            warn!(
+                "worker {}: handover: {e}: {} connections lost",
+                self.core.id,
+                socks.len()
+            );
+            for (_, sock) in socks {
+                close_sock(sock);
+            }
+            return 0;
+        }
         let mut n = 0;
-        for (r, fd) in records {
-            let sock = fd.into_raw_fd();
+        for (r, sock) in socks {
+            let slot = r.slot;
             match self.adopt_one(r, sock) {
                 Ok(()) => n += 1,
                 Err(e) => {
@@ -153,11 +218,10 @@ impl<B: Backend> Worker<B> {
                         "worker {}: handover: a connection was lost: {e}",
                         self.core.id
                     );
-                    // SAFETY: the descriptor came with the record, is owned by this worker
-                    // and was not registered.
-                    unsafe {
-                        libc::close(sock);
+                    if self.core.conns.contains(slot) {
+                        self.core.conns.remove(slot);
                     }
+                    close_sock(sock);
                 }
             }
         }
@@ -168,15 +232,20 @@ impl<B: Backend> Worker<B> {
         let cx = &mut self.core;
         let state = State::from_u8(r.state).ok_or("an unknown state")?;
         let decoder = Decoder::import(&r.decoder).ok_or("an unreadable frame decoder state")?;
-        let token = cx.conns.insert(sock, r.listener);
-        let slot = token.slot();
-        let io_state = crate::reactor::Exported {
-            pending: r.pending,
-            tls: r.tls,
-        };
-        if let Err(e) = cx.io.import_conn(sock, token, io_state) {
-            cx.conns.remove(slot);
-            return Err(format!("cannot watch it: {e}"));
+        let slot = r.slot;
+        let token = cx.conns.token(slot);
+        let has_input = !r.input.is_empty();
+        if r.has_sock {
+            let io_state = crate::reactor::Exported {
+                pending: r.pending,
+                tls: r.tls,
+                input: r.input,
+            };
+            let handle = cx
+                .io
+                .import_conn(sock, token, io_state)
+                .map_err(|e| format!("cannot watch it: {e}"))?;
+            cx.conns[slot].sock = handle;
         }
         {
             let c = &mut cx.conns[slot];
@@ -227,9 +296,12 @@ impl<B: Backend> Worker<B> {
         if let Some(ms) = r.timer_ms {
             cx.arm(slot, Duration::from_millis(ms));
         }
+        if let Some(v) = r.sio {
+            crate::transport::socketio::import(cx, slot, v)?;
+        }
         cx.watch_token(slot);
         cx.watch_message(slot);
-        if state == State::Http && cx.conns[slot].has_saved_input() {
+        if has_input || (state == State::Http && cx.conns[slot].has_saved_input()) {
             cx.again.push(token);
         }
         Ok(())

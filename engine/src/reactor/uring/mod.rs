@@ -63,7 +63,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Backend, Event, ListenerId, Part, ReadBudget, Sock, Token, TokenState};
+use super::{Backend, Event, Exported, ListenerId, Part, ReadBudget, Sock, Token, TokenState};
 use crate::inbox::Wake;
 use crate::limits::{
     URING_BUFFER_SIZE, URING_CLOSE_SEND_GRACE, URING_CQ_FACTOR, URING_SHUTDOWN_WAIT,
@@ -717,6 +717,27 @@ impl Backend for Uring {
         // SAFETY: FIXED_FD_INSTALL returned a new descriptor that we own.
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
         socket2::SockRef::from(&owned).peer_addr().ok()?.as_socket()
+    }
+
+    fn export_conn(&self, _sock: Sock, _token: Token) -> io::Result<Exported> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "a hot handover needs backend epoll for now",
+        ))
+    }
+
+    fn import_conn(&mut self, _fd: Sock, _token: Token, _state: Exported) -> io::Result<Sock> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "a hot handover needs backend epoll for now",
+        ))
+    }
+
+    fn listener_fds(&self) -> Vec<(ListenerId, i32)> {
+        self.listeners
+            .iter()
+            .map(|l| (l.id, l.sock.as_raw_fd()))
+            .collect()
     }
 
     fn shutdown(&mut self) {
