@@ -39,7 +39,10 @@ use std::time::Instant;
 use crate::auth::Grant;
 use crate::epoch::Epoch;
 use crate::inbox::Cmd;
-use crate::limits::{HANDOVER_FDS_PER_MSG, HANDOVER_MAX_FRAME, HANDOVER_TIMEOUT};
+use crate::limits::{
+    HANDOVER_FDS_PER_MSG, HANDOVER_MAX_FRAME, HANDOVER_RETRY_PAUSE, HANDOVER_SETTLE,
+    HANDOVER_TIMEOUT,
+};
 use crate::reactor::ListenerId;
 use crate::shared::Shared;
 use crate::store::{Loaded, LoadedChannel, LoadedIdem};
@@ -53,7 +56,7 @@ pub const FD_ENV: &str = "PUSHEDGE_HANDOVER_FD";
 pub const TEST_EXIT_AFTER_ENV: &str = "PUSHEDGE_HANDOVER_TEST_EXIT_AFTER";
 
 /// Bytes as base64 in the JSON records.
-mod b64 {
+pub(crate) mod b64 {
     use base64::Engine as _;
     use serde::{Deserialize, Deserializer, Serializer};
 
@@ -165,6 +168,9 @@ enum Message {
         channels: Vec<SnapChannel>,
         idem: Vec<SnapIdem>,
         records: usize,
+        /// Admin connections (sent after the listeners).
+        #[serde(default)]
+        admin_conns: usize,
         /// Process-wide state beyond the hub, by part (see [`export_extra`]).
         #[serde(default)]
         extra: serde_json::Map<String, Value>,
@@ -173,6 +179,10 @@ enum Message {
     Sockets,
     /// Connection records, one descriptor each, in order.
     Batch { records: Vec<Record> },
+    /// Admin connections, one descriptor each, in order.
+    Admin {
+        records: Vec<crate::admin::handover::AdminRecord>,
+    },
     /// N serves.
     Ok,
     /// N cannot take over.
@@ -223,6 +233,17 @@ fn gate() -> &'static Gate {
     })
 }
 
+type AdminConns = Vec<(crate::admin::handover::AdminRecord, RawFd)>;
+
+/// The admin connections the frozen admin thread handed over (emptied on a thaw).
+fn admin_conns() -> std::sync::MutexGuard<'static, AdminConns> {
+    static CONNS: OnceLock<Mutex<AdminConns>> = OnceLock::new();
+    CONNS
+        .get_or_init(|| Mutex::new(Vec::new()))
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
 static ADMIN_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
 static BUSY: AtomicBool = AtomicBool::new(false);
 
@@ -241,12 +262,15 @@ pub fn set_admin_fd(fd: RawFd) {
 /// Called by the admin thread between its turns: while a handover holds the world still
 /// it reads nothing (what arrives waits in the kernel, and is read by whoever serves
 /// next).
-pub fn admin_gate() {
+pub fn admin_gate(
+    export: impl FnOnce() -> Vec<(crate::admin::handover::AdminRecord, RawFd)>,
+) {
     let g = gate();
     let mut s = g.state.lock().unwrap_or_else(|p| p.into_inner());
     if *s != REQUESTED {
         return;
     }
+    *admin_conns() = export();
     *s = FROZEN;
     g.cv.notify_all();
     while *s == FROZEN || *s == GONE {
@@ -447,6 +471,7 @@ struct Payload {
 fn freeze_workers(
     shared: &Shared,
     resumes: &mut Vec<mpsc::Sender<Resume>>,
+    last: bool,
 ) -> Result<Payload, String> {
     let mut replies = Vec::new();
     for inbox in &shared.inboxes {
@@ -455,6 +480,7 @@ fn freeze_workers(
         inbox.push(Cmd::Freeze {
             reply: tx,
             resume: rrx,
+            last,
         });
         resumes.push(rtx);
         replies.push(rx);
@@ -485,6 +511,11 @@ fn freeze_workers(
     }
 }
 
+/// An error that goes away by itself in a moment (the worker says "retry").
+fn is_transient(e: &str) -> bool {
+    e.ends_with("retry")
+}
+
 fn thaw(shared: &Shared, resumes: &[mpsc::Sender<Resume>]) {
     if let Some(store) = shared.hub.store() {
         if let Err(e) = store.reopen(&shared.cfg.history_path) {
@@ -495,6 +526,7 @@ fn thaw(shared: &Shared, resumes: &[mpsc::Sender<Resume>]) {
     for r in resumes {
         let _ = r.send(Resume::Thaw);
     }
+    admin_conns().clear();
     set_gate(RUNNING);
     shared.hub.set_frozen(false);
 }
@@ -591,28 +623,40 @@ fn hand_over(shared: &Shared, sock: &UnixStream, pid: u32) -> Result<Value, Stri
         (other, _) => return Err(format!("the new process said {other:?} instead of hello")),
     }
     let started = Instant::now();
-    // The admin port first (its publishers wait, unanswered, instead of getting a 503),
-    // then the WebSocket clients' publishes (503, retry).
-    freeze_admin()?;
-    shared.hub.set_frozen(true);
+    let settle_until = started + HANDOVER_SETTLE;
     let mut resumes = Vec::new();
-    // Disk mode: what the store has queued is committed (and delivered) before the
-    // workers freeze; the successor opens the store once this process has closed it.
-    let suspended = match shared.hub.store() {
-        Some(store) => {
+    let frozen = loop {
+        // The admin port first (its publishers wait, unanswered, instead of getting a
+        // 503), then the WebSocket clients' publishes (503, retry).
+        freeze_admin()?;
+        shared.hub.set_frozen(true);
+        // Disk mode: what the store has queued is committed (and delivered) before the
+        // workers freeze; the successor opens the store once this process has closed it.
+        if let Some(store) = shared.hub.store() {
             store.commit_pending();
-            Ok(())
         }
-        None => Ok(()),
-    };
-    let sent = suspended
-        .and_then(|()| freeze_workers(shared, &mut resumes))
-        .and_then(|p| {
-            if let Some(store) = shared.hub.store() {
-                store.suspend()?;
+        // The last attempt closes TLS handshakes still in progress (no client had a
+        // connection yet; it retries), so that a busy TLS port cannot hold an upgrade
+        // off for ever.
+        let last = Instant::now() >= settle_until;
+        resumes.clear();
+        match freeze_workers(shared, &mut resumes, last) {
+            Ok(p) => break Ok(p),
+            Err(e) if !last && is_transient(&e) => {
+                // A publish or a Redis read in flight, a TLS handshake: thaw, let it
+                // finish, try again.
+                thaw(shared, &resumes);
+                std::thread::sleep(HANDOVER_RETRY_PAUSE);
             }
-            send_all(shared, sock, p, &resumes, exited)
-        });
+            Err(e) => break Err(e),
+        }
+    };
+    let sent = frozen.and_then(|p| {
+        if let Some(store) = shared.hub.store() {
+            store.suspend()?;
+        }
+        send_all(shared, sock, p, &resumes, exited)
+    });
     let count = match sent {
         Ok(n) => n,
         Err(e) => {
@@ -697,10 +741,11 @@ fn send_all(
     resumes: &[mpsc::Sender<Resume>],
     err: impl Fn(io::Error) -> String,
 ) -> Result<usize, String> {
-    let admin = ADMIN_FD.load(Ordering::Acquire);
-    if admin < 0 {
+    let admin_fd = ADMIN_FD.load(Ordering::Acquire);
+    if admin_fd < 0 {
         return Err("the admin listener is not known".into());
     }
+    let admin = std::mem::take(&mut *admin_conns());
     // Disk mode: the successor reads the streams from the store.
     let (channels, idem) = match shared.hub.store() {
         Some(_) => (Vec::new(), Vec::new()),
@@ -713,13 +758,18 @@ fn send_all(
         channels,
         idem,
         records: count,
+        admin_conns: admin.len(),
         extra: export_extra(shared)?,
     };
     let mut fds = p.listener_fds;
-    fds.push(admin);
+    fds.push(admin_fd);
     send_msg(sock, &header, &[]).map_err(&err)?;
     for chunk in fds.chunks(HANDOVER_FDS_PER_MSG) {
         send_msg(sock, &Message::Sockets, chunk).map_err(&err)?;
+    }
+    for chunk in admin.chunks(HANDOVER_FDS_PER_MSG) {
+        let (records, fds): (Vec<_>, Vec<RawFd>) = chunk.iter().cloned().unzip();
+        send_msg(sock, &Message::Admin { records }, &fds).map_err(&err)?;
     }
     let mut records = p.records;
     while !records.is_empty() {
@@ -767,12 +817,14 @@ pub struct Taken {
     pub admin: std::net::TcpListener,
     /// The hub's streams.
     pub loaded: Loaded,
-    /// Per worker, its connections (with their sockets, `None` for a record without).
-    pub records: Vec<Vec<(Record, Option<OwnedFd>)>>,
+    /// How many connection records follow ([`receive_records`]).
+    pub records: usize,
     /// When the handover began here.
     pub started: Instant,
     /// Process-wide state beyond the hub ([`import_extra`]).
     pub extra: serde_json::Map<String, Value>,
+    /// The admin port's open connections.
+    pub admin_conns: Vec<(crate::admin::handover::AdminRecord, OwnedFd)>,
 }
 
 fn refuse(sock: &UnixStream, reason: String) -> String {
@@ -820,6 +872,7 @@ pub fn receive(fd: &str, workers: usize, listeners: usize) -> Result<Taken, Stri
         channels,
         idem,
         records: total,
+        admin_conns: admin_total,
         extra,
     } = header
     else {
@@ -840,6 +893,17 @@ pub fn receive(fd: &str, workers: usize, listeners: usize) -> Result<Taken, Stri
         fds.extend(more);
     }
     let admin = std::net::TcpListener::from(fds.pop().ok_or("no admin listener")?);
+    let mut admin_conns = Vec::with_capacity(admin_total);
+    while admin_conns.len() < admin_total {
+        let (m, more) = recv_msg(&sock).map_err(io_err)?;
+        let Message::Admin { records } = m else {
+            return Err(refuse(&sock, "expected the admin connections".into()));
+        };
+        if records.len() != more.len() {
+            return Err(refuse(&sock, "admin connections without their sockets".into()));
+        }
+        admin_conns.extend(records.into_iter().zip(more));
+    }
     let mut by_id: Vec<Vec<Option<std::net::TcpListener>>> = (0..listeners)
         .map(|_| (0..workers).map(|_| None).collect())
         .collect();
@@ -884,31 +948,50 @@ pub fn receive(fd: &str, workers: usize, listeners: usize) -> Result<Taken, Stri
             })
             .collect(),
     };
+    Ok(Taken {
+        sock,
+        listeners: listener_socks,
+        admin,
+        loaded,
+        records: total,
+        started,
+        extra,
+        admin_conns,
+    })
+}
+
+/// In a successor, once its workers exist: receives the `total` connection records batch
+/// by batch and hands each, with its socket, to `each` (the worker's backend takes the
+/// descriptor over at once, so at most one batch of descriptors is open here beyond what
+/// the backend holds: io_uring's direct descriptors hold none). An error of `each` is one
+/// connection lost (logged); an error here ends the handover.
+pub fn receive_records(
+    sock: &UnixStream,
+    total: usize,
+    workers: usize,
+    mut each: impl FnMut(Record, Option<OwnedFd>),
+) -> Result<(), String> {
+    let io_err = |e: io::Error| format!("handover: {e}");
     let exit_after: Option<usize> = std::env::var(TEST_EXIT_AFTER_ENV)
         .ok()
         .and_then(|v| v.parse().ok());
-    let mut records: Vec<Vec<(Record, Option<OwnedFd>)>> =
-        (0..workers).map(|_| Vec::new()).collect();
     let mut got = 0;
     while got < total {
-        let (m, fds) = recv_msg(&sock).map_err(io_err)?;
+        let (m, fds) = recv_msg(sock).map_err(io_err)?;
         let Message::Batch { records: batch } = m else {
-            return Err(refuse(&sock, "expected a batch of records".into()));
+            return Err(refuse(sock, "expected a batch of records".into()));
         };
         if batch.iter().filter(|r| r.has_sock).count() != fds.len() {
-            return Err(refuse(
-                &sock,
-                "a batch without one socket per record".into(),
-            ));
+            return Err(refuse(sock, "a batch without one socket per record".into()));
+        }
+        if let Some(r) = batch.iter().find(|r| r.worker >= workers) {
+            return Err(refuse(sock, format!("a record of worker {}", r.worker)));
         }
         got += batch.len();
         let mut fds = fds.into_iter();
         for r in batch {
             let fd = if r.has_sock { fds.next() } else { None };
-            let Some(list) = records.get_mut(r.worker) else {
-                return Err(refuse(&sock, format!("a record of worker {}", r.worker)));
-            };
-            list.push((r, fd));
+            each(r, fd);
         }
         if exit_after.is_some_and(|n| got >= n) {
             crate::error!("handover: {TEST_EXIT_AFTER_ENV}: exiting after {got} records");
@@ -916,15 +999,7 @@ pub fn receive(fd: &str, workers: usize, listeners: usize) -> Result<Taken, Stri
             unsafe { libc::_exit(3) };
         }
     }
-    Ok(Taken {
-        sock,
-        listeners: listener_socks,
-        admin,
-        loaded,
-        records,
-        started,
-        extra,
-    })
+    Ok(())
 }
 
 /// In a successor serving everything: tells the old process to exit.

@@ -130,6 +130,8 @@ pub enum Cmd {
         reply: Sender<Result<crate::handover::Frozen, String>>,
         /// What to do once the handover is decided.
         resume: std::sync::mpsc::Receiver<crate::handover::Resume>,
+        /// The last attempt: TLS handshakes in progress are closed rather than refuse.
+        last: bool,
     },
 }
 

@@ -247,6 +247,15 @@ pub const HANDOVER_FDS_PER_MSG: usize = 200;
 /// and goes on serving.
 pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Hot handover: how long the old process keeps trying to freeze while something that
+/// cannot be handed over is in progress (a client publish or a Redis read in flight, a
+/// TLS handshake), thawing between attempts; the last attempt closes the TLS handshakes
+/// still in progress.
+pub const HANDOVER_SETTLE: Duration = Duration::from_secs(3);
+
+/// Hot handover: the pause between two freeze attempts.
+pub const HANDOVER_RETRY_PAUSE: Duration = Duration::from_millis(20);
+
 /// Hot handover: the largest message on the handover socket (a batch of records with
 /// their unparsed input and unwritten output).
 pub const HANDOVER_MAX_FRAME: usize = 1 << 30;
@@ -393,6 +402,11 @@ pub const URING_CLOSE_SEND_GRACE: Duration = Duration::from_secs(2);
 
 /// How long shutdown waits for in-flight operations.
 pub const URING_SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
+
+/// Hot handover: how long an io_uring worker waits for the operations it cancelled to
+/// complete (`Backend::quiesce`), and for the descriptors it installs for the successor,
+/// before it calls the handover off.
+pub const URING_QUIESCE_WAIT: Duration = Duration::from_secs(2);
 
 // ------------------------------------------------------------ the descriptor budget
 

@@ -129,34 +129,29 @@ pub fn serve(cfg: Config) -> Result<(), StartError> {
         }
         Err(_) => (bind_all(&cfg, workers)?, None),
     };
-    if let Some(adopt) = adopt {
-        // The old process ran epoll (an upgrade needs it).
-        let epolls = (0..workers)
-            .map(|_| Epoll::new().map(|e| tls.layer(e)))
-            .collect::<std::io::Result<Vec<_>>>()
-            .map_err(|e| format!("cannot create a reactor: {e}"))?;
-        return run(cfg, epolls, bound, tls, Some(adopt));
-    }
+    // A successor runs the configured backend whatever the old process ran: the records
+    // carry what each backend held, in the same form for both.
     if cfg.backend == BackendKind::Uring {
         if let Some(rings) = rings(&cfg, workers) {
             let rings = rings.into_iter().map(|r| tls.layer(r)).collect();
-            return run(cfg, rings, bound, tls, None);
+            return run(cfg, rings, bound, tls, adopt);
         }
     }
     let epolls = (0..workers)
         .map(|_| Epoll::new().map(|e| tls.layer(e)))
         .collect::<std::io::Result<Vec<_>>>()
         .map_err(|e| format!("cannot create a reactor: {e}"))?;
-    run(cfg, epolls, bound, tls, None)
+    run(cfg, epolls, bound, tls, adopt)
 }
 
 /// What a successor adopts once its workers exist.
 struct Adopt {
     sock: std::os::unix::net::UnixStream,
     loaded: crate::store::Loaded,
-    records: Vec<Vec<(handover::Record, Option<std::os::fd::OwnedFd>)>>,
+    records: usize,
     started: Instant,
     extra: serde_json::Map<String, serde_json::Value>,
+    admin_conns: Vec<(admin::handover::AdminRecord, std::os::fd::OwnedFd)>,
 }
 
 /// The sockets a successor received, as if it had bound them.
@@ -185,6 +180,7 @@ fn taken_over(t: handover::Taken) -> Result<(Bound, Adopt), StartError> {
             records: t.records,
             started: t.started,
             extra: t.extra,
+            admin_conns: t.admin_conns,
         },
     ))
 }
@@ -355,29 +351,33 @@ fn run<B: Backend + Send + 'static>(
         .map(|b| Arc::new(Inbox::new(b.waker())))
         .collect();
     let backend = backends[0].name();
-    let (sock, loaded, records, started, extra) = match adopt {
+    let (sock, loaded, records, started, extra, admin_conns) = match adopt {
         Some(a) => (
             Some(a.sock),
             Some(a.loaded),
             a.records,
             Some(a.started),
             a.extra,
+            a.admin_conns,
         ),
-        None => (None, None, Vec::new(), None, serde_json::Map::new()),
+        None => (None, None, 0, None, serde_json::Map::new(), Vec::new()),
     };
     let (shared, stop_rx) = build_shared(cfg, fds, &inboxes, tls.all(), loaded)?;
     if sock.is_some() {
         handover::import_extra(&shared, extra);
     }
     let (addrs, socks): (Vec<SocketAddr>, Vec<_>) = bound.listeners.into_iter().unzip();
-    let (handles, adopted) = spawn_workers(&shared, backends, socks, &inboxes, records)?;
+    let taking = sock.as_ref().map(|s| (s, records));
+    let (handles, adopted) = spawn_workers(&shared, backends, socks, &inboxes, taking)?;
     let (admin_addr, admin) = bound.admin;
     {
         use std::os::fd::AsRawFd;
         handover::set_admin_fd(admin.as_raw_fd());
     }
     let admin_tls = tls.admin.clone();
-    spawn(&shared, "admin", move |s| admin::run(s, admin, admin_tls))?;
+    spawn(&shared, "admin", move |s| {
+        admin::run(s, admin, admin_tls, admin_conns)
+    })?;
     spawn(&shared, "control", move |s| control::run(s, control))?;
     if let Some(tmp) = control_tmp {
         if let Err(e) = std::fs::rename(&tmp, &shared.cfg.control_path) {
@@ -512,7 +512,7 @@ fn spawn_workers<B: Backend + Send + 'static>(
     backends: Vec<B>,
     listeners: Vec<Vec<StdTcpListener>>,
     inboxes: &[Arc<Inbox>],
-    mut adopt: Vec<Vec<(handover::Record, Option<std::os::fd::OwnedFd>)>>,
+    taking: Option<(&std::os::unix::net::UnixStream, usize)>,
 ) -> Result<(Vec<thread::JoinHandle<()>>, usize), String> {
     if let Some(b) = backends.first() {
         info!("reactor: {}", b.name());
@@ -525,17 +525,29 @@ fn spawn_workers<B: Backend + Send + 'static>(
             per_worker[w].push((id as ListenerId, sock));
         }
     }
-    let mut handles = Vec::with_capacity(backends.len());
-    let mut adopted = 0;
-    adopt.resize_with(backends.len(), Vec::new);
-    for (id, ((io, listeners), records)) in
-        backends.into_iter().zip(per_worker).zip(adopt).enumerate()
-    {
-        let mut worker = Worker::new(id, shared.clone(), io, listeners, inboxes[id].clone())
+    let mut made = Vec::with_capacity(backends.len());
+    for (id, (io, listeners)) in backends.into_iter().zip(per_worker).enumerate() {
+        let worker = Worker::new(id, shared.clone(), io, listeners, inboxes[id].clone())
             .map_err(|e| format!("cannot start worker {id}: {e}"))?;
-        if !records.is_empty() {
+        made.push(worker);
+    }
+    let mut adopted = 0;
+    if let Some((sock, total)) = taking {
+        // Each worker's backend takes its sockets over as they come; then the records.
+        let mut prepared: Vec<Vec<_>> = made.iter().map(|_| Vec::new()).collect();
+        let workers = made.len();
+        handover::receive_records(sock, total, workers, |r, fd| {
+            let w = r.worker;
+            if let Some(p) = made[w].take_over(r, fd) {
+                prepared[w].push(p);
+            }
+        })?;
+        for (worker, records) in made.iter_mut().zip(prepared) {
             adopted += worker.adopt(records);
         }
+    }
+    let mut handles = Vec::with_capacity(made.len());
+    for (id, worker) in made.into_iter().enumerate() {
         let h = thread::Builder::new()
             .name(format!("worker-{id}"))
             .spawn(move || worker.run())

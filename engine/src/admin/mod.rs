@@ -35,6 +35,7 @@
 
 pub mod api;
 mod events;
+pub mod handover;
 
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
@@ -76,7 +77,7 @@ pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 }
 
 /// What a connection is waiting for (each has its timeout).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum Phase {
     /// Accepted, nothing received: the head timeout.
     Fresh,
@@ -210,6 +211,7 @@ pub fn run(
     shared: Arc<Shared>,
     listener: std::net::TcpListener,
     tls: Option<Arc<crate::tls::Context>>,
+    adopted: Vec<(handover::AdminRecord, std::os::fd::OwnedFd)>,
 ) {
     let poll = match Poll::new() {
         Ok(p) => p,
@@ -250,6 +252,7 @@ pub fn run(
         events_prev: None,
         tls,
     };
+    admin.adopt(adopted);
     admin.run();
 }
 
@@ -262,8 +265,9 @@ impl Admin {
         let mut last_events = Instant::now();
         let mut accept_retry = false;
         loop {
-            // A hot handover holds the admin port still (nothing read or accepted).
-            crate::handover::admin_gate();
+            // A hot handover holds the admin port still (nothing read or accepted),
+            // once it has the connections to hand over.
+            crate::handover::admin_gate(|| self.export_conns());
             if let Err(e) = self.poll.poll(&mut events, Some(ADMIN_TIMEOUT_CHECK)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     warn!("admin: poll failed: {e}");

@@ -590,7 +590,8 @@ impl<B: Backend> Backend for Tls<B> {
     }
 
     fn export_conn(&self, sock: Sock, token: Token) -> io::Result<Exported> {
-        let unsupported = |why: &str| io::Error::new(io::ErrorKind::Unsupported, why.to_string());
+        // "Would block": in a moment the handshake is done and the connection can go.
+        let unsupported = |why: &str| io::Error::new(io::ErrorKind::WouldBlock, why.to_string());
         if self.fresh.contains_key(&sock) {
             return Err(unsupported("a TLS connection is being accepted: retry"));
         }

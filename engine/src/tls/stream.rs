@@ -33,6 +33,17 @@ impl AdminStream {
         })
     }
 
+    /// True for a TLS connection.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// The socket's descriptor (a hot handover passes it on).
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.tcp.as_raw_fd()
+    }
+
     /// Writes the TLS bytes rustls holds; true when none is left.
     pub fn flush_tls(&mut self) -> io::Result<bool> {
         let Some(conn) = self.tls.as_mut() else {

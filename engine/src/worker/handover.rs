@@ -2,6 +2,7 @@
 //! serializing every connection and blocking until the handover is decided; in the new
 //! one, adopting the connections before the loop starts.
 
+use std::io::ErrorKind;
 use std::os::fd::{IntoRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, Sender};
@@ -14,7 +15,7 @@ use super::Worker;
 use crate::conn::{Conn, State};
 use crate::handover::{Frozen, Record, Resume};
 use crate::hub::Since;
-use crate::reactor::{Backend, NO_SOCK};
+use crate::reactor::{Backend, Sock, Token, NO_SOCK};
 use crate::{info, warn};
 
 fn close_sock(sock: i32) {
@@ -39,23 +40,28 @@ impl<B: Backend> Worker<B> {
         &mut self,
         reply: Sender<Result<Frozen, String>>,
         resume: Receiver<Resume>,
+        last: bool,
     ) {
         self.core.finish_closes();
+        let t0 = std::time::Instant::now();
+        let mut quiesced_ms = 0.0;
         let frozen = match self.core.io.quiesce() {
             Ok(()) => {
                 // Sockets the backend accepted ahead (io_uring) become connections first:
                 // they go over with the others.
+                quiesced_ms = t0.elapsed().as_secs_f64() * 1000.0;
                 self.accept();
                 self.core.finish_closes();
-                self.export()
+                self.export(last)
             }
             Err(e) => Err(format!("worker {}: cannot stop its I/O: {e}", self.core.id)),
         };
         let n = frozen.as_ref().map_or(0, |f| f.records.len());
         let _ = reply.send(frozen);
         info!(
-            "worker {}: frozen for a handover ({n} connections)",
-            self.core.id
+            "worker {}: frozen for a handover ({n} connections; I/O stopped in {quiesced_ms:.1} ms, exported in {:.1} ms)",
+            self.core.id,
+            t0.elapsed().as_secs_f64() * 1000.0 - quiesced_ms
         );
         loop {
             match resume.recv() {
@@ -77,7 +83,7 @@ impl<B: Backend> Worker<B> {
 
     /// Every connection as a record with its socket; an error names what cannot be
     /// handed over yet.
-    fn export(&mut self) -> Result<Frozen, String> {
+    fn export(&mut self, last: bool) -> Result<Frozen, String> {
         let cx = &mut self.core;
         if cx.draining {
             return Err("the server is draining: resume it first".into());
@@ -88,6 +94,7 @@ impl<B: Backend> Worker<B> {
         };
         let now = std::time::Instant::now();
         let mut sio = 0;
+        let mut cut = 0;
         for slot in cx.conns.slots() {
             let c = &cx.conns[slot];
             let state = c.state();
@@ -125,9 +132,17 @@ impl<B: Backend> Worker<B> {
             }
             let token = cx.conns.token(slot);
             let exported = if has_sock {
-                cx.io
-                    .export_conn(c.sock, token)
-                    .map_err(|e| e.to_string())?
+                match cx.io.export_conn(c.sock, token) {
+                    Ok(e) => e,
+                    Err(e) if last && state == State::Http && e.kind() == ErrorKind::WouldBlock => {
+                        // A TLS handshake in progress: the client has no connection yet,
+                        // and retries.
+                        cut += 1;
+                        cx.close(slot);
+                        continue;
+                    }
+                    Err(e) => return Err(e.to_string()),
+                }
             } else {
                 crate::reactor::Exported::default()
             };
@@ -169,6 +184,13 @@ impl<B: Backend> Worker<B> {
                 if has_sock { c.sock } else { -1 },
             ));
         }
+        if cut > 0 {
+            cx.finish_closes();
+            warn!(
+                "worker {}: handover: {cut} TLS handshakes in progress were closed",
+                cx.id
+            );
+        }
         if sio > 0 {
             return Err(format!(
                 "{sio} Socket.IO connections are open: they cannot be handed over yet"
@@ -177,16 +199,39 @@ impl<B: Backend> Worker<B> {
         Ok(frozen)
     }
 
-    /// In a successor, before the loop starts: takes over the connections the old
-    /// process had, each in its old slot with its old generation (their subscriptions
-    /// attached to the hub restored from its snapshot, their timers, unparsed input and
-    /// unwritten output as they were). Returns how many.
-    pub fn adopt(&mut self, records: Vec<(Record, Option<OwnedFd>)>) -> usize {
-        let socks: Vec<(Record, i32)> = records
-            .into_iter()
-            .map(|(r, fd)| (r, fd.map_or(NO_SOCK, IntoRawFd::into_raw_fd)))
-            .collect();
-        let table = socks
+    /// In a successor, as its record arrives: the backend takes the connection's socket
+    /// over (with the input it had received, the output it still had to write and its
+    /// TLS keys) under the token it had. `None`: the connection is lost (logged, closed).
+    pub fn take_over(&mut self, mut r: Record, fd: Option<OwnedFd>) -> Option<(Record, Sock)> {
+        let Some(fd) = fd else {
+            return Some((r, NO_SOCK));
+        };
+        let token = Token::new(r.slot, r.generation);
+        let state = crate::reactor::Exported {
+            pending: std::mem::take(&mut r.pending),
+            tls: std::mem::take(&mut r.tls),
+            input: std::mem::take(&mut r.input),
+        };
+        let raw = fd.into_raw_fd();
+        match self.core.io.import_conn(raw, token, state) {
+            Ok(handle) => Some((r, handle)),
+            Err(e) => {
+                warn!(
+                    "worker {}: handover: a connection was lost: cannot watch it: {e}",
+                    self.core.id
+                );
+                close_sock(raw);
+                None
+            }
+        }
+    }
+
+    /// In a successor, before the loop starts: the connections the backend took over
+    /// ([`Worker::take_over`]), each in its old slot with its old generation (their
+    /// subscriptions attached to the hub restored from its snapshot, their timers and
+    /// unparsed input as they were). Returns how many.
+    pub fn adopt(&mut self, records: Vec<(Record, Sock)>) -> usize {
+        let table = records
             .iter()
             .map(|(r, sock)| {
                 let c = if r.has_sock {
@@ -201,52 +246,51 @@ impl<B: Backend> Worker<B> {
             warn!(
                 "worker {}: handover: {e}: {} connections lost",
                 self.core.id,
-                socks.len()
+                records.len()
             );
-            for (_, sock) in socks {
-                close_sock(sock);
+            for (r, sock) in records {
+                if r.has_sock {
+                    self.core.io.close(sock, Token::new(r.slot, r.generation));
+                }
             }
             return 0;
         }
         let mut n = 0;
-        for (r, sock) in socks {
+        for (r, sock) in records {
             let slot = r.slot;
-            match self.adopt_one(r, sock) {
+            if State::from_u8(r.state).is_none() || Decoder::import(&r.decoder).is_none() {
+                warn!(
+                    "worker {}: handover: a connection was lost: a state it cannot read",
+                    self.core.id
+                );
+                self.core.conns.remove(slot);
+                if r.has_sock {
+                    self.core.io.close(sock, Token::new(r.slot, r.generation));
+                }
+                continue;
+            }
+            // From here the connection is counted: a failure closes it as any close.
+            match self.adopt_one(r) {
                 Ok(()) => n += 1,
                 Err(e) => {
                     warn!(
                         "worker {}: handover: a connection was lost: {e}",
                         self.core.id
                     );
-                    if self.core.conns.contains(slot) {
-                        self.core.conns.remove(slot);
-                    }
-                    close_sock(sock);
+                    self.core.close(slot);
                 }
             }
         }
+        self.core.finish_closes();
         n
     }
 
-    fn adopt_one(&mut self, r: Record, sock: i32) -> Result<(), String> {
+    fn adopt_one(&mut self, r: Record) -> Result<(), String> {
         let cx = &mut self.core;
         let state = State::from_u8(r.state).ok_or("an unknown state")?;
         let decoder = Decoder::import(&r.decoder).ok_or("an unreadable frame decoder state")?;
         let slot = r.slot;
         let token = cx.conns.token(slot);
-        let has_input = !r.input.is_empty();
-        if r.has_sock {
-            let io_state = crate::reactor::Exported {
-                pending: r.pending,
-                tls: r.tls,
-                input: r.input,
-            };
-            let handle = cx
-                .io
-                .import_conn(sock, token, io_state)
-                .map_err(|e| format!("cannot watch it: {e}"))?;
-            cx.conns[slot].sock = handle;
-        }
         {
             let c = &mut cx.conns[slot];
             let moved = c.restore(state);
@@ -301,7 +345,9 @@ impl<B: Backend> Worker<B> {
         }
         cx.watch_token(slot);
         cx.watch_message(slot);
-        if has_input || (state == State::Http && cx.conns[slot].has_saved_input()) {
+        if r.has_sock {
+            // Input the old process had received, or that came during the handover:
+            // read now (a connection with nothing to read answers "would block").
             cx.again.push(token);
         }
         Ok(())

@@ -552,7 +552,11 @@ impl<B: Backend> Worker<B> {
                 let _ = reply.send(self.resume());
             }
             Cmd::Shutdown => self.running = false,
-            Cmd::Freeze { reply, resume } => self.freeze(reply, resume),
+            Cmd::Freeze {
+                reply,
+                resume,
+                last,
+            } => self.freeze(reply, resume, last),
             Cmd::PubDone(done) => transport::ws_ops::on_pub_done(cx, done),
             Cmd::Remote(reply) => cx.on_remote(reply),
             Cmd::Sio(c) => transport::socketio::on_cmd(cx, *c),

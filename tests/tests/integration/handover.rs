@@ -10,14 +10,6 @@ use std::time::{Duration, Instant};
 
 const LONG: Duration = Duration::from_secs(15);
 
-/// The handover needs the epoll backend for now (io_uring refuses it, tested below): these
-/// servers run on epoll whatever `PUSHEDGE_BACKEND` says.
-fn on_epoll<'a>(args: &[&'a str]) -> Vec<&'a str> {
-    let mut v = vec!["--backend", "epoll"];
-    v.extend_from_slice(args);
-    v
-}
-
 /// The successor, which the harness did not spawn: killed when the test ends.
 struct Successor(i32);
 
@@ -143,7 +135,7 @@ fn content_number(v: &Value) -> Option<u64> {
 
 #[test]
 fn every_connection_is_handed_over_with_publishes_running() {
-    let s = Server::start(&on_epoll(&[]));
+    let s = Server::start(&[]);
     let old = s.pid();
     let mut ws = s.ws("/ws?channel=live");
     let mut sse = s.sse("/sse?channel=live");
@@ -250,7 +242,7 @@ fn every_connection_is_handed_over_with_publishes_running() {
 
 #[test]
 fn a_successor_that_fails_at_start_leaves_the_old_one_serving() {
-    let s = Server::start(&on_epoll(&[]));
+    let s = Server::start(&[]);
     let mut ws = s.ws("/ws?channel=c");
     s.wait_subscribers("c", 1);
     for binary in ["/bin/false", "/nonexistent/pushedge"] {
@@ -267,7 +259,7 @@ fn a_successor_that_fails_at_start_leaves_the_old_one_serving() {
 #[test]
 fn a_successor_killed_halfway_leaves_the_old_one_serving_everything() {
     let s = Server::start_with_env(
-        &on_epoll(&[]),
+        &[],
         &[("PUSHEDGE_HANDOVER_TEST_EXIT_AFTER", "200")],
     );
     let mut ws = s.ws("/ws?channel=c");
@@ -323,7 +315,7 @@ fn the_disk_store_is_handed_over_and_reopened_when_the_successor_dies() {
     let args = ["--set", "history_store=disk", "--set", &path];
     // A successor that dies after the store was closed: the old one opens it again.
     let s = Server::start_with_env(
-        &on_epoll(&args),
+        &args,
         &[("PUSHEDGE_HANDOVER_TEST_EXIT_AFTER", "1")],
     );
     let mut ws = s.ws("/ws?channel=c");
@@ -339,7 +331,7 @@ fn the_disk_store_is_handed_over_and_reopened_when_the_successor_dies() {
     drop(s);
 
     // A successor that takes over: the stream goes on, from the disk.
-    let s = Server::start(&on_epoll(&args));
+    let s = Server::start(&args);
     assert_eq!(s.epoch("c"), epoch, "the stream survived the restart");
     let mut ws = s.ws("/ws?channel=c");
     s.wait_subscribers("c", 1);
@@ -367,7 +359,7 @@ fn the_disk_store_is_handed_over_and_reopened_when_the_successor_dies() {
 
 #[test]
 fn what_cannot_be_handed_over_yet_is_refused_cleanly() {
-    let s = Server::start(&on_epoll(&[]));
+    let s = Server::start(&[]);
     let out = s.ctl_binary(&["upgrade", "--binary"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("usage: upgrade"));
@@ -386,21 +378,6 @@ fn what_cannot_be_handed_over_yet_is_refused_cleanly() {
     assert_eq!(ws.recv_json()["content"], "still here");
 }
 
-#[test]
-fn io_uring_refuses_the_upgrade_for_now() {
-    let s = Server::start(&["--backend", "uring"]);
-    if !s.log().contains("backend=uring") {
-        // No io_uring here: the server runs epoll, which is covered above.
-        return;
-    }
-    let out = s.ctl_binary(&["upgrade"]);
-    let answer = String::from_utf8_lossy(&out.stdout).to_string();
-    assert_eq!(out.status.code(), Some(1), "{answer}");
-    assert!(answer.contains("upgrade needs backend epoll"), "{answer}");
-    assert!(s.ctl_binary(&["stats"]).status.success());
-}
-
-/// The next data message of a WebSocket over TLS.
 fn next_tls_data<S: std::io::Read + std::io::Write>(ws: &mut tungstenite::WebSocket<S>) -> Value {
     loop {
         if let tungstenite::Message::Text(t) = ws.read().expect("read a message") {
@@ -420,7 +397,7 @@ fn tls_connections_are_handed_over_with_their_keys() {
     let mut args = tls_args(&leaf);
     args.extend(["--set".to_string(), "max_message_bytes=300000".to_string()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let s = Server::start(&on_epoll(&args));
+    let s = Server::start(&args);
     let mut clients = Vec::new();
     for (name, client) in [
         ("13", pki.client_version(&rustls::version::TLS13)),
@@ -458,7 +435,7 @@ fn tls_connections_are_handed_over_with_their_keys() {
 fn a_websocket_with_permessage_deflate_is_handed_over() {
     // python `websockets` negotiates permessage-deflate; it reads one message before the
     // upgrade and two after it, the large one compressed by the new process.
-    let s = Server::start(&on_epoll(&[]));
+    let s = Server::start(&[]);
     let script = r#"
 import asyncio, sys, websockets
 async def main():
@@ -527,4 +504,128 @@ asyncio.run(main())
         "{stdout}"
     );
     assert!(lens[1].parse::<usize>().unwrap() > 5000, "{stdout}");
+}
+
+#[test]
+fn a_tls_handshake_that_never_ends_does_not_hold_the_upgrade_off() {
+    use pushedge_tests::tls::{tls_args, wss, Pki};
+    let pki = Pki::new();
+    let leaf = pki.leaf("server", &["localhost", "127.0.0.1"], false);
+    let args = tls_args(&leaf);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let s = Server::start(&args);
+    let client = pki.client_version(&rustls::version::TLS13);
+    let mut ws = wss(&client, s.addr, "localhost", "/ws?channel=t");
+    s.wait_subscribers("t", 1);
+    // A client that opened a TCP connection and never sends its ClientHello: its TLS
+    // handshake is "in progress" for as long as the server lets it.
+    let mut stalled = std::net::TcpStream::connect(s.addr).unwrap();
+    assert!(wait_until(TIMEOUT, || s.info()["connections"].as_u64() == Some(2)));
+    let out = s.ctl_binary(&["upgrade"]);
+    assert!(
+        out.status.success(),
+        "{} {}",
+        String::from_utf8_lossy(&out.stdout),
+        s.log()
+    );
+    let _new = Successor::of(&s);
+    assert!(
+        s.log().contains("TLS handshakes in progress were closed"),
+        "{}",
+        s.log()
+    );
+    // The stalled client was closed (it had no connection yet: it would retry)...
+    use std::io::Read;
+    stalled.set_read_timeout(Some(LONG)).unwrap();
+    let mut b = [0u8; 16];
+    assert!(matches!(stalled.read(&mut b), Ok(0) | Err(_)));
+    // ... and the established one goes on.
+    s.publish("t", "after");
+    assert_eq!(next_tls_data(&mut ws)["content"], "after");
+}
+
+/// Reads one unmasked text frame of any length.
+fn read_any_text(c: &mut Conn) -> Value {
+    let h = c.take_exact(2, LONG).expect("frame header");
+    assert_eq!(h[0], 0x81, "a final text frame");
+    let len = match h[1] & 0x7f {
+        126 => {
+            let b = c.take_exact(2, LONG).expect("length");
+            usize::from(u16::from_be_bytes([b[0], b[1]]))
+        }
+        127 => {
+            let b = c.take_exact(8, LONG).expect("length");
+            usize::try_from(u64::from_be_bytes(b[..8].try_into().unwrap())).unwrap()
+        }
+        n => usize::from(n),
+    };
+    let body = c.take_exact(len, LONG).expect("frame payload");
+    serde_json::from_slice(&body).expect("JSON")
+}
+
+#[test]
+fn output_a_client_has_not_read_yet_goes_over_whole_and_in_order() {
+    // The client reads nothing until after the upgrade: the kernel's buffers fill, the
+    // rest waits in the backend (epoll's queue; io_uring's send in flight, cancelled and
+    // counted, and its queue).
+    let s = Server::start(&["--set", "slow_consumer_bytes=64000000"]);
+    let mut c = raw_ws(&s, "/ws?channel=big");
+    s.wait_subscribers("big", 1);
+    let pad = "p".repeat(50_000);
+    const N: u64 = 400;
+    for n in 0..N {
+        s.publish("big", &format!("{n} {pad}"));
+    }
+    let out = s.ctl_binary(&["upgrade"]);
+    assert!(out.status.success(), "{}", s.log());
+    let _new = Successor::of(&s);
+    s.publish("big", "end");
+    for n in 0..N {
+        let v = read_any_text(&mut c);
+        let content = v["content"].as_str().unwrap_or_default();
+        assert_eq!(content.split(' ').next(), Some(n.to_string().as_str()));
+        assert_eq!(content.len(), n.to_string().len() + 1 + pad.len());
+    }
+    assert_eq!(read_any_text(&mut c)["content"], "end");
+}
+
+#[test]
+fn publishers_keep_alive_connections_and_event_streams_go_over_too() {
+    let s = Server::start(&[]);
+    let mut ws = s.ws("/ws?channel=k");
+    s.wait_subscribers("k", 1);
+    // A publisher on one keep-alive connection, a request half sent, an event stream.
+    let mut publisher = Conn::connect(s.admin_addr);
+    publisher.send_request("POST", "/pub?channel=k", &[], b"1", false);
+    assert_eq!(publisher.read_response(LONG).unwrap().status, 200);
+    let mut half = Conn::connect(s.admin_addr);
+    half.send(b"POST /pub?channel=k HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n")
+        .unwrap();
+    let mut events = Conn::connect(s.admin_addr);
+    events.send_request("GET", "/events", &[], b"", false);
+    assert_eq!(events.read_head(LONG).unwrap().status, 200);
+    assert!(!events.take_until(b"\n\n", LONG).unwrap().is_empty(), "a first event");
+
+    let out = s.ctl_binary(&["upgrade"]);
+    assert!(out.status.success(), "{}", s.log());
+    let new = Successor::of(&s);
+    let mut s = s;
+    assert!(s.wait_exit(LONG).expect("the old process exited").success());
+
+    // The old process is gone: what answers now on these connections is the successor.
+    publisher.send_request("POST", "/pub?channel=k", &[], b"2", false);
+    assert_eq!(publisher.read_response(LONG).unwrap().status, 200);
+    half.send(b"\r\n3").unwrap();
+    assert_eq!(half.read_response(LONG).unwrap().status, 200);
+    for want in ["1", "2", "3"] {
+        assert_eq!(ws.recv_json_within(LONG)["content"], want);
+    }
+    // Events keep coming, from the successor.
+    let deadline = Instant::now() + LONG;
+    let mut from_new = false;
+    while !from_new && Instant::now() < deadline {
+        let event = events.take_until(b"\n\n", LONG).expect("an event");
+        from_new = String::from_utf8_lossy(&event).contains(&format!("-{}-", new.0));
+    }
+    assert!(from_new, "no event from the successor");
 }

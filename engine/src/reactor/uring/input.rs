@@ -43,6 +43,19 @@ impl Uring {
     /// [`crate::reactor::Backend::recv`].
     pub(super) fn take_input(&mut self, token: Token, buf: &mut [u8]) -> io::Result<usize> {
         let would_block = || Err(io::ErrorKind::WouldBlock.into());
+        if let Some((early, taken)) = self.early.get_mut(&token) {
+            if !self.budget.allow(token) {
+                return would_block();
+            }
+            let n = (early.len() - *taken).min(buf.len());
+            buf[..n].copy_from_slice(&early[*taken..*taken + n]);
+            *taken += n;
+            if *taken == early.len() {
+                self.early.remove(&token);
+            }
+            self.budget.used(token, n);
+            return Ok(n);
+        }
         let Some(input) = self.inputs.get_mut(&token) else {
             return would_block();
         };
@@ -69,8 +82,22 @@ impl Uring {
         Ok(n)
     }
 
+    /// Hot handover: the input received and not taken yet, in order, appended to `out`
+    /// (how it ended is not: the successor's socket reports that again).
+    pub(super) fn untaken(&self, token: Token, out: &mut Vec<u8>) {
+        if let Some((early, taken)) = self.early.get(&token) {
+            out.extend_from_slice(&early[*taken..]);
+        }
+        if let Some(input) = self.inputs.get(&token) {
+            for &(bid, len) in &input.bufs {
+                out.extend_from_slice(self.bufs.slice(bid, len as usize));
+            }
+        }
+    }
+
     /// Gives the buffers of a closed connection back to the ring.
     pub(super) fn drop_input(&mut self, token: Token) {
+        self.early.remove(&token);
         if let Some(input) = self.inputs.remove(&token) {
             for (bid, _) in input.bufs {
                 self.bufs.push(bid);

@@ -66,6 +66,7 @@ use std::time::{Duration, Instant};
 use super::{Backend, Event, Exported, ListenerId, Part, ReadBudget, Sock, Token, TokenState};
 use crate::inbox::Wake;
 use crate::limits::{
+    URING_QUIESCE_WAIT,
     URING_BUFFER_SIZE, URING_CLOSE_SEND_GRACE, URING_CQ_FACTOR, URING_SHUTDOWN_WAIT,
     URING_SQ_ENTRIES,
 };
@@ -156,6 +157,20 @@ pub struct Uring {
     /// resolves a direct descriptor only then; closing first would let the index be
     /// reused by a new connection and shut that one instead.
     shutting: HashMap<u64, bool, TokenState>,
+    /// Hot handover: everything in flight was cancelled ([`Backend::quiesce`]) and
+    /// nothing new is started (no arming, no send submitted) until [`Backend::thaw`].
+    quiet: bool,
+    /// Events of completions reaped while quiesced, reported at the next wait.
+    deferred: Vec<Event>,
+    /// While quiesced: each connection's send op, if it has one.
+    parked: HashMap<Token, usize, TokenState>,
+    /// Input a hot handover brought, handed out before the ring's: bytes and how many
+    /// were taken.
+    early: HashMap<Token, (Vec<u8>, usize), TokenState>,
+    /// Descriptors a hot handover brought, by the direct slot each is to take.
+    to_register: Vec<(u32, i32)>,
+    /// The next direct slot for a connection taken over.
+    next_import: u32,
 }
 
 impl Uring {
@@ -206,6 +221,12 @@ impl Uring {
             turn: 0,
             doomed: VecDeque::new(),
             shutting: HashMap::default(),
+            quiet: false,
+            deferred: Vec::new(),
+            parked: HashMap::default(),
+            early: HashMap::default(),
+            to_register: Vec::new(),
+            next_import: 0,
         };
         u.arm_waker();
         Ok(u)
@@ -232,6 +253,7 @@ impl Uring {
     }
 
     fn submit(&mut self) {
+        self.flush_direct();
         loop {
             match self.ring.submit() {
                 Ok(_) => return,
@@ -257,6 +279,9 @@ impl Uring {
     }
 
     fn arm_waker(&mut self) {
+        if self.quiet {
+            return;
+        }
         let entry = opcode::PollAdd::new(Fd(self.waker.0.as_raw_fd()), libc::POLLIN as u32)
             .multi(true)
             .build()
@@ -266,6 +291,9 @@ impl Uring {
 
     fn arm_accept(&mut self, i: usize) {
         // Direct descriptors have no close-on-exec flag (EINVAL if asked).
+        if self.quiet {
+            return;
+        }
         let flags = if self.direct {
             libc::SOCK_NONBLOCK
         } else {
@@ -290,6 +318,9 @@ impl Uring {
     }
 
     fn arm_input(&mut self, sock: Sock, token: Token) {
+        if self.quiet {
+            return;
+        }
         let generation = token.generation();
         let entry = match self.arm {
             Arm::Poll => on_sock!(self, sock, |fd| opcode::PollAdd::new(
@@ -310,6 +341,9 @@ impl Uring {
     }
 
     fn submit_recv(&mut self, sock: Sock, token: Token) {
+        if self.quiet {
+            return;
+        }
         self.recv_armed.insert(token);
         let generation = token.generation();
         let entry = on_sock!(self, sock, |fd| opcode::Recv::new(
@@ -482,6 +516,111 @@ impl Uring {
     }
 }
 
+impl Uring {
+    /// Submits and reaps until `done` says so or [`URING_QUIESCE_WAIT`] passed; what is
+    /// reaped is dispatched (its events kept for the next wait).
+    fn settle(&mut self, mut done: impl FnMut(&mut Uring) -> bool) -> bool {
+        let deadline = Instant::now() + URING_QUIESCE_WAIT;
+        while !done(self) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            let ts = Timespec::new().nsec(10_000_000);
+            let args = SubmitArgs::new().timespec(&ts);
+            let _ = self.ring.submitter().submit_with_args(1, &args);
+            self.reap();
+            let mut events = std::mem::take(&mut self.deferred);
+            self.dispatch(&mut events);
+            self.deferred = events;
+        }
+        true
+    }
+
+    /// Installs process descriptors for direct descriptors (IORING_OP_FIXED_FD_INSTALL),
+    /// in one submission, and waits for them all.
+    fn install_all(&mut self, socks: &[Sock]) -> io::Result<Vec<OwnedFd>> {
+        let mut got: HashMap<u64, i32> = HashMap::with_capacity(socks.len());
+        for &sock in socks {
+            let entry = opcode::FixedFdInstall::new(Fixed(sock as u32), 0)
+                .build()
+                .user_data(indexed(K_INSTALL, sock as u32 as usize));
+            self.push(entry);
+        }
+        let want: HashSet<u64> = socks
+            .iter()
+            .map(|&s| indexed(K_INSTALL, s as u32 as usize))
+            .collect();
+        let deadline = Instant::now() + URING_QUIESCE_WAIT;
+        while got.len() < want.len() && Instant::now() < deadline {
+            let ts = Timespec::new().nsec(10_000_000);
+            let args = SubmitArgs::new().timespec(&ts);
+            let _ = self.ring.submitter().submit_with_args(1, &args);
+            let mut rest = Vec::new();
+            let mut found = 0;
+            for cqe in self.ring.completion() {
+                let (u, res) = (cqe.user_data(), cqe.result());
+                if want.contains(&u) {
+                    got.insert(u, res);
+                    found += 1;
+                } else {
+                    rest.push((u, res, cqe.flags()));
+                }
+            }
+            self.in_flight = self.in_flight.saturating_sub(found);
+            self.cqes.extend(rest);
+        }
+        // What was installed is owned here from now on (closed on an error).
+        let mut fds = Vec::with_capacity(socks.len());
+        let mut failed = None;
+        for &sock in socks {
+            match got.get(&indexed(K_INSTALL, sock as u32 as usize)) {
+                // SAFETY: FIXED_FD_INSTALL returned a new descriptor that we own.
+                Some(&fd) if fd >= 0 => fds.push(unsafe { OwnedFd::from_raw_fd(fd) }),
+                Some(&e) => failed = failed.or(Some(io::Error::from_raw_os_error(-e))),
+                None => failed = failed.or(Some(io::Error::other("descriptor installs timed out"))),
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(fds),
+        }
+    }
+
+    /// Puts the descriptors a hot handover brought into the direct descriptor table, at
+    /// the slots [`Backend::import_conn`] gave them, in one registration per run of
+    /// consecutive slots, and closes them (the table holds the sockets). Runs before
+    /// anything is submitted, so before any accept could take one of those slots: the
+    /// kernel's allocator skips them from then on.
+    fn flush_direct(&mut self) {
+        if self.to_register.is_empty() {
+            return;
+        }
+        let list = std::mem::take(&mut self.to_register);
+        let mut at = 0;
+        while at < list.len() {
+            let start = list[at].0;
+            let run = list[at..]
+                .iter()
+                .enumerate()
+                .take_while(|(i, (slot, _))| *slot == start + *i as u32)
+                .count();
+            let fds: Vec<i32> = list[at..at + run].iter().map(|&(_, fd)| fd).collect();
+            if let Err(e) = self.ring.submitter().register_files_update(start, &fds) {
+                // Their operations fail (EBADF), which closes the connections.
+                warn!("io_uring: {run} connections taken over could not be registered: {e}");
+            }
+            for fd in fds {
+                // SAFETY: the descriptor came with a handover record and is ours; the
+                // table took its own reference to the socket.
+                unsafe {
+                    libc::close(fd);
+                }
+            }
+            at += run;
+        }
+    }
+}
+
 fn nofile_limit() -> u32 {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -553,8 +692,10 @@ impl Backend for Uring {
     fn wait(&mut self, timeout: Option<Duration>, events: &mut Vec<Event>) -> io::Result<()> {
         self.turn += 1;
         let start = events.len();
+        events.append(&mut self.deferred);
         self.budget.new_turn(events);
         self.before_wait();
+        self.flush_direct();
         let ready =
             events.len() > start || !self.cqes.is_empty() || !self.ring.completion().is_empty();
         let result = match timeout {
@@ -719,18 +860,119 @@ impl Backend for Uring {
         socket2::SockRef::from(&owned).peer_addr().ok()?.as_socket()
     }
 
-    fn export_conn(&self, _sock: Sock, _token: Token) -> io::Result<Exported> {
-        Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "a hot handover needs backend epoll for now",
-        ))
+    fn quiesce(&mut self) -> io::Result<()> {
+        self.submit();
+        self.quiet = true;
+        // Each operation by its own user data first: the kernel finds a poll by hashing
+        // it, while a cancel of "any" scans its whole table for every match (quadratic:
+        // ~300 ms for 5,000 idle sockets). "Any" then takes the rest (accepts, the
+        // waker, shutdowns).
+        let mut targets: Vec<u64> = Vec::with_capacity(self.tokens.len() + self.ops.len());
+        for (sock, &token) in self.tokens.iter().enumerate() {
+            if token == Token::NONE {
+                continue;
+            }
+            let (sock, generation) = (sock as Sock, token.generation());
+            match self.arm {
+                Arm::Poll => {
+                    targets.push(on_sock(K_POLL, generation, sock));
+                    if self.recv_armed.contains(&token) {
+                        targets.push(on_sock(K_RECV, generation, sock));
+                    }
+                }
+                Arm::Recv => targets.push(on_sock(K_RECVM, generation, sock)),
+            }
+        }
+        targets.extend(self.ops.iter().map(|(idx, _)| indexed(K_SEND, idx)));
+        for ud in targets {
+            let entry = opcode::AsyncCancel2::new(CancelBuilder::user_data(ud))
+                .build()
+                .user_data(misc());
+            self.push(entry);
+        }
+        let entry = opcode::AsyncCancel2::new(CancelBuilder::any())
+            .build()
+            .user_data(misc());
+        self.push(entry);
+        if !self.settle(|u| u.in_flight == 0) {
+            let n = self.in_flight;
+            self.thaw();
+            return Err(io::Error::other(format!(
+                "{n} io_uring operations did not stop"
+            )));
+        }
+        self.parked = self.ops.iter().map(|(i, op)| (op.token, i)).collect();
+        Ok(())
     }
 
-    fn import_conn(&mut self, _fd: Sock, _token: Token, _state: Exported) -> io::Result<Sock> {
-        Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "a hot handover needs backend epoll for now",
-        ))
+    fn thaw(&mut self) {
+        if !self.quiet {
+            return;
+        }
+        self.quiet = false;
+        self.parked.clear();
+        self.arm_waker();
+        let ops: Vec<usize> = self.ops.iter().map(|(i, _)| i).collect();
+        for idx in ops {
+            self.submit_op(idx);
+        }
+        // Every receive was cancelled: arm every live connection again.
+        self.recv_armed.clear();
+        self.retry.clear();
+        let live: Vec<(Sock, Token)> = self
+            .tokens
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| **t != Token::NONE)
+            .map(|(s, t)| (s as Sock, *t))
+            .collect();
+        for (sock, token) in live {
+            self.arm_input(sock, token);
+        }
+        // The worker's next accept arms the listeners again (or keeps one paused).
+        for l in &self.listeners {
+            if !l.armed {
+                self.deferred.push(Event::Acceptable(l.id));
+            }
+        }
+    }
+
+    fn export_conn(&self, _sock: Sock, token: Token) -> io::Result<Exported> {
+        let mut e = Exported::default();
+        self.unsent(token, &mut e.pending);
+        self.untaken(token, &mut e.input);
+        Ok(e)
+    }
+
+    fn handover_fds(&mut self, socks: &[Sock]) -> io::Result<Option<Vec<OwnedFd>>> {
+        if !self.direct {
+            return Ok(None);
+        }
+        self.install_all(socks).map(Some)
+    }
+
+    fn import_conn(&mut self, fd: Sock, token: Token, state: Exported) -> io::Result<Sock> {
+        let sock = if self.direct {
+            // Registered before the first submission (`flush_direct`).
+            let slot = self.next_import;
+            if slot as usize >= self.table {
+                return Err(io::Error::other("the direct descriptor table is full"));
+            }
+            self.next_import += 1;
+            self.to_register.push((slot, fd));
+            slot as Sock
+        } else {
+            fd
+        };
+        if !state.input.is_empty() {
+            self.early.insert(token, (state.input, 0));
+        }
+        self.add(sock, token)?;
+        if !state.pending.is_empty() {
+            let pending = bytes::Bytes::from(state.pending);
+            self.queue_send(sock, token, &[Part::Shared(&pending)]);
+        }
+        Ok(sock)
     }
 
     fn listener_fds(&self) -> Vec<(ListenerId, i32)> {

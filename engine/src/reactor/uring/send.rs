@@ -125,8 +125,11 @@ impl Uring {
         self.submit_op(idx);
     }
 
-    /// Submits what is left of op `idx`.
-    fn submit_op(&mut self, idx: usize) {
+    /// Submits what is left of op `idx` (held while quiesced: `thaw` submits it).
+    pub(super) fn submit_op(&mut self, idx: usize) {
+        if self.quiet {
+            return;
+        }
         let direct = self.direct;
         let op = &mut self.ops[idx];
         let user_data = indexed(K_SEND, idx);
@@ -174,6 +177,11 @@ impl Uring {
         let token = self.ops[idx].token;
         let sock = self.ops[idx].sock;
         let live = self.live_token(sock, token.generation()) == Some(token);
+        if live && self.quiet && res == -libc::ECANCELED {
+            // Cancelled by `quiesce` before it wrote anything: it stays, whole, for the
+            // export (or for `thaw`, which submits it again).
+            return;
+        }
         if res < 0 || !live {
             crate::debug!("uring: send op {idx} token {token:?} sock {sock} res {res} live {live}");
             let op = self.ops.remove(idx);
@@ -209,6 +217,25 @@ impl Uring {
             events.push(Event::Writable(token));
         } else {
             self.start_send(sock, token, next.into_iter());
+        }
+    }
+
+    /// Hot handover: what the connection still has to write, in order (the rest of its
+    /// send in flight, then its queue), appended to `out`.
+    pub(super) fn unsent(&self, token: Token, out: &mut Vec<u8>) {
+        let Some(q) = self.sends.get(&token) else {
+            return;
+        };
+        // `quiesce` indexed the ops by connection (at most one each).
+        let op = self.parked.get(&token).and_then(|&i| self.ops.get(i));
+        if let Some(op) = op.filter(|op| op.token == token) {
+            for (i, b) in op.bufs.iter().enumerate().skip(op.first) {
+                let start = if i == op.first { op.offset } else { 0 };
+                out.extend_from_slice(&b[start..]);
+            }
+        }
+        for b in &q.bufs {
+            out.extend_from_slice(b);
         }
     }
 
