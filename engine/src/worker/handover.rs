@@ -60,7 +60,8 @@ impl<B: Backend> Worker<B> {
         loop {
             match resume.recv() {
                 Ok(Resume::Install { socks, reply }) => {
-                    let _ = reply.send(self.core.io.handover_fds(&socks).map_err(|e| e.to_string()));
+                    let _ =
+                        reply.send(self.core.io.handover_fds(&socks).map_err(|e| e.to_string()));
                 }
                 Ok(Resume::Thaw) | Err(_) => {
                     info!("worker {}: handover called off, serving on", self.core.id);
@@ -87,7 +88,6 @@ impl<B: Backend> Worker<B> {
             records: Vec::with_capacity(cx.conns.len()),
         };
         let now = std::time::Instant::now();
-        let mut sio = 0;
         for slot in cx.conns.slots() {
             let c = &cx.conns[slot];
             let state = c.state();
@@ -100,14 +100,7 @@ impl<B: Backend> Worker<B> {
                 State::SioWs | State::SioPoll | State::SioHeld | State::SioProbe
             );
             let sio_state = if is_sio {
-                match crate::transport::socketio::export(cx, slot) {
-                    Ok(v) => Some(v),
-                    Err(e) => {
-                        sio += 1;
-                        crate::debug!("worker {}: handover: Socket.IO slot {slot}: {e}", cx.id);
-                        continue;
-                    }
-                }
+                Some(crate::transport::socketio::export(cx, slot)?)
             } else {
                 None
             };
@@ -167,11 +160,6 @@ impl<B: Backend> Worker<B> {
                     sio: sio_state,
                 },
                 if has_sock { c.sock } else { -1 },
-            ));
-        }
-        if sio > 0 {
-            return Err(format!(
-                "{sio} Socket.IO connections are open: they cannot be handed over yet"
             ));
         }
         Ok(frozen)
