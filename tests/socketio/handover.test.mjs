@@ -5,7 +5,10 @@
 // every client; no client saw a disconnect; the socket ids are unchanged (and still
 // route: a publish to a socket's own room reaches it); an emit with an ack works; and a
 // socket whose transport was cut before the upgrade recovers in the successor (the kept
-// recoveries were handed over) with what it missed.
+// recoveries were handed over) with what it missed. The upgrade is done twice (the second
+// successor keeps sessions the first process made). A second test drives a raw polling
+// session: a GET held across the upgrade, and a binary event whose attachment is posted
+// only after it.
 //
 // The successor is not a child of the harness: its pid is read from its "handover: pid N
 // took over" line and it is killed when the test ends.
@@ -24,6 +27,9 @@ import {
   emitAck,
   publish,
   request,
+  eioHandshake,
+  eioPath,
+  eioPackets,
   onCleanup,
   waitFor,
   show,
@@ -45,6 +51,48 @@ function ctl(srv, ...args) {
     c.stderr.on("data", (d) => (out += d));
     c.on("error", (e) => resolve({ code: -1, out: `${out}\n[spawn error: ${e.message}]` }));
     c.on("exit", (code) => resolve({ code, out }));
+  });
+}
+
+/**
+ * `ctl upgrade`, retried while the server says a transient state is in the way ("...:
+ * retry"); asserts it succeeded, pushes the successor's pid (from its "took over" line,
+ * the `round`-th of the log) to `successors` and resolves to the answer.
+ */
+async function upgrade(t, srv, round, successors) {
+  let answer = null;
+  const tries = [];
+  for (let i = 0; i < UPGRADE_ATTEMPTS; i++) {
+    const r = await ctl(srv, "upgrade");
+    tries.push(r.out.trim());
+    if (r.code === 0) {
+      answer = r.out;
+      break;
+    }
+    if (!r.out.includes("retry")) break;
+  }
+  assert.ok(answer, `ctl upgrade ${round} failed:\n${tries.join("\n")}\n${srv.log().split("\n").slice(-30).join("\n")}`);
+  const v = JSON.parse(answer);
+  assert.equal(v.upgraded, true, answer);
+  t.diagnostic(`upgrade ${round} after ${tries.length} attempt(s): ${tries.join(" | ")}`);
+  const tookOver = () => [...srv.log().matchAll(/handover: pid (\d+) took over/g)];
+  await waitFor(() => tookOver().length >= round, 10_000, `the took-over line of successor ${round}`);
+  const pid = Number(tookOver()[round - 1][1]);
+  assert.equal(pid, v.pid);
+  successors.push(pid);
+  return v;
+}
+
+/** Kills the successors (not children of the harness) when the test ends. */
+function killAtCleanup(successors) {
+  onCleanup(() => {
+    for (const pid of successors) {
+      try {
+        process.kill(pid, "SIGKILL");
+      } catch {
+        // gone already
+      }
+    }
   });
 }
 
@@ -143,39 +191,13 @@ test("ctl upgrade carries Socket.IO sessions over WebSocket and polling, with a 
   // Two upgrades in a row (the second successor takes over sessions made by the first
   // process), each retried while the server says a transient state is in the way.
   const successors = [];
-  onCleanup(() => {
-    for (const pid of successors) {
-      try {
-        process.kill(pid, "SIGKILL");
-      } catch {
-        // gone already
-      }
-    }
-  });
+  killAtCleanup(successors);
   for (let round = 1; round <= 2; round++) {
     const before = { main: main.acked.length, lobby: lobby.acked.length };
     await waitFor(() => main.acked.length >= before.main + 10 && lobby.acked.length >= before.lobby + 10, 15_000, `publishes before upgrade ${round}`);
-    let answer = null;
-    const tries = [];
-    for (let i = 0; i < UPGRADE_ATTEMPTS; i++) {
-      const r = await ctl(srv, "upgrade");
-      tries.push(r.out.trim());
-      if (r.code === 0) {
-        answer = r.out;
-        break;
-      }
-      if (!r.out.includes("retry")) break;
-    }
-    assert.ok(answer, `ctl upgrade ${round} failed:\n${tries.join("\n")}\n${srv.log().split("\n").slice(-30).join("\n")}`);
-    const v = JSON.parse(answer);
-    assert.equal(v.upgraded, true, answer);
+    const v = await upgrade(t, srv, round, successors);
     // Every session (the polling ones without a socket) and whatever GETs were held.
-    assert.ok(v.connections >= Object.keys(sockets).length, answer);
-    t.diagnostic(`upgrade ${round} after ${tries.length} attempt(s): ${tries.join(" | ")}`);
-    await waitFor(() => [...srv.log().matchAll(/handover: pid (\d+) took over/g)].length >= round, 10_000, `the took-over line of successor ${round}`);
-    const pid = Number([...srv.log().matchAll(/handover: pid (\d+) took over/g)][round - 1][1]);
-    assert.equal(pid, v.pid);
-    successors.push(pid);
+    assert.ok(v.connections >= Object.keys(sockets).length, show(v));
   }
   // Running (a zombie nobody reaped yet has exited).
   const alive = (pid) => {
@@ -240,4 +262,70 @@ test("ctl upgrade carries Socket.IO sessions over WebSocket and polling, with a 
   // The old process is gone; the successor serves the admin port.
   await waitFor(() => srv.exited() !== null, 10_000, "the old process exits");
   assert.equal(srv.exited().code, 0);
+});
+
+test("a raw polling session: a held GET and a binary event half received cross the upgrade", { timeout: 60_000 }, async (t) => {
+  const srv = await startServer({ set: { client_publish: ["*"] } });
+  const successors = [];
+  killAtCleanup(successors);
+  const watcher = client(srv.url, { transports: ["websocket"] });
+  const seen = record(watcher);
+  await connected(watcher);
+
+  const open = await eioHandshake(srv);
+  const packets = [];
+  const get = () => request({ port: srv.port, path: eioPath({ sid: open.sid }), timeout: 30_000 });
+  // The packets of the next GET, which must be answered 200 with the session open.
+  const poll = async () => {
+    const r = await get();
+    assert.equal(r.status, 200, r.text);
+    const p = eioPackets(r.text);
+    assert.ok(!p.includes("1"), `the session was closed: ${show(packets)} then ${show(p)}`);
+    return p;
+  };
+  const post = async (body) => {
+    const r = await request({ port: srv.port, method: "POST", path: eioPath({ sid: open.sid }), headers: { "Content-Type": "text/plain;charset=UTF-8" }, body });
+    assert.equal(r.status, 200, `POST ${body}: ${r.status} ${r.text}`);
+  };
+  await post("40");
+  const connect = await get();
+  assert.match(connect.text, /^40\{"sid":"/, connect.text);
+  const socketId = JSON.parse(connect.text.slice(2)).sid;
+  // A binary event with one attachment and an ack id: the attachment comes after the upgrade.
+  await post('451-7["chat",{"_placeholder":true,"num":0}]');
+  // A GET with nothing to answer: held across the upgrade, on its connection.
+  const held = get();
+
+  await upgrade(t, srv, 1, successors);
+
+  await post("bAQID");
+  // The ack, and the broadcast of the event (to this socket too, as it is in "all").
+  const first = await held;
+  assert.equal(first.status, 200, first.text);
+  packets.push(...eioPackets(first.text));
+  assert.ok(!packets.includes("1"), `the session was closed: ${show(packets)}`);
+  await waitFor(
+    async () => {
+      if (!packets.some((p) => p.startsWith("437"))) packets.push(...(await poll()));
+      return packets.some((p) => p.startsWith("437"));
+    },
+    10_000,
+    () => `the ack, got ${show(packets)}`,
+  );
+  const ack = JSON.parse(packets.find((p) => p.startsWith("437")).slice(3));
+  assert.equal(ack[0].ok, true, show(ack));
+  assert.equal(ack[0].seq, 1, show(ack));
+  await seen.wait(1);
+  assert.deepEqual(seen.events(), [["chat", Buffer.from([1, 2, 3])]], show(seen.events()));
+
+  // The socket id still routes (its own room), and the session still polls.
+  await publish(srv, socketId, "own");
+  await waitFor(
+    async () => {
+      if (!packets.includes('42["message","own"]')) packets.push(...(await poll()));
+      return packets.includes('42["message","own"]');
+    },
+    10_000,
+    () => `the own-room message, got ${show(packets)}`,
+  );
 });
