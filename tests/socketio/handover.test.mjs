@@ -24,6 +24,7 @@ import {
   client,
   record,
   connected,
+  transportIs,
   emitAck,
   publish,
   request,
@@ -156,6 +157,8 @@ test("ctl upgrade carries Socket.IO sessions over WebSocket and polling, with a 
   const sockets = {
     wsMain: client(srv.url, { transports: ["websocket"] }),
     wsChat: client(`${srv.url}/chat1`, { transports: ["websocket"], auth: { channels: ["lobby"] } }),
+    // Polling first, then upgraded to WebSocket (its session moved to the WebSocket's record).
+    upgradedMain: client(srv.url),
   };
   for (let i = 0; i < POLLING; i++) {
     sockets[i ? `pollMain${i}` : "pollMain"] = client(srv.url, { transports: ["polling"] });
@@ -169,6 +172,7 @@ test("ctl upgrade carries Socket.IO sessions over WebSocket and polling, with a 
     s.on("disconnect", (reason) => disconnects[k].push(reason));
   }
   await Promise.all(Object.values(sockets).map((s) => connected(s)));
+  await transportIs(sockets.upgradedMain, "websocket");
   const ids = Object.fromEntries(Object.entries(sockets).map(([k, s]) => [k, s.id]));
 
   // A socket whose transport is cut before the upgrade: its recovery is kept, and must be
