@@ -60,9 +60,24 @@
 //! `pid` and `offset` resumes them: same socket id, each room replayed from the channel
 //! history (the offset's channel from the offset, the others from what had been written
 //! when the transport closed).
+//!
+//! # Hot handover
+//!
+//! `ctl upgrade` carries every Socket.IO record ([`handover`]): the worker restores the
+//! record in its slot with its generation (so sids, socket ids and a held GET's waiter
+//! name the same record), its socket (none for a polling session), subscriptions with
+//! their cursors, grant and timer; this module carries the [`Table`] entry (a session's
+//! namespaces, ping state and deadline as time left, polling queue, held GET, query
+//! token, a binary packet waiting for attachments, packets sent later; a held GET's
+//! sid; a probe's progress) and the kept [`Recoveries`]. The successor has a node id of
+//! its own: it accepts the node tags of the processes it took over from as its own, so
+//! the sids they made stay valid. Refused, to be retried: a client publish waiting for
+//! its hub answer, and a command between workers (a forwarded polling request, its
+//! answer, a session moving for an upgrade) not handled yet when every worker froze.
 
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -117,6 +132,12 @@ fn node_tag(node_id: &str) -> u8 {
     node_id.bytes().fold(0x811c_9dc5u32, |h, b| {
         (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
     }) as u8
+}
+
+/// True when a sid's node tag is this process's, or that of a process it took over from
+/// (a hot handover keeps every session: see [`Recoveries::knows_tag`]).
+fn ours<B: Backend>(cx: &Core<B>, tag: u8) -> bool {
+    tag == node_tag(&cx.shared.node_id) || cx.shared.sio_recovery.knows_tag(tag)
 }
 
 /// A sid or socket id, kept inline (no allocation per socket).
@@ -453,10 +474,17 @@ struct Record {
 }
 
 /// Sockets that lost their transport, kept for connection state recovery (per process,
-/// bounded by [`SOCKETIO_MAX_RECOVERY`], the oldest dropped first).
+/// bounded by [`SOCKETIO_MAX_RECOVERY`], the oldest dropped first); and the count of
+/// Socket.IO commands between workers not handled yet.
 #[derive(Default)]
 pub struct Recoveries {
     inner: Mutex<Kept>,
+    /// [`SioCmd`]s pushed to an inbox and not yet handled (a hot handover cannot carry
+    /// them: it refuses, to be retried, while there are any).
+    in_flight: AtomicUsize,
+    /// The node tags of the processes this one took over from (hot handover), as a set
+    /// of 256 bits: their sids stay valid here.
+    tags: [std::sync::atomic::AtomicU64; 4],
 }
 
 /// The records by `pid`, and their expiries in the order they were kept.
@@ -487,6 +515,21 @@ impl Recoveries {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let rec = g.0.remove(pid)?;
         (rec.until > Instant::now() && &*rec.nsp == nsp).then_some(rec)
+    }
+
+    /// True for the node tag of a process this one took over from.
+    fn knows_tag(&self, tag: u8) -> bool {
+        self.tags[usize::from(tag >> 6)].load(Ordering::Relaxed) & (1 << (tag & 63)) != 0
+    }
+
+    /// Accepts the sids of node tag `tag` (a predecessor's).
+    fn add_tag(&self, tag: u8) {
+        self.tags[usize::from(tag >> 6)].fetch_or(1 << (tag & 63), Ordering::Relaxed);
+    }
+
+    /// The predecessors' node tags.
+    fn known_tags(&self) -> Vec<u8> {
+        (0..=u8::MAX).filter(|&t| self.knows_tag(t)).collect()
     }
 
     /// Records kept.
@@ -620,14 +663,16 @@ fn respond<B: Backend>(
 /// Answers a waiting connection, here or on its worker.
 fn answer<B: Backend>(cx: &mut Core<B>, to: Waiter, status: u16, json: bool, body: &[u8]) {
     if to.worker != cx.id {
-        if let Some(inbox) = cx.shared.inboxes.get(to.worker) {
-            inbox.push(Cmd::Sio(Box::new(SioCmd::Answer {
+        push_cmd(
+            cx,
+            to.worker,
+            SioCmd::Answer {
                 token: to.token,
                 status,
                 json,
                 body: body.to_vec(),
-            })));
-        }
+            },
+        );
         return;
     }
     if !cx.conns.alive(to.token) {
@@ -695,7 +740,7 @@ pub fn start<B: Backend>(
             return Ok(());
         }
     };
-    let Some(parts) = parse_id(sid).filter(|p| p.node == node_tag(&cx.shared.node_id)) else {
+    let Some(parts) = parse_id(sid).filter(|p| ours(cx, p.node)) else {
         eio_error(cx, slot, ErrorCode::UnknownSid);
         return Ok(());
     };
@@ -711,11 +756,15 @@ pub fn start<B: Backend>(
         on_forwarded(cx, me, sid, what);
     } else {
         cx.stats.inc(Counter::SioForwarded);
-        cx.shared.inboxes[parts.worker].push(Cmd::Sio(Box::new(SioCmd::Forward {
-            from: me,
-            sid: sid.into(),
-            req: what,
-        })));
+        push_cmd(
+            cx,
+            parts.worker,
+            SioCmd::Forward {
+                from: me,
+                sid: sid.into(),
+                req: what,
+            },
+        );
     }
     Ok(())
 }
@@ -848,9 +897,7 @@ fn open_ws<B: Backend>(
     // is not (or no longer) a polling session is accepted and then closed, as WebSocket
     // clients expect of a session that went away (or moved on to another WebSocket).
     let foreign = sid.is_some_and(|sid| {
-        parse_id(sid).is_none_or(|p| {
-            p.node != node_tag(&cx.shared.node_id) || p.worker >= cx.shared.inboxes.len()
-        })
+        parse_id(sid).is_none_or(|p| !ours(cx, p.node) || p.worker >= cx.shared.inboxes.len())
     });
     if foreign {
         eio_error(cx, slot, ErrorCode::UnknownSid);
@@ -883,9 +930,8 @@ fn open_ws<B: Backend>(
             worker: cx.id,
             token: cx.conns.token(slot),
         };
-        let known = parse_id(sid).filter(|p| {
-            p.node == node_tag(&cx.shared.node_id) && p.worker < cx.shared.inboxes.len()
-        });
+        let known =
+            parse_id(sid).filter(|p| ours(cx, p.node) && p.worker < cx.shared.inboxes.len());
         if known.is_none() {
             install(cx, me.token, None);
         } else {
@@ -958,21 +1004,39 @@ fn on_forwarded<B: Backend>(cx: &mut Core<B>, from: Waiter, sid: &str, req: Forw
     }
 }
 
+/// Pushes a Socket.IO command to a worker's inbox, counted until that worker handles it
+/// (a handover refuses while one is in flight: see [`handover`]).
+fn push_cmd<B: Backend>(cx: &Core<B>, worker: usize, cmd: SioCmd) {
+    if let Some(inbox) = cx.shared.inboxes.get(worker) {
+        cx.shared
+            .sio_recovery
+            .in_flight
+            .fetch_add(1, Ordering::AcqRel);
+        inbox.push(Cmd::Sio(Box::new(cmd)));
+    }
+}
+
 fn install_remote<B: Backend>(cx: &mut Core<B>, to: Waiter, snap: Option<Box<Snapshot>>) {
     if to.worker == cx.id {
         return install(cx, to.token, snap);
     }
     cx.stats.inc(Counter::SioMoved);
-    if let Some(inbox) = cx.shared.inboxes.get(to.worker) {
-        inbox.push(Cmd::Sio(Box::new(SioCmd::Install {
+    push_cmd(
+        cx,
+        to.worker,
+        SioCmd::Install {
             token: to.token,
             snapshot: snap,
-        })));
-    }
+        },
+    );
 }
 
 /// A Socket.IO command from another worker.
 pub fn on_cmd<B: Backend>(cx: &mut Core<B>, cmd: SioCmd) {
+    cx.shared
+        .sio_recovery
+        .in_flight
+        .fetch_sub(1, Ordering::AcqRel);
     match cmd {
         SioCmd::Forward { from, sid, req } => on_forwarded(cx, from, &sid, req),
         SioCmd::Answer {
@@ -1140,15 +1204,15 @@ fn on_probe_message<B: Backend>(cx: &mut Core<B>, slot: usize, kind: DataKind, d
 fn forward_to_owner<B: Backend>(cx: &mut Core<B>, from: Waiter, sid: &str, req: Forwarded) {
     match parse_id(sid) {
         Some(p) if p.worker == cx.id => on_forwarded(cx, from, sid, req),
-        Some(p) => {
-            if let Some(inbox) = cx.shared.inboxes.get(p.worker) {
-                inbox.push(Cmd::Sio(Box::new(SioCmd::Forward {
-                    from,
-                    sid: sid.into(),
-                    req,
-                })));
-            }
-        }
+        Some(p) => push_cmd(
+            cx,
+            p.worker,
+            SioCmd::Forward {
+                from,
+                sid: sid.into(),
+                req,
+            },
+        ),
         None => {}
     }
 }
@@ -2494,33 +2558,6 @@ mod tests {
 
 // ------------------------------------------------------------------ hot handover
 
-/// Hot handover (`crate::handover`): the Socket.IO part of the record in `slot` (a
-/// `SioWs`, `SioPoll`, `SioHeld` or `SioProbe` connection), for [`import`] in the
-/// successor, which restores the record in the same slot with the same generation. An
-/// error names what cannot be handed over (yet).
-pub fn export<B: Backend>(_cx: &Core<B>, _slot: usize) -> Result<serde_json::Value, String> {
-    Err("Socket.IO connections cannot be handed over yet".into())
-}
-
-/// In a successor: restores what [`export`] took, on the record already restored in
-/// `slot` (state, socket, subscriptions and timer done by the worker).
-pub fn import<B: Backend>(
-    _cx: &mut Core<B>,
-    _slot: usize,
-    _state: serde_json::Value,
-) -> Result<(), String> {
-    Err("Socket.IO connections cannot be handed over yet".into())
-}
-
-/// Hot handover: the process-wide Socket.IO state (the recoveries kept).
-pub fn export_shared(_shared: &crate::shared::Shared) -> Result<serde_json::Value, String> {
-    Ok(serde_json::Value::Null)
-}
-
-/// In a successor: restores what [`export_shared`] took.
-pub fn import_shared(
-    _shared: &crate::shared::Shared,
-    _state: serde_json::Value,
-) -> Result<(), String> {
-    Ok(())
-}
+#[path = "socketio_handover.rs"]
+mod handover;
+pub use handover::{export, export_shared, import, import_shared};

@@ -66,7 +66,8 @@ impl<B: Backend> Worker<B> {
         loop {
             match resume.recv() {
                 Ok(Resume::Install { socks, reply }) => {
-                    let _ = reply.send(self.core.io.handover_fds(&socks).map_err(|e| e.to_string()));
+                    let _ =
+                        reply.send(self.core.io.handover_fds(&socks).map_err(|e| e.to_string()));
                 }
                 Ok(Resume::Thaw) | Err(_) => {
                     info!("worker {}: handover called off, serving on", self.core.id);
@@ -93,7 +94,6 @@ impl<B: Backend> Worker<B> {
             records: Vec::with_capacity(cx.conns.len()),
         };
         let now = std::time::Instant::now();
-        let mut sio = 0;
         let mut cut = 0;
         for slot in cx.conns.slots() {
             let c = &cx.conns[slot];
@@ -107,14 +107,7 @@ impl<B: Backend> Worker<B> {
                 State::SioWs | State::SioPoll | State::SioHeld | State::SioProbe
             );
             let sio_state = if is_sio {
-                match crate::transport::socketio::export(cx, slot) {
-                    Ok(v) => Some(v),
-                    Err(e) => {
-                        sio += 1;
-                        crate::debug!("worker {}: handover: Socket.IO slot {slot}: {e}", cx.id);
-                        continue;
-                    }
-                }
+                Some(crate::transport::socketio::export(cx, slot)?)
             } else {
                 None
             };
@@ -190,11 +183,6 @@ impl<B: Backend> Worker<B> {
                 "worker {}: handover: {cut} TLS handshakes in progress were closed",
                 cx.id
             );
-        }
-        if sio > 0 {
-            return Err(format!(
-                "{sio} Socket.IO connections are open: they cannot be handed over yet"
-            ));
         }
         Ok(frozen)
     }
