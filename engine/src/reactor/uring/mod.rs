@@ -169,8 +169,10 @@ pub struct Uring {
     early: HashMap<Token, (Vec<u8>, usize), TokenState>,
     /// Descriptors a hot handover brought, by the direct slot each is to take.
     to_register: Vec<(u32, i32)>,
-    /// The next direct slot for a connection taken over.
+    /// Connections taken over so far (their direct slots are the top ones).
     next_import: u32,
+    /// The kernel's allocation range excludes the slots taken over (until the first wait).
+    range_narrowed: bool,
 }
 
 impl Uring {
@@ -227,6 +229,7 @@ impl Uring {
             early: HashMap::default(),
             to_register: Vec::new(),
             next_import: 0,
+            range_narrowed: false,
         };
         u.arm_waker();
         Ok(u)
@@ -586,6 +589,33 @@ impl Uring {
         }
     }
 
+    /// Lets the kernel allocate direct descriptors in `[0, len)` only
+    /// (IORING_REGISTER_FILE_ALLOC_RANGE, which the crate does not wrap).
+    fn set_alloc_range(&mut self, len: u32) {
+        let range = FileIndexRange {
+            off: 0,
+            len,
+            resv: 0,
+        };
+        // SAFETY: io_uring_register(2) on our ring's descriptor with a pointer to a live
+        // `io_uring_file_index_range` (layout: two u32 and a u64) and nr_args 0.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_register,
+                self.ring.as_raw_fd(),
+                REGISTER_FILE_ALLOC_RANGE,
+                &range as *const FileIndexRange,
+                0,
+            )
+        };
+        if r < 0 {
+            warn!(
+                "io_uring: cannot set the direct descriptors' allocation range: {}",
+                io::Error::last_os_error()
+            );
+        }
+    }
+
     /// Puts the descriptors a hot handover brought into the direct descriptor table, at
     /// the slots [`Backend::import_conn`] gave them, in one registration per run of
     /// consecutive slots, and closes them (the table holds the sockets). Runs before
@@ -595,7 +625,13 @@ impl Uring {
         if self.to_register.is_empty() {
             return;
         }
-        let list = std::mem::take(&mut self.to_register);
+        let mut list = std::mem::take(&mut self.to_register);
+        list.sort_unstable_by_key(|&(slot, _)| slot);
+        // Until the worker runs, the accepts' allocations stay below the slots taken over
+        // (they are taken from the top down); its first wait gives the whole table back
+        // (the slots taken are marked used by then).
+        self.set_alloc_range(self.table as u32 - self.next_import);
+        self.range_narrowed = true;
         let mut at = 0;
         while at < list.len() {
             let start = list[at].0;
@@ -619,6 +655,17 @@ impl Uring {
             at += run;
         }
     }
+}
+
+/// `IORING_REGISTER_FILE_ALLOC_RANGE`.
+const REGISTER_FILE_ALLOC_RANGE: libc::c_long = 25;
+
+/// `struct io_uring_file_index_range`.
+#[repr(C)]
+struct FileIndexRange {
+    off: u32,
+    len: u32,
+    resv: u64,
 }
 
 fn nofile_limit() -> u32 {
@@ -696,6 +743,10 @@ impl Backend for Uring {
         self.budget.new_turn(events);
         self.before_wait();
         self.flush_direct();
+        if self.range_narrowed {
+            self.range_narrowed = false;
+            self.set_alloc_range(self.table as u32);
+        }
         let ready =
             events.len() > start || !self.cqes.is_empty() || !self.ring.completion().is_empty();
         let result = match timeout {
@@ -953,12 +1004,13 @@ impl Backend for Uring {
 
     fn import_conn(&mut self, fd: Sock, token: Token, state: Exported) -> io::Result<Sock> {
         let sock = if self.direct {
-            // Registered before the first submission (`flush_direct`).
-            let slot = self.next_import;
-            if slot as usize >= self.table {
+            // From the top of the table down, registered before the next submission
+            // (`flush_direct`), which also keeps the kernel's allocator below them.
+            if self.next_import as usize + 2 * crate::limits::REJECT_BATCH >= self.table {
                 return Err(io::Error::other("the direct descriptor table is full"));
             }
             self.next_import += 1;
+            let slot = self.table as u32 - self.next_import;
             self.to_register.push((slot, fd));
             slot as Sock
         } else {
