@@ -96,43 +96,55 @@ pub struct Record {
     /// The WebSocket session's byte.
     pub session: u8,
     /// The frame decoder's unfinished state (`Decoder::export`).
-    #[serde(with = "b64")]
+    #[serde(with = "b64", default, skip_serializing_if = "Vec::is_empty")]
     pub decoder: Vec<u8>,
     /// Subscriptions: channel name and the last seq delivered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subs: Vec<(String, u64)>,
     /// Received bytes not yet parsed.
-    #[serde(with = "b64")]
+    #[serde(with = "b64", default, skip_serializing_if = "Vec::is_empty")]
     pub rbuf: Vec<u8>,
     /// JSONP / iframe callback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback: Option<String>,
     /// The verified token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant: Option<Grant>,
     /// The seq a held long-poll asked for.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub poll_seq: u64,
     /// The allowed `Origin` of the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<String>,
     /// After a token expired: milliseconds left for a `refresh`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_deadline_ms: Option<u64>,
     /// Milliseconds left on the connection's timer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timer_ms: Option<u64>,
     /// The peer's address, when `max_connections_per_ip` counts it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<IpAddr>,
     /// Output the backend had not written yet.
-    #[serde(with = "b64")]
+    #[serde(with = "b64", default, skip_serializing_if = "Vec::is_empty")]
     pub pending: Vec<u8>,
     /// The TLS layer's state (empty for a plain connection).
-    #[serde(with = "b64", default)]
+    #[serde(with = "b64", default, skip_serializing_if = "Vec::is_empty")]
     pub tls: Vec<u8>,
     /// Input the backend had received and the worker not read yet.
-    #[serde(with = "b64", default)]
+    #[serde(with = "b64", default, skip_serializing_if = "Vec::is_empty")]
     pub input: Vec<u8>,
     /// The Socket.IO part of the record (`transport::socketio`), if it has one.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sio: Option<Value>,
 }
 
 fn yes() -> bool {
     true
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A channel of the hub snapshot.

@@ -536,15 +536,22 @@ fn spawn_workers<B: Backend + Send + 'static>(
         // Each worker's backend takes its sockets over as they come; then the records.
         let mut prepared: Vec<Vec<_>> = made.iter().map(|_| Vec::new()).collect();
         let workers = made.len();
+        let t0 = Instant::now();
         handover::receive_records(sock, total, workers, |r, fd| {
             let w = r.worker;
             if let Some(p) = made[w].take_over(r, fd) {
                 prepared[w].push(p);
             }
         })?;
+        let received = t0.elapsed();
         for (worker, records) in made.iter_mut().zip(prepared) {
             adopted += worker.adopt(records);
         }
+        info!(
+            "handover: {total} connection records received in {:.1} ms, adopted in {:.1} ms",
+            received.as_secs_f64() * 1000.0,
+            (t0.elapsed() - received).as_secs_f64() * 1000.0
+        );
     }
     let mut handles = Vec::with_capacity(made.len());
     for (id, worker) in made.into_iter().enumerate() {
