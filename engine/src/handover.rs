@@ -426,9 +426,7 @@ fn recv_msg(sock: &UnixStream) -> io::Result<(Message, Vec<OwnedFd>)> {
 
 /// Can this server be upgraded at all (before a successor is started)?
 fn check_supported(shared: &Shared) -> Result<(), String> {
-    if shared.cluster.is_some() {
-        return Err("upgrade is not supported in cluster mode yet".into());
-    }
+    // A cluster node hands over too: see `crate::cluster`, "Hot handover".
     if shared.draining.load(Ordering::SeqCst) {
         return Err("the server is draining: resume it first".into());
     }
@@ -499,8 +497,7 @@ fn thaw(shared: &Shared, resumes: &[mpsc::Sender<Resume>]) {
     shared.hub.set_frozen(false);
 }
 
-fn snapshot(shared: &Shared) -> (Vec<SnapChannel>, Vec<SnapIdem>) {
-    let loaded = shared.hub.snapshot();
+fn snapshot(loaded: Loaded) -> (Vec<SnapChannel>, Vec<SnapIdem>) {
     let channels = loaded
         .channels
         .into_iter()
@@ -701,10 +698,19 @@ fn send_all(
     if admin < 0 {
         return Err("the admin listener is not known".into());
     }
-    // Disk mode: the successor reads the streams from the store.
-    let (channels, idem) = match shared.hub.store() {
-        Some(_) => (Vec::new(), Vec::new()),
-        None => snapshot(shared),
+    // Disk mode: the successor reads the streams from the store. A cluster node: each
+    // stream where its handed-over subscribers are (the successor fills in the rest from
+    // Redis, see `crate::cluster`).
+    let (channels, idem) = match (shared.hub.store(), &shared.cluster) {
+        (Some(_), _) => (Vec::new(), Vec::new()),
+        (None, Some(_)) => snapshot(
+            shared.hub.replica_snapshot(
+                p.records
+                    .iter()
+                    .flat_map(|(r, _)| r.subs.iter().map(|(c, s)| (c.as_str(), *s))),
+            ),
+        ),
+        (None, None) => snapshot(shared.hub.snapshot()),
     };
     let count = p.records.len();
     let header = Message::Header {
@@ -735,13 +741,19 @@ fn send_all(
 }
 
 /// Process-wide state beyond the hub and the connections, by part: Socket.IO's kept
-/// recoveries (`"sio"`).
+/// recoveries (`"sio"`), a cluster node's id and stream floors (`"cluster"`).
 fn export_extra(shared: &Shared) -> Result<serde_json::Map<String, Value>, String> {
     let mut m = serde_json::Map::new();
     m.insert(
         "sio".into(),
         crate::transport::socketio::export_shared(shared)?,
     );
+    if shared.cluster.is_some() {
+        m.insert(
+            crate::cluster::handover::EXTRA_KEY.into(),
+            crate::cluster::handover::export(shared),
+        );
+    }
     Ok(m)
 }
 
@@ -751,6 +763,11 @@ pub fn import_extra(shared: &Shared, mut extra: serde_json::Map<String, Value>) 
     if let Some(v) = extra.remove("sio") {
         if let Err(e) = crate::transport::socketio::import_shared(shared, v) {
             warn!("handover: Socket.IO state lost: {e}");
+        }
+    }
+    if let Some(v) = extra.remove(crate::cluster::handover::EXTRA_KEY) {
+        if let Err(e) = crate::cluster::handover::import(shared, v) {
+            warn!("handover: the cluster's stream floors lost: {e}");
         }
     }
 }

@@ -1,5 +1,12 @@
 //! The hub's part of a hot handover (see `crate::handover`): freezing publishes, the
 //! memory-mode snapshot of every channel, and loading one in the successor.
+//!
+//! In a cluster the freeze also holds the feed (see `crate::cluster`, "Hot handover"):
+//! the feed's thread applies every feed line, and every fill-in, through
+//! [`Hub::while_thawed`], so once [`Hub::set_frozen`] returns nothing more of the feed
+//! reaches the hub, and every delivery applied before is in the workers' inboxes ahead
+//! of their freeze. The successor's replica hub is restored frozen, and thawed once its
+//! workers hold the connections: only then does its feed fill in.
 
 use super::*;
 use crate::store::{LoadedChannel, LoadedIdem};
@@ -7,7 +14,7 @@ use crate::store::{LoadedChannel, LoadedIdem};
 impl Hub {
     /// Refuses publishes while a hot handover holds the world still (a WebSocket client's
     /// `pub` gets 503 and may retry; the admin port is not read meanwhile).
-    pub(super) fn check_frozen(&self) -> Result<(), HubError> {
+    pub(crate) fn check_frozen(&self) -> Result<(), HubError> {
         if self.frozen.load(Ordering::Acquire) {
             return Err(HubError::Unavailable(
                 "the server is being upgraded, retry".into(),
@@ -16,11 +23,40 @@ impl Hub {
         Ok(())
     }
 
-    /// Freezes (or thaws) publishing. Taken under the hub's lock, so a publish that got
-    /// through has pushed its deliveries before this returns.
+    fn feed_gate(&self) -> MutexGuard<'_, bool> {
+        self.feed_gate.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Freezes (or thaws) publishing and the cluster feed. Taken under the hub's lock, so
+    /// a publish that got through has pushed its deliveries before this returns; and
+    /// under the feed's gate, so a feed line being applied is applied (and delivered)
+    /// before it returns, and none after until the thaw.
     pub fn set_frozen(&self, frozen: bool) {
-        let _inner = self.lock();
-        self.frozen.store(frozen, Ordering::Release);
+        let mut gate = self.feed_gate();
+        {
+            let _inner = self.lock();
+            self.frozen.store(frozen, Ordering::Release);
+        }
+        *gate = frozen;
+        self.feed_thawed.notify_all();
+    }
+
+    /// Runs `f` (the cluster feed applying something) once the hub is not frozen, with
+    /// the feed's gate held: a freeze waits for it to end.
+    pub fn while_thawed<T>(&self, f: impl FnOnce() -> T) -> T {
+        let mut gate = self.feed_gate();
+        while *gate {
+            gate = self
+                .feed_thawed
+                .wait(gate)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        f()
+    }
+
+    /// Waits until the hub is not frozen (the cluster's subscriber-count reports).
+    pub fn wait_thawed(&self) {
+        self.while_thawed(|| ());
     }
 
     /// Every channel's stream and the idempotency records, as the disk store's load
@@ -57,9 +93,42 @@ impl Hub {
         Loaded { channels, idem }
     }
 
+    /// A replica's snapshot for its successor: every channel's stream as the handed-over
+    /// subscriptions have it. `cursors` are the subscriptions' (channel, last seq
+    /// delivered); a channel's seq is lowered to its lowest cursor (its history cut
+    /// there), so that the successor's fill-in from Redis starts where the slowest of
+    /// its subscribers is (the others drop what they have had). No idempotency record:
+    /// in a cluster they live in Redis.
+    pub fn replica_snapshot<'a>(
+        &self,
+        cursors: impl IntoIterator<Item = (&'a str, u64)>,
+    ) -> Loaded {
+        let mut lowest: HashMap<&str, u64> = HashMap::new();
+        for (name, seq) in cursors {
+            let low = lowest.entry(name).or_insert(seq);
+            *low = (*low).min(seq);
+        }
+        let mut loaded = self.snapshot();
+        for c in &mut loaded.channels {
+            if let Some(&low) = lowest.get(c.name.as_str()) {
+                if low < c.seq {
+                    c.seq = low;
+                    c.history.retain(|&(s, _)| s <= low);
+                }
+            }
+        }
+        loaded.idem.clear();
+        loaded
+    }
+
     /// Loads what [`Hub::snapshot`] took in the old process (before any subscription),
-    /// exactly as the disk store's contents are loaded.
+    /// exactly as the disk store's contents are loaded. A replica's hub stays frozen
+    /// until [`Hub::set_frozen`]`(false)`: its feed must not fill in before the
+    /// connections it fills in for are adopted.
     pub fn restore(&self, loaded: Loaded) {
         self.load(loaded);
+        if self.replica {
+            self.set_frozen(true);
+        }
     }
 }
