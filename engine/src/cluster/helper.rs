@@ -35,7 +35,8 @@ pub struct ReplyTo {
 /// Work for the helper.
 #[derive(Debug)]
 pub enum Job {
-    /// A WebSocket client's publish.
+    /// A WebSocket client's publish (submitted with [`Cluster::submit_publish`]: the hub
+    /// counts it until it is answered).
     Publish {
         /// Who asked.
         to: ReplyTo,
@@ -140,6 +141,7 @@ pub fn run(cluster: &Cluster, hub: &Hub, inboxes: &[Arc<Inbox>], rx: Receiver<Jo
                 (Job::Publish { .. }, false) => {
                     let e = cluster.refuse().expect("the feed is down");
                     answer_failed(inboxes, job, &e);
+                    hub.client_publish_answered();
                 }
                 (Job::Presence { .. }, false) => {}
                 (Job::Read { deadline, .. }, false) => {
@@ -203,6 +205,7 @@ fn answer(
                     result,
                 }),
             );
+            hub.client_publish_answered();
         }
         Job::Read {
             to,

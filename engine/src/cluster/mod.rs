@@ -75,7 +75,10 @@
 //!   nothing more is applied, and what was applied before is in the workers' inboxes
 //!   ahead of their freeze, so their records' cursors are the hub's seqs. Its publishes
 //!   (control socket) get 503 (retry) like a memory-mode node's; its admin port is not
-//!   read, as in memory mode.
+//!   read, as in memory mode. Its WebSocket clients' publishes are answered later,
+//!   after Redis: the hub counts those handed to the helper ([`Cluster::submit_publish`])
+//!   and the freeze waits (at most `HANDOVER_PUBLISH_WAIT`) for their answers to be in
+//!   the workers' inboxes, ahead of the workers' freeze; new ones get 503 (retry).
 //! - It sends each channel's stream (epoch, seq, history) as its subscribers have it:
 //!   the seq lowered to the lowest cursor of the handed-over subscriptions
 //!   (`Hub::replica_snapshot`; the same as the hub's seq unless a cursor lags), and in
@@ -360,6 +363,24 @@ impl Cluster {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(j) | TrySendError::Disconnected(j)) => Err(j),
         }
+    }
+
+    /// Hands a WebSocket client's publish ([`Job::Publish`]) to the helper thread,
+    /// counted by the hub until its answer is in the worker's inbox (a hot handover's
+    /// freeze waits for it); refused while the hub is frozen. A full queue answers it
+    /// 503 through the inbox.
+    pub fn submit_publish(
+        &self,
+        hub: &Hub,
+        inboxes: &[Arc<Inbox>],
+        job: Job,
+    ) -> Result<(), HubError> {
+        hub.client_publish_begins()?;
+        if let Err(job) = self.submit(job) {
+            helper::answer_failed(inboxes, job, &HubError::Overloaded);
+            hub.client_publish_answered();
+        }
+        Ok(())
     }
 
     fn with_publisher<T>(

@@ -6,10 +6,23 @@
 //! [`Hub::while_thawed`], so once [`Hub::set_frozen`] returns nothing more of the feed
 //! reaches the hub, and every delivery applied before is in the workers' inboxes ahead
 //! of their freeze. The successor's replica hub is restored frozen, and thawed once its
-//! workers hold the connections: only then does its feed fill in.
+//! workers hold the connections: only then does its feed fill in. The WebSocket
+//! clients' publishes, which a cluster node answers later (after Redis), are counted
+//! here: a freeze waits for the answers of those under way, so that no worker is frozen
+//! with one outstanding.
 
 use super::*;
+use crate::limits::HANDOVER_PUBLISH_WAIT;
 use crate::store::{LoadedChannel, LoadedIdem};
+
+/// The cluster threads' side of a freeze.
+#[derive(Debug, Default)]
+pub(super) struct Gate {
+    /// The feed applies nothing (and the reports wait) while true.
+    frozen: bool,
+    /// Client publishes handed to Redis and not answered yet.
+    publishing: usize,
+}
 
 impl Hub {
     /// Refuses publishes while a hot handover holds the world still (a WebSocket client's
@@ -23,29 +36,47 @@ impl Hub {
         Ok(())
     }
 
-    fn feed_gate(&self) -> MutexGuard<'_, bool> {
+    fn feed_gate(&self) -> MutexGuard<'_, Gate> {
         self.feed_gate.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Freezes (or thaws) publishing and the cluster feed. Taken under the hub's lock, so
     /// a publish that got through has pushed its deliveries before this returns; and
     /// under the feed's gate, so a feed line being applied is applied (and delivered)
-    /// before it returns, and none after until the thaw.
+    /// before it returns, and none after until the thaw. A freeze also waits (at most
+    /// [`HANDOVER_PUBLISH_WAIT`]) until every client publish handed to Redis is answered
+    /// into its worker's inbox, ahead of the worker's freeze.
     pub fn set_frozen(&self, frozen: bool) {
         let mut gate = self.feed_gate();
         {
             let _inner = self.lock();
             self.frozen.store(frozen, Ordering::Release);
         }
-        *gate = frozen;
+        gate.frozen = frozen;
         self.feed_thawed.notify_all();
+        if !frozen {
+            return;
+        }
+        let deadline = Instant::now() + HANDOVER_PUBLISH_WAIT;
+        while gate.publishing > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                // The workers' export refuses then ("in flight: retry").
+                return;
+            }
+            gate = self
+                .feed_thawed
+                .wait_timeout(gate, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
     }
 
     /// Runs `f` (the cluster feed applying something) once the hub is not frozen, with
     /// the feed's gate held: a freeze waits for it to end.
     pub fn while_thawed<T>(&self, f: impl FnOnce() -> T) -> T {
         let mut gate = self.feed_gate();
-        while *gate {
+        while gate.frozen {
             gate = self
                 .feed_thawed
                 .wait(gate)
@@ -57,6 +88,29 @@ impl Hub {
     /// Waits until the hub is not frozen (the cluster's subscriber-count reports).
     pub fn wait_thawed(&self) {
         self.while_thawed(|| ());
+    }
+
+    /// A client publish is about to be handed to Redis (through the cluster's helper):
+    /// refused while frozen, else counted until [`Hub::client_publish_answered`].
+    pub fn client_publish_begins(&self) -> Result<(), HubError> {
+        let mut gate = self.feed_gate();
+        if gate.frozen {
+            return Err(HubError::Unavailable(
+                "the server is being upgraded, retry".into(),
+            ));
+        }
+        gate.publishing += 1;
+        Ok(())
+    }
+
+    /// A client publish counted by [`Hub::client_publish_begins`] has its answer in its
+    /// worker's inbox.
+    pub fn client_publish_answered(&self) {
+        let mut gate = self.feed_gate();
+        gate.publishing = gate.publishing.saturating_sub(1);
+        if gate.publishing == 0 {
+            self.feed_thawed.notify_all();
+        }
     }
 
     /// Every channel's stream and the idempotency records, as the disk store's load

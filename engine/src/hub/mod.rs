@@ -92,9 +92,10 @@ pub struct Hub {
     /// A hot handover froze the world: publishes are refused (503, retry) until it is
     /// called off (see `hub::handover`).
     frozen: std::sync::atomic::AtomicBool,
-    /// The same, for the cluster feed's thread (`hub::handover`): it applies nothing
-    /// while this is true, and holds the lock while it applies.
-    feed_gate: Mutex<bool>,
+    /// The same, for the cluster's threads (`hub::handover`): the feed applies nothing
+    /// while frozen (and holds the lock while it applies); the clients' publishes handed
+    /// to Redis are counted, and a freeze waits for their answers.
+    feed_gate: Mutex<handover::Gate>,
     feed_thawed: std::sync::Condvar,
     /// Messages published (applied) since start.
     pub published: AtomicU64,
@@ -143,7 +144,7 @@ impl Hub {
             replica: cfg.replica,
             store,
             frozen: std::sync::atomic::AtomicBool::new(false),
-            feed_gate: Mutex::new(false),
+            feed_gate: Mutex::new(handover::Gate::default()),
             feed_thawed: std::sync::Condvar::new(),
             published: AtomicU64::new(0),
             remote: AtomicU64::new(0),

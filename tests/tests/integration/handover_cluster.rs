@@ -55,9 +55,21 @@ impl Drop for Successor {
 
 /// A cluster node without a configured `cluster.node_id` (its id is made up at start:
 /// the successor must take it over).
-fn unnamed_node(redis_url: &str, env: &[(&str, &str)]) -> Server {
+fn unnamed_node(redis_url: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
     let url = format!("cluster.redis_url={redis_url}");
-    let s = Server::start_with_env(&["--set", &url, "--set", HISTORY], env);
+    // The WebSocket publishers publish as fast as they are answered.
+    let mut args = vec![
+        "--set",
+        &url,
+        "--set",
+        HISTORY,
+        "--set",
+        "client_publish_rate=100000",
+        "--set",
+        "client_publish_burst=100000",
+    ];
+    args.extend_from_slice(extra);
+    let s = Server::start_with_env(&args, env);
     s.wait_redis_up();
     s
 }
@@ -102,6 +114,47 @@ fn publisher(
                 }
             }
             thread::sleep(Duration::from_millis(2));
+        }
+        acked
+    })
+}
+
+/// Publishes `w-1`, `w-2`, ... to `channel` as a WebSocket client of `addr` (`pub` ops,
+/// the next one as soon as the last is answered, so that one is nearly always under way
+/// in Redis) until `stop`; returns what was answered `ok`. A 503 (frozen, or the node
+/// filling in) is not acknowledged; the connection must stay open throughout.
+fn ws_publisher(
+    addr: SocketAddr,
+    channel: &'static str,
+    stop: Arc<AtomicBool>,
+    count: Arc<AtomicUsize>,
+) -> thread::JoinHandle<Vec<Acked>> {
+    let mut ws = Ws::connect(addr, "/ws");
+    thread::spawn(move || {
+        let mut acked = Vec::new();
+        let mut n = 0u64;
+        while !stop.load(Ordering::SeqCst) {
+            n += 1;
+            let content = format!("w-{n}");
+            ws.send_json(&json!({"op": "pub", "channel": channel, "content": content, "id": n}));
+            let v = loop {
+                match ws.recv(LONG) {
+                    WsEvent::Ping => continue,
+                    WsEvent::Json(v) if v["type"] == "connected" => continue,
+                    WsEvent::Json(v) => break v,
+                    other => panic!("the WebSocket publisher: {other:?} after {n}"),
+                }
+            };
+            assert_eq!(v["id"], n, "{v}");
+            match (v["type"].as_str(), v["code"].as_u64()) {
+                (Some("ok"), _) => {
+                    let seq = v["seq"].as_u64().expect("a seq in an ok");
+                    acked.push((channel.to_string(), seq, content));
+                    count.fetch_add(1, Ordering::SeqCst);
+                }
+                (Some("error"), Some(503)) => thread::sleep(Duration::from_millis(2)),
+                _ => panic!("the WebSocket publisher: {v}"),
+            }
         }
         acked
     })
@@ -208,7 +261,7 @@ fn registered_nodes(redis: &Redis) -> Vec<String> {
 #[test]
 fn an_upgraded_node_misses_nothing_published_on_any_node() {
     let redis = Redis::start();
-    let a = unnamed_node(&redis.url(), &[]);
+    let a = unnamed_node(&redis.url(), &["--set", "client_publish=live"], &[]);
     let b = node(&redis.url(), "node-b", &["--set", HISTORY]);
     let a_id = a.info()["node"].as_str().expect("a node id").to_string();
 
@@ -255,6 +308,7 @@ fn an_upgraded_node_misses_nothing_published_on_any_node() {
     let stop = Arc::new(AtomicBool::new(false));
     let via_a = Arc::new(AtomicUsize::new(0));
     let via_b = Arc::new(AtomicUsize::new(0));
+    let via_ws = Arc::new(AtomicUsize::new(0));
     let pub_b = publisher(
         b.admin_addr,
         "b",
@@ -263,21 +317,27 @@ fn an_upgraded_node_misses_nothing_published_on_any_node() {
         via_b.clone(),
     );
     let pub_a = publisher(a.admin_addr, "a", &["live"], stop.clone(), via_a.clone());
-    assert!(wait_until(LONG, || via_a.load(Ordering::SeqCst) >= 20
-        && via_b.load(Ordering::SeqCst) >= 20));
+    let pub_ws = ws_publisher(a.addr, "live", stop.clone(), via_ws.clone());
+    let counts = [&via_a, &via_b, &via_ws];
+    assert!(wait_until(LONG, || counts
+        .iter()
+        .all(|c| c.load(Ordering::SeqCst) >= 20)));
     let new = upgrade(&a);
     // Publishing goes on through both nodes after the upgrade (A's successor refuses with
     // 503 until its feed has filled in, then serves).
-    let (a_then, b_then) = (via_a.load(Ordering::SeqCst), via_b.load(Ordering::SeqCst));
+    let then: Vec<usize> = counts.iter().map(|c| c.load(Ordering::SeqCst)).collect();
     assert!(
-        wait_until(LONG, || via_a.load(Ordering::SeqCst) >= a_then + 30
-            && via_b.load(Ordering::SeqCst) >= b_then + 30),
+        wait_until(LONG, || counts
+            .iter()
+            .zip(&then)
+            .all(|(c, t)| c.load(Ordering::SeqCst) >= t + 30)),
         "publishing did not go on after the upgrade:\n{}",
         a.log()
     );
     stop.store(true, Ordering::SeqCst);
     let mut acked = pub_a.join().unwrap();
     acked.extend(pub_b.join().unwrap());
+    acked.extend(pub_ws.join().unwrap());
     for ch in ["live", "side"] {
         b.publish(ch, "end");
     }
@@ -331,7 +391,11 @@ fn a_cluster_node_whose_successor_fails_keeps_serving() {
     let redis = Redis::start();
     // Its successors die after receiving one connection record: after the freeze, with
     // the old process's feed held.
-    let a = unnamed_node(&redis.url(), &[("PUSHEDGE_HANDOVER_TEST_EXIT_AFTER", "1")]);
+    let a = unnamed_node(
+        &redis.url(),
+        &["--set", "client_publish=c"],
+        &[("PUSHEDGE_HANDOVER_TEST_EXIT_AFTER", "1")],
+    );
     let b = node(&redis.url(), "node-b", &["--set", HISTORY]);
     let mut ws = Sub::Ws(Ws::connect(a.addr, "/ws?channel=c"));
     let mut sse = Sub::Sse(SseStream::open(a.addr, "/sse?channel=c", &[]));
@@ -343,7 +407,10 @@ fn a_cluster_node_whose_successor_fails_keeps_serving() {
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicUsize::new(0));
     let pub_b = publisher(b.admin_addr, "b", &["c"], stop.clone(), count.clone());
-    assert!(wait_until(LONG, || count.load(Ordering::SeqCst) >= 20));
+    let ws_count = Arc::new(AtomicUsize::new(0));
+    let pub_ws = ws_publisher(a.addr, "c", stop.clone(), ws_count.clone());
+    assert!(wait_until(LONG, || count.load(Ordering::SeqCst) >= 20
+        && ws_count.load(Ordering::SeqCst) >= 20));
     for binary in [None, Some("/bin/false")] {
         let mut args = vec!["upgrade"];
         if let Some(b) = binary {
@@ -355,10 +422,16 @@ fn a_cluster_node_whose_successor_fails_keeps_serving() {
         assert!(answer.contains("upgrade failed, still serving"), "{answer}");
     }
     assert!(a.wait_log("handover called off", TIMEOUT), "{}", a.log());
-    let then = count.load(Ordering::SeqCst);
-    assert!(wait_until(LONG, || count.load(Ordering::SeqCst) >= then + 20));
+    let (then, ws_then) = (
+        count.load(Ordering::SeqCst),
+        ws_count.load(Ordering::SeqCst),
+    );
+    assert!(wait_until(LONG, || count.load(Ordering::SeqCst)
+        >= then + 20
+        && ws_count.load(Ordering::SeqCst) >= ws_then + 20));
     stop.store(true, Ordering::SeqCst);
     let mut acked = pub_b.join().unwrap();
+    acked.extend(pub_ws.join().unwrap());
 
     // A's own publishes go through Redis again, and its feed delivers.
     let r = a.admin_post("/pub?channel=c", b"via a");
