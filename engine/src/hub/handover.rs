@@ -15,20 +15,11 @@ use super::*;
 use crate::limits::HANDOVER_PUBLISH_WAIT;
 use crate::store::{LoadedChannel, LoadedIdem};
 
-/// The cluster threads' side of a freeze.
-#[derive(Debug, Default)]
-pub(super) struct Gate {
-    /// The feed applies nothing (and the reports wait) while true.
-    frozen: bool,
-    /// Client publishes handed to Redis and not answered yet.
-    publishing: usize,
-}
-
 impl Hub {
     /// Refuses publishes while a hot handover holds the world still (a WebSocket client's
     /// `pub` gets 503 and may retry; the admin port is not read meanwhile).
     pub(crate) fn check_frozen(&self) -> Result<(), HubError> {
-        if self.frozen.load(Ordering::Acquire) {
+        if self.frozen.load(Ordering::SeqCst) {
             return Err(HubError::Unavailable(
                 "the server is being upgraded, retry".into(),
             ));
@@ -36,37 +27,44 @@ impl Hub {
         Ok(())
     }
 
-    fn feed_gate(&self) -> MutexGuard<'_, Gate> {
+    fn feed_gate(&self) -> MutexGuard<'_, bool> {
         self.feed_gate.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publishing(&self) -> MutexGuard<'_, usize> {
+        self.publishing.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Freezes (or thaws) publishing and the cluster feed. Taken under the hub's lock, so
     /// a publish that got through has pushed its deliveries before this returns; and
     /// under the feed's gate, so a feed line being applied is applied (and delivered)
-    /// before it returns, and none after until the thaw. A freeze also waits (at most
+    /// before it returns, and none after until the thaw. A freeze then waits (at most
     /// [`HANDOVER_PUBLISH_WAIT`]) until every client publish handed to Redis is answered
     /// into its worker's inbox, ahead of the worker's freeze.
     pub fn set_frozen(&self, frozen: bool) {
-        let mut gate = self.feed_gate();
         {
-            let _inner = self.lock();
-            self.frozen.store(frozen, Ordering::Release);
+            let mut gate = self.feed_gate();
+            {
+                let _inner = self.lock();
+                self.frozen.store(frozen, Ordering::SeqCst);
+            }
+            *gate = frozen;
+            self.feed_thawed.notify_all();
         }
-        gate.frozen = frozen;
-        self.feed_thawed.notify_all();
         if !frozen {
             return;
         }
         let deadline = Instant::now() + HANDOVER_PUBLISH_WAIT;
-        while gate.publishing > 0 {
+        let mut n = self.publishing();
+        while *n > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 // The workers' export refuses then ("in flight: retry").
                 return;
             }
-            gate = self
-                .feed_thawed
-                .wait_timeout(gate, left)
+            n = self
+                .publishes_answered
+                .wait_timeout(n, left)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
@@ -76,7 +74,7 @@ impl Hub {
     /// the feed's gate held: a freeze waits for it to end.
     pub fn while_thawed<T>(&self, f: impl FnOnce() -> T) -> T {
         let mut gate = self.feed_gate();
-        while gate.frozen {
+        while *gate {
             gate = self
                 .feed_thawed
                 .wait(gate)
@@ -85,31 +83,33 @@ impl Hub {
         f()
     }
 
-    /// Waits until the hub is not frozen (the cluster's subscriber-count reports).
+    /// Waits until the hub is not frozen (the cluster's subscriber-count reports; not
+    /// held up by a fill-in under way).
     pub fn wait_thawed(&self) {
-        self.while_thawed(|| ());
+        if self.frozen.load(Ordering::SeqCst) {
+            self.while_thawed(|| ());
+        }
     }
 
     /// A client publish is about to be handed to Redis (through the cluster's helper):
-    /// refused while frozen, else counted until [`Hub::client_publish_answered`].
+    /// refused while frozen, else counted until [`Hub::client_publish_answered`]. Never
+    /// waits for more than the count's lock (a reactor thread calls it).
     pub fn client_publish_begins(&self) -> Result<(), HubError> {
-        let mut gate = self.feed_gate();
-        if gate.frozen {
-            return Err(HubError::Unavailable(
-                "the server is being upgraded, retry".into(),
-            ));
-        }
-        gate.publishing += 1;
+        let mut n = self.publishing();
+        // Under the count's lock: a freeze stores the flag, then reads the count under
+        // it, so either this sees the flag or the freeze sees this publish.
+        self.check_frozen()?;
+        *n += 1;
         Ok(())
     }
 
     /// A client publish counted by [`Hub::client_publish_begins`] has its answer in its
     /// worker's inbox.
     pub fn client_publish_answered(&self) {
-        let mut gate = self.feed_gate();
-        gate.publishing = gate.publishing.saturating_sub(1);
-        if gate.publishing == 0 {
-            self.feed_thawed.notify_all();
+        let mut n = self.publishing();
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            self.publishes_answered.notify_all();
         }
     }
 

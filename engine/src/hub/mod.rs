@@ -92,11 +92,14 @@ pub struct Hub {
     /// A hot handover froze the world: publishes are refused (503, retry) until it is
     /// called off (see `hub::handover`).
     frozen: std::sync::atomic::AtomicBool,
-    /// The same, for the cluster's threads (`hub::handover`): the feed applies nothing
-    /// while frozen (and holds the lock while it applies); the clients' publishes handed
-    /// to Redis are counted, and a freeze waits for their answers.
-    feed_gate: Mutex<handover::Gate>,
+    /// The same, for the cluster feed's thread (`hub::handover`): it applies nothing
+    /// while this is true, and holds the lock while it applies.
+    feed_gate: Mutex<bool>,
     feed_thawed: std::sync::Condvar,
+    /// The WebSocket clients' publishes handed to Redis and not answered yet (cluster):
+    /// a freeze waits for their answers (`hub::handover`).
+    publishing: Mutex<usize>,
+    publishes_answered: std::sync::Condvar,
     /// Messages published (applied) since start.
     pub published: AtomicU64,
     /// Messages received from the cluster feed since start.
@@ -144,8 +147,10 @@ impl Hub {
             replica: cfg.replica,
             store,
             frozen: std::sync::atomic::AtomicBool::new(false),
-            feed_gate: Mutex::new(handover::Gate::default()),
+            feed_gate: Mutex::new(false),
             feed_thawed: std::sync::Condvar::new(),
+            publishing: Mutex::new(0),
+            publishes_answered: std::sync::Condvar::new(),
             published: AtomicU64::new(0),
             remote: AtomicU64::new(0),
             idem_evicted: AtomicU64::new(0),
