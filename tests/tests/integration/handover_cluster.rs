@@ -25,21 +25,22 @@ const IDLE: usize = 600;
 struct Successor(i32);
 
 impl Successor {
-    /// Waits for the successor's "took over" line and reads its pid from it.
-    fn of(s: &Server) -> Successor {
+    /// Waits for the `nth` (from 1) successor's "took over" line (the successors log to
+    /// the first process's stderr) and reads its pid from it.
+    fn of(s: &Server, nth: usize) -> Successor {
+        let pids = || -> Vec<i32> {
+            s.log()
+                .lines()
+                .filter_map(|l| l.split("handover: pid ").nth(1))
+                .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+                .collect()
+        };
         assert!(
-            s.wait_log(" took over ", LONG),
-            "no successor took over:\n{}",
+            wait_until(LONG, || pids().len() >= nth),
+            "no successor number {nth} took over:\n{}",
             s.log()
         );
-        let log = s.log();
-        let pid = log
-            .lines()
-            .find_map(|l| l.split("handover: pid ").nth(1))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no successor pid in:\n{log}"));
-        Successor(pid)
+        Successor(pids()[nth - 1])
     }
 }
 
@@ -235,14 +236,14 @@ fn check(who: &str, channel: &str, got: &[(u64, String)], acked: &[Acked]) {
     );
 }
 
-fn upgrade(s: &Server) -> Successor {
-    let old = s.pid();
+/// The `nth` upgrade of `s` (its control socket is served by the last successor).
+fn upgrade(s: &Server, nth: usize) -> Successor {
     let out = s.ctl_binary(&["upgrade"]);
     let answer = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "upgrade: {answer}\n{}", s.log());
     assert!(answer.contains("\"upgraded\":true"), "{answer}");
-    let new = Successor::of(s);
-    assert_ne!(new.0 as u32, old);
+    let new = Successor::of(s, nth);
+    assert_ne!(new.0 as u32, s.pid());
     new
 }
 
@@ -322,18 +323,23 @@ fn an_upgraded_node_misses_nothing_published_on_any_node() {
     assert!(wait_until(LONG, || counts
         .iter()
         .all(|c| c.load(Ordering::SeqCst) >= 20)));
-    let new = upgrade(&a);
-    // Publishing goes on through both nodes after the upgrade (A's successor refuses with
-    // 503 until its feed has filled in, then serves).
-    let then: Vec<usize> = counts.iter().map(|c| c.load(Ordering::SeqCst)).collect();
-    assert!(
-        wait_until(LONG, || counts
-            .iter()
-            .zip(&then)
-            .all(|(c, t)| c.load(Ordering::SeqCst) >= t + 30)),
-        "publishing did not go on after the upgrade:\n{}",
-        a.log()
-    );
+    // Two upgrades (the successor hands over in turn); after each, publishing goes on
+    // through both nodes (A's successor refuses with 503 until its feed has filled in,
+    // then serves).
+    let mut successors = Vec::new();
+    for nth in 1..=2 {
+        successors.push(upgrade(&a, nth));
+        let then: Vec<usize> = counts.iter().map(|c| c.load(Ordering::SeqCst)).collect();
+        assert!(
+            wait_until(LONG, || counts
+                .iter()
+                .zip(&then)
+                .all(|(c, t)| c.load(Ordering::SeqCst) >= t + 30)),
+            "publishing did not go on after upgrade {nth}:\n{}",
+            a.log()
+        );
+    }
+    assert_ne!(successors[0].0, successors[1].0);
     stop.store(true, Ordering::SeqCst);
     let mut acked = pub_a.join().unwrap();
     acked.extend(pub_b.join().unwrap());
@@ -383,7 +389,7 @@ fn an_upgraded_node_misses_nothing_published_on_any_node() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["seq"].as_u64(), Some(keyed_seq), "{}", r.text());
     assert_eq!(r.json()["duplicate"], true, "{}", r.text());
-    drop(new);
+    drop(successors);
 }
 
 #[test]
