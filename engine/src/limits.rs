@@ -248,10 +248,10 @@ pub const HANDOVER_FDS_PER_MSG: usize = 200;
 pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Hot handover of a cluster node: how long the freeze waits for the WebSocket clients'
-/// publishes already handed to Redis to be answered (one helper round trip: a connect
-/// and two attempts, each bounded by the Redis timeouts); past it the handover is called
-/// off ("a client publish ... is in flight: retry").
-pub const HANDOVER_PUBLISH_WAIT: Duration = Duration::from_secs(3);
+/// publishes and the subscriptions' reads already handed to Redis to be answered (one
+/// helper round trip: a connect and two attempts, each bounded by the Redis timeouts);
+/// past it the handover is called off ("... in flight: retry").
+pub const HANDOVER_REDIS_WAIT: Duration = Duration::from_secs(3);
 
 /// Hot handover: the largest message on the handover socket (a batch of records with
 /// their unparsed input and unwritten output).

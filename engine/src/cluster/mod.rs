@@ -75,10 +75,13 @@
 //!   nothing more is applied, and what was applied before is in the workers' inboxes
 //!   ahead of their freeze, so their records' cursors are the hub's seqs. Its publishes
 //!   (control socket) get 503 (retry) like a memory-mode node's; its admin port is not
-//!   read, as in memory mode. Its WebSocket clients' publishes are answered later,
-//!   after Redis: the hub counts those handed to the helper ([`Cluster::submit_publish`])
-//!   and the freeze waits (at most `HANDOVER_PUBLISH_WAIT`) for their answers to be in
-//!   the workers' inboxes, ahead of the workers' freeze; new ones get 503 (retry).
+//!   read, as in memory mode. Its WebSocket clients' publishes and its subscriptions'
+//!   reads are answered later, after Redis: the hub counts those handed to the helper
+//!   ([`Cluster::submit_publish`], [`Cluster::submit_read`]) and the freeze waits (at
+//!   most `HANDOVER_REDIS_WAIT`) for their answers to be in the workers' inboxes, ahead
+//!   of the workers' freeze; new publishes get 503 (retry). A read cannot be refused
+//!   (the subscriber would notice): one a worker starts between the freeze and its own
+//!   freeze makes the handover fail with "retry", and the node goes on serving.
 //! - It sends each channel's stream (epoch, seq, history) as its subscribers have it:
 //!   the seq lowered to the lowest cursor of the handed-over subscriptions
 //!   (`Hub::replica_snapshot`; the same as the hub's seq unless a cursor lags), and in
@@ -378,9 +381,17 @@ impl Cluster {
         hub.client_publish_begins()?;
         if let Err(job) = self.submit(job) {
             helper::answer_failed(inboxes, job, &HubError::Overloaded);
-            hub.client_publish_answered();
+            hub.redis_answered();
         }
         Ok(())
+    }
+
+    /// Hands a subscription's read ([`Job::Read`]) to the helper thread, counted by the
+    /// hub until its answer is in the worker's inbox; gives it back when the queue is
+    /// full.
+    pub fn submit_read(&self, hub: &Hub, job: Job) -> Result<(), Job> {
+        hub.redis_read_begins();
+        self.submit(job).inspect_err(|_| hub.redis_answered())
     }
 
     fn with_publisher<T>(

@@ -7,12 +7,12 @@
 //! reaches the hub, and every delivery applied before is in the workers' inboxes ahead
 //! of their freeze. The successor's replica hub is restored frozen, and thawed once its
 //! workers hold the connections: only then does its feed fill in. The WebSocket
-//! clients' publishes, which a cluster node answers later (after Redis), are counted
-//! here: a freeze waits for the answers of those under way, so that no worker is frozen
-//! with one outstanding.
+//! clients' publishes and the subscriptions' reads, which a cluster node answers later
+//! (after Redis), are counted here: a freeze waits for the answers of those under way,
+//! so that no worker is frozen with one outstanding.
 
 use super::*;
-use crate::limits::HANDOVER_PUBLISH_WAIT;
+use crate::limits::HANDOVER_REDIS_WAIT;
 use crate::store::{LoadedChannel, LoadedIdem};
 
 impl Hub {
@@ -31,16 +31,16 @@ impl Hub {
         self.feed_gate.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn publishing(&self) -> MutexGuard<'_, usize> {
-        self.publishing.lock().unwrap_or_else(|p| p.into_inner())
+    fn in_flight(&self) -> MutexGuard<'_, usize> {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Freezes (or thaws) publishing and the cluster feed. Taken under the hub's lock, so
     /// a publish that got through has pushed its deliveries before this returns; and
     /// under the feed's gate, so a feed line being applied is applied (and delivered)
     /// before it returns, and none after until the thaw. A freeze then waits (at most
-    /// [`HANDOVER_PUBLISH_WAIT`]) until every client publish handed to Redis is answered
-    /// into its worker's inbox, ahead of the worker's freeze.
+    /// [`HANDOVER_REDIS_WAIT`]) until every client publish and subscription read handed
+    /// to Redis is answered into its worker's inbox, ahead of the worker's freeze.
     pub fn set_frozen(&self, frozen: bool) {
         {
             let mut gate = self.feed_gate();
@@ -54,8 +54,8 @@ impl Hub {
         if !frozen {
             return;
         }
-        let deadline = Instant::now() + HANDOVER_PUBLISH_WAIT;
-        let mut n = self.publishing();
+        let deadline = Instant::now() + HANDOVER_REDIS_WAIT;
+        let mut n = self.in_flight();
         while *n > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -63,7 +63,7 @@ impl Hub {
                 return;
             }
             n = self
-                .publishes_answered
+                .all_answered
                 .wait_timeout(n, left)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
@@ -92,10 +92,10 @@ impl Hub {
     }
 
     /// A client publish is about to be handed to Redis (through the cluster's helper):
-    /// refused while frozen, else counted until [`Hub::client_publish_answered`]. Never
-    /// waits for more than the count's lock (a reactor thread calls it).
+    /// refused while frozen, else counted until [`Hub::redis_answered`]. Never waits for
+    /// more than the count's lock (a reactor thread calls it).
     pub fn client_publish_begins(&self) -> Result<(), HubError> {
-        let mut n = self.publishing();
+        let mut n = self.in_flight();
         // Under the count's lock: a freeze stores the flag, then reads the count under
         // it, so either this sees the flag or the freeze sees this publish.
         self.check_frozen()?;
@@ -103,13 +103,20 @@ impl Hub {
         Ok(())
     }
 
-    /// A client publish counted by [`Hub::client_publish_begins`] has its answer in its
-    /// worker's inbox.
-    pub fn client_publish_answered(&self) {
-        let mut n = self.publishing();
+    /// A subscription's read is about to be handed to Redis: counted until
+    /// [`Hub::redis_answered`] (never refused: a successor's hub is frozen while its
+    /// first subscribers may already ask).
+    pub fn redis_read_begins(&self) {
+        *self.in_flight() += 1;
+    }
+
+    /// A publish or read counted by [`Hub::client_publish_begins`] or
+    /// [`Hub::redis_read_begins`] has its answer in its worker's inbox.
+    pub fn redis_answered(&self) {
+        let mut n = self.in_flight();
         *n = n.saturating_sub(1);
         if *n == 0 {
-            self.publishes_answered.notify_all();
+            self.all_answered.notify_all();
         }
     }
 

@@ -96,10 +96,10 @@ pub struct Hub {
     /// while this is true, and holds the lock while it applies.
     feed_gate: Mutex<bool>,
     feed_thawed: std::sync::Condvar,
-    /// The WebSocket clients' publishes handed to Redis and not answered yet (cluster):
-    /// a freeze waits for their answers (`hub::handover`).
-    publishing: Mutex<usize>,
-    publishes_answered: std::sync::Condvar,
+    /// The WebSocket clients' publishes and the subscriptions' reads handed to Redis and
+    /// not answered yet (cluster): a freeze waits for their answers (`hub::handover`).
+    in_flight: Mutex<usize>,
+    all_answered: std::sync::Condvar,
     /// Messages published (applied) since start.
     pub published: AtomicU64,
     /// Messages received from the cluster feed since start.
@@ -149,8 +149,8 @@ impl Hub {
             frozen: std::sync::atomic::AtomicBool::new(false),
             feed_gate: Mutex::new(false),
             feed_thawed: std::sync::Condvar::new(),
-            publishing: Mutex::new(0),
-            publishes_answered: std::sync::Condvar::new(),
+            in_flight: Mutex::new(0),
+            all_answered: std::sync::Condvar::new(),
             published: AtomicU64::new(0),
             remote: AtomicU64::new(0),
             idem_evicted: AtomicU64::new(0),

@@ -519,7 +519,7 @@ fn a_freeze_waits_for_the_client_publishes_under_way() {
         s.spawn(|| {
             std::thread::sleep(Duration::from_millis(20));
             answered.store(true, Ordering::SeqCst);
-            h.client_publish_answered();
+            h.redis_answered();
         });
         h.set_frozen(true);
         assert!(answered.load(Ordering::SeqCst), "the freeze waited");
