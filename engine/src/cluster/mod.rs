@@ -68,7 +68,11 @@
 //! `ctl upgrade` ([`crate::handover`]) works on a cluster node, and its subscribers miss
 //! nothing of what any node publishes meanwhile: the successor's start is treated as a
 //! feed reconnect, whose fill-in from the Redis history already delivers exactly what a
-//! node did not apply, once, in order (the cursors drop the overlap). So:
+//! node did not apply, once, in order (the cursors drop the overlap). Why that rather
+//! than handing over what reached the old process's feed after its freeze: the old
+//! process cannot know when the last of it has arrived (Redis has it, in order, with its
+//! seqs), and the successor must be able to catch up after a fault anyway; a reconnect
+//! is one path, already tested against real Redis faults. So:
 //!
 //! - The old process freezes its feed with its hub (`Hub::set_frozen`): every feed line
 //!   and every fill-in is applied through `Hub::while_thawed`, so after the freeze
