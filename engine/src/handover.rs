@@ -274,9 +274,7 @@ pub fn set_admin_fd(fd: RawFd) {
 /// Called by the admin thread between its turns: while a handover holds the world still
 /// it reads nothing (what arrives waits in the kernel, and is read by whoever serves
 /// next).
-pub fn admin_gate(
-    export: impl FnOnce() -> Vec<(crate::admin::handover::AdminRecord, RawFd)>,
-) {
+pub fn admin_gate(export: impl FnOnce() -> Vec<(crate::admin::handover::AdminRecord, RawFd)>) {
     let g = gate();
     let mut s = g.state.lock().unwrap_or_else(|p| p.into_inner());
     if *s != REQUESTED {
@@ -462,9 +460,7 @@ fn recv_msg(sock: &UnixStream) -> io::Result<(Message, Vec<OwnedFd>)> {
 
 /// Can this server be upgraded at all (before a successor is started)?
 fn check_supported(shared: &Shared) -> Result<(), String> {
-    if shared.cluster.is_some() {
-        return Err("upgrade is not supported in cluster mode yet".into());
-    }
+    // A cluster node hands over too: see `crate::cluster`, "Hot handover".
     if shared.draining.load(Ordering::SeqCst) {
         return Err("the server is draining: resume it first".into());
     }
@@ -543,8 +539,7 @@ fn thaw(shared: &Shared, resumes: &[mpsc::Sender<Resume>]) {
     shared.hub.set_frozen(false);
 }
 
-fn snapshot(shared: &Shared) -> (Vec<SnapChannel>, Vec<SnapIdem>) {
-    let loaded = shared.hub.snapshot();
+fn snapshot(loaded: Loaded) -> (Vec<SnapChannel>, Vec<SnapIdem>) {
     let channels = loaded
         .channels
         .into_iter()
@@ -758,10 +753,19 @@ fn send_all(
         return Err("the admin listener is not known".into());
     }
     let admin = std::mem::take(&mut *admin_conns());
-    // Disk mode: the successor reads the streams from the store.
-    let (channels, idem) = match shared.hub.store() {
-        Some(_) => (Vec::new(), Vec::new()),
-        None => snapshot(shared),
+    // Disk mode: the successor reads the streams from the store. A cluster node: each
+    // stream where its handed-over subscribers are (the successor fills in the rest from
+    // Redis, see `crate::cluster`).
+    let (channels, idem) = match (shared.hub.store(), &shared.cluster) {
+        (Some(_), _) => (Vec::new(), Vec::new()),
+        (None, Some(_)) => snapshot(
+            shared.hub.replica_snapshot(
+                p.records
+                    .iter()
+                    .flat_map(|(r, _)| r.subs.iter().map(|(c, s)| (c.as_str(), *s))),
+            ),
+        ),
+        (None, None) => snapshot(shared.hub.snapshot()),
     };
     let count = p.records.len();
     let header = Message::Header {
@@ -797,13 +801,19 @@ fn send_all(
 }
 
 /// Process-wide state beyond the hub and the connections, by part: Socket.IO's kept
-/// recoveries (`"sio"`).
+/// recoveries (`"sio"`), a cluster node's id and stream floors (`"cluster"`).
 fn export_extra(shared: &Shared) -> Result<serde_json::Map<String, Value>, String> {
     let mut m = serde_json::Map::new();
     m.insert(
         "sio".into(),
         crate::transport::socketio::export_shared(shared)?,
     );
+    if shared.cluster.is_some() {
+        m.insert(
+            crate::cluster::handover::EXTRA_KEY.into(),
+            crate::cluster::handover::export(shared),
+        );
+    }
     Ok(m)
 }
 
@@ -813,6 +823,11 @@ pub fn import_extra(shared: &Shared, mut extra: serde_json::Map<String, Value>) 
     if let Some(v) = extra.remove("sio") {
         if let Err(e) = crate::transport::socketio::import_shared(shared, v) {
             warn!("handover: Socket.IO state lost: {e}");
+        }
+    }
+    if let Some(v) = extra.remove(crate::cluster::handover::EXTRA_KEY) {
+        if let Err(e) = crate::cluster::handover::import(shared, v) {
+            warn!("handover: the cluster's stream floors lost: {e}");
         }
     }
 }
@@ -912,7 +927,10 @@ pub fn receive(fd: &str, workers: usize, listeners: usize) -> Result<Taken, Stri
             return Err(refuse(&sock, "expected the admin connections".into()));
         };
         if records.len() != more.len() {
-            return Err(refuse(&sock, "admin connections without their sockets".into()));
+            return Err(refuse(
+                &sock,
+                "admin connections without their sockets".into(),
+            ));
         }
         admin_conns.extend(records.into_iter().zip(more));
     }

@@ -256,6 +256,12 @@ pub const HANDOVER_SETTLE: Duration = Duration::from_secs(3);
 /// Hot handover: the pause between two freeze attempts.
 pub const HANDOVER_RETRY_PAUSE: Duration = Duration::from_millis(20);
 
+/// Hot handover of a cluster node: how long the freeze waits for the WebSocket clients'
+/// publishes and the subscriptions' reads already handed to Redis to be answered (one
+/// helper round trip: a connect and two attempts, each bounded by the Redis timeouts);
+/// past it the handover is called off ("... in flight: retry").
+pub const HANDOVER_REDIS_WAIT: Duration = Duration::from_secs(3);
+
 /// Hot handover: the largest message on the handover socket (a batch of records with
 /// their unparsed input and unwritten output).
 pub const HANDOVER_MAX_FRAME: usize = 1 << 30;

@@ -362,13 +362,19 @@ fn run<B: Backend + Send + 'static>(
         ),
         None => (None, None, 0, None, serde_json::Map::new(), Vec::new()),
     };
-    let (shared, stop_rx) = build_shared(cfg, fds, &inboxes, tls.all(), loaded)?;
+    let node = crate::cluster::handover::inherited_node(&extra).unwrap_or_else(|| node_id(&cfg));
+    let (shared, stop_rx) = build_shared(cfg, fds, &inboxes, tls.all(), loaded, node)?;
     if sock.is_some() {
         handover::import_extra(&shared, extra);
     }
     let (addrs, socks): (Vec<SocketAddr>, Vec<_>) = bound.listeners.into_iter().unzip();
     let taking = sock.as_ref().map(|s| (s, records));
     let (handles, adopted) = spawn_workers(&shared, backends, socks, &inboxes, taking)?;
+    if sock.is_some() {
+        // A cluster node's hub was restored frozen: its feed fills in now that the
+        // connections it fills in for are adopted (`crate::cluster`, "Hot handover").
+        shared.hub.set_frozen(false);
+    }
     let (admin_addr, admin) = bound.admin;
     {
         use std::os::fd::AsRawFd;
@@ -414,6 +420,7 @@ fn build_shared(
     inboxes: &[Arc<Inbox>],
     tls: Vec<Arc<tls::Context>>,
     loaded: Option<crate::store::Loaded>,
+    node: String,
 ) -> Result<(Arc<Shared>, Receiver<Stop>), StartError> {
     let verifier = crate::auth::Verifier::new(&cfg).map_err(|e| StartError::config(e.0))?;
     let live = Arc::new(Live::new(&cfg));
@@ -439,7 +446,6 @@ fn build_shared(
     if let Some(s) = &disk {
         s.start(hub.clone())?;
     }
-    let node = node_id(&cfg);
     let cluster = if cfg.cluster.redis_url.is_empty() {
         None
     } else {

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Instant;
 
-use crate::cluster::helper::{answer_failed, Job, ReplyTo};
+use crate::cluster::helper::{Job, ReplyTo};
 use crate::cluster::Cluster;
 use crate::config::{self, AuthMode, Config, Live};
 use crate::epoch::Epoch;
@@ -309,9 +309,7 @@ impl Shared {
                 sender,
                 content: content.into(),
             };
-            if let Err(job) = cluster.submit(job) {
-                answer_failed(&self.inboxes, job, &HubError::Overloaded);
-            }
+            cluster.submit_publish(&self.hub, &self.inboxes, job)?;
             return Ok(ClientPublish::Later);
         }
         let meta = PubMeta {

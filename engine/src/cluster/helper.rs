@@ -35,7 +35,8 @@ pub struct ReplyTo {
 /// Work for the helper.
 #[derive(Debug)]
 pub enum Job {
-    /// A WebSocket client's publish.
+    /// A WebSocket client's publish (submitted with [`Cluster::submit_publish`]: the hub
+    /// counts it until it is answered).
     Publish {
         /// Who asked.
         to: ReplyTo,
@@ -54,7 +55,8 @@ pub enum Job {
         line: String,
     },
     /// A subscription's position (`since = Some`), or a channel's state (`None`, for a
-    /// long-poll's `next_seq`).
+    /// long-poll's `next_seq`); submitted with [`Cluster::submit_read`] (the hub counts
+    /// it until it is answered).
     Read {
         /// Who asked.
         to: ReplyTo,
@@ -140,12 +142,14 @@ pub fn run(cluster: &Cluster, hub: &Hub, inboxes: &[Arc<Inbox>], rx: Receiver<Jo
                 (Job::Publish { .. }, false) => {
                     let e = cluster.refuse().expect("the feed is down");
                     answer_failed(inboxes, job, &e);
+                    hub.redis_answered();
                 }
                 (Job::Presence { .. }, false) => {}
                 (Job::Read { deadline, .. }, false) => {
                     if now >= *deadline {
                         let e = HubError::Unavailable("redis is unreachable".into());
                         answer_failed(inboxes, job, &e);
+                        hub.redis_answered();
                     } else {
                         waiting.push(job);
                     }
@@ -203,6 +207,7 @@ fn answer(
                     result,
                 }),
             );
+            hub.redis_answered();
         }
         Job::Read {
             to,
@@ -238,6 +243,7 @@ fn answer(
                     result,
                 }),
             );
+            hub.redis_answered();
         }
     }
 }

@@ -62,7 +62,53 @@
 //! where the stream changed) before it reads the feed and accepts publishes again; the
 //! per-connection cursors make sure nobody gets a duplicate. Every command link older
 //! than the new feed session is dropped.
+//!
+//! # Hot handover
+//!
+//! `ctl upgrade` ([`crate::handover`]) works on a cluster node, and its subscribers miss
+//! nothing of what any node publishes meanwhile: the successor's start is treated as a
+//! feed reconnect, whose fill-in from the Redis history already delivers exactly what a
+//! node did not apply, once, in order (the cursors drop the overlap). Why that rather
+//! than handing over what reached the old process's feed after its freeze: the old
+//! process cannot know when the last of it has arrived (Redis has it, in order, with its
+//! seqs), and the successor must be able to catch up after a fault anyway; a reconnect
+//! is one path, already tested against real Redis faults. So:
+//!
+//! - The old process freezes its feed with its hub (`Hub::set_frozen`): every feed line
+//!   and every fill-in is applied through `Hub::while_thawed`, so after the freeze
+//!   nothing more is applied, and what was applied before is in the workers' inboxes
+//!   ahead of their freeze, so their records' cursors are the hub's seqs. Its publishes
+//!   (control socket) get 503 (retry) like a memory-mode node's; its admin port is not
+//!   read, as in memory mode. Its WebSocket clients' publishes and its subscriptions'
+//!   reads are answered later, after Redis: the hub counts those handed to the helper
+//!   ([`Cluster::submit_publish`], [`Cluster::submit_read`]) and the freeze waits (at
+//!   most `HANDOVER_REDIS_WAIT`) for their answers to be in the workers' inboxes, ahead
+//!   of the workers' freeze; new publishes get 503 (retry). A read cannot be refused
+//!   (the subscriber would notice): one a worker starts between the freeze and its own
+//!   freeze makes the handover fail with "retry", and the node goes on serving.
+//! - It sends each channel's stream (epoch, seq, history) as its subscribers have it:
+//!   the seq lowered to the lowest cursor of the handed-over subscriptions
+//!   (`Hub::replica_snapshot`; the same as the hub's seq unless a cursor lags), and in
+//!   `extra["cluster"]` ([`handover`]) its node id and its streams' floors.
+//! - The successor takes the node id (same registration in `pushedge:nodes` and
+//!   `pushedge:node:<id>`: the connections stay counted once), restores the hub frozen,
+//!   connects and subscribes to the feed, and waits: the fill-in runs, and the counts are
+//!   reported, only once its workers have adopted the connections and the hub is thawed
+//!   (before, a delivery would find no subscriber and be lost to them). Until its feed
+//!   has filled in, `up` is false and it refuses publishes (503), as after any
+//!   reconnect; the publishers the old process left waiting on the admin port are
+//!   answered so, and retry.
+//! - Idempotency records are in Redis already: nothing to hand over.
+//! - If the successor fails before its `ok`, the old process thaws: its feed thread goes
+//!   on reading where it stopped (Redis kept the lines; a feed that Redis cut meanwhile
+//!   for its output buffer reconnects and fills in as after any fault), its links were
+//!   never touched. The successor's own links die with it.
+//!
+//! What the history in Redis no longer holds when the successor fills in (more than
+//! `history_size` messages of one channel during the handover) reaches its subscribers
+//! as a `gap`, as after any outage.
 
+pub mod handover;
 pub mod helper;
 pub mod link;
 pub mod scripts;
@@ -304,6 +350,7 @@ impl Cluster {
         if let Some(e) = self.refuse() {
             return Err(e);
         }
+        hub.check_frozen()?;
         let req = self.publish_request(hub, channel, sender, content, key);
         let r = {
             let mut link = self.publisher.lock().unwrap_or_else(|p| p.into_inner());
@@ -323,6 +370,32 @@ impl Cluster {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(j) | TrySendError::Disconnected(j)) => Err(j),
         }
+    }
+
+    /// Hands a WebSocket client's publish ([`Job::Publish`]) to the helper thread,
+    /// counted by the hub until its answer is in the worker's inbox (a hot handover's
+    /// freeze waits for it); refused while the hub is frozen. A full queue answers it
+    /// 503 through the inbox.
+    pub fn submit_publish(
+        &self,
+        hub: &Hub,
+        inboxes: &[Arc<Inbox>],
+        job: Job,
+    ) -> Result<(), HubError> {
+        hub.client_publish_begins()?;
+        if let Err(job) = self.submit(job) {
+            helper::answer_failed(inboxes, job, &HubError::Overloaded);
+            hub.redis_answered();
+        }
+        Ok(())
+    }
+
+    /// Hands a subscription's read ([`Job::Read`]) to the helper thread, counted by the
+    /// hub until its answer is in the worker's inbox; gives it back when the queue is
+    /// full.
+    pub fn submit_read(&self, hub: &Hub, job: Job) -> Result<(), Job> {
+        hub.redis_read_begins();
+        self.submit(job).inspect_err(|_| hub.redis_answered())
     }
 
     fn with_publisher<T>(
@@ -521,13 +594,16 @@ impl Cluster {
             .set_read_timeout(Some(Duration::from_secs(1)))
             .map_err(|e| e.to_string())?;
         // Subscribed: from here on nothing is missed. Drop every command link of the old
-        // session (they may point at a Redis that is gone), then catch up.
+        // session (they may point at a Redis that is gone), then catch up (not while a
+        // hot handover holds the hub: see "Hot handover").
         self.generation.fetch_add(1, Ordering::AcqRel);
-        let mut aux = Link::default();
-        self.reseed(&mut aux, hub)?;
-        self.fill_in(&mut aux, hub)?;
-        drop(aux);
-        self.up.store(true, Ordering::SeqCst);
+        hub.while_thawed(|| {
+            let mut aux = Link::default();
+            self.reseed(&mut aux, hub)?;
+            self.fill_in(&mut aux, hub)?;
+            self.up.store(true, Ordering::SeqCst);
+            Ok::<(), String>(())
+        })?;
         info!("cluster: node {} connected to redis", self.node_id);
         let mut last = Instant::now();
         loop {
@@ -535,7 +611,7 @@ impl Cluster {
                 Ok(msg) => {
                     last = Instant::now();
                     if msg.get_channel_name() == self.feed {
-                        self.on_feed(hub, msg.get_payload_bytes());
+                        hub.while_thawed(|| self.on_feed(hub, msg.get_payload_bytes()));
                     }
                 }
                 Err(e) if e.is_timeout() => {
@@ -714,6 +790,9 @@ impl Cluster {
         let mut link = Link::default();
         loop {
             thread::sleep(REPORT_INTERVAL);
+            // Not while a hot handover holds the hub: the old process reports no more
+            // once frozen, the successor once it holds the connections.
+            hub.wait_thawed();
             let Ok(con) = link.get(&self.target()) else {
                 continue;
             };

@@ -92,6 +92,14 @@ pub struct Hub {
     /// A hot handover froze the world: publishes are refused (503, retry) until it is
     /// called off (see `hub::handover`).
     frozen: std::sync::atomic::AtomicBool,
+    /// The same, for the cluster feed's thread (`hub::handover`): it applies nothing
+    /// while this is true, and holds the lock while it applies.
+    feed_gate: Mutex<bool>,
+    feed_thawed: std::sync::Condvar,
+    /// The WebSocket clients' publishes and the subscriptions' reads handed to Redis and
+    /// not answered yet (cluster): a freeze waits for their answers (`hub::handover`).
+    in_flight: Mutex<usize>,
+    all_answered: std::sync::Condvar,
     /// Messages published (applied) since start.
     pub published: AtomicU64,
     /// Messages received from the cluster feed since start.
@@ -139,6 +147,10 @@ impl Hub {
             replica: cfg.replica,
             store,
             frozen: std::sync::atomic::AtomicBool::new(false),
+            feed_gate: Mutex::new(false),
+            feed_thawed: std::sync::Condvar::new(),
+            in_flight: Mutex::new(0),
+            all_answered: std::sync::Condvar::new(),
             published: AtomicU64::new(0),
             remote: AtomicU64::new(0),
             idem_evicted: AtomicU64::new(0),

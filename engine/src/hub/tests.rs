@@ -476,3 +476,55 @@ fn a_reused_slot_has_a_new_key() {
     h.unsubscribe(0, a.key);
     assert_eq!(h.info("b").unwrap().subscribers, 1);
 }
+
+#[test]
+fn a_replica_snapshot_starts_each_stream_at_its_slowest_subscriber() {
+    let (h, _inboxes) = replica(1);
+    let e = Epoch::new();
+    sub(&h, 0, "c", Since::Now);
+    for seq in 1..=5 {
+        h.deliver_remote("c", e, seq, "", &format!("m{seq}"));
+    }
+    h.deliver_remote("d", e, 1, "", "d1");
+    let l = h.replica_snapshot([("c", 5), ("c", 3), ("d", 9)]);
+    let c = l.channels.iter().find(|c| c.name == "c").unwrap();
+    assert_eq!((c.epoch, c.seq), (e, 3));
+    assert_eq!(c.history.iter().map(|m| m.0).collect::<Vec<_>>(), [1, 2, 3]);
+    let d = l.channels.iter().find(|c| c.name == "d").unwrap();
+    assert_eq!(d.seq, 1, "a cursor ahead of the hub does not raise it");
+    assert!(l.idem.is_empty());
+
+    // The successor's replica hub is restored frozen, and its feed is held until thawed.
+    let (n, inboxes) = replica(1);
+    n.restore(l);
+    assert!(n.check_frozen().is_err());
+    let held = std::sync::atomic::AtomicBool::new(true);
+    std::thread::scope(|s| {
+        s.spawn(|| n.while_thawed(|| assert!(!held.load(Ordering::SeqCst))));
+        std::thread::sleep(Duration::from_millis(20));
+        held.store(false, Ordering::SeqCst);
+        n.set_frozen(false);
+    });
+    sub(&n, 0, "c", Since::Now);
+    n.deliver_remote("c", e, 4, "", "m4");
+    assert_eq!(drain(&inboxes[0]), [4], "filled in from the lowered seq");
+}
+
+#[test]
+fn a_freeze_waits_for_the_client_publishes_under_way() {
+    let (h, _inboxes) = replica(1);
+    h.client_publish_begins().unwrap();
+    let answered = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(20));
+            answered.store(true, Ordering::SeqCst);
+            h.redis_answered();
+        });
+        h.set_frozen(true);
+        assert!(answered.load(Ordering::SeqCst), "the freeze waited");
+    });
+    assert!(h.client_publish_begins().is_err(), "refused while frozen");
+    h.set_frozen(false);
+    assert!(h.client_publish_begins().is_ok());
+}

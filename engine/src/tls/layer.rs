@@ -610,7 +610,8 @@ impl<B: Backend> Backend for Tls<B> {
             return self.inner.import_conn(fd, token, state);
         }
         // Read before the socket is taken over, so that an error leaves `fd` the caller's.
-        let mut s = Session::import(fd, &tls).ok_or_else(|| invalid("a TLS state it cannot read"))?;
+        let mut s =
+            Session::import(fd, &tls).ok_or_else(|| invalid("a TLS state it cannot read"))?;
         s.sock = self.inner.import_conn(fd, token, state)?;
         let sock = s.sock;
         self.sessions.insert(token, Box::new(s));

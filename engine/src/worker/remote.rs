@@ -117,7 +117,7 @@ impl<B: Backend> Core<B> {
             since: (kind != ReqKind::NextSeq).then_some((since, epoch)),
             deadline: self.now + cluster.history_wait(),
         };
-        if let Err(job) = cluster.submit(job) {
+        if let Err(job) = cluster.submit_read(&self.shared.hub, job) {
             let e = HubError::Overloaded;
             answer_failed(std::slice::from_ref(&self.inbox), job, &e);
         }

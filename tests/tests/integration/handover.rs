@@ -258,10 +258,7 @@ fn a_successor_that_fails_at_start_leaves_the_old_one_serving() {
 
 #[test]
 fn a_successor_killed_halfway_leaves_the_old_one_serving_everything() {
-    let s = Server::start_with_env(
-        &[],
-        &[("PUSHEDGE_HANDOVER_TEST_EXIT_AFTER", "200")],
-    );
+    let s = Server::start_with_env(&[], &[("PUSHEDGE_HANDOVER_TEST_EXIT_AFTER", "200")]);
     let mut ws = s.ws("/ws?channel=c");
     let mut sse = s.sse("/sse?channel=c");
     let mut held = s.connect();
@@ -314,10 +311,7 @@ fn the_disk_store_is_handed_over_and_reopened_when_the_successor_dies() {
     let path = format!("history_path={}", dir.path().join("h").display());
     let args = ["--set", "history_store=disk", "--set", &path];
     // A successor that dies after the store was closed: the old one opens it again.
-    let s = Server::start_with_env(
-        &args,
-        &[("PUSHEDGE_HANDOVER_TEST_EXIT_AFTER", "1")],
-    );
+    let s = Server::start_with_env(&args, &[("PUSHEDGE_HANDOVER_TEST_EXIT_AFTER", "1")]);
     let mut ws = s.ws("/ws?channel=c");
     s.wait_subscribers("c", 1);
     s.publish("c", "1");
@@ -611,7 +605,10 @@ fn publishers_keep_alive_connections_and_event_streams_go_over_too() {
     let mut events = Conn::connect(s.admin_addr);
     events.send_request("GET", "/events", &[], b"", false);
     assert_eq!(events.read_head(LONG).unwrap().status, 200);
-    assert!(!events.take_until(b"\n\n", LONG).unwrap().is_empty(), "a first event");
+    assert!(
+        !events.take_until(b"\n\n", LONG).unwrap().is_empty(),
+        "a first event"
+    );
 
     let out = s.ctl_binary(&["upgrade"]);
     assert!(out.status.success(), "{}", s.log());

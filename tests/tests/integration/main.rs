@@ -13,6 +13,7 @@ mod deflate;
 mod epochs;
 mod faults;
 mod handover;
+mod handover_cluster;
 mod http11;
 mod jwt;
 mod liveness;

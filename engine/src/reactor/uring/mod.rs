@@ -66,9 +66,8 @@ use std::time::{Duration, Instant};
 use super::{Backend, Event, Exported, ListenerId, Part, ReadBudget, Sock, Token, TokenState};
 use crate::inbox::Wake;
 use crate::limits::{
-    URING_QUIESCE_WAIT,
-    URING_BUFFER_SIZE, URING_CLOSE_SEND_GRACE, URING_CQ_FACTOR, URING_SHUTDOWN_WAIT,
-    URING_SQ_ENTRIES,
+    URING_BUFFER_SIZE, URING_CLOSE_SEND_GRACE, URING_CQ_FACTOR, URING_QUIESCE_WAIT,
+    URING_SHUTDOWN_WAIT, URING_SQ_ENTRIES,
 };
 use crate::warn;
 use bufring::{BufRing, BGID};
