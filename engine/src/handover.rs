@@ -1,26 +1,38 @@
 //! Hot handover: `ctl upgrade [--binary PATH]` (or SIGUSR2) starts a successor that takes
-//! over the listeners and every established connection, stop-the-world, so that nothing
-//! is lost and nothing is sequenced twice.
+//! over the listeners, every established connection and every admin connection,
+//! stop-the-world, so that nothing is lost and nothing is sequenced twice.
 //!
 //! ```text
 //!   old process O                                   new process N
 //!   socketpair, spawn PATH with O's arguments  -->  PUSHEDGE_HANDOVER_FD=<its end>
 //!                                              <--  hello (its pid)
-//!   freeze: publishes refused (503, retry), the admin port not read,
-//!   every worker serializes its connections and blocks
-//!   header (the hub's streams, listener ids) + the listener and admin sockets  -->
-//!   batches of records + their sockets (SCM_RIGHTS, HANDOVER_FDS_PER_MSG each) -->
-//!                                                   the hub from the snapshot, the
-//!                                                   workers adopt the connections,
-//!                                                   the control socket bound again
+//!   freeze: the admin thread exports its connections and stops reading, publishes
+//!   are refused (503, retry), every worker stops its I/O (`Backend::quiesce`),
+//!   serializes its connections and blocks
+//!   header (the hub's streams, listener ids, counts) + the listener and admin
+//!   sockets + the admin connections                                            -->
+//!   batches of records + their sockets (SCM_RIGHTS, HANDOVER_FDS_PER_MSG each;
+//!   io_uring installs process descriptors for each batch only)                 -->
+//!                                                   the hub from the snapshot; each
+//!                                                   batch's sockets go to the workers'
+//!                                                   backends as they come; then the
+//!                                                   workers adopt the records (same
+//!                                                   slot and generation), the control
+//!                                                   socket is bound again
 //!                                              <--  ok
 //!   workers park, O exits 0 (nothing closed         serving
 //!   that N holds)
 //! ```
 //!
+//! A worker that holds something that cannot travel yet (a publish or a Redis read in
+//! flight, a Socket.IO command between workers, a TLS handshake) answers "...: retry":
+//! O thaws, waits [`HANDOVER_RETRY_PAUSE`] and freezes again, for up to
+//! [`HANDOVER_SETTLE`]; the last attempt closes the TLS handshakes still in progress
+//! (their clients have no connection yet) rather than be held off by a busy TLS port.
+//!
 //! Before N's `ok`, anything that goes wrong (N exits, the socket closes, a timeout of
-//! [`HANDOVER_TIMEOUT`], a connection that cannot be handed over yet) thaws O: its
-//! workers go on as if nothing happened, and the operator gets the error.
+//! [`HANDOVER_TIMEOUT`], something still in progress after the last attempt) thaws O:
+//! its workers go on as if nothing happened, and the operator gets the error.
 //!
 //! Messages are length-prefixed JSON: an 8-byte head (body length, descriptor count,
 //! little-endian u32s) sent with the frame's descriptors attached, then the body.

@@ -40,6 +40,16 @@
 //! - **Close**: cancel everything in flight on the socket, then CLOSE, linked. Completions
 //!   that arrive for a closed connection are recognised by the generation carried in
 //!   `user_data` and dropped (their buffers are recycled).
+//! - **Hot handover** (`crate::handover`): `quiesce` cancels every operation by its own
+//!   user data (the kernel hashes polls by it; a cancel of "any" scans its table for each
+//!   match, quadratic in the sockets), then "any" for the rest, and waits for the
+//!   completions, starting nothing new: a cancelled send wrote nothing, a completed one
+//!   is counted, so what a connection still has to write is exact. `handover_fds`
+//!   installs process descriptors for one batch (IORING_OP_FIXED_FD_INSTALL); `thaw`
+//!   arms everything again if the handover is called off. In the successor the sockets
+//!   taken over get the top slots of the direct table, registered before anything is
+//!   submitted, with the kernel's allocation range kept below them until the worker
+//!   runs (so an accept meanwhile cannot take one of those slots).
 //! - **Completion-queue overflow**: the completion queue is
 //!   [`crate::limits::URING_CQ_FACTOR`] times the
 //!   submission queue; with IORING_FEAT_NODROP the kernel keeps overflowed completions and
