@@ -139,10 +139,12 @@ fn every_connection_is_handed_over_with_publishes_running() {
     let old = s.pid();
     let mut ws = s.ws("/ws?channel=live");
     let mut sse = s.sse("/sse?channel=live");
+    let mut ndjson = s.stream("/stream?channel=live");
+    let mut iframe = s.iframe("/iframe?channel=live");
     let mut held = s.connect();
     held.send_request("GET", "/poll?channel=quiet&seq=1", &[], b"", false);
     let mut half = raw_ws(&s, "/ws?channel=other");
-    s.wait_subscribers("live", 2);
+    s.wait_subscribers("live", 4);
     s.wait_subscribers("quiet", 1);
     let (first, rest) = half_frame();
     half.send(&first).unwrap();
@@ -214,9 +216,33 @@ fn every_connection_is_handed_over_with_publishes_running() {
             None => break,
         }
     }
+    let mut got_ndjson = Vec::new();
+    loop {
+        let v = ndjson.next(LONG).expect("an NDJSON line");
+        if v["type"] != "data" {
+            continue;
+        }
+        match content_number(&v) {
+            Some(n) => got_ndjson.push(n),
+            None => break,
+        }
+    }
+    let mut got_iframe = Vec::new();
+    loop {
+        let (_, v) = iframe.next(LONG).expect("an iframe script");
+        if v["type"] != "data" {
+            continue;
+        }
+        match content_number(&v) {
+            Some(n) => got_iframe.push(n),
+            None => break,
+        }
+    }
     let got_poll = poller.join().unwrap();
     check("ws", &got_ws, &acked);
     check("sse", &got_sse, &acked);
+    check("ndjson", &got_ndjson, &acked);
+    check("iframe", &got_iframe, &acked);
     check("poll", &got_poll, &acked);
 
     // The poll held through the upgrade is answered by the successor.
