@@ -245,7 +245,11 @@ impl Backend for Epoll {
         if !self.budget.allow(token) {
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        if let Some((early, taken)) = self.early.get_mut(&token) {
+        // Empty but for the first reads after a hot handover: one branch otherwise.
+        if let Some((early, taken)) = (!self.early.is_empty())
+            .then(|| self.early.get_mut(&token))
+            .flatten()
+        {
             let n = (early.len() - *taken).min(buf.len());
             buf[..n].copy_from_slice(&early[*taken..*taken + n]);
             *taken += n;

@@ -43,7 +43,11 @@ impl Uring {
     /// [`crate::reactor::Backend::recv`].
     pub(super) fn take_input(&mut self, token: Token, buf: &mut [u8]) -> io::Result<usize> {
         let would_block = || Err(io::ErrorKind::WouldBlock.into());
-        if let Some((early, taken)) = self.early.get_mut(&token) {
+        // Empty but for the first reads after a hot handover: one branch otherwise.
+        if let Some((early, taken)) = (!self.early.is_empty())
+            .then(|| self.early.get_mut(&token))
+            .flatten()
+        {
             if !self.budget.allow(token) {
                 return would_block();
             }
