@@ -294,6 +294,83 @@ fn a_frozen_redis_does_not_freeze_the_workers() {
     eprintln!("worst pong while redis was frozen: {worst:?}");
 }
 
+/// A subscriber whose history read fails (redis-server frozen past
+/// `cluster.history_wait_secs`) gets an `error` naming the channel, then the live stream;
+/// a long-poll without `seq` and a WebSocket `pub` made during the freeze hold nothing
+/// either (the pinging client on the one worker is answered meanwhile), and both are
+/// answered.
+#[test]
+fn a_history_read_that_fails_gets_an_error_and_nothing_waits_on_redis() {
+    let redis = Redis::start();
+    let b = node(&redis.url(), "node-b", &[]);
+    for i in 1..=3 {
+        b.publish("h", &format!("h{i}"));
+    }
+    let a = node(
+        &redis.url(),
+        "node-a",
+        &[
+            "--workers",
+            "1",
+            "--set",
+            "cluster.history_wait_secs=1",
+            "--set",
+            r#"client_publish=["p"]"#,
+        ],
+    );
+    let mut pinger = a.ws("/ws");
+    b.publish("other", "tick");
+    redis.pause();
+    let frozen = Instant::now();
+    let mut reader = a.ws("/ws?channel=h&since=1");
+    let mut poll = a.connect();
+    poll.send_request("GET", "/poll?channel=h", &[], b"", false);
+    let mut publisher = a.ws("/ws");
+    publisher.send_json(&json!({"op": "pub", "channel": "p", "content": "x", "id": 1}));
+    let mut worst = Duration::ZERO;
+    while frozen.elapsed() < Duration::from_millis(1500) {
+        let sent = Instant::now();
+        pinger.send_json(&json!({"op": "ping"}));
+        assert_eq!(
+            pinger.recv_json_within(Duration::from_secs(2)),
+            json!({"type": "pong"})
+        );
+        worst = worst.max(sent.elapsed());
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(worst < Duration::from_millis(100), "a pong took {worst:?}");
+    // The read gave up after history_wait_secs: an error naming the channel, no hang.
+    let e = reader.recv_json_within(Duration::from_secs(10));
+    assert_eq!(e["type"], "error", "{e}");
+    assert_eq!(e["code"], 503, "{e}");
+    assert!(
+        e.to_string().contains("\"h\"") || e.to_string().contains(" h"),
+        "{e}"
+    );
+    redis.resume();
+    // Then the live stream (B accepts again once its own feed has come back).
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            b.admin_post("/pub?channel=h", b"live").status == 200
+        }),
+        "node B never accepted a publish after the freeze"
+    );
+    let v = reader.recv_json_within(Duration::from_secs(10));
+    assert_eq!(v["content"], "live", "{v}");
+    // The long-poll and the pub were answered (whatever the outcome), nothing hung.
+    let r = poll
+        .read_response(Duration::from_secs(15))
+        .expect("the poll's answer");
+    assert!(matches!(r.status, 200 | 503), "{} {}", r.status, r.text());
+    let ack = publisher.recv_json_within(Duration::from_secs(15));
+    assert_eq!(ack["id"], 1, "{ack}");
+    assert!(
+        ack["type"] == "ok" || matches!(ack["code"].as_u64(), Some(503 | 504)),
+        "{ack}"
+    );
+    eprintln!("worst pong while redis was frozen: {worst:?}");
+}
+
 /// A retry with the same idempotency key is safe whatever the first attempt's answer:
 /// 503 (nothing reached Redis: the retry publishes), 504 (sent to a frozen Redis, which
 /// ran it once it went on: the retry gets the first publish's seq and nothing is
