@@ -32,6 +32,49 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// The record of the connection in `slot`, with what its backend holds and its
+/// Socket.IO part.
+fn record<B: Backend>(
+    cx: &crate::worker::Core<B>,
+    slot: usize,
+    exported: crate::reactor::Exported,
+    sio: Option<serde_json::Value>,
+    now: std::time::Instant,
+) -> Record {
+    let c = &cx.conns[slot];
+    let ext = c.ext.as_deref();
+    let left = |t: std::time::Instant| millis(t.saturating_duration_since(now));
+    Record {
+        worker: cx.id,
+        slot,
+        generation: cx.conns.token(slot).generation(),
+        has_sock: c.sock != NO_SOCK,
+        listener: c.listener,
+        state: c.state() as u8,
+        flags: c.flags,
+        session: c.session.to_bits(),
+        decoder: c.ws.export(),
+        subs: c
+            .subs
+            .as_slice()
+            .iter()
+            .map(|s| (cx.index.chan(s.local).name.to_string(), s.last_seq))
+            .collect(),
+        rbuf: ext.map(|e| e.rbuf.clone()).unwrap_or_default(),
+        callback: ext.and_then(|e| e.callback.as_deref().map(str::to_string)),
+        grant: ext.and_then(|e| e.grant.as_deref().cloned()),
+        poll_seq: ext.map_or(0, |e| e.poll_seq),
+        origin: ext.and_then(|e| e.origin.as_deref().map(str::to_string)),
+        token_deadline_ms: ext.and_then(|e| e.token_deadline).map(left),
+        timer_ms: cx.wheel.deadline(c.timer).map(left),
+        ip: cx.peer_ips.get(&slot).copied(),
+        pending: exported.pending,
+        tls: exported.tls,
+        input: exported.input,
+        sio,
+    }
+}
+
 impl<B: Backend> Worker<B> {
     /// `Cmd::Freeze`: answers with every connection, then blocks until told to thaw
     /// (everything goes on untouched) or to exit (the successor holds the sockets: this
@@ -139,43 +182,9 @@ impl<B: Backend> Worker<B> {
             } else {
                 crate::reactor::Exported::default()
             };
-            frozen.records.push((
-                Record {
-                    worker: cx.id,
-                    slot,
-                    generation: token.generation(),
-                    has_sock,
-                    listener: c.listener,
-                    state: state as u8,
-                    flags: c.flags,
-                    session: c.session.to_bits(),
-                    decoder: c.ws.export(),
-                    subs: c
-                        .subs
-                        .as_slice()
-                        .iter()
-                        .map(|s| (cx.index.chan(s.local).name.to_string(), s.last_seq))
-                        .collect(),
-                    rbuf: ext.map(|e| e.rbuf.clone()).unwrap_or_default(),
-                    callback: ext.and_then(|e| e.callback.as_deref().map(str::to_string)),
-                    grant: ext.and_then(|e| e.grant.as_deref().cloned()),
-                    poll_seq: ext.map_or(0, |e| e.poll_seq),
-                    origin: ext.and_then(|e| e.origin.as_deref().map(str::to_string)),
-                    token_deadline_ms: ext
-                        .and_then(|e| e.token_deadline)
-                        .map(|t| millis(t.saturating_duration_since(now))),
-                    timer_ms: cx
-                        .wheel
-                        .deadline(c.timer)
-                        .map(|t| millis(t.saturating_duration_since(now))),
-                    ip: cx.peer_ips.get(&slot).copied(),
-                    pending: exported.pending,
-                    tls: exported.tls,
-                    input: exported.input,
-                    sio: sio_state,
-                },
-                if has_sock { c.sock } else { -1 },
-            ));
+            let sock = if has_sock { c.sock } else { -1 };
+            let record = record(cx, slot, exported, sio_state, now);
+            frozen.records.push((record, sock));
         }
         if cut > 0 {
             cx.finish_closes();

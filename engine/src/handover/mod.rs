@@ -37,11 +37,17 @@
 //! Messages are length-prefixed JSON: an 8-byte head (body length, descriptor count,
 //! little-endian u32s) sent with the frame's descriptors attached, then the body.
 
+mod successor;
+mod wire;
+
+pub use successor::{confirm, receive, receive_records, Taken};
+use wire::{recv_msg, send_msg};
+
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -49,15 +55,13 @@ use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::Instant;
 
 use crate::auth::Grant;
-use crate::epoch::Epoch;
 use crate::inbox::Cmd;
 use crate::limits::{
-    HANDOVER_FDS_PER_MSG, HANDOVER_MAX_FRAME, HANDOVER_RETRY_PAUSE, HANDOVER_SETTLE,
-    HANDOVER_TIMEOUT,
+    HANDOVER_FDS_PER_MSG, HANDOVER_RETRY_PAUSE, HANDOVER_SETTLE, HANDOVER_TIMEOUT,
 };
 use crate::reactor::ListenerId;
 use crate::shared::Shared;
-use crate::store::{Loaded, LoadedChannel, LoadedIdem};
+use crate::store::Loaded;
 use crate::{info, warn};
 
 /// The environment variable that tells a process it is a successor: the descriptor of its
@@ -327,145 +331,6 @@ fn freeze_admin() -> Result<(), String> {
                 .0;
     }
     Ok(())
-}
-
-// ---- descriptor passing ----
-
-fn send_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<usize> {
-    let mut iov = libc::iovec {
-        iov_base: data.as_ptr() as *mut libc::c_void,
-        iov_len: data.len(),
-    };
-    let fd_bytes = std::mem::size_of_val(fds);
-    // SAFETY: CMSG_SPACE only computes a size.
-    let space = unsafe { libc::CMSG_SPACE(fd_bytes as u32) } as usize;
-    let mut cbuf = vec![0u64; space.div_ceil(8)];
-    // SAFETY: an all-zero msghdr is a valid empty one; every pointer set below outlives
-    // the sendmsg call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if !fds.is_empty() {
-        msg.msg_control = cbuf.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
-        // SAFETY: msg_control points at `space` bytes, enough for one header with
-        // `fd_bytes` of data (CMSG_SPACE), so CMSG_FIRSTHDR is non-null and CMSG_DATA
-        // has room for the descriptors.
-        unsafe {
-            let c = libc::CMSG_FIRSTHDR(&msg);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(fd_bytes as u32) as _;
-            std::ptr::copy_nonoverlapping(fds.as_ptr().cast::<u8>(), libc::CMSG_DATA(c), fd_bytes);
-        }
-    }
-    loop {
-        // SAFETY: `msg` and what it points at are valid for the call; `sock` is an open
-        // socket of this process.
-        let r = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
-        if r >= 0 {
-            return Ok(r as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-}
-
-fn recv_fds(sock: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    let max = HANDOVER_FDS_PER_MSG + 2;
-    // SAFETY: CMSG_SPACE only computes a size.
-    let space = unsafe { libc::CMSG_SPACE((max * std::mem::size_of::<RawFd>()) as u32) } as usize;
-    let mut cbuf = vec![0u64; space.div_ceil(8)];
-    // SAFETY: an all-zero msghdr is a valid empty one; every pointer set below outlives
-    // the recvmsg call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
-    let n = loop {
-        // SAFETY: `msg` and its buffers are valid for the call; `sock` is an open socket
-        // of this process.
-        let r = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
-        if r >= 0 {
-            break r as usize;
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    };
-    // SAFETY: the kernel filled `msg_control` with `msg_controllen` bytes of well-formed
-    // control messages; CMSG_FIRSTHDR/NXTHDR stay within it, and each SCM_RIGHTS payload
-    // holds `(cmsg_len - CMSG_LEN(0)) / 4` descriptors now owned by this process.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let bytes = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                let data = libc::CMSG_DATA(c).cast::<RawFd>();
-                for i in 0..bytes / std::mem::size_of::<RawFd>() {
-                    fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
-                }
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
-        }
-    }
-    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
-        return Err(io::Error::other("descriptors were cut off (MSG_CTRUNC)"));
-    }
-    Ok(n)
-}
-
-fn send_msg(sock: &UnixStream, m: &Message, fds: &[RawFd]) -> io::Result<()> {
-    let body = serde_json::to_vec(m).map_err(io::Error::other)?;
-    let mut head = [0u8; 8];
-    head[..4].copy_from_slice(&(body.len() as u32).to_le_bytes());
-    head[4..].copy_from_slice(&(fds.len() as u32).to_le_bytes());
-    let n = send_fds(sock.as_raw_fd(), &head, fds)?;
-    let mut w = sock;
-    w.write_all(&head[n..])?;
-    w.write_all(&body)
-}
-
-fn recv_msg(sock: &UnixStream) -> io::Result<(Message, Vec<OwnedFd>)> {
-    let mut head = [0u8; 8];
-    let mut fds = Vec::new();
-    let mut got = 0;
-    while got < head.len() {
-        let n = recv_fds(sock.as_raw_fd(), &mut head[got..], &mut fds)?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the other process closed the handover socket",
-            ));
-        }
-        got += n;
-    }
-    let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as usize;
-    let want = u32::from_le_bytes(head[4..].try_into().expect("4 bytes")) as usize;
-    if len > HANDOVER_MAX_FRAME {
-        return Err(io::Error::other(format!(
-            "a handover message of {len} bytes"
-        )));
-    }
-    let mut body = vec![0u8; len];
-    let mut r = sock;
-    r.read_exact(&mut body)?;
-    if fds.len() != want {
-        return Err(io::Error::other(format!(
-            "{} descriptors came with a message announcing {want}",
-            fds.len()
-        )));
-    }
-    let m = serde_json::from_slice(&body).map_err(io::Error::other)?;
-    Ok((m, fds))
 }
 
 // ---- the old process ----
@@ -841,218 +706,6 @@ pub fn import_extra(shared: &Shared, mut extra: serde_json::Map<String, Value>) 
         if let Err(e) = crate::cluster::handover::import(shared, v) {
             warn!("handover: the cluster's stream floors lost: {e}");
         }
-    }
-}
-
-// ---- the new process ----
-
-/// What a successor received from the old process.
-pub struct Taken {
-    /// The handover socket, to say `ok` on.
-    pub sock: UnixStream,
-    /// Per listener id, one socket per worker.
-    pub listeners: Vec<Vec<std::net::TcpListener>>,
-    /// The admin listener.
-    pub admin: std::net::TcpListener,
-    /// The hub's streams.
-    pub loaded: Loaded,
-    /// How many connection records follow ([`receive_records`]).
-    pub records: usize,
-    /// When the handover began here.
-    pub started: Instant,
-    /// Process-wide state beyond the hub ([`import_extra`]).
-    pub extra: serde_json::Map<String, Value>,
-    /// The admin port's open connections.
-    pub admin_conns: Vec<(crate::admin::handover::AdminRecord, OwnedFd)>,
-}
-
-fn refuse(sock: &UnixStream, reason: String) -> String {
-    let _ = send_msg(
-        sock,
-        &Message::Error {
-            reason: reason.clone(),
-        },
-        &[],
-    );
-    reason
-}
-
-/// In a successor (`PUSHEDGE_HANDOVER_FD` set): says hello and receives the listeners,
-/// the hub and the connections. `workers` and `listeners` are this process's counts:
-/// they must be the old process's.
-pub fn receive(fd: &str, workers: usize, listeners: usize) -> Result<Taken, String> {
-    let fd: RawFd = fd
-        .trim()
-        .parse()
-        .map_err(|_| format!("{FD_ENV}={fd} is not a descriptor"))?;
-    // SAFETY: FD_CLOEXEC is set on a descriptor number; a bad one just fails.
-    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } == -1 {
-        return Err(format!("{FD_ENV}={fd}: {}", io::Error::last_os_error()));
-    }
-    // SAFETY: the old process passed this descriptor, our end of its socket pair, to this
-    // process only; nothing else here owns it.
-    let sock = unsafe { UnixStream::from_raw_fd(fd) };
-    let _ = sock.set_read_timeout(Some(HANDOVER_TIMEOUT));
-    let _ = sock.set_write_timeout(Some(HANDOVER_TIMEOUT));
-    let started = Instant::now();
-    let io_err = |e: io::Error| format!("handover: {e}");
-    send_msg(
-        &sock,
-        &Message::Hello {
-            pid: std::process::id(),
-        },
-        &[],
-    )
-    .map_err(io_err)?;
-    let (header, _) = recv_msg(&sock).map_err(io_err)?;
-    let Message::Header {
-        workers: theirs,
-        listeners: ids,
-        channels,
-        idem,
-        records: total,
-        admin_conns: admin_total,
-        extra,
-    } = header
-    else {
-        return Err(refuse(&sock, "expected the handover header".into()));
-    };
-    if theirs != workers {
-        return Err(refuse(
-            &sock,
-            format!("the old process has {theirs} workers, this one {workers}: keep `workers` unchanged across an upgrade"),
-        ));
-    }
-    let mut fds = Vec::new();
-    while fds.len() < ids.len() + 1 {
-        let (m, more) = recv_msg(&sock).map_err(io_err)?;
-        if !matches!(m, Message::Sockets) || more.is_empty() {
-            return Err(refuse(&sock, "expected the listener sockets".into()));
-        }
-        fds.extend(more);
-    }
-    let admin = std::net::TcpListener::from(fds.pop().ok_or("no admin listener")?);
-    let mut admin_conns = Vec::with_capacity(admin_total);
-    while admin_conns.len() < admin_total {
-        let (m, more) = recv_msg(&sock).map_err(io_err)?;
-        let Message::Admin { records } = m else {
-            return Err(refuse(&sock, "expected the admin connections".into()));
-        };
-        if records.len() != more.len() {
-            return Err(refuse(
-                &sock,
-                "admin connections without their sockets".into(),
-            ));
-        }
-        admin_conns.extend(records.into_iter().zip(more));
-    }
-    let mut by_id: Vec<Vec<Option<std::net::TcpListener>>> = (0..listeners)
-        .map(|_| (0..workers).map(|_| None).collect())
-        .collect();
-    for ((id, w), fd) in ids.into_iter().zip(fds) {
-        let Some(slot) = by_id.get_mut(usize::from(id)).and_then(|l| l.get_mut(w)) else {
-            return Err(refuse(
-                &sock,
-                format!("listener {id} of the old process is not in this configuration: keep the listeners unchanged across an upgrade"),
-            ));
-        };
-        *slot = Some(std::net::TcpListener::from(fd));
-    }
-    let mut listener_socks = Vec::with_capacity(listeners);
-    for (id, socks) in by_id.into_iter().enumerate() {
-        let all: Option<Vec<_>> = socks.into_iter().collect();
-        let Some(all) = all else {
-            return Err(refuse(
-                &sock,
-                format!("listener {id} of this configuration is not in the old process: keep the listeners unchanged across an upgrade"),
-            ));
-        };
-        listener_socks.push(all);
-    }
-    let loaded = Loaded {
-        channels: channels
-            .into_iter()
-            .map(|c| LoadedChannel {
-                name: c.name,
-                epoch: Epoch::parse(&c.epoch).unwrap_or(Epoch::NONE),
-                seq: c.seq,
-                history: c.history,
-            })
-            .collect(),
-        idem: idem
-            .into_iter()
-            .map(|r| LoadedIdem {
-                channel: r.channel,
-                key: r.key,
-                epoch: Epoch::parse(&r.epoch).unwrap_or(Epoch::NONE),
-                seq: r.seq,
-                expires: r.expires,
-            })
-            .collect(),
-    };
-    Ok(Taken {
-        sock,
-        listeners: listener_socks,
-        admin,
-        loaded,
-        records: total,
-        started,
-        extra,
-        admin_conns,
-    })
-}
-
-/// In a successor, once its workers exist: receives the `total` connection records batch
-/// by batch and hands each, with its socket, to `each` (the worker's backend takes the
-/// descriptor over at once, so at most one batch of descriptors is open here beyond what
-/// the backend holds: io_uring's direct descriptors hold none). An error of `each` is one
-/// connection lost (logged); an error here ends the handover.
-pub fn receive_records(
-    sock: &UnixStream,
-    total: usize,
-    workers: usize,
-    mut each: impl FnMut(Record, Option<OwnedFd>),
-) -> Result<(), String> {
-    let io_err = |e: io::Error| format!("handover: {e}");
-    let exit_after: Option<usize> = std::env::var(TEST_EXIT_AFTER_ENV)
-        .ok()
-        .and_then(|v| v.parse().ok());
-    let mut got = 0;
-    while got < total {
-        let (m, fds) = recv_msg(sock).map_err(io_err)?;
-        let Message::Batch { records: batch } = m else {
-            return Err(refuse(sock, "expected a batch of records".into()));
-        };
-        if batch.iter().filter(|r| r.has_sock).count() != fds.len() {
-            return Err(refuse(sock, "a batch without one socket per record".into()));
-        }
-        if let Some(r) = batch.iter().find(|r| r.worker >= workers) {
-            return Err(refuse(sock, format!("a record of worker {}", r.worker)));
-        }
-        got += batch.len();
-        let mut fds = fds.into_iter();
-        for r in batch {
-            let fd = if r.has_sock { fds.next() } else { None };
-            each(r, fd);
-        }
-        if exit_after.is_some_and(|n| got >= n) {
-            crate::error!("handover: {TEST_EXIT_AFTER_ENV}: exiting after {got} records");
-            // SAFETY: ends the process at once, as a crash would (tests).
-            unsafe { libc::_exit(3) };
-        }
-    }
-    Ok(())
-}
-
-/// In a successor serving everything: tells the old process to exit.
-pub fn confirm(sock: &UnixStream, count: usize, started: Instant) {
-    let ms = started.elapsed().as_secs_f64() * 1000.0;
-    match send_msg(sock, &Message::Ok, &[]) {
-        Ok(()) => info!(
-            "handover: pid {} took over {count} connections in {ms:.1} ms",
-            std::process::id()
-        ),
-        Err(e) => warn!("handover: cannot tell the old process to exit: {e}"),
     }
 }
 
