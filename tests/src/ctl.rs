@@ -68,3 +68,42 @@ impl Ctl {
         }
     }
 }
+
+/// A successor started by `ctl upgrade` (the harness did not spawn it): killed when
+/// dropped.
+pub struct Successor(pub i32);
+
+impl Successor {
+    /// Waits for the first successor's "handover: pid N took over" line (successors log
+    /// to the first process's stderr) and reads its pid.
+    pub fn of(s: &crate::Server) -> Successor {
+        Successor::nth(s, 1)
+    }
+
+    /// The same for the `nth` (from 1) successor.
+    pub fn nth(s: &crate::Server, nth: usize) -> Successor {
+        let pids = || -> Vec<i32> {
+            s.log()
+                .lines()
+                .filter_map(|l| l.split("handover: pid ").nth(1))
+                .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+                .collect()
+        };
+        assert!(
+            crate::wait_until(Duration::from_secs(15), || pids().len() >= nth),
+            "no successor number {nth} took over:\n{}",
+            s.log()
+        );
+        Successor(pids()[nth - 1])
+    }
+}
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) with plain integers; the pid was read from the successor's own
+        // log line while it runs.
+        unsafe {
+            libc::kill(self.0, libc::SIGKILL);
+        }
+    }
+}

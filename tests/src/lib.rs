@@ -54,7 +54,7 @@ pub mod redis;
 pub mod tls;
 
 pub use crowd::{Crowd, Member};
-pub use ctl::Ctl;
+pub use ctl::{Ctl, Successor};
 pub use epochs::{is_epoch, no_epoch, no_epochs_in_cursor};
 pub use http::{Conn, Head, ReadError, Response};
 pub use misc::{rss_kib, seqs, urlencode};

@@ -231,6 +231,22 @@ fn a_redis_kill_without_persistence_loses_no_acknowledged_publish() {
     steady_stream_through_a_redis_kill(false, Duration::from_secs(2));
 }
 
+/// Pings every 20 ms until 1.5 s after `since`; the slowest pong.
+fn worst_pong(pinger: &mut Ws, since: Instant) -> Duration {
+    let mut worst = Duration::ZERO;
+    while since.elapsed() < Duration::from_millis(1500) {
+        let sent = Instant::now();
+        pinger.send_json(&json!({"op": "ping"}));
+        assert_eq!(
+            pinger.recv_json_within(Duration::from_secs(2)),
+            json!({"type": "pong"})
+        );
+        worst = worst.max(sent.elapsed());
+        thread::sleep(Duration::from_millis(20));
+    }
+    worst
+}
+
 /// redis-server frozen with SIGSTOP: a client pinging on the one worker (`--workers 1`) is
 /// answered within 100 ms while other clients there subscribe with `since=` (a position
 /// only Redis has: the node started after the messages were published); those get their
@@ -263,17 +279,7 @@ fn a_frozen_redis_does_not_freeze_the_workers() {
         })
         .collect();
     let mut sse = a.sse("/sse?channel=h&since=1");
-    let mut worst = Duration::ZERO;
-    while frozen.elapsed() < Duration::from_millis(1500) {
-        let sent = Instant::now();
-        pinger.send_json(&json!({"op": "ping"}));
-        assert_eq!(
-            pinger.recv_json_within(Duration::from_secs(2)),
-            json!({"type": "pong"})
-        );
-        worst = worst.max(sent.elapsed());
-        thread::sleep(Duration::from_millis(20));
-    }
+    let worst = worst_pong(&mut pinger, frozen);
     assert!(worst < Duration::from_millis(100), "a pong took {worst:?}");
     for ws in &mut waiting {
         assert!(
@@ -327,17 +333,7 @@ fn a_history_read_that_fails_gets_an_error_and_nothing_waits_on_redis() {
     poll.send_request("GET", "/poll?channel=h", &[], b"", false);
     let mut publisher = a.ws("/ws");
     publisher.send_json(&json!({"op": "pub", "channel": "p", "content": "x", "id": 1}));
-    let mut worst = Duration::ZERO;
-    while frozen.elapsed() < Duration::from_millis(1500) {
-        let sent = Instant::now();
-        pinger.send_json(&json!({"op": "ping"}));
-        assert_eq!(
-            pinger.recv_json_within(Duration::from_secs(2)),
-            json!({"type": "pong"})
-        );
-        worst = worst.max(sent.elapsed());
-        thread::sleep(Duration::from_millis(20));
-    }
+    let worst = worst_pong(&mut pinger, frozen);
     assert!(worst < Duration::from_millis(100), "a pong took {worst:?}");
     // The read gave up after history_wait_secs: an error naming the channel, no hang.
     let e = reader.recv_json_within(Duration::from_secs(10));

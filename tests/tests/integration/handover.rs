@@ -10,38 +10,6 @@ use std::time::{Duration, Instant};
 
 const LONG: Duration = Duration::from_secs(15);
 
-/// The successor, which the harness did not spawn: killed when the test ends.
-struct Successor(i32);
-
-impl Successor {
-    /// Waits for the successor's "took over" line and reads its pid from it.
-    fn of(s: &Server) -> Successor {
-        assert!(
-            s.wait_log(" took over ", LONG),
-            "no successor took over:\n{}",
-            s.log()
-        );
-        let log = s.log();
-        let pid = log
-            .lines()
-            .find_map(|l| l.split("handover: pid ").nth(1))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no successor pid in:\n{log}"));
-        Successor(pid)
-    }
-}
-
-impl Drop for Successor {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) with plain integers; the pid was read from the successor's own
-        // log line while it runs.
-        unsafe {
-            libc::kill(self.0, libc::SIGKILL);
-        }
-    }
-}
-
 /// A raw WebSocket on `/ws?channel=...` through the harness's plain connection.
 fn raw_ws(s: &Server, target: &str) -> Conn {
     let mut c = s.connect();

@@ -24,39 +24,6 @@ const UPGRADE_ATTEMPTS: usize = 10;
 /// Idle connections on the upgraded node.
 const IDLE: usize = 600;
 
-/// The successor, which the harness did not spawn: killed when the test ends.
-struct Successor(i32);
-
-impl Successor {
-    /// Waits for the `nth` (from 1) successor's "took over" line (the successors log to
-    /// the first process's stderr) and reads its pid from it.
-    fn of(s: &Server, nth: usize) -> Successor {
-        let pids = || -> Vec<i32> {
-            s.log()
-                .lines()
-                .filter_map(|l| l.split("handover: pid ").nth(1))
-                .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
-                .collect()
-        };
-        assert!(
-            wait_until(LONG, || pids().len() >= nth),
-            "no successor number {nth} took over:\n{}",
-            s.log()
-        );
-        Successor(pids()[nth - 1])
-    }
-}
-
-impl Drop for Successor {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) with plain integers; the pid was read from the successor's own
-        // log line while it runs.
-        unsafe {
-            libc::kill(self.0, libc::SIGKILL);
-        }
-    }
-}
-
 /// A cluster node without a configured `cluster.node_id` (its id is made up at start:
 /// the successor must take it over).
 fn unnamed_node(redis_url: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
@@ -277,7 +244,7 @@ fn upgrade(s: &Server, nth: usize) -> Successor {
         );
         answers.push(answer);
     }
-    let new = Successor::of(s, nth);
+    let new = Successor::nth(s, nth);
     assert_ne!(new.0 as u32, s.pid());
     new
 }
