@@ -176,6 +176,10 @@ pub trait Backend {
     /// Releases everything: cancels in-flight operations and waits (bounded) for them.
     fn shutdown(&mut self);
 
+    /// Gives back the spare capacity of the backend's own tables (called with the
+    /// worker's own, when it returns memory after a burst; see `crate::memory`).
+    fn shrink(&mut self) {}
+
     /// Hot handover, in the old process before the first [`Backend::export_conn`]: stops
     /// everything the backend has in flight (io_uring: cancels every operation in the ring
     /// and waits, bounded, for their completions; what they did is accounted), and starts

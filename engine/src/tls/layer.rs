@@ -589,6 +589,10 @@ impl<B: Backend> Backend for Tls<B> {
         self.inner.shutdown();
     }
 
+    fn shrink(&mut self) {
+        self.inner.shrink();
+    }
+
     fn export_conn(&self, sock: Sock, token: Token) -> io::Result<Exported> {
         // "Would block": in a moment the handshake is done and the connection can go.
         let unsupported = |why: &str| io::Error::new(io::ErrorKind::WouldBlock, why.to_string());

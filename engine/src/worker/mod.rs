@@ -253,6 +253,7 @@ impl<B: Backend> Core<B> {
         self.releases -= 1;
         self.index.shrink();
         self.sio.shrink();
+        self.io.shrink();
         self.shrink_seen();
         if memory::sparse(self.conns.len(), self.conns.capacity()) {
             self.conns.shrink_to_fit();

@@ -77,8 +77,8 @@ use std::time::{Duration, Instant};
 use super::{Backend, Event, Exported, ListenerId, Part, ReadBudget, Sock, Token, TokenState};
 use crate::inbox::Wake;
 use crate::limits::{
-    URING_BUFFER_SIZE, URING_CLOSE_SEND_GRACE, URING_CQ_FACTOR, URING_SHUTDOWN_WAIT,
-    URING_SQ_ENTRIES,
+    URING_BUFFER_SIZE, URING_CLOSE_SEND_GRACE, URING_CQ_FACTOR, URING_REAP_BATCH,
+    URING_SHUTDOWN_WAIT, URING_SQ_ENTRIES,
 };
 use crate::warn;
 use bufring::{BufRing, BGID};
@@ -228,7 +228,7 @@ impl Uring {
             sends: HashMap::default(),
             ops: Slab::new(),
             pool: Vec::new(),
-            cqes: Vec::with_capacity((URING_SQ_ENTRIES * URING_CQ_FACTOR) as usize),
+            cqes: Vec::with_capacity(URING_REAP_BATCH),
             in_flight: 0,
             turn: 0,
             doomed: VecDeque::new(),
@@ -289,6 +289,17 @@ impl Uring {
         for cqe in cq {
             self.cqes.push((cqe.user_data(), cqe.result(), cqe.flags()));
         }
+    }
+
+    /// Moves at most [`URING_REAP_BATCH`] completions into `self.cqes`; false when there
+    /// were none.
+    fn reap_batch(&mut self) -> bool {
+        let cq = self.ring.completion();
+        let before = self.cqes.len();
+        for cqe in cq.take(URING_REAP_BATCH) {
+            self.cqes.push((cqe.user_data(), cqe.result(), cqe.flags()));
+        }
+        self.cqes.len() > before
     }
 
     fn arm_waker(&mut self) {
@@ -462,42 +473,54 @@ impl Uring {
         }
     }
 
+    /// Handles the completions reaped into `self.cqes`, in order.
     fn dispatch(&mut self, events: &mut Vec<Event>) {
         let mut cqes = std::mem::take(&mut self.cqes);
-        for &(user_data, res, flags) in &cqes {
-            let more = cqueue::more(flags);
-            let kind = kind(user_data);
-            let is_final = !(more && matches!(kind, K_ACCEPT | K_WAKE | K_POLL | K_RECVM));
-            if is_final {
-                self.in_flight = self.in_flight.saturating_sub(1);
+        while !cqes.is_empty() {
+            for &(user_data, res, flags) in &cqes {
+                self.complete(user_data, res, flags, events);
             }
-            match kind {
-                K_ACCEPT => self.on_accept(index(user_data), res, more, events),
-                K_WAKE => self.on_wake(res, more, events),
-                K_POLL => self.on_poll(user_data, res, more),
-                K_RECV | K_RECVM => self.on_input(
-                    kind,
-                    sock(user_data),
-                    generation(user_data),
-                    (res, flags),
-                    events,
-                ),
-                K_SEND => self.on_send(index(user_data), res, events),
-                K_SHUT => {
-                    if let Some(true) = self.shutting.remove(&untagged(user_data)) {
-                        self.push_close(sock(user_data));
-                    }
-                }
-                K_INSTALL if res >= 0 => {
-                    // A peer-address lookup that gave up waiting: close what it installed.
-                    // SAFETY: the descriptor was installed for us and nobody else has it.
-                    drop(unsafe { OwnedFd::from_raw_fd(res) });
-                }
-                _ => {}
-            }
+            cqes.clear();
+            // A submit that found the completion queue backed up reaped into `self.cqes`
+            // meanwhile: those come next.
+            std::mem::swap(&mut cqes, &mut self.cqes);
         }
-        cqes.clear();
-        self.cqes = cqes;
+        if cqes.capacity() > self.cqes.capacity() {
+            self.cqes = cqes;
+        }
+    }
+
+    fn complete(&mut self, user_data: u64, res: i32, flags: u32, events: &mut Vec<Event>) {
+        let more = cqueue::more(flags);
+        let kind = kind(user_data);
+        let is_final = !(more && matches!(kind, K_ACCEPT | K_WAKE | K_POLL | K_RECVM));
+        if is_final {
+            self.in_flight = self.in_flight.saturating_sub(1);
+        }
+        match kind {
+            K_ACCEPT => self.on_accept(index(user_data), res, more, events),
+            K_WAKE => self.on_wake(res, more, events),
+            K_POLL => self.on_poll(user_data, res, more),
+            K_RECV | K_RECVM => self.on_input(
+                kind,
+                sock(user_data),
+                generation(user_data),
+                (res, flags),
+                events,
+            ),
+            K_SEND => self.on_send(index(user_data), res, events),
+            K_SHUT => {
+                if let Some(true) = self.shutting.remove(&untagged(user_data)) {
+                    self.push_close(sock(user_data));
+                }
+            }
+            K_INSTALL if res >= 0 => {
+                // A peer-address lookup that gave up waiting: close what it installed.
+                // SAFETY: the descriptor was installed for us and nobody else has it.
+                drop(unsafe { OwnedFd::from_raw_fd(res) });
+            }
+            _ => {}
+        }
     }
 
     /// Waits (bounded) for the completion of a descriptor install for `sock`; the other
@@ -597,6 +620,36 @@ impl Backend for Uring {
         }
     }
 
+    /// The per-connection tables (input, sends, shutdowns, the ops slab) grow to one entry
+    /// per connection in a burst (every connection answering its handshake at once, a
+    /// fan-out) and keep that capacity.
+    fn shrink(&mut self) {
+        use crate::memory::sparse;
+        if sparse(self.inputs.len(), self.inputs.capacity()) {
+            self.inputs.shrink_to(self.inputs.len() * 2);
+        }
+        if sparse(self.sends.len(), self.sends.capacity()) {
+            self.sends.shrink_to(self.sends.len() * 2);
+        }
+        if sparse(self.recv_armed.len(), self.recv_armed.capacity()) {
+            self.recv_armed.shrink_to(self.recv_armed.len() * 2);
+        }
+        if sparse(self.shutting.len(), self.shutting.capacity()) {
+            self.shutting.shrink_to(self.shutting.len() * 2);
+        }
+        if sparse(self.ops.len(), self.ops.capacity()) {
+            // Keys stay valid: only the vacant entries past the last op in flight go.
+            self.ops.shrink_to_fit();
+        }
+        if sparse(self.doomed.len(), self.doomed.capacity()) {
+            self.doomed.shrink_to(self.doomed.len() * 2);
+        }
+        if self.cqes.is_empty() && self.cqes.capacity() > URING_REAP_BATCH {
+            // Grown by a reap of everything (a backed-up queue, a handover).
+            self.cqes = Vec::with_capacity(URING_REAP_BATCH);
+        }
+    }
+
     fn wait(&mut self, timeout: Option<Duration>, events: &mut Vec<Event>) -> io::Result<()> {
         self.turn += 1;
         let start = events.len();
@@ -629,8 +682,16 @@ impl Backend for Uring {
                 ) => {}
             Err(e) => return Err(e),
         }
-        self.reap();
+        // In batches, all in this turn: the buffer stays small (a full completion queue
+        // copied at once kept 256 KB resident per worker after a burst).
         self.dispatch(events);
+        let most = (URING_SQ_ENTRIES * URING_CQ_FACTOR) as usize / URING_REAP_BATCH;
+        for _ in 0..most {
+            if !self.reap_batch() {
+                break;
+            }
+            self.dispatch(events);
+        }
         Ok(())
     }
 

@@ -10,11 +10,8 @@ use std::collections::VecDeque;
 
 use super::userdata::{indexed, K_SEND};
 use super::Uring;
-use crate::limits::URING_MAX_SEND_IOV;
+use crate::limits::{URING_MAX_SEND_IOV, URING_SEND_POOL};
 use crate::reactor::{Event, Part, Sock, Token};
-
-/// Most send ops kept for reuse.
-const POOL: usize = 1024;
 
 /// One SEND / SENDMSG in flight. Boxed so that the iovecs and the header the kernel reads
 /// stay put.
@@ -241,7 +238,7 @@ impl Uring {
 
     fn recycle_op(&mut self, mut op: Box<SendOp>) {
         op.bufs.clear();
-        if self.pool.len() < POOL {
+        if self.pool.len() < URING_SEND_POOL {
             self.pool.push(op);
         }
     }
