@@ -183,6 +183,14 @@ pub const SOCKETIO_MAX_EARLY: usize = 1 << 20;
 pub const SOCKETIO_TEST_PING: (Duration, Duration) =
     (Duration::from_millis(300), Duration::from_millis(200));
 
+/// Most client publishes one Socket.IO session may have waiting for their outcome (disk
+/// store, cluster); past it a publish is refused 429.
+pub const SOCKETIO_MAX_PENDING_ACKS: usize = 256;
+
+/// Conformance mode (`socketio_test`): how long after its CONNECT answer a namespace's
+/// `auth` event goes out (the test suites read one write at a time).
+pub const SOCKETIO_LATER_DELAY: Duration = TICK.saturating_mul(2);
+
 // ------------------------------------------------------------ timers
 
 /// Length of one tick. Timers fire at most one tick late.

@@ -35,9 +35,12 @@ use base64::Engine as _;
 use protocol::socketio::SioType;
 use protocol::ws::DataKind;
 
-use super::{Entry, Id, Nsp, Partial, Rare, Session, Waiter, LATER_TAG};
+use super::recovery::Record;
+use super::session::{node_tag, Entry, Id, Nsp, Partial, Rare, Session, Waiter};
+use super::LATER_TAG;
 use crate::conn::State;
 use crate::epoch::Epoch;
+use crate::limits::SOCKETIO_LATER_DELAY;
 use crate::reactor::{Backend, Token};
 use crate::worker::Core;
 
@@ -271,7 +274,7 @@ pub fn import<B: Backend>(cx: &mut Core<B>, slot: usize, state: Value) -> Result
             let session = load_session(*v, now)?;
             if session.rare_ref().is_some_and(|r| !r.later.is_empty()) {
                 let token = cx.conns.token(slot);
-                let at = now + crate::limits::TICK * 2;
+                let at = now + SOCKETIO_LATER_DELAY;
                 cx.wheel.insert(at, token.tagged(LATER_TAG));
             }
             Entry::Session(session)
@@ -345,7 +348,7 @@ pub fn export_shared(shared: &crate::shared::Shared) -> Result<Value, String> {
     // Kept again in the order they expire.
     kept.sort_by_key(|k| k.left_ms);
     let mut nodes = rec.known_tags();
-    let own = super::node_tag(&shared.node_id);
+    let own = node_tag(&shared.node_id);
     if !nodes.contains(&own) {
         nodes.push(own);
     }
@@ -372,7 +375,7 @@ pub fn import_shared(shared: &crate::shared::Shared, state: Value) -> Result<(),
     }
     let saved: SavedShared = serde_json::from_value(state)
         .map_err(|e| format!("unreadable Socket.IO process state: {e}"))?;
-    let own = super::node_tag(&shared.node_id);
+    let own = node_tag(&shared.node_id);
     for t in saved.nodes {
         if t != own {
             shared.sio_recovery.add_tag(t);
@@ -380,7 +383,7 @@ pub fn import_shared(shared: &crate::shared::Shared, state: Value) -> Result<(),
     }
     let now = Instant::now();
     for k in saved.recoveries {
-        let rec = super::Record {
+        let rec = Record {
             nsp: k.nsp.into(),
             sid: id(&k.sid)?,
             channels: k
