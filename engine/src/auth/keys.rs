@@ -5,7 +5,9 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use jsonwebtoken::crypto::CryptoProvider;
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse,
+};
 use jsonwebtoken::{Algorithm, DecodingKey};
 
 use super::{cfg_err, key_kind, Alg};
@@ -120,6 +122,26 @@ pub(super) fn load_pem(path: &str, accepted: &[Alg]) -> Result<Vec<PublicKey>, C
     Ok(keys)
 }
 
+/// The key of a JWK already found to be RSA or EC P-256 (`what` names it in errors).
+fn jwk_key(jwk: &Jwk, what: &str) -> Result<PublicKey, ConfigError> {
+    match &jwk.algorithm {
+        AlgorithmParameters::RSA(p) => {
+            let n = URL_SAFE_NO_PAD
+                .decode(&p.n)
+                .map_err(|e| ConfigError(format!("{what}: bad n: {e}")))?;
+            let e = URL_SAFE_NO_PAD
+                .decode(&p.e)
+                .map_err(|e| ConfigError(format!("{what}: bad e: {e}")))?;
+            rsa_key(&n, &e, what)
+        }
+        _ => {
+            let k = DecodingKey::from_jwk(jwk)
+                .map_err(|e| ConfigError(format!("{what}: bad EC key: {e}")))?;
+            ec_key(k, what)
+        }
+    }
+}
+
 /// The signing keys of a JWKS file that can verify an accepted algorithm; other keys (for
 /// encryption, other algorithms or curves, without a `kid`) are skipped with a warning.
 pub(super) fn load_jwks(path: &str, accepted: &[Alg]) -> Result<Vec<PublicKey>, ConfigError> {
@@ -165,22 +187,7 @@ pub(super) fn load_jwks(path: &str, accepted: &[Alg]) -> Result<Vec<PublicKey>, 
             skip(&format!("token_algorithms has no {}", alg.name()));
             continue;
         }
-        let mut key = match &jwk.algorithm {
-            AlgorithmParameters::RSA(p) => {
-                let n = URL_SAFE_NO_PAD
-                    .decode(&p.n)
-                    .map_err(|e| ConfigError(format!("{what}: bad n: {e}")))?;
-                let e = URL_SAFE_NO_PAD
-                    .decode(&p.e)
-                    .map_err(|e| ConfigError(format!("{what}: bad e: {e}")))?;
-                rsa_key(&n, &e, &what)?
-            }
-            _ => {
-                let k = DecodingKey::from_jwk(jwk)
-                    .map_err(|e| ConfigError(format!("{what}: bad EC key: {e}")))?;
-                ec_key(k, &what)?
-            }
-        };
+        let mut key = jwk_key(jwk, &what)?;
         if keys
             .iter()
             .any(|k| k.alg == alg && k.kid.as_deref() == Some(kid.as_str()))
