@@ -243,93 +243,27 @@ pub fn handle(shared: &Shared, line: &str) -> Value {
     let (cmd, rest) = word(line);
     let args: Vec<&str> = rest.split_whitespace().collect();
     match cmd {
-        "help" => json!({
-            "type": "help",
-            "commands": COMMANDS.iter().map(|(c, h)| json!({"command": c, "help": h})).collect::<Vec<_>>(),
-        }),
+        "help" => help(),
         "stats" => {
             let mut v = totals_json(shared);
             v["type"] = json!("stats");
             v
         }
-        "info" => match args.as_slice() {
-            [] => totals_json(shared),
-            [name] => match channel_info_json(shared, name) {
-                Ok(v) => v,
-                Err(e) => error(e.status(), &e.reason()),
-            },
-            _ => error(400, "usage: info [channel]"),
-        },
+        "info" => info(shared, &args),
         "channels" => channels(shared, &args),
-        "conns" => match args.as_slice() {
-            [] => conns(shared, CTL_DEFAULT_CONNS),
-            [n] => match n.parse::<usize>() {
-                Ok(n) if n > 0 => conns(shared, n.min(MAX_CONNS_LISTING)),
-                _ => error(400, "limit must be a positive integer"),
-            },
-            _ => error(400, "usage: conns [limit]"),
-        },
+        "conns" => conns_command(shared, &args),
         "config" => config(shared, rest),
         "kick" => match args.as_slice() {
             [id] => kick(shared, id),
             _ => error(400, "usage: kick <conn-id>"),
         },
-        "close" => match args.as_slice() {
-            [name] => match shared.close_channel(name) {
-                Ok(()) => json!({"type": "ok", "channel": name}),
-                Err(e) => error(e.status(), &e.reason()),
-            },
-            _ => error(400, "usage: close <channel>"),
-        },
+        "close" => close(shared, &args),
         "pub" => publish(shared, rest),
-        "tls" => match args.as_slice() {
-            ["reload"] => match shared.reload_tls() {
-                Ok(n) => {
-                    info!("TLS certificates reloaded ({n}) on the control socket");
-                    json!({"type": "ok", "reloaded": n})
-                }
-                Err(e) => {
-                    warn!("TLS reload failed, the old certificates stay: {e}");
-                    error(
-                        400,
-                        &format!("TLS reload failed, the old certificates stay: {e}"),
-                    )
-                }
-            },
-            _ => error(400, "usage: tls reload"),
-        },
+        "tls" => tls(shared, &args),
         "drain" => drain(shared, &args),
-        "resume" => {
-            if !args.is_empty() {
-                return error(400, "usage: resume");
-            }
-            let was = shared.draining.load(Ordering::SeqCst);
-            match shared.resume() {
-                Ok(workers) => {
-                    json!({"type": "ok", "draining": false, "resumed": was, "workers": workers})
-                }
-                Err((code, reason)) => error(code, &reason),
-            }
-        }
-        "upgrade" => {
-            let binary = match args.as_slice() {
-                [] => None,
-                ["--binary", path] | [path] if !path.starts_with('-') => Some(*path),
-                _ => return error(400, "usage: upgrade [--binary PATH]"),
-            };
-            info!("upgrade requested on the control socket");
-            match crate::handover::upgrade(shared, binary) {
-                Ok(v) => v,
-                Err(e) => error(500, &format!("upgrade failed, still serving: {e}")),
-            }
-        }
-        "shutdown" => {
-            if !args.is_empty() {
-                return error(400, "usage: shutdown");
-            }
-            info!("shutdown requested on the control socket");
-            json!({"type": "ok", "shutdown": true})
-        }
+        "resume" => resume(shared, &args),
+        "upgrade" => upgrade(shared, &args),
+        "shutdown" => shutdown(&args),
         _ => error(
             400,
             &format!(
@@ -338,6 +272,106 @@ pub fn handle(shared: &Shared, line: &str) -> Value {
             ),
         ),
     }
+}
+
+/// `help`: the commands.
+fn help() -> Value {
+    json!({
+        "type": "help",
+        "commands": COMMANDS.iter().map(|(c, h)| json!({"command": c, "help": h})).collect::<Vec<_>>(),
+    })
+}
+
+/// `info [channel]`.
+fn info(shared: &Shared, args: &[&str]) -> Value {
+    match args {
+        [] => totals_json(shared),
+        [name] => match channel_info_json(shared, name) {
+            Ok(v) => v,
+            Err(e) => error(e.status(), &e.reason()),
+        },
+        _ => error(400, "usage: info [channel]"),
+    }
+}
+
+/// `conns [limit]`.
+fn conns_command(shared: &Shared, args: &[&str]) -> Value {
+    match args {
+        [] => conns(shared, CTL_DEFAULT_CONNS),
+        [n] => match n.parse::<usize>() {
+            Ok(n) if n > 0 => conns(shared, n.min(MAX_CONNS_LISTING)),
+            _ => error(400, "limit must be a positive integer"),
+        },
+        _ => error(400, "usage: conns [limit]"),
+    }
+}
+
+/// `close <channel>`.
+fn close(shared: &Shared, args: &[&str]) -> Value {
+    match args {
+        [name] => match shared.close_channel(name) {
+            Ok(()) => json!({"type": "ok", "channel": name}),
+            Err(e) => error(e.status(), &e.reason()),
+        },
+        _ => error(400, "usage: close <channel>"),
+    }
+}
+
+/// `tls reload`.
+fn tls(shared: &Shared, args: &[&str]) -> Value {
+    match args {
+        ["reload"] => match shared.reload_tls() {
+            Ok(n) => {
+                info!("TLS certificates reloaded ({n}) on the control socket");
+                json!({"type": "ok", "reloaded": n})
+            }
+            Err(e) => {
+                warn!("TLS reload failed, the old certificates stay: {e}");
+                error(
+                    400,
+                    &format!("TLS reload failed, the old certificates stay: {e}"),
+                )
+            }
+        },
+        _ => error(400, "usage: tls reload"),
+    }
+}
+
+/// `resume`: accept again after `drain`.
+fn resume(shared: &Shared, args: &[&str]) -> Value {
+    if !args.is_empty() {
+        return error(400, "usage: resume");
+    }
+    let was = shared.draining.load(Ordering::SeqCst);
+    match shared.resume() {
+        Ok(workers) => {
+            json!({"type": "ok", "draining": false, "resumed": was, "workers": workers})
+        }
+        Err((code, reason)) => error(code, &reason),
+    }
+}
+
+/// `upgrade [--binary PATH]`.
+fn upgrade(shared: &Shared, args: &[&str]) -> Value {
+    let binary = match args {
+        [] => None,
+        ["--binary", path] | [path] if !path.starts_with('-') => Some(*path),
+        _ => return error(400, "usage: upgrade [--binary PATH]"),
+    };
+    info!("upgrade requested on the control socket");
+    match crate::handover::upgrade(shared, binary) {
+        Ok(v) => v,
+        Err(e) => error(500, &format!("upgrade failed, still serving: {e}")),
+    }
+}
+
+/// `shutdown` (the caller of [`handle`] stops the server once the answer is written).
+fn shutdown(args: &[&str]) -> Value {
+    if !args.is_empty() {
+        return error(400, "usage: shutdown");
+    }
+    info!("shutdown requested on the control socket");
+    json!({"type": "ok", "shutdown": true})
 }
 
 fn channels(shared: &Shared, args: &[&str]) -> Value {

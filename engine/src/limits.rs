@@ -1,7 +1,7 @@
 //! Every bound, budget and fixed timeout of the server, named once, each with its value
 //! and what it bounds. The bounds a deployment tunes are configuration keys instead
-//! (`config.rs`: each key with its default and doc); the README's "Limits and abuse"
-//! table lists both, with what a client gets when it hits one.
+//! (`config/`: each key with its doc, and its default in `config/defaults.rs`); the
+//! README's "Limits and abuse" table lists both, with what a client gets when it hits one.
 //!
 //! # The descriptor budget
 //!
@@ -232,6 +232,9 @@ pub const DEFAULT_LISTING: usize = 1000;
 /// Longest `prefix` of `/channels`.
 pub const MAX_PREFIX: usize = 128;
 
+/// Longest `ttl` accepted by `/sign` (seconds).
+pub const MAX_TOKEN_TTL: u64 = 366 * 86_400;
+
 // ------------------------------------------------------------ control socket
 
 /// Most control connections at once.
@@ -351,6 +354,10 @@ pub const MAX_ACCEPT_PAUSE_MS: u64 = 60_000;
 
 /// Highest per-second rate of the rate-limit keys.
 pub const MAX_RATE: f64 = 1e6;
+
+/// The smallest RSA modulus accepted for `RS256` keys (`token_public_key`, `token_jwks`),
+/// in bits.
+pub const MIN_RSA_BITS: usize = 2048;
 
 // ------------------------------------------------------------ redis
 

@@ -9,6 +9,7 @@
 
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::{SocketAddr, TcpListener as StdTcpListener, ToSocketAddrs};
+use std::os::unix::net::UnixListener;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
@@ -338,14 +339,7 @@ fn run<B: Backend + Send + 'static>(
         .map_err(StartError::config)?;
     // A successor binds its control socket beside the old process's, and moves it onto
     // the path once everything else is up.
-    let bound_control = match adopt {
-        None => control::bind(&cfg.control_path).map(|l| (l, None)),
-        Some(_) => control::bind_beside(&cfg.control_path).map(|(l, tmp)| (l, Some(tmp))),
-    };
-    let (control, control_tmp) = bound_control.map_err(|e| StartError {
-        code: if e.starts_with("control_path") { 2 } else { 1 },
-        message: e,
-    })?;
+    let control = bind_control(&cfg.control_path, adopt.is_some())?;
     let inboxes: Vec<Arc<Inbox>> = backends
         .iter()
         .map(|b| Arc::new(Inbox::new(b.waker())))
@@ -376,15 +370,49 @@ fn run<B: Backend + Send + 'static>(
         shared.hub.set_frozen(false);
     }
     let (admin_addr, admin) = bound.admin;
+    spawn_services(&shared, admin, tls.admin.clone(), admin_conns, control)?;
+    start_signal_thread(shared.clone())?;
+    if let (Some(sock), Some(started)) = (sock, started) {
+        handover::confirm(&sock, adopted, started);
+    }
+    log_ready(&shared, backend, &addrs, admin_addr);
+    wait_and_stop(&shared, stop_rx);
+    stop_workers(&shared, handles);
+    info!("stopped");
+    Ok(())
+}
+
+/// The control socket, on its path; a successor's beside the old process's, with the
+/// temporary path it moves from once everything else is up.
+fn bind_control(path: &str, successor: bool) -> Result<(UnixListener, Option<String>), StartError> {
+    let bound = if successor {
+        control::bind_beside(path).map(|(l, tmp)| (l, Some(tmp)))
+    } else {
+        control::bind(path).map(|l| (l, None))
+    };
+    bound.map_err(|e| StartError {
+        code: if e.starts_with("control_path") { 2 } else { 1 },
+        message: e,
+    })
+}
+
+/// The admin and control threads; then a successor's control socket moves onto its
+/// path.
+fn spawn_services(
+    shared: &Arc<Shared>,
+    admin: StdTcpListener,
+    admin_tls: Option<Arc<tls::Context>>,
+    admin_conns: Vec<(admin::handover::AdminRecord, std::os::fd::OwnedFd)>,
+    (control, control_tmp): (UnixListener, Option<String>),
+) -> Result<(), StartError> {
     {
         use std::os::fd::AsRawFd;
         handover::set_admin_fd(admin.as_raw_fd());
     }
-    let admin_tls = tls.admin.clone();
-    spawn(&shared, "admin", move |s| {
+    spawn(shared, "admin", move |s| {
         admin::run(s, admin, admin_tls, admin_conns)
     })?;
-    spawn(&shared, "control", move |s| control::run(s, control))?;
+    spawn(shared, "control", move |s| control::run(s, control))?;
     if let Some(tmp) = control_tmp {
         if let Err(e) = std::fs::rename(&tmp, &shared.cfg.control_path) {
             error!(
@@ -393,12 +421,12 @@ fn run<B: Backend + Send + 'static>(
             );
         }
     }
-    start_signal_thread(shared.clone())?;
-    if let (Some(sock), Some(started)) = (sock, started) {
-        handover::confirm(&sock, adopted, started);
-    }
-    log_ready(&shared, backend, &addrs, admin_addr);
-    wait_and_stop(&shared, stop_rx);
+    Ok(())
+}
+
+/// Stops the workers and waits for them; then closes the store and removes the control
+/// socket.
+fn stop_workers(shared: &Shared, handles: Vec<thread::JoinHandle<()>>) {
     for inbox in &shared.inboxes {
         inbox.push(Cmd::Shutdown);
     }
@@ -409,8 +437,6 @@ fn run<B: Backend + Send + 'static>(
         s.close();
     }
     let _ = std::fs::remove_file(&shared.cfg.control_path);
-    info!("stopped");
-    Ok(())
 }
 
 /// The store, the hub, the cluster and the shared state around them.

@@ -9,14 +9,11 @@ use protocol::query::Query;
 
 use super::{events, Reply};
 use crate::auth;
-use crate::limits::{DEFAULT_LISTING, MAX_PREFIX};
+use crate::limits::{DEFAULT_LISTING, MAX_PREFIX, MAX_TOKEN_TTL};
 use crate::msg::Body;
 use crate::shared::Shared;
 use crate::store::Commit;
 use crate::views::{channel_info_json, channel_json, totals_json};
-
-/// Longest `ttl` accepted by `/sign` (seconds).
-pub const MAX_TOKEN_TTL: u64 = 366 * 86_400;
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {

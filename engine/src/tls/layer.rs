@@ -26,8 +26,8 @@
 //! sends its alert first.
 
 use bytes::Bytes;
-use rustls::server::UnbufferedServerConnection;
-use rustls::unbuffered::{ConnectionState, EncodeError};
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{ConnectionState, EncodeError, EncodeTlsData};
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
@@ -185,6 +185,37 @@ pub struct Tls<B> {
     out: Vec<u8>,
 }
 
+/// What one turn of the handshake loop came to.
+enum Turn {
+    /// Go round again.
+    More,
+    /// rustls waits for more ciphertext, or the peer closed.
+    Blocked,
+    /// Established.
+    Done,
+    /// Failed (rustls may have an alert queued).
+    Failed(rustls::Error),
+}
+
+/// The record keys of a handshake that has just finished (`phase` is the handshake).
+fn open_keys(phase: Phase) -> io::Result<Keys> {
+    let Phase::Handshake(conn) = phase else {
+        unreachable!("checked above");
+    };
+    let version = conn.protocol_version();
+    let limit = conn.negotiated_cipher_suite().map_or(0, |c| match c {
+        rustls::SupportedCipherSuite::Tls12(t) => t.common.confidentiality_limit,
+        rustls::SupportedCipherSuite::Tls13(t) => t.common.confidentiality_limit,
+    });
+    let (secrets, _) = conn.dangerous_into_kernel_connection().map_err(invalid)?;
+    Keys::new(
+        version.ok_or_else(|| invalid("no protocol version"))?,
+        limit,
+        secrets,
+    )
+    .map_err(invalid)
+}
+
 impl<B: Backend> Tls<B> {
     /// `contexts[id]`: the TLS of listener `id`, if any.
     pub fn new(inner: B, contexts: Vec<Option<Arc<Context>>>) -> Tls<B> {
@@ -234,78 +265,17 @@ impl<B: Backend> Tls<B> {
         let Phase::Handshake(conn) = &mut s.phase else {
             return Ok(());
         };
-        let mut failed = None;
-        let mut done = false;
         let mut plain = Vec::new();
-        loop {
+        let turn = loop {
             let st = conn.process_tls_records(&mut s.incoming);
             let discard = st.discard;
-            let mut stop = false;
-            match st.state {
-                Err(e) => {
-                    failed = Some(e);
-                    stop = true;
-                }
-                Ok(ConnectionState::ReadTraffic(mut r)) => {
-                    while let Some(rec) = r.next_record() {
-                        match rec {
-                            Ok(rec) => plain.extend_from_slice(rec.payload),
-                            Err(e) => {
-                                failed = Some(e);
-                                break;
-                            }
-                        }
-                    }
-                    stop = failed.is_some();
-                }
-                Ok(ConnectionState::EncodeTlsData(mut enc)) => {
-                    let start = self.out.len();
-                    self.out.resize(start + 4096, 0);
-                    let n = match enc.encode(&mut self.out[start..]) {
-                        Ok(n) => Ok(n),
-                        Err(EncodeError::InsufficientSize(need)) => {
-                            self.out.resize(start + need.required_size, 0);
-                            enc.encode(&mut self.out[start..])
-                        }
-                        Err(e) => Err(e),
-                    };
-                    match n {
-                        Ok(n) => self.out.truncate(start + n),
-                        Err(e) => {
-                            self.out.truncate(start);
-                            failed = Some(rustls::Error::General(e.to_string()));
-                            stop = true;
-                        }
-                    }
-                }
-                Ok(ConnectionState::TransmitTlsData(t)) => {
-                    t.done();
-                    let out = std::mem::take(&mut self.out);
-                    let r = self.inner.send(s.sock, token, &[Part::Copy(&out)]);
-                    self.out = out;
-                    self.out.clear();
-                    r?;
-                }
-                Ok(ConnectionState::BlockedHandshake) => stop = true,
-                Ok(ConnectionState::WriteTraffic(_)) => {
-                    done = true;
-                    stop = true;
-                }
-                Ok(ConnectionState::PeerClosed | ConnectionState::Closed) => {
-                    s.eof = true;
-                    stop = true;
-                }
-                Ok(_) => {
-                    failed = Some(rustls::Error::General("unexpected TLS state".into()));
-                    stop = true;
-                }
-            }
+            let turn = self.handshake_turn(st.state, s.sock, token, &mut plain, &mut s.eof)?;
             s.incoming.drain(..discard);
-            if stop {
-                break;
+            if !matches!(turn, Turn::More) {
+                break turn;
             }
-        }
-        if let Some(e) = failed {
+        };
+        if let Turn::Failed(e) = turn {
             // rustls queued its alert: one more turn writes it.
             let st = conn.process_tls_records(&mut []);
             if let Ok(ConnectionState::EncodeTlsData(mut enc)) = st.state {
@@ -322,25 +292,83 @@ impl<B: Backend> Tls<B> {
             s.give(&plain, buf, at);
         }
         self.flush_out(s.sock, token)?;
-        if done {
-            let Phase::Handshake(conn) = std::mem::replace(&mut s.phase, Phase::Done) else {
-                unreachable!("checked above");
-            };
-            let version = conn.protocol_version();
-            let limit = conn.negotiated_cipher_suite().map_or(0, |c| match c {
-                rustls::SupportedCipherSuite::Tls12(t) => t.common.confidentiality_limit,
-                rustls::SupportedCipherSuite::Tls13(t) => t.common.confidentiality_limit,
-            });
-            let (secrets, _) = conn.dangerous_into_kernel_connection().map_err(invalid)?;
-            let keys = Keys::new(
-                version.ok_or_else(|| invalid("no protocol version"))?,
-                limit,
-                secrets,
-            )
-            .map_err(invalid)?;
-            s.phase = Phase::Open(keys);
+        if matches!(turn, Turn::Done) {
+            let phase = std::mem::replace(&mut s.phase, Phase::Done);
+            s.phase = Phase::Open(open_keys(phase)?);
         }
         Ok(())
+    }
+
+    /// One state of the handshake: early plaintext goes to `plain`, handshake records are
+    /// encoded into `self.out` and sent when rustls says so (an error sending is returned
+    /// as is; a TLS error is [`Turn::Failed`]).
+    fn handshake_turn(
+        &mut self,
+        state: Result<ConnectionState<'_, '_, ServerConnectionData>, rustls::Error>,
+        sock: Sock,
+        token: Token,
+        plain: &mut Vec<u8>,
+        eof: &mut bool,
+    ) -> io::Result<Turn> {
+        Ok(match state {
+            Err(e) => Turn::Failed(e),
+            Ok(ConnectionState::ReadTraffic(mut r)) => {
+                while let Some(rec) = r.next_record() {
+                    match rec {
+                        Ok(rec) => plain.extend_from_slice(rec.payload),
+                        Err(e) => return Ok(Turn::Failed(e)),
+                    }
+                }
+                Turn::More
+            }
+            Ok(ConnectionState::EncodeTlsData(mut enc)) => match self.encode_handshake(&mut enc) {
+                Ok(()) => Turn::More,
+                Err(e) => Turn::Failed(e),
+            },
+            Ok(ConnectionState::TransmitTlsData(t)) => {
+                t.done();
+                let out = std::mem::take(&mut self.out);
+                let r = self.inner.send(sock, token, &[Part::Copy(&out)]);
+                self.out = out;
+                self.out.clear();
+                r?;
+                Turn::More
+            }
+            Ok(ConnectionState::BlockedHandshake) => Turn::Blocked,
+            Ok(ConnectionState::WriteTraffic(_)) => Turn::Done,
+            Ok(ConnectionState::PeerClosed | ConnectionState::Closed) => {
+                *eof = true;
+                Turn::Blocked
+            }
+            Ok(_) => Turn::Failed(rustls::Error::General("unexpected TLS state".into())),
+        })
+    }
+
+    /// Appends the handshake records `enc` holds to `self.out` (nothing on an error).
+    fn encode_handshake(
+        &mut self,
+        enc: &mut EncodeTlsData<'_, ServerConnectionData>,
+    ) -> Result<(), rustls::Error> {
+        let start = self.out.len();
+        self.out.resize(start + 4096, 0);
+        let n = match enc.encode(&mut self.out[start..]) {
+            Ok(n) => Ok(n),
+            Err(EncodeError::InsufficientSize(need)) => {
+                self.out.resize(start + need.required_size, 0);
+                enc.encode(&mut self.out[start..])
+            }
+            Err(e) => Err(e),
+        };
+        match n {
+            Ok(n) => {
+                self.out.truncate(start + n);
+                Ok(())
+            }
+            Err(e) => {
+                self.out.truncate(start);
+                Err(rustls::Error::General(e.to_string()))
+            }
+        }
     }
 
     /// Decrypts the complete records in `incoming` into `buf` from `*at`.

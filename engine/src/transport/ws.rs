@@ -31,11 +31,13 @@ use protocol::ws::{
     self, CloseCode, Control, DataKind, Decoded, DecoderConfig, Event, OpCode, Role,
 };
 
+use crate::auth::TokenError;
 use crate::limits::{DEFLATE_LEVEL, DEFLATE_MIN_BYTES, INFLATE_KEEP_BYTES};
 use crate::metrics::Counter;
 use crate::reactor::{Backend, Part};
 use crate::timer::jitter;
 use crate::worker::http::{reject, since_points, Reject};
+use crate::worker::index::PendingReplay;
 use crate::worker::Core;
 
 /// Answers the upgrade and starts the session.
@@ -46,8 +48,36 @@ pub fn start<B: Backend>(
     q: &Query<'_>,
     echo: bool,
 ) -> Result<(), Reject> {
-    let accept = match ws::handshake::check_request(req) {
-        Ok(a) => a,
+    let Some(accept) = check_handshake(cx, slot, req) else {
+        return Ok(());
+    };
+    let (refused, pending) = subscribe(cx, slot, q, echo)?;
+    if !send_accept(cx, slot, req, &accept, echo) || echo {
+        return Ok(());
+    }
+    if let Some(e) = refused {
+        cx.stats.inc(Counter::Http401);
+        cx.auth_failed(slot, "ws", e.reason());
+        close(cx, slot, CloseCode::POLICY, e.reason());
+        return Ok(());
+    }
+    cx.replay_all(slot, pending);
+    if !cx.conns[slot].write_closed() {
+        let first = jitter(cx.live().heartbeat(), &mut cx.rng);
+        cx.arm(slot, first);
+    }
+    Ok(())
+}
+
+/// The `Sec-WebSocket-Accept` value of a valid upgrade request; a bad one is answered
+/// (with `Sec-WebSocket-Version` or `Allow` where they help) and gets `None`.
+fn check_handshake<B: Backend>(
+    cx: &mut Core<B>,
+    slot: usize,
+    req: &http::Request<'_, '_>,
+) -> Option<[u8; 28]> {
+    match ws::handshake::check_request(req) {
+        Ok(a) => Some(a),
         Err(e) => {
             let extra: &[(&str, &str)] = match e {
                 ws::HandshakeError::UnsupportedVersion => &[("Sec-WebSocket-Version", "13")],
@@ -55,9 +85,20 @@ pub fn start<B: Backend>(
                 _ => &[],
             };
             cx.respond_error(slot, e.status(), e.reason(), extra);
-            return Ok(());
+            None
         }
-    };
+    }
+}
+
+/// Checks the token and subscribes the channels of the query (none for `/echo`), before
+/// the 101 goes out: the token's refusal (answered after the 101), and what is to be
+/// replayed.
+fn subscribe<B: Backend>(
+    cx: &mut Core<B>,
+    slot: usize,
+    q: &Query<'_>,
+    echo: bool,
+) -> Result<(Option<TokenError>, Vec<PendingReplay>), Reject> {
     let (mut channels, mut points) = if echo {
         (Vec::new(), Vec::new())
     } else {
@@ -87,6 +128,18 @@ pub fn start<B: Backend>(
         }
         Some(_) => Vec::new(),
     };
+    Ok((refused, pending))
+}
+
+/// Sends the 101 (with permessage-deflate when `ws_deflate` and the client agree) and
+/// makes the connection a WebSocket; false when the connection is gone.
+fn send_accept<B: Backend>(
+    cx: &mut Core<B>,
+    slot: usize,
+    req: &http::Request<'_, '_>,
+    accept: &[u8; 28],
+    echo: bool,
+) -> bool {
     let agreed = if cx.shared.cfg.ws_deflate {
         deflate::negotiate(
             req.headers
@@ -102,7 +155,7 @@ pub fn start<B: Backend>(
         deflate::write_response_header(&mut extension, a);
     }
     let mut out = Vec::with_capacity(160 + extension.len());
-    ws::handshake::write_accept_response_with(&mut out, &accept, &extension);
+    ws::handshake::write_accept_response_with(&mut out, accept, &extension);
     cx.send(slot, &[Part::Copy(&out)]);
     cx.disarm(slot);
     cx.conns[slot].clear(crate::conn::flag::KEEP_ALIVE);
@@ -110,21 +163,7 @@ pub fn start<B: Backend>(
         .session
         .set_deflate(agreed.map(|a| a.window_bits));
     let moved = cx.conns[slot].upgrade(echo);
-    if !cx.apply(slot, moved) || echo {
-        return Ok(());
-    }
-    if let Some(e) = refused {
-        cx.stats.inc(Counter::Http401);
-        cx.auth_failed(slot, "ws", e.reason());
-        close(cx, slot, CloseCode::POLICY, e.reason());
-        return Ok(());
-    }
-    cx.replay_all(slot, pending);
-    if !cx.conns[slot].write_closed() {
-        let first = jitter(cx.live().heartbeat(), &mut cx.rng);
-        cx.arm(slot, first);
-    }
-    Ok(())
+    cx.apply(slot, moved)
 }
 
 /// Feeds frames to the decoder; returns the bytes consumed.
