@@ -224,6 +224,7 @@ pub const MAX_HELD_ANSWERS: usize = 65_536;
 /// How often the admin thread looks for timed-out connections.
 pub const ADMIN_TIMEOUT_CHECK: Duration = Duration::from_millis(100);
 
+/// Bytes read from one admin connection at a time.
 pub const ADMIN_READ_CHUNK: usize = 64 * 1024;
 
 /// Default and largest `limit` of `/channels`.
@@ -234,6 +235,13 @@ pub const MAX_PREFIX: usize = 128;
 
 /// Longest `ttl` accepted by `/sign` (seconds).
 pub const MAX_TOKEN_TTL: u64 = 366 * 86_400;
+
+/// How often `/events` sends a snapshot.
+pub const EVENTS_EVERY: Duration = Duration::from_secs(1);
+
+/// `/events` gives no rate over a longer span than this (the first snapshot after a
+/// pause).
+pub const EVENTS_MAX_RATE_SPAN: Duration = Duration::from_secs(5);
 
 // ------------------------------------------------------------ control socket
 
@@ -364,6 +372,9 @@ pub const MIN_RSA_BITS: usize = 2048;
 /// How often a node reports its subscriber counts.
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
+/// A Redis link unused for this long is checked with a `PING` before a request.
+pub const LINK_CHECK_AFTER: Duration = Duration::from_secs(1);
+
 /// A node whose last report is older than this is considered gone.
 pub const NODE_TTL: u64 = 5;
 
@@ -440,6 +451,10 @@ pub const URING_SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
 /// complete (`Backend::quiesce`), and for the descriptors it installs for the successor,
 /// before it calls the handover off.
 pub const URING_QUIESCE_WAIT: Duration = Duration::from_secs(2);
+
+/// How long a peer-address lookup on a direct descriptor (`ctl conns`) waits for the
+/// descriptor it installs for the moment.
+pub const URING_INSTALL_WAIT: Duration = Duration::from_millis(200);
 
 // ------------------------------------------------------------ the descriptor budget
 

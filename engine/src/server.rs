@@ -21,8 +21,8 @@ use crate::config::{self, AuthMode, Config, Live};
 use crate::config::{BackendKind, HistoryStore, UringArm};
 use crate::hub::{Hub, HubConfig};
 use crate::inbox::{Cmd, Inbox};
+use crate::limits::DRAIN_POLL;
 use crate::limits::{self, FdBudget};
-use crate::limits::{DRAIN_POLL, LISTEN_BACKLOG};
 use crate::reactor::epoll::Epoll;
 use crate::reactor::uring::{self, Uring};
 use crate::reactor::{Backend, ListenerId};
@@ -68,26 +68,6 @@ fn resolve(addr: &str, what: &str) -> Result<SocketAddr, String> {
         .map_err(|e| format!("invalid {what} address '{addr}': {e}"))?
         .next()
         .ok_or_else(|| format!("invalid {what} address '{addr}'"))
-}
-
-/// Binds a listener with SO_REUSEPORT (several workers and several processes share the
-/// port; the kernel spreads the accepts).
-pub fn bind_reuseport(addr: SocketAddr) -> std::io::Result<StdTcpListener> {
-    let domain = if addr.is_ipv4() {
-        Domain::IPV4
-    } else {
-        Domain::IPV6
-    };
-    let sock = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
-    sock.set_reuse_address(true)?;
-    sock.set_reuse_port(true)?;
-    // Accepted sockets inherit TCP_NODELAY from the listener on Linux: one setsockopt
-    // here instead of one per connection.
-    sock.set_tcp_nodelay(true)?;
-    sock.bind(&addr.into())?;
-    sock.listen(LISTEN_BACKLOG)?;
-    sock.set_nonblocking(true)?;
-    Ok(sock.into())
 }
 
 fn node_id(cfg: &Config) -> String {
@@ -299,14 +279,18 @@ fn bind_all(cfg: &Config, workers: usize) -> Result<Bound, StartError> {
         if !shared_on_purpose && addr.port() != 0 {
             check_not_shared(addr)?;
         }
-        let first = bind_reuseport(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let first = crate::reactor::bind_reuseport(addr)
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         // Port 0: the other workers share the port the first one got.
         let addr = first
             .local_addr()
             .map_err(|e| format!("cannot read the bound address: {e}"))?;
         let mut socks = vec![first];
         for _ in 1..workers {
-            socks.push(bind_reuseport(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?);
+            socks.push(
+                crate::reactor::bind_reuseport(addr)
+                    .map_err(|e| format!("cannot listen on {addr}: {e}"))?,
+            );
         }
         listeners.push((addr, socks));
     }

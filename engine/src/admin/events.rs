@@ -7,15 +7,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use crate::limits::EVENTS_MAX_RATE_SPAN;
 use crate::metrics::{unix_now, Counter, Histogram, Process};
 use crate::shared::Shared;
 use crate::views::totals_json;
-
-/// How often a snapshot is sent.
-pub(super) const EVERY: Duration = Duration::from_secs(1);
-
-/// Rates are not given over a longer span than this (the first snapshot after a pause).
-const MAX_RATE_SPAN: Duration = Duration::from_secs(5);
 
 /// The page (`include_str!`: no build step).
 pub(super) const DASHBOARD: &str = include_str!("../../static/dashboard.html");
@@ -64,7 +59,7 @@ pub(super) fn sample(shared: &Shared) -> Sample {
 
 /// One event (`data: {...}\n\n`) and the sample it was made from. `prev`: the sample of
 /// the previous one; rates, CPU and the recent fan-out quantiles are over the time since
-/// (null without one, or after more than [`MAX_RATE_SPAN`]).
+/// (null without one, or after more than [`EVENTS_MAX_RATE_SPAN`]).
 pub(super) fn snapshot(shared: &Shared, prev: Option<&Sample>) -> (Vec<u8>, Sample) {
     let mut v = totals_json(shared);
     let snap = shared.snapshot();
@@ -82,7 +77,7 @@ pub(super) fn snapshot(shared: &Shared, prev: Option<&Sample>) -> (Vec<u8>, Samp
     };
     let prev = prev.filter(|p| {
         let span = now.saturating_duration_since(p.at);
-        span > Duration::ZERO && span <= MAX_RATE_SPAN
+        span > Duration::ZERO && span <= EVENTS_MAX_RATE_SPAN
     });
     let rates = match prev {
         Some(p) => {

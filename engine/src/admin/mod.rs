@@ -312,7 +312,7 @@ impl Admin {
             {
                 self.close_streams();
             }
-            if now.duration_since(last_events) >= events::EVERY {
+            if now.duration_since(last_events) >= crate::limits::EVENTS_EVERY {
                 last_events = now;
                 self.send_events();
             }

@@ -23,12 +23,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use redis::Value;
 
 use crate::limits::{
-    REDIS_CONNECT_TIMEOUT, REDIS_IO_TIMEOUT, REDIS_MAX_BACKOFF, REDIS_MIN_BACKOFF,
+    LINK_CHECK_AFTER, REDIS_CONNECT_TIMEOUT, REDIS_IO_TIMEOUT, REDIS_MAX_BACKOFF, REDIS_MIN_BACKOFF,
 };
 use crate::timer::Rng;
-
-/// A link unused for this long is checked with a `PING` before a request.
-pub const LINK_CHECK_AFTER: Duration = Duration::from_secs(1);
 
 /// Why a call failed.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -215,6 +215,26 @@ pub trait Backend {
     fn listener_fds(&self) -> Vec<(ListenerId, i32)>;
 }
 
+/// Binds a listener with SO_REUSEPORT (several workers and several processes share the
+/// port; the kernel spreads the accepts).
+pub fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    // Accepted sockets inherit TCP_NODELAY from the listener on Linux: one setsockopt
+    // here instead of one per connection.
+    sock.set_tcp_nodelay(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(crate::limits::LISTEN_BACKLOG)?;
+    sock.set_nonblocking(true)?;
+    Ok(sock.into())
+}
+
 /// What a backend (and the layers over it) hold for one connection, carried to the next
 /// process by a hot handover.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

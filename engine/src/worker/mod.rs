@@ -632,7 +632,7 @@ impl<B: Backend> Worker<B> {
         if !self.acceptor.listening {
             for &(id, addr) in &self.listen_addrs {
                 let bound =
-                    crate::server::bind_reuseport(addr).and_then(|l| self.core.io.listen(id, l));
+                    crate::reactor::bind_reuseport(addr).and_then(|l| self.core.io.listen(id, l));
                 if let Err(e) = bound {
                     self.core.io.stop_listening();
                     let e = format!(

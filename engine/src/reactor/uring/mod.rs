@@ -77,8 +77,8 @@ use std::time::{Duration, Instant};
 use super::{Backend, Event, Exported, ListenerId, Part, ReadBudget, Sock, Token, TokenState};
 use crate::inbox::Wake;
 use crate::limits::{
-    URING_BUFFER_SIZE, URING_CLOSE_SEND_GRACE, URING_CQ_FACTOR, URING_REAP_BATCH,
-    URING_SHUTDOWN_WAIT, URING_SQ_ENTRIES,
+    URING_BUFFER_SIZE, URING_CLOSE_SEND_GRACE, URING_CQ_FACTOR, URING_INSTALL_WAIT,
+    URING_REAP_BATCH, URING_SHUTDOWN_WAIT, URING_SQ_ENTRIES,
 };
 use crate::warn;
 use bufring::{BufRing, BGID};
@@ -527,7 +527,7 @@ impl Uring {
     /// completions that come meanwhile are kept for the next wait.
     fn wait_install(&mut self, sock: Sock) -> Option<i32> {
         let want = indexed(K_INSTALL, sock as u32 as usize);
-        let deadline = Instant::now() + Duration::from_millis(200);
+        let deadline = Instant::now() + URING_INSTALL_WAIT;
         while Instant::now() < deadline {
             let ts = Timespec::new().nsec(10_000_000);
             let args = SubmitArgs::new().timespec(&ts);
