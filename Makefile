@@ -8,7 +8,7 @@ REDIS_PORT ?= 6379
 
 .PHONY: run run-cluster test build release lint fmt bench fuzz fuzz-build fuzz-deps deps-test deps-redis conformance
 .PHONY: test-socketio deps-socketio test-web deps-tools
-.PHONY: bench-build bench-scale bench-fanout bench-peers bench-backends bench-cluster bench-floor bench-tls
+.PHONY: bench-build bench-scale bench-fanout bench-peers bench-backends bench-cluster bench-floor bench-tls bench-store
 
 ## run: build (release) and start the server on embedded defaults (BACKEND=uring for io_uring)
 run: release
@@ -152,6 +152,9 @@ bench:
 ##   make bench-backends                         epoll vs io_uring (POLL_ADD, RECV, no direct fds)
 ##   make bench-cluster CONNS=N [NODES=K] [BACKEND=...] [SET=...] [BENCH_ARGS="--channels C ..."]
 ##                    redis-server + K nodes on one port: fan-out to N subscribers through Redis
+##   make bench-store [BACKEND=...] [BENCH_ARGS="--rounds 5 --messages 500000 --fsync"]
+##                    pipelined publishes/s with history_store = disk against memory,
+##                    interleaved rounds, medians and their ratio (bench/store.py)
 ##   make bench-floor [PUSHEDGE_BIN=...] [BENCH_ARGS="--rounds 15 ..."]
 ##                    fan-out to 15,000 against the machine's floor (a bare sender, same reader),
 ##                    epoll then uring: bare p50, pushedge p50, ratio (bench/src/bin/floor)
@@ -192,6 +195,9 @@ bench-backends: bench-build
 
 bench-cluster: bench-build
 	python3 bench/cluster.py --conns $(CONNS) $(if $(NODES),--nodes $(NODES)) --backend $(BACKEND) $(BENCH_SETS) $(BENCH_ARGS)
+
+bench-store: bench-build
+	python3 bench/store.py --backend $(BACKEND) $(BENCH_ARGS)
 
 bench-floor: bench-build
 	$(CARGO) build --release -p pushedge-bench --bin floor

@@ -21,6 +21,7 @@ import {
   once,
   sleep,
   show,
+  request,
 } from "./harness.mjs";
 
 useHarness();
@@ -126,6 +127,41 @@ test("recovery replays every room the socket was in (all and lobby), each in ord
       channel,
     );
   }
+});
+
+test("recovery from an offset of a stream that ended: a reset event with the new epoch, then the new stream", T, async () => {
+  const srv = await startServer({ set: { socketio_recovery_secs: 120 } });
+  const s = client(srv.url, { transports: ["websocket"], ...RECONNECT });
+  const rec = record(s, { stripOffset: true });
+  await connected(s);
+  const id = s.id;
+  const old = [];
+  for (let n = 1; n <= 3; n++) old.push(await publish(srv, "all", { n }));
+  await rec.wait(3);
+  const disconnected = once(s, "disconnect", 5_000, "disconnect");
+  s.io.engine.close();
+  await disconnected;
+  // While the socket is away its room's stream ends (a close) and a new one starts.
+  const r = await request({ host: srv.adminHost, port: srv.adminPort, method: "POST", path: "/close?channel=all" });
+  assert.equal(r.status, 200, r.text);
+  const fresh = [];
+  for (let n = 1; n <= 2; n++) fresh.push(await publish(srv, "all", { n: 100 + n }));
+  assert.deepEqual(fresh.map((a) => a.seq), [1, 2], "the new stream starts at 1");
+  assert.notEqual(fresh[0].epoch, old[0].epoch, "a new epoch");
+  await connected(s, 8_000, "automatic reconnect");
+  assert.equal(s.recovered, true, "socket.recovered");
+  assert.equal(s.id, id, "same socket id");
+  await rec.wait(6, { ms: 8_000 });
+  await sleep(SETTLE);
+  const after = rec.list.slice(3);
+  assert.equal(after.length, 3, show(after));
+  assert.equal(after[0].event, "reset", `told at once that the stream started again: ${show(after)}`);
+  assert.deepEqual(after[0].args[0], { type: "reset", channel: "all", epoch: fresh[0].epoch, seq: 2 }, show(after[0]));
+  assert.deepEqual(
+    after.slice(1).map((e) => [e.event, e.args[0], e.offset]),
+    fresh.map((a, i) => ["message", { n: 101 + i }, `${a.seq}@${a.epoch}/all`]),
+    show(after),
+  );
 });
 
 test("recovery off (default): no offset argument, a reconnect is a new socket", T, async () => {

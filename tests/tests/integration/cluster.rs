@@ -1011,6 +1011,47 @@ fn close_on_one_node_closes_the_channel_everywhere() {
     wait_local(&b, "z", 0);
 }
 
+/// In a cluster the epoch lives in Redis beside the seq: a channel closed through one node
+/// and published again through the other starts a new stream on both, and a client that
+/// resumes on either node from the old stream (its epoch, or a plain seq past the new
+/// stream's end) is told at once with a `reset` carrying the new epoch, then gets the new
+/// stream; a cursor of the new stream resumes normally.
+#[test]
+fn a_cursor_from_a_closed_stream_gets_a_reset_on_every_node() {
+    let redis = Redis::start();
+    let a = node(&redis.url(), "node-a", &[]);
+    let b = node(&redis.url(), "node-b", &[]);
+    for i in 1..=3 {
+        a.publish("e", &format!("old{i}"));
+    }
+    let old = a.epoch("e");
+    assert_eq!(b.epoch("e"), old, "one stream for the cluster");
+    let r = b.admin_post("/close?channel=e", b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(a.publish("e", "new1"), 1, "the new stream starts at 1");
+    let new = b.epoch("e");
+    assert_ne!(old, new, "a close ends the stream");
+    assert_eq!(a.epoch("e"), new);
+    let reset = json!({"type": "reset", "channel": "e", "epoch": new, "seq": 1});
+    let first = json!({"type": "data", "channel": "e", "seq": 1, "epoch": new, "content": "new1"});
+    for n in [&a, &b] {
+        for since in [format!("2@{old}"), "4".to_string()] {
+            let q = urlencode(&since);
+            let mut ws = n.ws(&format!("/ws?channel=e&since={q}"));
+            assert_eq!(ws.recv_json(), reset, "ws since={since}");
+            assert_eq!(ws.recv_json(), first, "ws since={since}");
+            let mut sse = n.sse(&format!("/sse?channel=e&since={q}"));
+            assert_eq!(sse.expect_event().data, reset, "sse since={since}");
+            assert_eq!(sse.expect_event().data, first, "sse since={since}");
+            let r = n.get(&format!("/poll?channel=e&seq={q}"));
+            assert_eq!(r.json(), json!([reset, first]), "poll seq={since}");
+        }
+        let mut ws = n.ws(&format!("/ws?channel=e&since=0@{new}"));
+        assert_eq!(ws.recv_json(), first, "a cursor of the new stream");
+        ws.expect_quiet();
+    }
+}
+
 /// A channel closed while a node was cut off from Redis is closed for that node's
 /// subscribers too once it is back (the `close` must not be lost with the feed), and the
 /// node does not bring the closed channel's counter back.
