@@ -5,6 +5,7 @@
 //!
 //! - **start**: the head, then a padded preamble so that browsers start rendering (and
 //!   running scripts) at once, then the replay.
+//! - **input**: ignored (a stream takes no client bytes).
 //! - **deliver**: one script chunk per message, encoded once per callback name per
 //!   message (subscribers with the default callback share it).
 //! - **timer**: a `noop` script every `heartbeat_secs`.
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use protocol::http;
 use protocol::message::{self, JsonStyle, Message};
 use protocol::query::Query;
+use protocol::ws::CloseCode;
 
 use crate::conn::State;
 use crate::msg::Msg;
@@ -76,6 +78,25 @@ pub fn deliver<B: Backend>(
         }
     };
     cx.send(slot, &[Part::Shared(&chunk)]);
+}
+
+/// Input is ignored: a stream takes no client bytes (all are used).
+#[inline]
+pub fn input<B: Backend>(_cx: &mut Core<B>, _slot: usize, input: &mut [u8]) -> usize {
+    input.len()
+}
+
+/// The heartbeat: a `noop` script, and the timer again.
+pub fn timer<B: Backend>(cx: &mut Core<B>, slot: usize) {
+    envelope(cx, slot, &super::ndjson::NOOP);
+    let heartbeat = cx.live().heartbeat();
+    cx.rearm(slot, heartbeat);
+}
+
+/// Ends the stream with the last chunk, as [`super::ndjson::end`] does.
+#[inline]
+pub fn end<B: Backend>(cx: &mut Core<B>, slot: usize, code: CloseCode, reason: &str) {
+    super::ndjson::end(cx, slot, code, reason)
 }
 
 /// An envelope as a script chunk.

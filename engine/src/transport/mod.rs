@@ -13,7 +13,11 @@
 //!
 //! Every verb is dispatched statically here from the connection's state (no table of
 //! function pointers in the connection record), so a new transport is a new file and a
-//! new arm in each function below.
+//! new arm in each function below. Each arm is one call to the verb of the same name in
+//! the transport's file (`start`, `input`, `deliver`, `timer`, `end`; Socket.IO's are
+//! exported by [`socketio`]); what the transports share stays here: the cursor, gaps
+//! and resets, batched delivery ([`deliver_run`]), [`envelope`] routing and [`closed`].
+//! A plain HTTP connection (between requests) ends in the worker's HTTP side.
 
 pub mod iframe;
 pub mod ndjson;
@@ -90,12 +94,17 @@ pub fn start<B: Backend>(
 /// were used.
 pub fn input<B: Backend>(cx: &mut Core<B>, slot: usize, input: &mut [u8]) -> usize {
     match cx.conns[slot].state() {
-        State::Ws | State::Echo | State::SioWs | State::SioProbe => ws::input(cx, slot, input),
-        // A held poll's pipelined requests wait for the answer.
-        State::Poll | State::SioHeld => 0,
-        State::SioPoll => input.len(),
+        State::Ws | State::Echo => ws::input(cx, slot, input),
+        State::Sse => sse::input(cx, slot, input),
+        State::Stream => ndjson::input(cx, slot, input),
+        State::Iframe => iframe::input(cx, slot, input),
+        State::Poll => poll::input(cx, slot, input),
+        State::SioWs | State::SioPoll | State::SioProbe | State::SioHeld => {
+            socketio::input(cx, slot, input)
+        }
         State::Http => unreachable!("requests are parsed by the worker"),
-        State::Sse | State::Stream | State::Iframe | State::Closing => input.len(),
+        // After the end only the peer's EOF matters.
+        State::Closing => input.len(),
     }
 }
 
@@ -118,12 +127,9 @@ pub fn deliver<B: Backend>(
     }
     cx.stats.inc(crate::metrics::Counter::Delivered);
     match cx.conns[slot].state() {
-        State::Ws => {
-            let deflate = cx.conns[slot].session.deflate();
-            cx.send(slot, &[Part::Shared(msg.ws_frame_for(deflate))])
-        }
+        State::Ws => ws::deliver(cx, slot, msg),
         State::Sse => sse::deliver(cx, slot, msg),
-        State::Stream => cx.send(slot, &[Part::Shared(msg.ndjson_chunk())]),
+        State::Stream => ndjson::deliver(cx, slot, msg),
         State::Iframe => iframe::deliver(cx, slot, msg, iframe_cache),
         State::Poll => return poll::deliver(cx, slot, msg),
         State::SioWs | State::SioPoll => socketio::deliver(cx, slot, msg),
@@ -225,10 +231,7 @@ pub fn envelope<B: Backend>(cx: &mut Core<B>, slot: usize, msg: &Message<'_>) {
         State::Sse => sse::envelope(cx, slot, msg),
         State::Stream => ndjson::envelope(cx, slot, msg),
         State::Iframe => iframe::envelope(cx, slot, msg),
-        State::Poll => {
-            let item = poll::item(cx, slot, msg);
-            poll::answer(cx, slot, &[item]);
-        }
+        State::Poll => poll::envelope(cx, slot, msg),
         State::SioWs | State::SioPoll => socketio::envelope(cx, slot, msg),
         State::Http | State::Closing | State::SioProbe | State::SioHeld => {}
     }
@@ -238,19 +241,12 @@ pub fn envelope<B: Backend>(cx: &mut Core<B>, slot: usize, msg: &Message<'_>) {
 pub fn timer<B: Backend>(cx: &mut Core<B>, slot: usize) {
     match cx.conns[slot].state() {
         State::Ws => ws::timer(cx, slot),
+        // The echo endpoint has no heartbeat.
         State::Echo => {}
         State::Sse => sse::timer(cx, slot),
-        State::Stream | State::Iframe => {
-            let noop = Message::Noop {
-                channel: None,
-                seq: None,
-                epoch: "",
-            };
-            envelope(cx, slot, &noop);
-            let heartbeat = cx.live().heartbeat();
-            cx.rearm(slot, heartbeat);
-        }
-        State::Poll => poll::answer_noop(cx, slot),
+        State::Stream => ndjson::timer(cx, slot),
+        State::Iframe => iframe::timer(cx, slot),
+        State::Poll => poll::timer(cx, slot),
         State::SioWs | State::SioPoll | State::SioProbe | State::SioHeld => {
             socketio::timer(cx, slot)
         }
@@ -264,26 +260,15 @@ pub fn end<B: Backend>(cx: &mut Core<B>, slot: usize, code: CloseCode, reason: &
     let ws = cx.conns[slot].state().is_ws();
     cx.note_close(slot, if ws { code.0 } else { 0 }, reason);
     match cx.conns[slot].state() {
-        // An answer still being written (a poll answered just before) goes out first.
-        State::Http => {
-            let token = cx.conns.token(slot);
-            if cx.io.pending(token) > 0 {
-                cx.close_graceful(slot);
-            } else {
-                cx.close(slot);
-            }
+        State::Http => cx.end_http(slot),
+        State::Ws | State::Echo => ws::end(cx, slot, code, reason),
+        State::Sse => sse::end(cx, slot, code, reason),
+        State::Stream => ndjson::end(cx, slot, code, reason),
+        State::Iframe => iframe::end(cx, slot, code, reason),
+        State::Poll => poll::end(cx, slot, code, reason),
+        State::SioWs | State::SioPoll | State::SioProbe | State::SioHeld => {
+            socketio::end(cx, slot, code, reason)
         }
-        State::Ws | State::Echo => ws::close(cx, slot, code, reason),
-        State::Sse => cx.close_graceful(slot),
-        State::Stream | State::Iframe => {
-            cx.send(slot, &[Part::Copy(http::LAST_CHUNK)]);
-            cx.close_graceful(slot);
-        }
-        State::Poll => {
-            cx.conns[slot].clear(crate::conn::flag::KEEP_ALIVE);
-            poll::answer_noop(cx, slot);
-        }
-        State::SioWs | State::SioPoll | State::SioProbe | State::SioHeld => socketio::end(cx, slot),
         State::Closing => {}
     }
 }

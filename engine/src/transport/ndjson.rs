@@ -2,6 +2,7 @@
 //! shares with it.
 //!
 //! - **start**: every channel subscribed, the chunked head out, then the replay.
+//! - **input**: ignored (a stream takes no client bytes).
 //! - **deliver**: one chunk per message (its encoding shared by every subscriber).
 //! - **timer**: a `noop` line every `heartbeat_secs`.
 //! - **end**: the last chunk.
@@ -9,11 +10,20 @@
 use protocol::http::{self, ResponseBody};
 use protocol::message::{self, JsonStyle, Message};
 use protocol::query::Query;
+use protocol::ws::CloseCode;
 
 use crate::conn::State;
+use crate::msg::Msg;
 use crate::reactor::{Backend, Part};
 use crate::worker::http::{callback_param, reject, since_points, Reject};
 use crate::worker::Core;
+
+/// The heartbeat envelope of a chunked stream (NDJSON and iframe).
+pub(super) const NOOP: Message<'static> = Message::Noop {
+    channel: None,
+    seq: None,
+    epoch: "",
+};
 
 /// Answers the request and starts the stream.
 pub fn start<B: Backend>(
@@ -64,6 +74,32 @@ pub fn start_chunked<B: Backend>(
     }
     super::begin_stream(cx, slot, state, pending);
     Ok(())
+}
+
+/// Input is ignored: a stream takes no client bytes (all are used).
+#[inline]
+pub fn input<B: Backend>(_cx: &mut Core<B>, _slot: usize, input: &mut [u8]) -> usize {
+    input.len()
+}
+
+/// One message as a chunk, its encoding shared by every subscriber.
+#[inline]
+pub fn deliver<B: Backend>(cx: &mut Core<B>, slot: usize, msg: &Msg) {
+    cx.send(slot, &[Part::Shared(msg.ndjson_chunk())])
+}
+
+/// The heartbeat: a `noop` line, and the timer again.
+pub fn timer<B: Backend>(cx: &mut Core<B>, slot: usize) {
+    envelope(cx, slot, &NOOP);
+    let heartbeat = cx.live().heartbeat();
+    cx.rearm(slot, heartbeat);
+}
+
+/// Ends the stream with the last chunk, then closes once it is out (the code and reason
+/// have no place in a chunked response). The iframe stream ends the same way.
+pub fn end<B: Backend>(cx: &mut Core<B>, slot: usize, _code: CloseCode, _reason: &str) {
+    cx.send(slot, &[Part::Copy(http::LAST_CHUNK)]);
+    cx.close_graceful(slot);
 }
 
 /// An envelope as a chunk.

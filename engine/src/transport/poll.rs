@@ -7,8 +7,9 @@
 //!   not know it.
 //! - **deliver**: the first message(s) answer the held request; the connection then
 //!   waits for its next request (keep-alive), unsubscribed.
-//! - **timer**: a `noop` answer per channel.
 //! - **input**: pipelined requests wait until the held one is answered.
+//! - **timer**: a `noop` answer per channel.
+//! - **end**: a `noop` answer, and no keep-alive.
 //!
 //! Answers are a JSON array of envelopes (JSONP: `callback([...]);`, served with
 //! `X-Content-Type-Options: nosniff`), written by `protocol::message::write_poll_answer`.
@@ -19,6 +20,7 @@ use std::sync::Arc;
 use protocol::http;
 use protocol::message::{self, JsonStyle, Message};
 use protocol::query::Query;
+use protocol::ws::CloseCode;
 
 use crate::conn::{flag, Conn};
 use crate::epoch::Epoch;
@@ -198,6 +200,13 @@ pub fn msg_item(conn: &Conn, m: &Msg) -> Bytes {
     }
 }
 
+/// Input waits: pipelined requests are read after the held one is answered (none is
+/// used).
+#[inline]
+pub fn input<B: Backend>(_cx: &mut Core<B>, _slot: usize, _input: &mut [u8]) -> usize {
+    0
+}
+
 /// A message answers the held request.
 pub fn deliver<B: Backend>(cx: &mut Core<B>, slot: usize, msg: &Msg) {
     let item = msg_item(&cx.conns[slot], msg);
@@ -210,8 +219,27 @@ pub fn deliver_run<B: Backend>(cx: &mut Core<B>, slot: usize, msgs: &[Arc<Msg>])
     answer(cx, slot, &items);
 }
 
+/// The poll timed out: a `noop` answer.
+#[inline]
+pub fn timer<B: Backend>(cx: &mut Core<B>, slot: usize) {
+    answer_noop(cx, slot)
+}
+
+/// Ends the held request with a `noop` answer, and the connection after it (the code and
+/// reason have no place in an answer).
+pub fn end<B: Backend>(cx: &mut Core<B>, slot: usize, _code: CloseCode, _reason: &str) {
+    cx.conns[slot].clear(flag::KEEP_ALIVE);
+    answer_noop(cx, slot);
+}
+
+/// An envelope made for this connection answers the held request.
+pub fn envelope<B: Backend>(cx: &mut Core<B>, slot: usize, msg: &Message<'_>) {
+    let item = item(cx, slot, msg);
+    answer(cx, slot, &[item]);
+}
+
 /// The timeout's answer: a `noop` per channel (with the asked seq).
-pub fn answer_noop<B: Backend>(cx: &mut Core<B>, slot: usize) {
+fn answer_noop<B: Backend>(cx: &mut Core<B>, slot: usize) {
     let conn = &cx.conns[slot];
     let seq = conn.ext.as_ref().map_or(0, |e| e.poll_seq);
     // Where each channel goes on: its cursor (the asked position until something came).

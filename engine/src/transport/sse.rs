@@ -6,6 +6,7 @@
 //! - **deliver**: one event per message; its `id:` is the connection's whole cursor. With
 //!   one channel the event's encoding is shared by every subscriber; with several the
 //!   `id:` line is written per connection in front of the shared `data:`.
+//! - **input**: ignored (a stream takes no client bytes).
 //! - **timer**: `: ping` every `heartbeat_secs`.
 //! - **end**: the response ends (the connection closes).
 
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use protocol::http::{self, ResponseBody};
 use protocol::message::{self, JsonStyle, Message};
 use protocol::query::Query;
+use protocol::ws::CloseCode;
 
 use crate::conn::State;
 use crate::epoch::Epoch;
@@ -73,6 +75,12 @@ fn resume_points<B: Backend>(
     Ok(points)
 }
 
+/// Input is ignored: an event stream takes no client bytes (all are used).
+#[inline]
+pub fn input<B: Backend>(_cx: &mut Core<B>, _slot: usize, input: &mut [u8]) -> usize {
+    input.len()
+}
+
 /// One message as an event.
 pub fn deliver<B: Backend>(cx: &mut Core<B>, slot: usize, msg: &Arc<Msg>) {
     if cx.conns[slot].subs.len() == 1 {
@@ -102,6 +110,13 @@ pub fn timer<B: Backend>(cx: &mut Core<B>, slot: usize) {
     cx.send(slot, &[Part::Copy(protocol::sse::PING_COMMENT)]);
     let heartbeat = cx.live().heartbeat();
     cx.rearm(slot, heartbeat);
+}
+
+/// Ends the response: the connection closes once what is written is out (the code and
+/// reason have no place in an event stream).
+#[inline]
+pub fn end<B: Backend>(cx: &mut Core<B>, slot: usize, _code: CloseCode, _reason: &str) {
+    cx.close_graceful(slot)
 }
 
 /// Appends `id: <cursor>\n`: each channel's position (while one is read from Redis, the

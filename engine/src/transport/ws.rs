@@ -8,6 +8,7 @@
 //! - **input**: frames, through the decoder and the sans-IO session
 //!   ([`protocol::ws::Session`]: pong replies, the close handshake); text messages are
 //!   client operations ([`super::ws_ops`]).
+//! - **deliver**: a text frame per message (compressed once per window size and shared).
 //! - **timer**: the heartbeat ping, then the pong timeout.
 //! - **end**: a close frame (once), then a graceful close.
 //!
@@ -395,6 +396,14 @@ pub fn timer<B: Backend>(cx: &mut Core<B>, slot: usize) {
     cx.rearm(slot, pong);
 }
 
+/// One published message as a text frame, its encoding shared by every subscriber (the
+/// fan-out hot path).
+#[inline]
+pub fn deliver<B: Backend>(cx: &mut Core<B>, slot: usize, msg: &crate::msg::Msg) {
+    let deflate = cx.conns[slot].session.deflate();
+    cx.send(slot, &[Part::Shared(msg.ws_frame_for(deflate))])
+}
+
 /// An envelope as a text frame.
 pub fn envelope<B: Backend>(cx: &mut Core<B>, slot: usize, msg: &Message<'_>) {
     let mut json = Vec::with_capacity(96);
@@ -422,4 +431,10 @@ pub fn close<B: Backend>(cx: &mut Core<B>, slot: usize, code: CloseCode, reason:
         cx.send(slot, &[Part::Copy(&frame)]);
     }
     cx.close_graceful(slot);
+}
+
+/// Ends the connection gracefully: a close frame (once), then a graceful close.
+#[inline]
+pub fn end<B: Backend>(cx: &mut Core<B>, slot: usize, code: CloseCode, reason: &str) {
+    close(cx, slot, code, reason)
 }

@@ -482,6 +482,17 @@ impl<B: Backend> Core<B> {
         }
     }
 
+    /// Ends a connection that is between requests (or reading one) gracefully: an answer
+    /// still being written (a poll answered just before) goes out first.
+    pub(crate) fn end_http(&mut self, slot: usize) {
+        let token = self.conns.token(slot);
+        if self.io.pending(token) > 0 {
+            self.close_graceful(slot);
+        } else {
+            self.close(slot);
+        }
+    }
+
     /// Channel list from `channel` / `cname`: deduplicated, bounded (the names are
     /// checked where they are subscribed).
     pub(crate) fn channels_param(

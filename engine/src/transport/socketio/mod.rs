@@ -92,12 +92,18 @@
 //! - [`recovery`]: the sockets kept for connection state recovery;
 //! - [`lifecycle`]: the record's timer and the end of a session;
 //! - [`handover`]: what a hot handover carries.
+//!
+//! The transport's five verbs, dispatched from [`crate::transport`] like every other
+//! transport's, are this module's [`start`] (in [`polling`]), [`input`], [`deliver`] (in
+//! [`delivery`]), [`timer`] (in [`lifecycle`]) and [`end`].
 
 use std::time::Duration;
 
 use protocol::message;
+use protocol::ws::CloseCode;
 
 use crate::config::{pattern_matches, secs};
+use crate::conn::State;
 use crate::limits::SOCKETIO_TEST_PING;
 use crate::reactor::Backend;
 use crate::worker::Core;
@@ -117,12 +123,30 @@ mod upgrade;
 pub use delivery::{deliver, deliver_direct, envelope, is_own_room, Encoded};
 pub use forward::{on_cmd, Forwarded, SioCmd};
 pub use handover::{export, export_shared, import, import_shared};
-pub use lifecycle::{closed, end, on_later, on_ws_closed, timer};
+pub use lifecycle::{closed, on_later, on_ws_closed, timer};
 pub use polling::{start, too_large};
 pub use recovery::Recoveries;
 pub use rooms::on_pub_done;
 pub use session::{own_room_worker, Entry, Id, Session, Table, Waiter};
 pub use upgrade::{on_ws_message, Snapshot};
+
+/// Takes input bytes of a session's record: WebSocket frames (`SioWs`, `SioProbe`); a
+/// held GET's pipelined requests wait for its answer (`SioHeld`: none used); a polling
+/// session's record has no socket (`SioPoll`: all used).
+pub fn input<B: Backend>(cx: &mut Core<B>, slot: usize, input: &mut [u8]) -> usize {
+    match cx.conns[slot].state() {
+        State::SioWs | State::SioProbe => super::ws::input(cx, slot, input),
+        State::SioHeld => 0,
+        _ => input.len(),
+    }
+}
+
+/// Ends the session gracefully (drain, kick, token expiry) the Engine.IO way (see
+/// [`lifecycle`]); the code and reason are not sent.
+#[inline]
+pub fn end<B: Backend>(cx: &mut Core<B>, slot: usize, _code: CloseCode, _reason: &str) {
+    lifecycle::end(cx, slot)
+}
 
 /// Length of a sid (and of a socket id).
 pub const SID_LEN: usize = 20;
