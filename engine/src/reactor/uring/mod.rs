@@ -23,7 +23,10 @@
 //!   | multishot RECV + buffer ring | 8,444 B | `kmalloc-512` 519 B | 213 B |
 //!
 //!   RECV costs about 460 B more per idle socket than POLL_ADD and is no faster at
-//!   fan-out, so the default is `poll`.
+//!   fan-out, so the default is `poll`. (After the provided buffers went from 128 to 64,
+//!   completions were reaped in batches and the tables shrink after a burst, POLL_ADD's
+//!   figure is 193 B, against epoll's 140 B in the same run; most of the difference is
+//!   fixed memory the first burst touches, see the README's "epoll and io_uring".)
 //! - **Input** lands in one of [`crate::limits::URING_BUFFERS`] buffers of
 //!   [`crate::limits::URING_BUFFER_SIZE`] bytes
 //!   each (a provided buffer ring per worker, [`bufring`]) and waits with its connection
