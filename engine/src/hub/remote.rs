@@ -19,6 +19,19 @@ impl Hub {
             inner.buffered = inner.buffered.wrapping_add_signed(delta);
             return;
         }
+        if ch.seq > 0 && seq > ch.seq + 1 {
+            // Seqs this node never saw, which neither the feed nor the fill-in brought (a
+            // Redis without persistence that died between answering a publish and
+            // carrying it on the feed): the subscribers are told, never left silent.
+            let gap = Arc::new(Msg::gap(
+                ch.key,
+                ch.name.clone(),
+                ch.epoch,
+                ch.seq + 1,
+                seq - 1,
+            ));
+            self.push_to_subscribers(ch, &gap);
+        }
         let msg = ch.data(seq, sender, content.into());
         delta += self.append(ch, msg, history_size, now);
         inner.buffered = inner.buffered.wrapping_add_signed(delta);

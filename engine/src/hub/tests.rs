@@ -393,6 +393,31 @@ fn a_new_epoch_from_the_feed_resets_subscribers() {
 }
 
 #[test]
+fn a_hole_in_the_feed_is_told_with_a_gap() {
+    let (h, inboxes) = replica(1);
+    let e = Epoch::parse("e1").unwrap();
+    let mut r = Vec::new();
+    h.subscribe(0, "c", Since::Now, Authority::Replica, false, &mut r)
+        .unwrap();
+    h.deliver_remote("c", e, 1, "", "a");
+    h.deliver_remote("c", e, 2, "", "b");
+    drain(&inboxes[0]);
+    // 3 and 4 never reached this node (nor Redis's history): a gap, then 5.
+    h.deliver_remote("c", e, 5, "", "e");
+    let Some(Cmd::Deliver(m)) = inboxes[0].pop() else {
+        panic!("a gap delivery")
+    };
+    assert_eq!((m.kind, m.from, m.seq), (MsgKind::Gap, 3, 4));
+    assert_eq!(kinds(&inboxes[0]), vec![(MsgKind::Data, 5)]);
+    assert_eq!(h.local_stream("c"), Some((e, 5)));
+    assert_eq!(
+        h.info("c").unwrap().buffered,
+        1,
+        "the history starts again at 5"
+    );
+}
+
+#[test]
 fn a_gap_reaches_subscribers_and_moves_the_seq() {
     let (h, inboxes) = replica(1);
     let e = Epoch::parse("e1").unwrap();

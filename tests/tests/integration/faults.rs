@@ -66,6 +66,8 @@ struct Attempt {
     seq: Option<u64>,
     epoch: Option<String>,
     content: String,
+    /// When the answer came.
+    at: Instant,
 }
 
 fn publish_once(node: &Server, channel: &str, content: &str, key: Option<&str>) -> Attempt {
@@ -80,13 +82,31 @@ fn publish_once(node: &Server, channel: &str, content: &str, key: Option<&str>) 
         seq: v["seq"].as_u64(),
         epoch: v["epoch"].as_str().map(str::to_string),
         content: content.to_string(),
+        at: Instant::now(),
     }
 }
 
+/// How close to the kill of a Redis without persistence an accepted publish must have
+/// been answered to be excused from arriving (see [`check_subscriber`]).
+const KILL_WINDOW: Duration = Duration::from_millis(250);
+
 /// Checks what `got` (a subscriber's messages) holds against the accepted publishes:
-/// every accepted one, once, in seq order, nothing that was refused.
-fn check_subscriber(name: &str, got: &[Value], accepted: &[Attempt], refused: &HashSet<String>) {
+/// every accepted one, once, in seq order, nothing that was refused. `killed`: the
+/// instant a Redis without persistence was killed. Its documented window (README,
+/// "Clustering through Redis"): a Redis that dies between answering a publish and
+/// carrying it on the feed takes it along, and a node that had not seen it can only
+/// tell its subscribers. Such a publish is excused only if it was answered within
+/// [`KILL_WINDOW`] of the kill and this subscriber got a `gap` covering its seq, never
+/// silence. Returns how many were excused.
+fn check_subscriber(
+    name: &str,
+    got: &[Value],
+    accepted: &[Attempt],
+    refused: &HashSet<String>,
+    killed: Option<Instant>,
+) -> usize {
     let mut seen = HashSet::new();
+    let mut gaps = Vec::new();
     let mut last = 0;
     for m in got {
         match m["type"].as_str() {
@@ -104,17 +124,32 @@ fn check_subscriber(name: &str, got: &[Value], accepted: &[Attempt], refused: &H
                 );
                 seen.insert((seq, c));
             }
+            Some("gap") if killed.is_some() => {
+                let (from, to) = (m["from"].as_u64().unwrap(), m["to"].as_u64().unwrap());
+                assert!(from > last, "{name}: {m} after seq {last}");
+                last = to;
+                gaps.push(from..=to);
+            }
             other => panic!("{name}: unexpected {other:?}: {m}"),
         }
     }
+    let mut excused = 0;
     for a in accepted {
+        let seq = a.seq.unwrap();
+        if seen.contains(&(seq, a.content.clone())) {
+            continue;
+        }
+        let near_kill =
+            killed.is_some_and(|k| a.at.max(k).duration_since(a.at.min(k)) <= KILL_WINDOW);
         assert!(
-            seen.contains(&(a.seq.unwrap(), a.content.clone())),
-            "{name}: accepted seq {:?} {:?} never arrived",
+            near_kill && gaps.iter().any(|g| g.contains(&seq)),
+            "{name}: accepted seq {:?} {:?} never arrived (gaps told: {gaps:?})",
             a.seq,
             a.content
         );
+        excused += 1;
     }
+    excused
 }
 
 /// Two publishers, one per node, about 100 publishes a second each, while redis-server
@@ -137,6 +172,7 @@ fn steady_stream_through_a_redis_kill(aof: bool, down: Duration) {
     wait_local(&b, "s", 1);
     let stop = AtomicBool::new(false);
     let attempts = Mutex::new(Vec::new());
+    let killed_at = Mutex::new(None);
     thread::scope(|scope| {
         for (n, node) in [&a, &b].into_iter().enumerate() {
             let (stop, attempts) = (&stop, &attempts);
@@ -153,6 +189,7 @@ fn steady_stream_through_a_redis_kill(aof: bool, down: Duration) {
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             thread::sleep(Duration::from_millis(800));
             redis.kill9();
+            *killed_at.lock().unwrap() = Some(Instant::now());
             thread::sleep(down);
             if !aof {
                 redis.wipe_data();
@@ -210,12 +247,16 @@ fn steady_stream_through_a_redis_kill(aof: bool, down: Duration) {
         );
     }
     thread::sleep(QUIET);
+    // With the append-only file nothing is excused.
+    let killed = (!aof).then(|| killed_at.into_inner().unwrap().unwrap());
+    let mut excused = 0;
     for (name, sub) in ["sub on a", "sub on b"].into_iter().zip(subs) {
         let got = sub.finish();
-        check_subscriber(name, &got, &accepted, &refused);
+        excused += check_subscriber(name, &got, &accepted, &refused, killed);
     }
     eprintln!(
-        "redis kill (aof={aof}, down {down:?}): {} accepted, {} refused (503), {unknown} unknown (504), 0 lost",
+        "redis kill (aof={aof}, down {down:?}): {} accepted, {} refused (503), {unknown} unknown (504), \
+         {excused} told as a gap (Redis died answering them), none lost silently",
         accepted.len(),
         refused.len()
     );
