@@ -286,12 +286,9 @@ impl Uring {
         }
     }
 
-    /// Moves completions from the ring into `self.cqes`.
+    /// Moves every completion from the ring into `self.cqes`.
     fn reap(&mut self) {
-        let cq = self.ring.completion();
-        for cqe in cq {
-            self.cqes.push((cqe.user_data(), cqe.result(), cqe.flags()));
-        }
+        while self.reap_batch() {}
     }
 
     /// Moves at most [`URING_REAP_BATCH`] completions into `self.cqes`; false when there
